@@ -1,0 +1,1 @@
+"""dmfx: sparse-optimized Deep Matrix Factorization for PyTorch."""
