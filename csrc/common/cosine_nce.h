@@ -1,0 +1,60 @@
+#pragma once
+// Per-pair math of the fused cosine + mu-clamp + nce loss, shared by the CPU and CUDA kernels.
+//   cos    = <p, q> / (|p| |q|), defined as 0 when either vector is zero
+//   yhat   = clamp(cos, mu, 1 - mu)   (Eq. 13 of the DMF paper, plus the upper bound log(1 - yhat)
+//                                      needs)
+//   loss   = -(t log yhat + (1 - t) log(1 - yhat))
+// The clamp passes gradient only for mu <= cos <= 1 - mu (as torch.clamp does), so a zero vector
+// (cos = 0 < mu) gets loss -(t log mu + (1 - t) log(1 - mu)) and a zero gradient: never NaN.
+#include <cmath>
+
+#include "macros.h"
+
+namespace dmfx {
+
+template <typename acc_t>
+DMFX_HOST_DEVICE inline acc_t cosine_from_sums(acc_t dot, acc_t pp, acc_t qq) {
+  using std::sqrt;
+  const acc_t denom = sqrt(pp) * sqrt(qq);
+  return denom > acc_t(0) ? dot / denom : acc_t(0);
+}
+
+template <typename acc_t>
+DMFX_HOST_DEVICE inline acc_t nce_loss(acc_t cos, acc_t target, acc_t mu) {
+  using std::log;
+  using std::log1p;
+  const acc_t yhat = cos < mu ? mu : (cos > acc_t(1) - mu ? acc_t(1) - mu : cos);
+  return -(target * log(yhat) + (acc_t(1) - target) * log1p(-yhat));
+}
+
+// d loss / d cos.
+template <typename acc_t>
+DMFX_HOST_DEVICE inline acc_t nce_grad_cos(acc_t cos, acc_t target, acc_t mu) {
+  if (cos < mu || cos > acc_t(1) - mu) return acc_t(0);
+  return (acc_t(1) - target) / (acc_t(1) - cos) - target / cos;
+}
+
+// With g = upstream gradient * d loss / d cos, the gradients are
+//   d/dp = g (q / (|p||q|) - cos p / |p|^2) = coef_q * q - coef_p * p   (and symmetrically for q).
+// Only called when g != 0, which implies cos >= mu > 0 and hence nonzero norms.
+template <typename acc_t>
+struct CosineGradCoefficients {
+  acc_t cross;   // g / (|p||q|): multiplies the other vector
+  acc_t self_p;  // g cos / |p|^2: multiplies p in d/dp
+  acc_t self_q;  // g cos / |q|^2: multiplies q in d/dq
+};
+
+template <typename acc_t>
+DMFX_HOST_DEVICE inline CosineGradCoefficients<acc_t> cosine_grad_coefficients(acc_t g, acc_t cos,
+                                                                              acc_t pp, acc_t qq) {
+  using std::sqrt;
+  CosineGradCoefficients<acc_t> c{acc_t(0), acc_t(0), acc_t(0)};
+  if (g != acc_t(0)) {
+    c.cross = g / (sqrt(pp) * sqrt(qq));
+    c.self_p = g * cos / pp;
+    c.self_q = g * cos / qq;
+  }
+  return c;
+}
+
+}  // namespace dmfx

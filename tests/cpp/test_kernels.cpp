@@ -1,0 +1,193 @@
+// C++ unit tests of the torch-free CPU kernels and the shared per-element math, run by ctest.
+// The torch-level behaviour (autograd, opcheck, argument errors) is tested from Python.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "common/complement.h"
+#include "common/cosine_nce.h"
+#include "common/error.h"
+#include "common/philox.h"
+#include "cpu/cosine_nce_loss_cpu.h"
+#include "cpu/sample_negatives_cpu.h"
+#include "cpu/sparse_rows_matmul_cpu.h"
+
+namespace {
+
+int passed = 0, failed = 0;
+
+#define EXPECT(cond)                                                  \
+  do {                                                                \
+    if (cond) {                                                       \
+      ++passed;                                                       \
+    } else {                                                          \
+      ++failed;                                                       \
+      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);  \
+    }                                                                 \
+  } while (0)
+
+bool close(double a, double b, double tol = 1e-9) { return std::fabs(a - b) <= tol * (1 + std::fabs(b)); }
+
+void test_nth_absent_matches_brute_force() {
+  std::mt19937 rng(1);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t num_items = 1 + rng() % 40;
+    std::set<int64_t> chosen;
+    const int64_t degree = rng() % num_items;
+    while (static_cast<int64_t>(chosen.size()) < degree) chosen.insert(rng() % num_items);
+    const std::vector<int64_t> positives(chosen.begin(), chosen.end());
+    std::vector<int64_t> absent;
+    for (int64_t i = 0; i < num_items; ++i) {
+      if (!chosen.count(i)) absent.push_back(i);
+    }
+    bool all = true;
+    for (int64_t r = 0; r < static_cast<int64_t>(absent.size()); ++r) {
+      all &= dmfx::nth_absent(positives.data(), degree, r) == absent[r];
+    }
+    EXPECT(all);
+  }
+}
+
+void test_philox_is_deterministic_and_uniform() {
+  EXPECT(dmfx::philox_u64(7, 3) == dmfx::philox_u64(7, 3));
+  EXPECT(dmfx::philox_u64(7, 3) != dmfx::philox_u64(8, 3));
+  EXPECT(dmfx::philox_u64(7, 3) != dmfx::philox_u64(7, 4));
+  const int bins = 10, draws = 100000;
+  std::vector<int> counts(bins, 0);
+  for (int i = 0; i < draws; ++i) ++counts[dmfx::uniform_below(dmfx::philox_u64(42, i), bins)];
+  double chi2 = 0;
+  for (int c : counts) chi2 += (c - draws / bins) * double(c - draws / bins) / (draws / bins);
+  EXPECT(chi2 < 27.9);  // chi-square, 9 degrees of freedom, p = 0.001
+}
+
+// A 3 x 4 CSR matrix [[1 0 2 0], [0 0 0 0], [0 3 0 4]] and a 4 x 3 weight.
+struct Fixture {
+  std::vector<int64_t> indptr{0, 2, 2, 4};
+  std::vector<int64_t> indices{0, 2, 1, 3};
+  std::vector<double> values{1, 2, 3, 4};
+  std::vector<int64_t> rows{2, 0, 1, 2};
+  std::vector<double> weight{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+  dmfx::CsrBatch<double, int64_t> csr() const {
+    return {indptr.data(), indices.data(), values.data(), 3, 4, rows.data(), 4};
+  }
+};
+
+void test_sparse_rows_matmul_forward_and_backward() {
+  Fixture f;
+  std::vector<double> out(4 * 3, -1);
+  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, error);
+  // row 2 = 3 * w[1] + 4 * w[3]; row 0 = w[0] + 2 * w[2]; row 1 empty.
+  const std::vector<double> expected{52, 59, 66, 15, 18, 21, 0, 0, 0, 52, 59, 66};
+  EXPECT(out == expected);
+  EXPECT(error[0] == dmfx::kOk);
+
+  // Backward over two owner slices equals the analytic scatter.
+  const std::vector<double> grad_out{1, 0, 0, 0, 1, 0, 5, 5, 5, 0, 0, 1};
+  std::vector<double> grad_weight(12, 0);
+  dmfx::cpu::sparse_rows_matmul_backward_weight(f.csr(), grad_out.data(), 4, 3,
+                                                grad_weight.data(), 0, 2, error);
+  dmfx::cpu::sparse_rows_matmul_backward_weight(f.csr(), grad_out.data(), 4, 3,
+                                                grad_weight.data(), 2, 4, error);
+  const std::vector<double> expected_gw{0, 1, 0, 3, 0, 3, 0, 2, 0, 4, 0, 4};
+  EXPECT(grad_weight == expected_gw);
+
+  std::vector<double> grad_values(4, 0);
+  dmfx::cpu::sparse_rows_matmul_backward_values(f.csr(), f.weight.data(), 4, grad_out.data(), 3,
+                                                grad_values.data(), 0, 4, error);
+  // k=0: <g[1], w[0]> = 2; k=1: <g[1], w[2]> = 8; k=2: <g[0]+g[3], w[1]> = 4+6; k=3: 10+12.
+  const std::vector<double> expected_gv{2, 8, 10, 22};
+  EXPECT(grad_values == expected_gv);
+  EXPECT(error[0] == dmfx::kOk);
+}
+
+void test_sparse_rows_matmul_reports_bad_input_without_reading_it() {
+  Fixture f;
+  std::vector<double> out(12, -1);
+  f.indices[3] = 99;
+  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, error);
+  EXPECT(error[0] == dmfx::kIndexOutOfRange && error[1] == 3 && error[2] == 99);
+
+  Fixture g;
+  g.rows[1] = 3;
+  int64_t error2[dmfx::kErrorRecordSize] = {0, 0, 0};
+  dmfx::cpu::sparse_rows_matmul_forward(g.csr(), g.weight.data(), 4, 3, out.data(), 0, 4, error2);
+  EXPECT(error2[0] == dmfx::kRowOutOfRange && error2[1] == 1 && error2[2] == 3);
+  EXPECT(out[3] == 0 && out[4] == 0 && out[5] == 0);
+
+  Fixture h;
+  h.indptr[2] = 1;  // row 2 would start before row 1 ends
+  int64_t error3[dmfx::kErrorRecordSize] = {0, 0, 0};
+  dmfx::cpu::sparse_rows_matmul_forward(h.csr(), h.weight.data(), 4, 3, out.data(), 0, 4, error3);
+  EXPECT(error3[0] == dmfx::kBadIndptr);
+}
+
+void test_cosine_nce_matches_finite_differences() {
+  const std::vector<double> p{0.3, 0.1, 0.5, 0.0, 0.0, 0.0}, q{0.2, 0.4, 0.1, 0.7, 0.1, 0.2};
+  const std::vector<double> target{0.8, 1.0};
+  const double mu = 1e-6;
+  std::vector<double> loss(2);
+  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  const double total = dmfx::cpu::cosine_nce_loss_forward(p.data(), q.data(), target.data(), 3,
+                                                          mu, loss.data(), 0, 2, error);
+  EXPECT(close(total, loss[0] + loss[1]));
+  EXPECT(close(loss[1], -std::log(mu)));  // zero vector: yhat = mu, defined, not NaN
+  std::vector<double> gp(6), gq(6);
+  const double one = 1;
+  dmfx::cpu::cosine_nce_loss_backward(&one, 0, 1.0, p.data(), q.data(), target.data(), 3, mu,
+                                      gp.data(), gq.data(), 0, 2);
+  for (int d = 0; d < 3; ++d) {
+    std::vector<double> pp = p, pm = p;
+    pp[d] += 1e-6;
+    pm[d] -= 1e-6;
+    const double fp = dmfx::cpu::cosine_nce_loss_forward<double>(pp.data(), q.data(), target.data(), 3,
+                                                         mu, nullptr, 0, 1, error);
+    const double fm = dmfx::cpu::cosine_nce_loss_forward<double>(pm.data(), q.data(), target.data(), 3,
+                                                         mu, nullptr, 0, 1, error);
+    EXPECT(close(gp[d], (fp - fm) / 2e-6, 1e-5));
+  }
+  EXPECT(gp[3] == 0 && gp[4] == 0 && gp[5] == 0 && gq[3] == 0);
+  EXPECT(error[0] == dmfx::kOk);
+}
+
+void test_sample_negatives_never_positive_and_reports_full_rows() {
+  // user 0 has items {1, 3}; user 1 has every item of 4.
+  const std::vector<int64_t> indptr{0, 2, 6}, indices{1, 3, 0, 1, 2, 3}, users{0, 1};
+  std::vector<int64_t> out(2 * 50);
+  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  dmfx::cpu::sample_negatives(indptr.data(), indices.data(), 2, 6, users.data(), 4, 50, 123,
+                              true, out.data(), 0, 2, error);
+  bool ok = true;
+  int zeros = 0;
+  for (int n = 0; n < 50; ++n) {
+    ok &= out[n] == 0 || out[n] == 2;
+    zeros += out[n] == 0;
+    ok &= out[50 + n] == -1;
+  }
+  EXPECT(ok);
+  EXPECT(zeros > 10 && zeros < 40);
+  EXPECT(error[0] == dmfx::kNoNegativeLeft && error[1] == 1 && error[2] == 1);
+
+  const std::vector<int64_t> unsorted{3, 1};
+  int64_t error2[dmfx::kErrorRecordSize] = {0, 0, 0};
+  dmfx::cpu::sample_negatives(indptr.data(), unsorted.data(), 1, 2, users.data(), 4, 5, 1, true,
+                              out.data(), 0, 1, error2);
+  EXPECT(error2[0] == dmfx::kRowNotSorted);
+}
+
+}  // namespace
+
+int main() {
+  test_nth_absent_matches_brute_force();
+  test_philox_is_deterministic_and_uniform();
+  test_sparse_rows_matmul_forward_and_backward();
+  test_sparse_rows_matmul_reports_bad_input_without_reading_it();
+  test_cosine_nce_matches_finite_differences();
+  test_sample_negatives_never_positive_and_reports_full_rows();
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
