@@ -1,1 +1,14 @@
-"""dmfx: sparse-optimized Deep Matrix Factorization for PyTorch."""
+"""dmfx: sparse-optimized C++/CUDA kernels and a trainer for Deep Matrix Factorization in PyTorch."""
+from . import ops, reference
+from .ops import cosine_nce_loss, cuda_enabled, sample_negatives, sparse_rows_matmul
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ops",
+    "reference",
+    "sparse_rows_matmul",
+    "cosine_nce_loss",
+    "sample_negatives",
+    "cuda_enabled",
+]

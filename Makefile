@@ -1,0 +1,61 @@
+# dmfx developer entry points. Every target sets up what it needs first.
+#   make setup       .venv with torch (CPU build unless a GPU is present) + dmfx built and installed
+#   make test        setup, then the C++ kernel tests (ctest) and the Python tests (pytest)
+#   make bench       setup, then the CPU benchmarks (pytest-benchmark), apart from the tests
+#   make cuda-check  compile every CUDA kernel with nvcc and the CUDA paths of the op glue
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch==2.13.0 is a CPU wheel where no GPU is present; on a GPU machine install the CUDA build
+# of torch into $(VENV) first (or pass TORCH_SPEC=torch): setup never replaces an existing torch.
+TORCH_SPEC ?= torch==2.13.0
+CMAKE_BUILD ?= build-cmake
+JOBS ?= 2
+
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/common/*.h csrc/cpu/* csrc/cuda/*)
+EXT_STAMP := $(VENV)/.dmfx-extension
+INSTALL_STAMP := $(VENV)/.dmfx-installed
+DEPS_STAMP := $(VENV)/.dmfx-deps
+
+.PHONY: setup test test-cpp test-python bench cuda-check clean
+
+setup: $(INSTALL_STAMP) $(EXT_STAMP)
+
+$(DEPS_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install numpy scipy tqdm pybind11 ninja "setuptools>=64" wheel pytest pytest-benchmark
+	touch $@
+
+$(EXT_STAMP): $(DEPS_STAMP) $(SOURCES) setup.py setup.cfg
+	$(PY) setup.py build_ext --inplace -j $(JOBS)
+	touch $@
+
+$(INSTALL_STAMP): $(DEPS_STAMP) pyproject.toml setup.py
+	DMFX_SKIP_EXTENSION=1 $(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+test: test-cpp test-python
+
+test-cpp:
+	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build $(CMAKE_BUILD) -j $(JOBS) --target dmfx_kernel_tests
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+test-python: setup
+	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-columns=median,iqr,rounds \
+		--benchmark-sort=name --benchmark-group-by=group
+
+# nvcc builds every kernel (CMake, no torch), then g++ type-checks the op glue with WITH_CUDA,
+# which the CPU-only extension build never compiles.
+cuda-check: $(DEPS_STAMP)
+	cmake -S . -B $(CMAKE_BUILD) -DDMFX_REQUIRE_CUDA=ON > /dev/null
+	cmake --build $(CMAKE_BUILD) -j $(JOBS) --target dmfx_kernels_cuda
+	$(PY) tools/check_cuda_glue.py
+
+clean:
+	rm -rf build $(CMAKE_BUILD) dmfx/_C*.so $(EXT_STAMP) $(INSTALL_STAMP)

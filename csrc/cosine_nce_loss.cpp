@@ -1,0 +1,160 @@
+// cosine_nce_loss: argument checks and the CPU / CUDA registrations.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "checks.h"
+#include "cpu/cosine_nce_loss_cpu.h"
+#ifdef WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/cosine_nce_loss_cuda.h"
+#endif
+
+namespace dmfx {
+
+namespace {
+
+constexpr const char* kOp = "dmfx.cosine_nce_loss";
+
+enum class Reduction { kNone, kMean, kSum };
+
+Reduction parse_reduction(c10::string_view reduction) {
+  if (reduction == "none") return Reduction::kNone;
+  if (reduction == "mean") return Reduction::kMean;
+  if (reduction == "sum") return Reduction::kSum;
+  TORCH_CHECK_VALUE(false, kOp, ": reduction must be 'none', 'mean' or 'sum', got '",
+                    std::string(reduction), "'");
+}
+
+// Checks p, q, target and mu; returns target contiguous and in p's dtype.
+at::Tensor check_inputs(const at::Tensor& p, const at::Tensor& q, const at::Tensor& target,
+                        double mu) {
+  check_floating(kOp, "p", p);
+  check_same_dtype(kOp, "q", q, "p", p);
+  TORCH_CHECK_TYPE(at::isFloatingType(target.scalar_type()), kOp,
+                   ": target must be a floating tensor, got ", target.scalar_type());
+  check_same_device(kOp, "q", q, "p", p);
+  check_same_device(kOp, "target", target, "p", p);
+  TORCH_CHECK_VALUE(p.dim() == 2, kOp, ": p must be 2-D [batch, dim], got shape ", p.sizes());
+  TORCH_CHECK_VALUE(q.sizes() == p.sizes(), kOp, ": q must have the shape of p ", p.sizes(),
+                    ", got ", q.sizes());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == p.size(0), kOp,
+                    ": target must be 1-D with one entry per row of p (", p.size(0),
+                    "), got shape ", target.sizes());
+  TORCH_CHECK_VALUE(mu > 0 && mu < 0.5, kOp, ": mu must lie in (0, 0.5) so that ",
+                    "mu < 1 - mu, got ", mu);
+  return target.to(p.scalar_type()).contiguous();
+}
+
+at::Tensor forward(const at::Tensor& p_, const at::Tensor& q_, const at::Tensor& target_,
+                   double mu, c10::string_view reduction_name, bool validate) {
+  const at::Tensor target = check_inputs(p_, q_, target_, mu);
+  const Reduction reduction = parse_reduction(reduction_name);
+  const at::Tensor p = p_.contiguous(), q = q_.contiguous();
+  const int64_t batch = p.size(0), dim = p.size(1);
+  at::Tensor error = new_error_record(p.device());
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "cosine_nce_loss", [&] {
+    const scalar_t* pp = p.data_ptr<scalar_t>();
+    const scalar_t* qp = q.data_ptr<scalar_t>();
+    const scalar_t* tp = target.data_ptr<scalar_t>();
+    int64_t* e = error.data_ptr<int64_t>();
+    if (p.is_cuda()) {
+#ifdef WITH_CUDA
+      const c10::cuda::CUDAGuard guard(p.device());
+      at::Tensor loss = at::empty({batch}, p.options());
+      C10_CUDA_CHECK(cuda::cosine_nce_loss_forward(pp, qp, tp, batch, dim, mu,
+                                                   loss.data_ptr<scalar_t>(), e,
+                                                   c10::cuda::getCurrentCUDAStream().stream()));
+      result = reduction == Reduction::kNone ? loss
+               : reduction == Reduction::kSum ? loss.sum()
+                                               : loss.mean();
+#endif
+    } else if (reduction == Reduction::kNone) {
+      result = at::empty({batch}, p.options());
+      scalar_t* lp = result.data_ptr<scalar_t>();
+      at::parallel_for(0, batch, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (3 * dim + 16)),
+                       [&](int64_t b0, int64_t b1) {
+                         cpu::cosine_nce_loss_forward(pp, qp, tp, dim, mu, lp, b0, b1, e);
+                       });
+    } else {
+      // Partial sums in double, combined in a fixed order: deterministic for a thread count.
+      const double total = at::parallel_reduce(
+          0, batch, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (3 * dim + 16)), 0.0,
+          [&](int64_t b0, int64_t b1, double acc) {
+            return acc + cpu::cosine_nce_loss_forward<scalar_t>(pp, qp, tp, dim, mu, nullptr, b0,
+                                                                b1, e);
+          },
+          std::plus<double>());
+      const double value = reduction == Reduction::kSum ? total : total / batch;
+      result = at::scalar_tensor(value, p.options());
+    }
+  });
+  if (validate) raise_if_error(kOp, error, CsrNames{"p", batch, 0, 0, ""});
+  return result;
+}
+
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_, const at::Tensor& p_,
+                                            const at::Tensor& q_, const at::Tensor& target_,
+                                            double mu, c10::string_view reduction_name) {
+  const at::Tensor target = check_inputs(p_, q_, target_, mu);
+  const Reduction reduction = parse_reduction(reduction_name);
+  const at::Tensor p = p_.contiguous(), q = q_.contiguous();
+  const int64_t batch = p.size(0), dim = p.size(1);
+  check_same_device(kOp, "grad", grad_, "p", p);
+  const at::Tensor grad = grad_.to(p.scalar_type()).contiguous();
+  if (reduction == Reduction::kNone) {
+    TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == batch, kOp,
+                      ": grad must have shape [", batch, "] for reduction 'none', got ",
+                      grad.sizes());
+  } else {
+    TORCH_CHECK_VALUE(grad.numel() == 1, kOp, ": grad must be a scalar for reduction '",
+                      std::string(reduction_name), "', got shape ", grad.sizes());
+  }
+  const int64_t grad_stride = reduction == Reduction::kNone ? 1 : 0;
+  const double grad_scale = reduction == Reduction::kMean ? 1.0 / std::max<int64_t>(1, batch) : 1.0;
+  at::Tensor grad_p = at::empty_like(p), grad_q = at::empty_like(q);
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "cosine_nce_loss_backward", [&] {
+    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    const scalar_t* pp = p.data_ptr<scalar_t>();
+    const scalar_t* qp = q.data_ptr<scalar_t>();
+    const scalar_t* tp = target.data_ptr<scalar_t>();
+    scalar_t* out_p = grad_p.data_ptr<scalar_t>();
+    scalar_t* out_q = grad_q.data_ptr<scalar_t>();
+    if (p.is_cuda()) {
+#ifdef WITH_CUDA
+      const c10::cuda::CUDAGuard guard(p.device());
+      C10_CUDA_CHECK(cuda::cosine_nce_loss_backward(gp, grad_stride, grad_scale, pp, qp, tp, batch,
+                                                    dim, mu, out_p, out_q,
+                                                    c10::cuda::getCurrentCUDAStream().stream()));
+#endif
+    } else {
+      at::parallel_for(0, batch, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (5 * dim + 16)),
+                       [&](int64_t b0, int64_t b1) {
+                         cpu::cosine_nce_loss_backward(gp, grad_stride, grad_scale, pp, qp, tp,
+                                                       dim, mu, out_p, out_q, b0, b1);
+                       });
+    }
+  });
+  return {grad_p, grad_q};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dmfx, CPU, m) {
+  m.impl("cosine_nce_loss", &forward);
+  m.impl("cosine_nce_loss_backward", &backward);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(dmfx, CUDA, m) {
+  m.impl("cosine_nce_loss", &forward);
+  m.impl("cosine_nce_loss_backward", &backward);
+}
+#endif
+
+}  // namespace dmfx

@@ -1,0 +1,213 @@
+// sparse_rows_matmul: argument checks and the CPU / CUDA registrations.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "cpu/sparse_rows_matmul_cpu.h"
+#ifdef WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/sparse_rows_matmul_cuda.h"
+#endif
+
+namespace dmfx {
+
+namespace {
+
+constexpr const char* kOp = "dmfx.sparse_rows_matmul";
+
+// Checked, contiguous arguments of one call. `dense` is the tensor that sets dtype and device:
+// weight in the forward, grad_out in the weight backward.
+struct Args {
+  at::Tensor indptr, indices, values, rows;
+  int64_t num_rows, nnz;
+
+  Args(const at::Tensor& indptr_, const at::Tensor& indices_,
+       const c10::optional<at::Tensor>& values_, const at::Tensor& rows_,
+       const at::Tensor& dense, const char* dense_name) {
+    check_index_vector(kOp, "indptr", indptr_);
+    check_index_vector(kOp, "indices", indices_);
+    check_index_vector(kOp, "rows", rows_);
+    check_floating(kOp, dense_name, dense);
+    TORCH_CHECK_VALUE(dense.dim() == 2, kOp, ": ", dense_name, " must be 2-D, got shape ",
+                      dense.sizes());
+    TORCH_CHECK_TYPE(indices_.scalar_type() == indptr_.scalar_type(), kOp,
+                     ": indices and indptr must share one index dtype, got ",
+                     indices_.scalar_type(), " and ", indptr_.scalar_type());
+    TORCH_CHECK_VALUE(indptr_.numel() >= 1, kOp,
+                      ": indptr must have num_rows + 1 >= 1 entries, got an empty tensor");
+    check_same_device(kOp, "indptr", indptr_, dense_name, dense);
+    check_same_device(kOp, "indices", indices_, dense_name, dense);
+    check_same_device(kOp, "rows", rows_, dense_name, dense);
+    if (values_.has_value()) {
+      const at::Tensor& v = *values_;
+      check_same_dtype(kOp, "values", v, dense_name, dense);
+      check_same_device(kOp, "values", v, dense_name, dense);
+      TORCH_CHECK_VALUE(v.dim() == 1 && v.numel() == indices_.numel(), kOp,
+                        ": values must be 1-D with one entry per index (", indices_.numel(),
+                        "), got shape ", v.sizes());
+      values = v.contiguous();
+    }
+    indptr = indptr_.contiguous();
+    indices = indices_.contiguous();
+    rows = rows_.to(at::kLong).contiguous();
+    num_rows = indptr.numel() - 1;
+    nnz = indices.numel();
+  }
+
+  template <typename scalar_t, typename index_t>
+  CsrBatch<scalar_t, index_t> view() const {
+    return {indptr.data_ptr<index_t>(),
+            indices.data_ptr<index_t>(),
+            values.defined() ? values.data_ptr<scalar_t>() : nullptr,
+            num_rows,
+            nnz,
+            rows.data_ptr<int64_t>(),
+            rows.numel()};
+  }
+
+  CsrNames names(int64_t weight_rows) const {
+    return {"rows", num_rows, nnz, weight_rows, "weight.size(0)"};
+  }
+};
+
+// Rows of work worth one task of torch's thread pool.
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_item));
+}
+
+at::Tensor forward(const at::Tensor& indptr, const at::Tensor& indices,
+                   const c10::optional<at::Tensor>& values, const at::Tensor& rows,
+                   const at::Tensor& weight_, bool validate) {
+  const Args a(indptr, indices, values, rows, weight_, "weight");
+  const at::Tensor weight = weight_.contiguous();
+  const int64_t batch = a.rows.numel(), weight_rows = weight.size(0), width = weight.size(1);
+  at::Tensor out = at::empty({batch, width}, weight.options());
+  at::Tensor error = new_error_record(weight.device());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "sparse_rows_matmul", [&] {
+    AT_DISPATCH_INDEX_TYPES(a.indices.scalar_type(), "sparse_rows_matmul", [&] {
+      const auto csr = a.view<scalar_t, index_t>();
+      const scalar_t* w = weight.data_ptr<scalar_t>();
+      scalar_t* o = out.data_ptr<scalar_t>();
+      int64_t* e = error.data_ptr<int64_t>();
+      if (weight.is_cuda()) {
+#ifdef WITH_CUDA
+        const c10::cuda::CUDAGuard guard(weight.device());
+        C10_CUDA_CHECK(cuda::sparse_rows_matmul_forward(
+            csr, w, weight_rows, width, o, e, c10::cuda::getCurrentCUDAStream().stream()));
+#endif
+      } else {
+        const int64_t avg_nnz = a.nnz / std::max<int64_t>(1, a.num_rows);
+        at::parallel_for(0, batch, grain_for((avg_nnz + 1) * width), [&](int64_t b0, int64_t b1) {
+          cpu::sparse_rows_matmul_forward(csr, w, weight_rows, width, o, b0, b1, e);
+        });
+      }
+    });
+  });
+  if (validate) raise_if_error(kOp, error, a.names(weight_rows));
+  return out;
+}
+
+at::Tensor backward_weight(const at::Tensor& indptr, const at::Tensor& indices,
+                           const c10::optional<at::Tensor>& values, const at::Tensor& rows,
+                           const at::Tensor& grad_out_, int64_t num_weight_rows, bool validate) {
+  const Args a(indptr, indices, values, rows, grad_out_, "grad_out");
+  const at::Tensor grad_out = grad_out_.contiguous();
+  TORCH_CHECK_VALUE(grad_out.size(0) == a.rows.numel(), kOp, ": grad_out has ", grad_out.size(0),
+                    " rows but rows has ", a.rows.numel(), " entries");
+  TORCH_CHECK_VALUE(num_weight_rows >= 0, kOp, ": num_weight_rows must be >= 0, got ",
+                    num_weight_rows);
+  const int64_t width = grad_out.size(1);
+  at::Tensor grad_weight = at::zeros({num_weight_rows, width}, grad_out.options());
+  at::Tensor error = new_error_record(grad_out.device());
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparse_rows_matmul_backward_weight", [&] {
+    AT_DISPATCH_INDEX_TYPES(a.indices.scalar_type(), "sparse_rows_matmul_backward_weight", [&] {
+      const auto csr = a.view<scalar_t, index_t>();
+      const scalar_t* g = grad_out.data_ptr<scalar_t>();
+      scalar_t* gw = grad_weight.data_ptr<scalar_t>();
+      int64_t* e = error.data_ptr<int64_t>();
+      if (grad_out.is_cuda()) {
+#ifdef WITH_CUDA
+        const c10::cuda::CUDAGuard guard(grad_out.device());
+        C10_CUDA_CHECK(cuda::sparse_rows_matmul_backward_weight(
+            csr, g, num_weight_rows, width, gw, e, c10::cuda::getCurrentCUDAStream().stream()));
+#endif
+      } else {
+        // Threads own disjoint ranges of weight rows (see the kernel); one range when the
+        // batch is too small to be worth splitting.
+        const int64_t threads = at::get_num_threads();
+        const int64_t batch_nnz_estimate = a.rows.numel() * (a.nnz / std::max<int64_t>(1, a.num_rows) + 1);
+        const bool split = threads > 1 && batch_nnz_estimate * width >= at::internal::GRAIN_SIZE;
+        const int64_t grain =
+            split ? (num_weight_rows + threads - 1) / threads : std::max<int64_t>(1, num_weight_rows);
+        at::parallel_for(0, std::max<int64_t>(1, num_weight_rows), grain, [&](int64_t c0, int64_t c1) {
+          cpu::sparse_rows_matmul_backward_weight(csr, g, num_weight_rows, width, gw, c0, c1, e);
+        });
+      }
+    });
+  });
+  if (validate) raise_if_error(kOp, error, a.names(num_weight_rows));
+  return grad_weight;
+}
+
+at::Tensor backward_values(const at::Tensor& indptr, const at::Tensor& indices,
+                           const at::Tensor& rows, const at::Tensor& weight_,
+                           const at::Tensor& grad_out_, bool validate) {
+  const Args a(indptr, indices, c10::nullopt, rows, weight_, "weight");
+  const at::Tensor weight = weight_.contiguous();
+  const at::Tensor grad_out = grad_out_.contiguous();
+  check_same_dtype(kOp, "grad_out", grad_out, "weight", weight);
+  check_same_device(kOp, "grad_out", grad_out, "weight", weight);
+  TORCH_CHECK_VALUE(grad_out.dim() == 2 && grad_out.size(0) == a.rows.numel() &&
+                        grad_out.size(1) == weight.size(1),
+                    kOp, ": grad_out must have shape [", a.rows.numel(), ", ", weight.size(1),
+                    "], got ", grad_out.sizes());
+  const int64_t weight_rows = weight.size(0), width = weight.size(1);
+  at::Tensor grad_values = at::zeros({a.nnz}, weight.options());
+  at::Tensor error = new_error_record(weight.device());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "sparse_rows_matmul_backward_values", [&] {
+    AT_DISPATCH_INDEX_TYPES(a.indices.scalar_type(), "sparse_rows_matmul_backward_values", [&] {
+      const auto csr = a.view<scalar_t, index_t>();
+      const scalar_t* w = weight.data_ptr<scalar_t>();
+      const scalar_t* g = grad_out.data_ptr<scalar_t>();
+      scalar_t* gv = grad_values.data_ptr<scalar_t>();
+      int64_t* e = error.data_ptr<int64_t>();
+      if (weight.is_cuda()) {
+#ifdef WITH_CUDA
+        const c10::cuda::CUDAGuard guard(weight.device());
+        C10_CUDA_CHECK(cuda::sparse_rows_matmul_backward_values(
+            csr, w, weight_rows, g, width, gv, e, c10::cuda::getCurrentCUDAStream().stream()));
+#endif
+      } else {
+        // Threads own disjoint ranges of nnz slots, so repeated rows never race.
+        at::parallel_for(0, std::max<int64_t>(1, a.nnz), grain_for(width + a.rows.numel()),
+                         [&](int64_t k0, int64_t k1) {
+                           cpu::sparse_rows_matmul_backward_values(csr, w, weight_rows, g, width,
+                                                                   gv, k0, k1, e);
+                         });
+      }
+    });
+  });
+  if (validate) raise_if_error(kOp, error, a.names(weight_rows));
+  return grad_values;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dmfx, CPU, m) {
+  m.impl("sparse_rows_matmul", &forward);
+  m.impl("sparse_rows_matmul_backward_weight", &backward_weight);
+  m.impl("sparse_rows_matmul_backward_values", &backward_values);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(dmfx, CUDA, m) {
+  m.impl("sparse_rows_matmul", &forward);
+  m.impl("sparse_rows_matmul_backward_weight", &backward_weight);
+  m.impl("sparse_rows_matmul_backward_values", &backward_values);
+}
+#endif
+
+}  // namespace dmfx

@@ -1,0 +1,235 @@
+"""The dmfx operators: the three hot spots of DMF as PyTorch custom ops.
+
+Each op is registered in the ``torch.ops.dmfx`` namespace by the C++ extension (CPU kernels
+always, CUDA kernels where built); this module adds the fake (meta) kernels and autograd, so the
+ops work under ``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.library.opcheck``.
+Pure-PyTorch twins of every op live in :mod:`dmfx.reference`.
+
+Validation. Kernels never read out of bounds, whatever their input: an out-of-range id or a
+broken ``indptr`` entry is skipped. With ``validate=True`` (the default) such a problem raises a
+Python exception naming the argument; on CUDA that costs one 24-byte device-to-host copy (a
+sync) per call. Hot loops over data already checked once (the trainer) pass ``validate=False``:
+no sync, and a bad entry then contributes nothing instead of raising.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _C
+
+__all__ = ["sparse_rows_matmul", "cosine_nce_loss", "sample_negatives", "cuda_enabled"]
+
+
+def cuda_enabled() -> bool:
+    """Whether this build of dmfx contains the CUDA kernels."""
+    return _C.cuda_enabled()
+
+
+# --------------------------------------------------------------------------- sparse_rows_matmul
+
+
+def sparse_rows_matmul(
+    indptr: Tensor,
+    indices: Tensor,
+    values: Optional[Tensor],
+    rows: Tensor,
+    weight: Tensor,
+    *,
+    validate: bool = True,
+) -> Tensor:
+    """Rows of a CSR matrix times a dense matrix: ``out[b] = A[rows[b]] @ weight``.
+
+    ``out[b] = sum(values[k] * weight[indices[k]] for k in range(indptr[r], indptr[r + 1]))``
+    with ``r = rows[b]``. This is the first layer of a DMF tower: the user tower passes the CSR
+    of Y (users x items) and the item tower the CSR of Y transposed. Only the stored entries of a
+    row are read, so a row costs its nnz, not the matrix width.
+
+    Args:
+        indptr: int32/int64 ``[num_rows + 1]``, CSR row pointer.
+        indices: column ids ``[nnz]``, same dtype as ``indptr``; each must be ``< weight.size(0)``.
+        values: ``[nnz]`` entries in ``weight``'s dtype, or None for an all-ones (0/1) matrix.
+        rows: int32/int64 ``[B]`` row ids to compute; repeats are fine.
+        weight: float32/float64 ``[weight_rows, H]``.
+        validate: raise on bad ids (see the module docstring).
+
+    Returns:
+        ``[B, H]`` tensor. Differentiable with respect to ``weight`` and ``values``.
+    """
+    return torch.ops.dmfx.sparse_rows_matmul(indptr, indices, values, rows, weight, validate)
+
+
+@torch.library.register_fake("dmfx::sparse_rows_matmul")
+def _sparse_rows_matmul_fake(indptr, indices, values, rows, weight, validate=True):
+    torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
+    return weight.new_empty((rows.shape[0], weight.shape[1]))
+
+
+@torch.library.register_fake("dmfx::sparse_rows_matmul_backward_weight")
+def _sparse_rows_matmul_backward_weight_fake(
+    indptr, indices, values, rows, grad_out, num_weight_rows, validate=True
+):
+    return grad_out.new_empty((num_weight_rows, grad_out.shape[1]))
+
+
+@torch.library.register_fake("dmfx::sparse_rows_matmul_backward_values")
+def _sparse_rows_matmul_backward_values_fake(indptr, indices, rows, weight, grad_out, validate=True):
+    return weight.new_empty((indices.shape[0],))
+
+
+def _sparse_rows_matmul_setup_context(ctx, inputs, output):
+    indptr, indices, values, rows, weight, _ = inputs
+    ctx.save_for_backward(indptr, indices, values, rows, weight)
+
+
+def _sparse_rows_matmul_backward(ctx, grad):
+    indptr, indices, values, rows, weight = ctx.saved_tensors
+    grad_values = grad_weight = None
+    # The forward already validated these indices: no second check, no sync.
+    if ctx.needs_input_grad[2]:
+        grad_values = torch.ops.dmfx.sparse_rows_matmul_backward_values(
+            indptr, indices, rows, weight, grad, False
+        )
+    if ctx.needs_input_grad[4]:
+        grad_weight = torch.ops.dmfx.sparse_rows_matmul_backward_weight(
+            indptr, indices, values, rows, grad, weight.shape[0], False
+        )
+    return None, None, grad_values, None, grad_weight, None
+
+
+torch.library.register_autograd(
+    "dmfx::sparse_rows_matmul",
+    _sparse_rows_matmul_backward,
+    setup_context=_sparse_rows_matmul_setup_context,
+)
+
+
+# ------------------------------------------------------------------------------ cosine_nce_loss
+
+
+def cosine_nce_loss(
+    p: Tensor,
+    q: Tensor,
+    target: Tensor,
+    mu: float = 1e-6,
+    reduction: str = "mean",
+    *,
+    validate: bool = True,
+) -> Tensor:
+    """Fused cosine + mu-clamp + normalized cross-entropy (DMF, Eqs. 8, 12 and 13).
+
+    ``yhat_b = clamp(cos(p_b, q_b), mu, 1 - mu)`` and
+    ``loss_b = -(t_b log yhat_b + (1 - t_b) log(1 - yhat_b))``. For the paper's nce loss
+    ``t = rating / max rating`` on observed pairs and 0 on sampled negatives; for ce, 0/1.
+
+    The upper clamp ``1 - mu`` keeps ``log(1 - yhat)`` finite. The clamp passes gradient only
+    when ``mu <= cos <= 1 - mu`` (as ``torch.clamp`` does). A zero vector has cosine 0 by
+    definition, so its pair gets ``yhat = mu``, a finite loss and a zero gradient, never NaN.
+
+    Args:
+        p, q: float32/float64 ``[B, k]`` tower outputs.
+        target: ``[B]`` targets in [0, 1].
+        mu: the clamp, in (0, 0.5).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``. The mean of an empty batch is NaN, as in
+            torch.
+        validate: raise when a target lies outside [0, 1] (on CUDA: one sync).
+
+    Returns:
+        A scalar, or ``[B]`` for ``reduction="none"``. Differentiable in ``p``, ``q`` and
+        ``target``.
+    """
+    return torch.ops.dmfx.cosine_nce_loss(p, q, target, mu, reduction, validate)
+
+
+@torch.library.register_fake("dmfx::cosine_nce_loss")
+def _cosine_nce_loss_fake(p, q, target, mu=1e-6, reduction="mean", validate=True):
+    return p.new_empty((p.shape[0],) if reduction == "none" else ())
+
+
+@torch.library.register_fake("dmfx::cosine_nce_loss_backward")
+def _cosine_nce_loss_backward_fake(grad, p, q, target, mu, reduction):
+    return torch.empty_like(p), torch.empty_like(q)
+
+
+def _cosine_nce_loss_setup_context(ctx, inputs, output):
+    p, q, target, mu, reduction, _ = inputs
+    ctx.save_for_backward(p, q, target)
+    ctx.mu = mu
+    ctx.reduction = reduction
+
+
+def _cosine_nce_loss_backward(ctx, grad):
+    p, q, target = ctx.saved_tensors
+    grad_p, grad_q = torch.ops.dmfx.cosine_nce_loss_backward(
+        grad, p, q, target, ctx.mu, ctx.reduction
+    )
+    grad_target = None
+    if ctx.needs_input_grad[2]:
+        # Rarely wanted (targets are data), so it is left to a composite: d loss / d t.
+        from .reference import clamped_cosine
+
+        yhat = clamped_cosine(p.detach(), q.detach(), ctx.mu)
+        scale = grad / p.shape[0] if ctx.reduction == "mean" else grad
+        grad_target = (scale * (torch.log1p(-yhat) - torch.log(yhat))).to(target.dtype)
+    return grad_p, grad_q, grad_target, None, None, None
+
+
+torch.library.register_autograd(
+    "dmfx::cosine_nce_loss",
+    _cosine_nce_loss_backward,
+    setup_context=_cosine_nce_loss_setup_context,
+)
+
+
+# ----------------------------------------------------------------------------- sample_negatives
+
+
+def sample_negatives(
+    indptr: Tensor,
+    indices: Tensor,
+    users: Tensor,
+    num_items: int,
+    num_negatives: int,
+    *,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    validate: bool = True,
+) -> Tensor:
+    """Items each user has not interacted with, drawn uniformly with replacement.
+
+    ``out[b, n]`` is uniform over ``[0, num_items)`` minus the CSR row ``users[b]`` of the
+    interaction matrix. Each draw is exact (a binary search maps a uniform rank among the user's
+    free items to the item), with no rejection loop.
+
+    The columns of every row must be strictly ascending; :mod:`dmfx.data` builds them so.
+    ``validate=True`` also checks that order for the rows it reads (O(row length)).
+
+    Args:
+        indptr, indices: CSR of the user x item interactions (int32 or int64, one dtype).
+        users: int32/int64 ``[B]`` user ids; repeats are fine.
+        num_items: the number of items (columns).
+        num_negatives: draws per user.
+        seed: the samples are a pure function of ``seed`` (the same on CPU and CUDA). Without
+            it, a seed is drawn from ``generator`` (default: torch's default CPU generator, so
+            ``torch.manual_seed`` makes calls reproducible). A CUDA generator costs a sync.
+        validate: raise on bad ids, unsorted rows, or a user who interacted with every item.
+
+    Returns:
+        int64 ``[B, num_negatives]`` on the device of ``users``. Without validation, a user with
+        no free item gets -1.
+    """
+    if seed is not None and generator is not None:
+        raise ValueError("dmfx.sample_negatives: give seed or generator, not both")
+    if seed is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+        seed = int(torch.empty((), dtype=torch.int64, device=device).random_(generator=generator))
+    return torch.ops.dmfx.sample_negatives(
+        indptr, indices, users, num_items, num_negatives, seed, validate
+    )
+
+
+@torch.library.register_fake("dmfx::sample_negatives")
+def _sample_negatives_fake(indptr, indices, users, num_items, num_negatives, seed, validate=True):
+    return users.new_empty((users.shape[0], num_negatives), dtype=torch.int64)

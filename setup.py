@@ -1,0 +1,53 @@
+"""Builds dmfx._C: the CPU kernels always, the CUDA kernels where they can be built.
+
+CUDA is built when torch is a CUDA build and a CUDA toolkit is found, and either a GPU is
+visible or FORCE_CUDA=1 (for building on a GPU-less machine). FORCE_CPU=1 skips CUDA.
+
+`make setup` builds the extension in place with `setup.py build_ext --inplace` (incremental:
+objects are kept under build/temp, see setup.cfg) and then installs the package editable with
+DMFX_SKIP_EXTENSION=1, because an editable install would otherwise rebuild everything from
+scratch in a temporary directory.
+"""
+import glob
+import os
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def build_with_cuda() -> bool:
+    if os.environ.get("FORCE_CPU", "0") == "1":
+        return False
+    if torch.version.cuda is None or CUDA_HOME is None:
+        if os.environ.get("FORCE_CUDA", "0") == "1":
+            raise RuntimeError(
+                "FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit "
+                f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})"
+            )
+        return False
+    return torch.cuda.is_available() or os.environ.get("FORCE_CUDA", "0") == "1"
+
+
+def extension():
+    def rel(pattern):
+        return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    cxx_flags = ["-O3"]
+    if build_with_cuda():
+        return CUDAExtension(
+            "dmfx._C",
+            sources + rel("csrc/cuda/*.cu"),
+            define_macros=[("WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        )
+    return CppExtension("dmfx._C", sources, extra_compile_args={"cxx": cxx_flags})
+
+
+setup(
+    ext_modules=[] if os.environ.get("DMFX_SKIP_EXTENSION", "0") == "1" else [extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
