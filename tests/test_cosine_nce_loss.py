@@ -1,0 +1,166 @@
+"""cosine_nce_loss against its reference twin, its gradients, its edge cases and its errors."""
+import math
+
+import pytest
+import torch
+
+from dmfx import ops, reference
+
+
+def make_case(device, batch=33, dim=7, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    # Non-negative like DMF's ReLU tower outputs, so most cosines sit inside (mu, 1 - mu).
+    p = torch.rand(batch, dim, generator=g, dtype=dtype).to(device)
+    q = torch.rand(batch, dim, generator=g, dtype=dtype).to(device)
+    target = torch.rand(batch, generator=g, dtype=dtype).to(device)
+    target[: batch // 3] = 0  # sampled negatives
+    return p, q, target
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dim", [1, 3, 32, 64, 65])
+def test_matches_reference(device, reduction, dim):
+    p, q, target = make_case(device, dim=dim, seed=dim)
+    p.requires_grad_()
+    q.requires_grad_()
+    out = ops.cosine_nce_loss(p, q, target, reduction=reduction)
+    rp, rq = p.detach().clone().requires_grad_(), q.detach().clone().requires_grad_()
+    ref = reference.cosine_nce_loss(rp, rq, target, reduction=reduction)
+    torch.testing.assert_close(out, ref)
+    grad = torch.rand_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(p.grad, rp.grad)
+    torch.testing.assert_close(q.grad, rq.grad)
+
+
+def test_float32_matches_float64_reference(device):
+    p, q, target = make_case(device, batch=4096, dim=64, dtype=torch.float32)
+    out = ops.cosine_nce_loss(p, q, target, reduction="none")
+    ref = reference.cosine_nce_loss(p.double(), q.double(), target.double(), reduction="none")
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck(device, reduction):
+    p, q, target = make_case(device, batch=6, dim=5)
+    p.requires_grad_()
+    q.requires_grad_()
+    target = target.clamp(0.1, 0.9).requires_grad_()  # finite differences stay inside [0, 1]
+    assert torch.autograd.gradcheck(
+        lambda a, b, t: ops.cosine_nce_loss(a, b, t, reduction=reduction), (p, q, target)
+    )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_opcheck(device, reduction):
+    p, q, target = make_case(device)
+    torch.library.opcheck(
+        torch.ops.dmfx.cosine_nce_loss.default,
+        (p.requires_grad_(), q.requires_grad_(), target, 1e-6, reduction, True),
+    )
+    grad = torch.rand(() if reduction == "mean" else (p.shape[0],), dtype=p.dtype, device=device)
+    torch.library.opcheck(
+        torch.ops.dmfx.cosine_nce_loss_backward.default,
+        (grad, p.detach(), q.detach(), target, 1e-6, reduction),
+    )
+
+
+def test_zero_vector_gives_defined_loss_and_zero_gradient(device):
+    p, q, target = make_case(device, batch=4, dim=5)
+    p[1] = 0
+    q[2] = 0
+    p.requires_grad_()
+    q.requires_grad_()
+    mu = 1e-6
+    loss = ops.cosine_nce_loss(p, q, target, mu=mu, reduction="none")
+    for b in (1, 2):
+        t = float(target[b])
+        expected = -(t * math.log(mu) + (1 - t) * math.log1p(-mu))
+        assert loss[b].item() == pytest.approx(expected)
+    loss.sum().backward()
+    assert torch.isfinite(p.grad).all() and torch.isfinite(q.grad).all()
+    assert torch.equal(p.grad[1], torch.zeros_like(p.grad[1]))
+    assert torch.equal(q.grad[2], torch.zeros_like(q.grad[2]))
+
+
+def test_upper_clamp_keeps_log_finite(device):
+    p = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64, device=device, requires_grad=True)
+    q = (2 * p).detach()  # cosine exactly 1
+    target = torch.tensor([0.0], dtype=torch.float64, device=device)
+    loss = ops.cosine_nce_loss(p, q, target, mu=1e-6, reduction="sum")
+    assert loss.item() == pytest.approx(-math.log(1e-6))
+    loss.backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_batch_of_one_and_empty_batch(device):
+    p, q, target = make_case(device, batch=1)
+    torch.testing.assert_close(ops.cosine_nce_loss(p, q, target),
+                               reference.cosine_nce_loss(p, q, target))
+    empty = ops.cosine_nce_loss(p[:0], q[:0], target[:0], reduction="sum")
+    assert empty.item() == 0
+    assert ops.cosine_nce_loss(p[:0], q[:0], target[:0], reduction="none").shape == (0,)
+
+
+def test_non_contiguous_inputs_and_target_dtype(device):
+    p, q, target = make_case(device, batch=10, dim=12)
+    pw, qw = torch.cat([p, q], 1)[:, :12], torch.cat([p, q], 1)[:, 12:]
+    assert not pw.is_contiguous() and not qw.is_contiguous()
+    target_strided = torch.stack([target, target], 1)[:, 0].float()
+    out = ops.cosine_nce_loss(pw, qw, target_strided, reduction="none")
+    torch.testing.assert_close(out, reference.cosine_nce_loss(p, q, target.float().double(),
+                                                              reduction="none"))
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def case(device):
+    return make_case(device)
+
+
+def test_bad_reduction(case):
+    with pytest.raises(ValueError, match="reduction must be 'none', 'mean' or 'sum', got 'avg'"):
+        ops.cosine_nce_loss(*case, reduction="avg")
+
+
+@pytest.mark.parametrize("mu", [0.0, -1e-3, 0.5, 2.0])
+def test_bad_mu(case, mu):
+    with pytest.raises(ValueError, match="mu must lie in"):
+        ops.cosine_nce_loss(*case, mu=mu)
+
+
+def test_target_outside_unit_interval(case):
+    p, q, target = case
+    target = target.clone()
+    target[4] = 5.0  # a raw rating instead of rating / max rating
+    with pytest.raises(ValueError, match=r"target\[4\] is not in \[0, 1\]"):
+        ops.cosine_nce_loss(p, q, target)
+    target[4] = float("nan")
+    with pytest.raises(ValueError, match=r"target\[4\]"):
+        ops.cosine_nce_loss(p, q, target)
+
+
+def test_shape_and_dtype_errors_name_the_argument(case):
+    p, q, target = case
+    with pytest.raises(ValueError, match="q must have the shape of p"):
+        ops.cosine_nce_loss(p, q[:, :3], target)
+    with pytest.raises(ValueError, match="target must be 1-D with one entry per row of p"):
+        ops.cosine_nce_loss(p, q, target[:-1])
+    with pytest.raises(ValueError, match=r"p must be 2-D"):
+        ops.cosine_nce_loss(p[0], q[0], target)
+    with pytest.raises(TypeError, match="p must be float32 or float64"):
+        ops.cosine_nce_loss(p.long(), q.long(), target)
+    with pytest.raises(TypeError, match=r"q \(Float\) must have the dtype of p"):
+        ops.cosine_nce_loss(p, q.float(), target)
+    with pytest.raises(TypeError, match="target must be a floating tensor"):
+        ops.cosine_nce_loss(p, q, target.long())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for a second device")
+def test_device_mismatch_names_the_argument():
+    p, q, target = make_case("cpu")
+    with pytest.raises(ValueError, match="q is on cuda:0 but p is on cpu"):
+        ops.cosine_nce_loss(p, q.cuda(), target)

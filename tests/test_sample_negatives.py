@@ -1,0 +1,151 @@
+"""sample_negatives: never a positive, in range, uniform, reproducible, and its errors."""
+import pytest
+import torch
+from scipy import stats
+
+from dmfx import ops, reference
+from conftest import CUDA_READY, CUDA_SKIP_REASON, random_csr
+
+
+def sample(csr, users, num_negatives=5, **kwargs):
+    kwargs.setdefault("seed", 0)
+    return ops.sample_negatives(csr.indptr, csr.indices, users, csr.num_cols, num_negatives,
+                                **kwargs)
+
+
+def positives_of(csr, user):
+    return set(csr.indices[csr.indptr[user]:csr.indptr[user + 1]].tolist())
+
+
+@pytest.fixture
+def case(device, index_dtype):
+    # row 3 is full in random_csr: drop it from the users that must get negatives
+    csr = random_csr(30, 25, density=0.4, index_dtype=index_dtype, device=device)
+    users = torch.tensor([u for u in range(30) if u != 3] * 3, device=device).to(index_dtype)
+    return csr, users
+
+
+def test_never_a_positive_always_in_range(case):
+    csr, users = case
+    out = sample(csr, users, num_negatives=9)
+    assert out.shape == (users.numel(), 9) and out.dtype == torch.int64
+    assert out.device == users.device
+    assert int(out.min()) >= 0 and int(out.max()) < csr.num_cols
+    for b, user in enumerate(users.tolist()):
+        assert not positives_of(csr, user) & set(out[b].tolist())
+
+
+def test_uniform_over_the_free_items(device):
+    csr = random_csr(4, 40, density=0.5, seed=3, device=device)
+    user = 2
+    free = sorted(set(range(40)) - positives_of(csr, user))
+    draws = sample(csr, torch.full((2000,), user, device=device), num_negatives=20, seed=11)
+    counts = torch.bincount(draws.flatten().cpu(), minlength=40)
+    assert counts[sorted(positives_of(csr, user))].sum() == 0
+    result = stats.chisquare(counts[free].numpy())
+    assert result.pvalue > 1e-3, result
+
+
+def test_matches_the_reference_distribution(device):
+    csr = random_csr(6, 12, density=0.5, seed=5, device=device)
+    users = torch.full((20000,), 4, device=device)
+    ours = torch.bincount(sample(csr, users, num_negatives=1, seed=1).flatten().cpu(), minlength=12)
+    g = torch.Generator(device=device).manual_seed(1)
+    theirs = torch.bincount(
+        reference.sample_negatives(csr.indptr, csr.indices, users, 12, 1, generator=g)
+        .flatten().cpu(), minlength=12)
+    assert torch.equal(ours > 0, theirs > 0)  # same support
+    observed = torch.stack([ours[ours > 0], theirs[theirs > 0]]).numpy()
+    assert stats.chi2_contingency(observed).pvalue > 1e-3
+
+
+def test_reproducible_from_a_seed_and_from_the_global_seed(case):
+    csr, users = case
+    assert torch.equal(sample(csr, users, seed=42), sample(csr, users, seed=42))
+    assert not torch.equal(sample(csr, users, seed=42), sample(csr, users, seed=43))
+    torch.manual_seed(7)
+    first = sample(csr, users, seed=None)
+    second = sample(csr, users, seed=None)
+    torch.manual_seed(7)
+    assert torch.equal(first, sample(csr, users, seed=None))
+    assert not torch.equal(first, second)
+    gen = torch.Generator().manual_seed(3)
+    a = sample(csr, users, seed=None, generator=gen)
+    gen.manual_seed(3)
+    assert torch.equal(a, sample(csr, users, seed=None, generator=gen))
+
+
+def test_sample_depends_only_on_its_slot(case):
+    """A prefix of the batch draws what the whole batch draws there: a counter-based stream."""
+    csr, users = case
+    torch.testing.assert_close(sample(csr, users[:7], seed=5), sample(csr, users, seed=5)[:7])
+
+
+@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+def test_cpu_and_cuda_agree_for_a_seed():
+    csr = random_csr(30, 25, density=0.4)
+    users = torch.tensor([0, 1, 2, 4, 5, 29] * 50)
+    cpu = sample(csr, users, seed=9)
+    cuda = ops.sample_negatives(csr.indptr.cuda(), csr.indices.cuda(), users.cuda(), 25, 5, seed=9)
+    assert torch.equal(cpu, cuda.cpu())
+
+
+def test_opcheck(case):
+    csr, users = case
+    torch.library.opcheck(
+        torch.ops.dmfx.sample_negatives.default,
+        (csr.indptr, csr.indices, users, csr.num_cols, 4, 123, True),
+    )
+
+
+def test_empty_batch_and_zero_negatives(case):
+    csr, users = case
+    assert sample(csr, users[:0]).shape == (0, 5)
+    assert sample(csr, users, num_negatives=0).shape == (users.numel(), 0)
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_user_with_every_item_raises(case):
+    csr, users = case
+    full = torch.tensor([0, 3], device=users.device, dtype=users.dtype)
+    with pytest.raises(ValueError, match=r"user 3 \(users\[1\]\) has interacted with all 25 items"):
+        sample(csr, full)
+    out = sample(csr, full, validate=False)
+    assert (out[1] == -1).all() and (out[0] >= 0).all()
+
+
+def test_unsorted_row_raises(case):
+    csr, users = case
+    indices = csr.indices.clone()
+    begin, end = int(csr.indptr[5]), int(csr.indptr[6])
+    indices[begin:end] = indices[begin:end].flip(0)
+    with pytest.raises(ValueError, match="indices of CSR row 5 are not strictly ascending"):
+        sample(csr._replace(indices=indices), users)
+
+
+def test_out_of_range_ids_raise(case):
+    csr, users = case
+    bad_users = users.clone()
+    bad_users[2] = 30
+    with pytest.raises(IndexError, match=r"users\[2\] = 30 is out of range"):
+        sample(csr, bad_users)
+    indices = csr.indices.clone()
+    indices[-1] = 25
+    with pytest.raises(IndexError, match=r"indices\[\d+\] = 25 is out of range \[0, 25\) given by num_items"):
+        sample(csr._replace(indices=indices), users)
+
+
+def test_argument_errors(case):
+    csr, users = case
+    with pytest.raises(ValueError, match="num_items must be positive"):
+        ops.sample_negatives(csr.indptr, csr.indices, users, 0, 3, seed=0)
+    with pytest.raises(ValueError, match="num_negatives must be >= 0"):
+        sample(csr, users, num_negatives=-1)
+    with pytest.raises(TypeError, match="users must be an int32 or int64 tensor"):
+        sample(csr, users.float())
+    with pytest.raises(ValueError, match="give seed or generator, not both"):
+        sample(csr, users, seed=1, generator=torch.Generator())
+    with pytest.raises(ValueError, match=r"indptr\[30\] = \d+ but must be"):
+        sample(csr._replace(indices=csr.indices[:-1]), users)

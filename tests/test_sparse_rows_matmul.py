@@ -1,0 +1,230 @@
+"""sparse_rows_matmul against its reference twin, its gradients, and its errors."""
+import pytest
+import torch
+
+from dmfx import ops, reference
+from conftest import random_csr
+
+
+def make_case(device, index_dtype, width=7, num_rows=12, num_cols=9, batch=20, seed=0,
+              dtype=torch.float64):
+    csr = random_csr(num_rows, num_cols, seed=seed, index_dtype=index_dtype, dtype=dtype,
+                     device=device)
+    g = torch.Generator().manual_seed(seed + 1)
+    rows = torch.randint(num_rows, (batch,), generator=g)
+    rows[:4] = torch.tensor([0, 1, 1, 3])  # empty row, one-nnz row twice, full row
+    weight = torch.randn(num_cols, width, generator=g, dtype=dtype)
+    return csr, rows.to(index_dtype).to(device), weight.to(device)
+
+
+@pytest.mark.parametrize("width", [1, 3, 32, 33, 70])
+@pytest.mark.parametrize("with_values", [True, False], ids=["values", "binary"])
+def test_matches_reference_forward_and_backward(device, index_dtype, width, with_values):
+    csr, rows, weight = make_case(device, index_dtype, width=width, seed=width)
+    values = csr.values.clone().requires_grad_() if with_values else None
+    weight.requires_grad_()
+    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows, weight)
+    ref_values = values.detach().clone().requires_grad_() if with_values else None
+    ref_weight = weight.detach().clone().requires_grad_()
+    ref = reference.sparse_rows_matmul(csr.indptr, csr.indices, ref_values, rows, ref_weight)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(weight.grad, ref_weight.grad)
+    if with_values:
+        torch.testing.assert_close(values.grad, ref_values.grad)
+
+
+def test_matches_dense_product(device):
+    csr, rows, weight = make_case(device, torch.int64)
+    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows, weight)
+    expected = csr.dense().to(device)[rows.long()] @ weight
+    torch.testing.assert_close(out, expected)
+
+
+def test_float32_matches_float64_reference(device, index_dtype):
+    csr, rows, weight = make_case(device, index_dtype, width=65, num_rows=40, num_cols=300,
+                                  batch=64, dtype=torch.float32)
+    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows, weight)
+    ref = reference.sparse_rows_matmul(csr.indptr, csr.indices, csr.values.double(), rows,
+                                       weight.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck(device, index_dtype):
+    csr, rows, weight = make_case(device, index_dtype, width=5, num_rows=6, num_cols=5, batch=7)
+    values = csr.values.clone().requires_grad_()
+    weight.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda v, w: ops.sparse_rows_matmul(csr.indptr, csr.indices, v, rows, w), (values, weight)
+    )
+
+
+@pytest.mark.parametrize("with_values", [True, False], ids=["values", "binary"])
+def test_opcheck(device, index_dtype, with_values):
+    csr, rows, weight = make_case(device, index_dtype, width=6)
+    values = csr.values.clone().requires_grad_() if with_values else None
+    torch.library.opcheck(
+        torch.ops.dmfx.sparse_rows_matmul.default,
+        (csr.indptr, csr.indices, values, rows, weight.requires_grad_(), True),
+    )
+
+
+def test_backward_ops_opcheck(device):
+    csr, rows, weight = make_case(device, torch.int64)
+    grad = torch.randn(rows.numel(), weight.shape[1], dtype=weight.dtype, device=device)
+    torch.library.opcheck(
+        torch.ops.dmfx.sparse_rows_matmul_backward_weight.default,
+        (csr.indptr, csr.indices, csr.values, rows, grad, weight.shape[0], True),
+    )
+    torch.library.opcheck(
+        torch.ops.dmfx.sparse_rows_matmul_backward_values.default,
+        (csr.indptr, csr.indices, rows, weight, grad, True),
+    )
+
+
+def test_non_contiguous_inputs(device, index_dtype):
+    csr, rows, weight = make_case(device, index_dtype, width=8)
+    weight_t = weight.t().contiguous().t()  # column-major view
+    rows_strided = torch.stack([rows, rows], 1)[:, 0]
+    values_strided = torch.stack([csr.values, csr.values], 1)[:, 1]
+    assert not (weight_t.is_contiguous() or rows_strided.is_contiguous()
+                or values_strided.is_contiguous())
+    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, values_strided, rows_strided, weight_t)
+    ref = reference.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows, weight)
+    torch.testing.assert_close(out, ref)
+
+
+def test_mixed_index_dtypes_for_rows(device):
+    csr, rows, weight = make_case(device, torch.int64)
+    out32 = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows.int(), weight)
+    out64 = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows, weight)
+    torch.testing.assert_close(out32, out64)
+
+
+def test_batch_of_one_and_empty_batch(device):
+    csr, rows, weight = make_case(device, torch.int64)
+    one = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows[3:4], weight)
+    torch.testing.assert_close(one[0], csr.dense().to(device)[3] @ weight)
+    empty = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows[:0], weight)
+    assert empty.shape == (0, weight.shape[1])
+
+
+def test_matrix_without_entries(device):
+    indptr = torch.zeros(4, dtype=torch.int64, device=device)
+    indices = torch.zeros(0, dtype=torch.int64, device=device)
+    weight = torch.randn(5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    rows = torch.tensor([0, 2, 2], device=device)
+    out = ops.sparse_rows_matmul(indptr, indices, None, rows, weight)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+def test_repeated_rows_accumulate_gradients(device):
+    csr, _, weight = make_case(device, torch.int64)
+    rows = torch.tensor([3, 3, 3], device=device)
+    values = csr.values.clone().requires_grad_()
+    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows, weight)
+    out.sum().backward()
+    begin, end = int(csr.indptr[3]), int(csr.indptr[4])
+    expected = 3 * weight[csr.indices[begin:end].long()].sum(1)
+    torch.testing.assert_close(values.grad[begin:end], expected)
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def call(csr, rows, weight, values="default", **kwargs):
+    values = csr.values if values == "default" else values
+    return ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows, weight, **kwargs)
+
+
+@pytest.fixture
+def case(device):
+    return make_case(device, torch.int64)
+
+
+def test_index_out_of_range_names_indices(case):
+    csr, rows, weight = case
+    bad = csr._replace(indices=csr.indices.clone())
+    bad.indices[-1] = weight.shape[0]
+    with pytest.raises(IndexError, match=r"indices\[\d+\] = 9 is out of range"):
+        call(bad, rows, weight)
+
+
+def test_negative_index_names_indices(case):
+    csr, rows, weight = case
+    bad = csr._replace(indices=csr.indices.clone())
+    bad.indices[-1] = -1
+    with pytest.raises(IndexError, match=r"indices\[\d+\] = -1"):
+        call(bad, rows, weight)
+
+
+@pytest.mark.parametrize("row", [12, -1])
+def test_row_out_of_range_names_rows(case, row):
+    csr, rows, weight = case
+    rows = rows.clone()
+    rows[5] = row
+    with pytest.raises(IndexError, match=rf"rows\[5\] = {row} is out of range"):
+        call(csr, rows, weight)
+
+
+def test_indptr_not_monotone(case):
+    csr, rows, weight = case
+    indptr = csr.indptr.clone()
+    indptr[4] = indptr[3] - 1  # row 3 (always in the batch) now ends before it starts
+    with pytest.raises(ValueError, match="indptr is not a valid CSR row pointer at row 3"):
+        call(csr._replace(indptr=indptr), rows, weight)
+
+
+def test_indptr_not_matching_indices(case):
+    csr, rows, weight = case
+    with pytest.raises(ValueError, match=r"indptr\[12\] = \d+ but must be \d+"):
+        call(csr._replace(indices=csr.indices[:-1], values=csr.values[:-1]), rows, weight)
+
+
+def test_values_length_mismatch(case):
+    csr, rows, weight = case
+    with pytest.raises(ValueError, match="values must be 1-D with one entry per index"):
+        call(csr, rows, weight, values=csr.values[:-1])
+
+
+def test_dtype_errors_name_the_argument(case):
+    csr, rows, weight = case
+    with pytest.raises(TypeError, match="indices and indptr must share one index dtype"):
+        call(csr._replace(indices=csr.indices.int()), rows, weight)
+    with pytest.raises(TypeError, match="rows must be an int32 or int64 tensor"):
+        call(csr, rows.double(), weight)
+    with pytest.raises(TypeError, match="weight must be float32 or float64"):
+        call(csr, rows, weight.half(), values=None)
+    with pytest.raises(TypeError, match=r"values \(Float\) must have the dtype of weight"):
+        call(csr, rows, weight, values=csr.values.float())
+
+
+def test_shape_errors_name_the_argument(case):
+    csr, rows, weight = case
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        call(csr, rows, weight[:, 0])
+    with pytest.raises(ValueError, match="rows must be 1-D"):
+        call(csr, rows.view(4, 5), weight)
+    with pytest.raises(ValueError, match="indptr must have num_rows"):
+        call(csr._replace(indptr=csr.indptr[:0]), rows, weight)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for a second device")
+def test_device_mismatch_names_the_argument():
+    csr, rows, weight = make_case("cpu", torch.int64)
+    with pytest.raises(ValueError, match="rows is on cuda:0 but weight is on cpu"):
+        call(csr, rows.cuda(), weight)
+
+
+def test_without_validation_bad_entries_contribute_nothing(case):
+    csr, rows, weight = case
+    bad = csr._replace(indices=csr.indices.clone())
+    bad.indices[-1] = 10**6
+    out = call(bad, rows, weight, validate=False)
+    kept = csr._replace(values=csr.values.clone())
+    kept.values[-1] = 0
+    torch.testing.assert_close(out, call(kept, rows, weight))
