@@ -1,0 +1,92 @@
+"""pytest wiring of the dmfx benchmarks: options, the device, cached matrices, case selection.
+
+Run from the repository root:  ``python -m pytest benchmarks --benchmark-only [--device cuda]
+[--big]``. The project's ``testpaths`` is ``tests``, so a plain ``pytest`` never reaches here.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dmfx
+from harness import device_name, synchronized_timer
+from matrices import load_csr, to_device
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("dmfx benchmarks")
+    group.addoption("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="device to benchmark on (default: cpu)")
+    group.addoption("--big", action="store_true",
+                    help="CUDA only: add the 2M x 1M x 50M-ratings shapes (~1 min to generate)")
+
+
+def _device_or_skip_reason(config):
+    if config.getoption("device") == "cpu":
+        return torch.device("cpu"), None
+    if not torch.cuda.is_available():
+        return None, "--device cuda: no CUDA device is available"
+    if not dmfx.cuda_enabled():
+        return None, "--device cuda: this dmfx build has no CUDA kernels"
+    return torch.device("cuda"), None
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig):
+    dev, reason = _device_or_skip_reason(pytestconfig)
+    if dev is None:
+        pytest.skip(reason)
+    return dev
+
+
+@pytest.fixture(scope="session")
+def matrix(device):
+    """``matrix(name)``: the named CSR of ``matrices.SHAPES`` on the benchmark device, built once
+    per session (generating ML-1M takes ~0.5 s, the 50M-ratings one ~40 s)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = to_device(load_csr(name), device)
+        return cache[name]
+
+    return get
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize ``case, contender`` from the test module's ``CASES`` and ``CONTENDERS``.
+
+    A case with ``cuda_only`` runs only with ``--device cuda`` and one with ``big`` only with
+    ``--big`` too; they are left out rather than skipped so the report lists what ran. Pairs are
+    generated case-major so each shape's contenders run (and print) together.
+    """
+    if not {"case", "contender"} <= set(metafunc.fixturenames):
+        return
+    on_cuda = metafunc.config.getoption("device") == "cuda"
+    big = metafunc.config.getoption("big")
+    cases = [c for c in metafunc.module.CASES
+             if (on_cuda or not c.cuda_only) and (big or not c.big)]
+    metafunc.parametrize(
+        "case, contender",
+        [(c, name) for c in cases for name in metafunc.module.CONTENDERS],
+        ids=[f"{c.id}-{name}" for c in cases for name in metafunc.module.CONTENDERS],
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every benchmark reads the synchronising timer, so a CUDA round ends when its kernels do.
+    for item in items:
+        if "benchmark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.benchmark(timer=synchronized_timer))
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record what report.py prints: the device, torch and the command line."""
+    dev, _ = _device_or_skip_reason(config)
+    machine_info["dmfx"] = {
+        "device": device_name(dev) if dev is not None else "unavailable",
+        "device_type": config.getoption("device"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "command": "python -m pytest " + " ".join(config.invocation_params.args),
+    }
