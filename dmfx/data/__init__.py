@@ -1,0 +1,48 @@
+"""Data layer of dmfx: interactions, file readers, named data sets, splits and synthetic data.
+
+Everything a training script needs is re-exported here::
+
+    from dmfx.data import load_dataset, leave_one_out
+    data = load_dataset("ml-100k")             # bundled, no network
+    split = leave_one_out(data, num_negatives=100, seed=0)
+    Y = split.train.csr(values="rating")      # CSR of the user x item matrix
+"""
+
+from .datasets import DATASETS, Dataset, default_cache_dir, load_dataset
+from .errors import DataFormatError, DatasetUnavailableError
+from .filters import kcore
+from .interactions import CSR, Interactions, read_npz
+from .readers import (
+    FORMATS,
+    read_amazon_csv,
+    read_delimited,
+    read_file,
+    read_movielens_100k,
+    read_movielens_csv,
+    read_movielens_dat,
+)
+from .splits import Split, leave_one_out
+from .synthetic import synthetic
+
+__all__ = [
+    "CSR",
+    "DATASETS",
+    "FORMATS",
+    "DataFormatError",
+    "Dataset",
+    "DatasetUnavailableError",
+    "Interactions",
+    "Split",
+    "default_cache_dir",
+    "kcore",
+    "leave_one_out",
+    "load_dataset",
+    "read_amazon_csv",
+    "read_delimited",
+    "read_file",
+    "read_movielens_100k",
+    "read_movielens_csv",
+    "read_movielens_dat",
+    "read_npz",
+    "synthetic",
+]

@@ -1,0 +1,377 @@
+"""The :class:`Interactions` container that every other part of dmfx consumes.
+
+A ratings data set is kept as parallel numpy arrays (one entry per observed
+``(user, item)`` pair) plus the two id maps that translate between the raw ids
+found in the file and the contiguous internal indices the model uses.  The
+interaction matrix ``Y`` of the DMF paper is derived from it on demand, as a
+CSR (rows = users) or, transposed, as the CSC of ``Y`` (rows = items).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import zipfile
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .errors import DataFormatError
+
+__all__ = ["CSR", "Interactions", "read_npz"]
+
+Values = Literal["rating", "binary"]
+
+_INT32_MAX = int(np.iinfo(np.int32).max)
+_NPZ_REQUIRED = ("user_ids", "item_ids", "users", "items", "ratings")
+
+
+class CSR(NamedTuple):
+    """A compressed sparse row matrix as torch tensors.
+
+    ``indices[indptr[r]:indptr[r + 1]]`` are the column indices of row ``r``,
+    always sorted strictly ascending (no duplicates), so consumers such as the
+    negative sampler can binary-search a row.  ``values`` is float32.
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, int]
+
+
+def _as_id_array(raw: object, what: str) -> np.ndarray:
+    """Raw ids as a 1-D int64 or unicode array.
+
+    Object and bytes arrays become unicode so that sorting and searching run
+    in C rather than through Python comparisons.
+    """
+    arr = np.asarray(raw)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
+    if arr.size == 0 or arr.dtype.kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == "U":
+        return arr
+    if arr.dtype.kind in "OS":
+        return arr.astype(str)
+    raise TypeError(f"{what} must hold integers or strings, got dtype {arr.dtype}")
+
+
+def _as_index_array(values: object, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"{what} must hold integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _coerce_raw_id(raw_id: object, ids: np.ndarray) -> object | None:
+    """Convert a raw id to the kind stored in ``ids``; None when impossible.
+
+    A command line hands over ``"196"`` for MovieLens' integer ids and an API
+    caller may pass ``196`` for string ids, so both directions are accepted.
+    """
+    if ids.dtype.kind in "iu":
+        if isinstance(raw_id, (str, np.str_)):
+            try:
+                return int(raw_id)
+            except ValueError:
+                return None
+        try:
+            return operator.index(raw_id)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return str(raw_id)
+
+
+def _lookup(ids: np.ndarray, raw_id: object, what: str) -> int:
+    key = _coerce_raw_id(raw_id, ids)
+    if key is not None and len(ids):
+        try:
+            pos = int(np.searchsorted(ids, key))
+        except (OverflowError, TypeError):
+            pos = len(ids)
+        if pos < len(ids) and ids[pos] == key:
+            return pos
+    raise KeyError(
+        f"unknown {what} id {raw_id!r}: not among the {len(ids)} {what} ids of this data set "
+        f"(first ones: {', '.join(map(str, ids[:3]))})"
+    )
+
+
+def _latest_per_pair(
+    users: np.ndarray, items: np.ndarray, num_items: int, timestamps: np.ndarray | None
+) -> np.ndarray | None:
+    """Positions of the interaction to keep for each distinct (user, item) pair.
+
+    The kept one is the latest by timestamp, ties and missing timestamps going
+    to the last occurrence; positions come back in file order so that
+    "last occurrence" stays meaningful downstream.  None when there are no
+    duplicates, which is the common case and saves a copy.
+    """
+    keys = users * num_items + items
+    if timestamps is None:
+        order = np.argsort(keys, kind="stable")
+    else:
+        order = np.lexsort((timestamps, keys))  # lexsort is stable: file order breaks ties
+    sorted_keys = keys[order]
+    last = np.ones(len(keys), dtype=bool)
+    last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    if last.all():
+        return None
+    return np.sort(order[last])
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Interactions:
+    """Observed (user, item, rating[, timestamp]) interactions with their id maps.
+
+    ``user_ids[k]`` is the raw id of internal user ``k`` (likewise
+    ``item_ids``); both are strictly increasing, which makes the mapping
+    deterministic and lets :meth:`user_index` binary-search.  ``users``,
+    ``items``, ``ratings`` and ``timestamps`` are parallel arrays with one
+    entry per interaction.  Each (user, item) pair occurs at most once; use
+    :meth:`from_arrays` to build from raw data, which removes duplicates by
+    keeping the latest one (by timestamp, else the last occurrence).  The
+    constructor itself only validates shapes, dtypes and index ranges.
+    The arrays are shared, not copied: treat them as read-only.
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "user_ids", _as_id_array(self.user_ids, "user_ids"))
+        setattr_(self, "item_ids", _as_id_array(self.item_ids, "item_ids"))
+        setattr_(self, "users", _as_index_array(self.users, "users"))
+        setattr_(self, "items", _as_index_array(self.items, "items"))
+        ratings = np.ascontiguousarray(self.ratings, dtype=np.float32)
+        if ratings.ndim != 1:
+            raise ValueError(f"ratings must be 1-D, got shape {ratings.shape}")
+        setattr_(self, "ratings", ratings)
+        if self.timestamps is not None:
+            setattr_(self, "timestamps", _as_index_array(self.timestamps, "timestamps"))
+
+        n = len(self.users)
+        for name in ("items", "ratings", "timestamps"):
+            arr = getattr(self, name)
+            if arr is not None and len(arr) != n:
+                raise ValueError(f"{name} has {len(arr)} entries but users has {n}")
+        for name, ids in (("user_ids", self.user_ids), ("item_ids", self.item_ids)):
+            if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+                raise ValueError(f"{name} must be strictly increasing (sorted, unique)")
+        for name, idx, size in (
+            ("users", self.users, len(self.user_ids)),
+            ("items", self.items, len(self.item_ids)),
+        ):
+            if n and (int(idx.min()) < 0 or int(idx.max()) >= size):
+                raise ValueError(f"{name} must lie in [0, {size}), got [{idx.min()}, {idx.max()}]")
+        if n and not bool(np.isfinite(ratings).all()):
+            raise ValueError("ratings must be finite")
+
+    @classmethod
+    def from_arrays(
+        cls,
+        users_raw: object,
+        items_raw: object,
+        ratings: object,
+        timestamps: object | None = None,
+    ) -> Interactions:
+        """Build from raw ids, mapping sorted raw ids to contiguous indices.
+
+        Duplicated (user, item) pairs keep only the latest interaction by
+        timestamp (ties, or no timestamps: the last occurrence), because a
+        re-rating supersedes the earlier one.  Surviving interactions keep
+        their input order.
+        """
+        u_raw = _as_id_array(users_raw, "users_raw")
+        i_raw = _as_id_array(items_raw, "items_raw")
+        user_ids, users = np.unique(u_raw, return_inverse=True)
+        item_ids, items = np.unique(i_raw, return_inverse=True)
+        users = users.reshape(-1).astype(np.int64, copy=False)
+        items = items.reshape(-1).astype(np.int64, copy=False)
+        rat = np.asarray(ratings, dtype=np.float32).reshape(-1)
+        ts = None if timestamps is None else _as_index_array(timestamps, "timestamps")
+        if len(items) != len(users) or len(rat) != len(users):
+            raise ValueError(
+                f"users_raw, items_raw and ratings differ in length "
+                f"({len(users)}, {len(items)}, {len(rat)})"
+            )
+        keep = _latest_per_pair(users, items, len(item_ids), ts)
+        if keep is not None:
+            users, items, rat = users[keep], items[keep], rat[keep]
+            ts = None if ts is None else ts[keep]
+        return cls(user_ids, item_ids, users, items, rat, ts)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def nnz(self) -> int:
+        return len(self.users)
+
+    @property
+    def max_rating(self) -> float:
+        """Largest rating, the normaliser of the paper's cross-entropy loss."""
+        if self.nnz == 0:
+            raise ValueError("max_rating is undefined for an empty Interactions")
+        return float(self.ratings.max())
+
+    def user_index(self, raw_id: object) -> int:
+        """Internal index of a raw user id (``"196"`` and ``196`` both work)."""
+        return _lookup(self.user_ids, raw_id, "user")
+
+    def item_index(self, raw_id: object) -> int:
+        """Internal index of a raw item id (``"242"`` and ``242`` both work)."""
+        return _lookup(self.item_ids, raw_id, "item")
+
+    def to_scipy(self, values: Values = "rating", transpose: bool = False) -> sp.csr_matrix:
+        """``Y`` (users x items) or, with ``transpose``, ``Y^T`` as scipy CSR.
+
+        ``values="rating"`` stores the ratings (the paper's Eq. 2),
+        ``"binary"`` stores 1.0 for every observed pair (Eq. 1).  Column
+        indices are sorted ascending within each row.
+        """
+        if values == "rating":
+            data = self.ratings
+        elif values == "binary":
+            data = np.ones(self.nnz, dtype=np.float32)
+        else:
+            raise ValueError(f"values must be 'rating' or 'binary', got {values!r}")
+        if transpose:
+            rows, cols, shape = self.items, self.users, (self.num_items, self.num_users)
+        else:
+            rows, cols, shape = self.users, self.items, (self.num_users, self.num_items)
+        # COO -> CSR sorts indices within rows and sums duplicates; the nnz
+        # check turns a silent sum into an error for hand-built inputs.
+        matrix = sp.coo_matrix((data, (rows, cols)), shape=shape).tocsr()
+        matrix.sort_indices()
+        if matrix.nnz != self.nnz:
+            raise ValueError(
+                "duplicate (user, item) pairs; build with Interactions.from_arrays, which removes them"
+            )
+        return matrix
+
+    def csr(
+        self,
+        values: Values = "rating",
+        transpose: bool = False,
+        device: torch.device | str | None = None,
+        index_dtype: torch.dtype = torch.int64,
+    ) -> CSR:
+        """``Y`` as a :class:`CSR` of torch tensors (``transpose``: ``Y^T``, the CSC of ``Y``).
+
+        Column indices within each row are sorted strictly ascending; the
+        negative sampler relies on this.  ``index_dtype`` is ``torch.int64``
+        or ``torch.int32`` (the latter checked to fit).  Values are float32.
+        """
+        if index_dtype == torch.int64:
+            np_index = np.int64
+        elif index_dtype == torch.int32:
+            np_index = np.int32
+        else:
+            raise ValueError(f"index_dtype must be torch.int32 or torch.int64, got {index_dtype}")
+        matrix = self.to_scipy(values, transpose)
+        rows, cols = matrix.shape
+        if np_index is np.int32 and max(matrix.nnz, rows, cols) > _INT32_MAX:
+            raise ValueError(
+                f"int32 indices cannot address nnz={matrix.nnz}, shape={matrix.shape}; use torch.int64"
+            )
+        tensors = [
+            torch.from_numpy(np.ascontiguousarray(matrix.indptr, dtype=np_index)),
+            torch.from_numpy(np.ascontiguousarray(matrix.indices, dtype=np_index)),
+            torch.from_numpy(np.ascontiguousarray(matrix.data, dtype=np.float32)),
+        ]
+        if device is not None:
+            tensors = [t.to(device) for t in tensors]
+        return CSR(tensors[0], tensors[1], tensors[2], (int(rows), int(cols)))
+
+    def select(self, mask: np.ndarray) -> Interactions:
+        """The interactions where the boolean ``mask`` is True, with the same id maps.
+
+        Keeping the id maps keeps ``num_users``/``num_items`` fixed, so a train
+        split and its evaluation items share one index space.
+        """
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.shape != (self.nnz,):
+            raise ValueError(
+                f"mask must be a boolean array of shape ({self.nnz},), "
+                f"got dtype {mask.dtype} shape {mask.shape}"
+            )
+        return Interactions(
+            self.user_ids,
+            self.item_ids,
+            self.users[mask],
+            self.items[mask],
+            self.ratings[mask],
+            None if self.timestamps is None else self.timestamps[mask],
+        )
+
+    def save_npz(self, path: str | os.PathLike[str]) -> None:
+        """Write raw ids, indices, ratings and timestamps to a compressed ``.npz``.
+
+        numpy appends ``.npz`` to a path without that suffix.  Read it back
+        with :func:`read_npz`; no pickling is involved either way.
+        """
+        arrays = {
+            "user_ids": self.user_ids,
+            "item_ids": self.item_ids,
+            "users": self.users,
+            "items": self.items,
+            "ratings": self.ratings,
+        }
+        if self.timestamps is not None:
+            arrays["timestamps"] = self.timestamps
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def read_npz(cls, path: str | os.PathLike[str]) -> Interactions:
+        """Read an ``.npz`` written by :meth:`save_npz` (also exported as ``dmfx.data.read_npz``)."""
+        name = os.fspath(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise DataFormatError(f"{name}: expected an .npz written by Interactions.save_npz ({exc})") from exc
+        missing = [key for key in _NPZ_REQUIRED if key not in arrays]
+        if missing:
+            raise DataFormatError(
+                f"{name}: expected arrays {', '.join(_NPZ_REQUIRED)} (as written by "
+                f"Interactions.save_npz), missing {', '.join(missing)}"
+            )
+        try:
+            return cls(
+                arrays["user_ids"],
+                arrays["item_ids"],
+                arrays["users"],
+                arrays["items"],
+                arrays["ratings"],
+                arrays.get("timestamps"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise DataFormatError(f"{name}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return (
+            f"Interactions(num_users={self.num_users}, num_items={self.num_items}, "
+            f"nnz={self.nnz}, timestamps={self.timestamps is not None})"
+        )
+
+
+# Function form, listed next to the text readers in ``readers.FORMATS``.
+read_npz = Interactions.read_npz

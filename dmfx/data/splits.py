@@ -1,0 +1,214 @@
+"""Leave-one-out evaluation split with sampled negatives (the DMF protocol).
+
+The paper holds out each user's latest interaction as the test item and ranks
+it against 100 items the user never interacted with (HR@K / NDCG@K).  This
+module builds that split, plus an optional validation item per user chosen at
+random among the remaining interactions, reproducibly from a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._keys import sorted_contains
+from .interactions import Interactions
+
+__all__ = ["Split", "leave_one_out"]
+
+# Rows still unfinished once a round would draw more than this many
+# candidates per catalogue item are sampled exactly instead.
+_EXACT_WIDTH = 4
+# Users who have seen more than this share of the catalogue skip rejection
+# sampling, which would need many draws per accepted negative.
+_DENSE_SHARE = 0.5
+# Candidate-matrix entries per chunk of rows (bounds temporary memory).
+_CHUNK_ENTRIES = 1 << 22
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Split:
+    """A leave-one-out split.
+
+    ``train`` has the same id maps as the input (all users and items keep
+    their indices).  ``test_users[k]``'s held-out item is ``test_items[k]``,
+    to be ranked against ``test_negatives[k]`` (likewise for validation).
+    Without validation the ``valid_*`` arrays are empty.
+    """
+
+    train: Interactions
+    valid_users: np.ndarray
+    valid_items: np.ndarray
+    test_users: np.ndarray
+    test_items: np.ndarray
+    valid_negatives: np.ndarray
+    test_negatives: np.ndarray
+
+    def __repr__(self) -> str:
+        return (
+            f"Split(train={self.train!r}, valid_users={len(self.valid_users)}, "
+            f"test_users={len(self.test_users)}, num_negatives={self.test_negatives.shape[1]})"
+        )
+
+
+def _exact_negatives(
+    rng: np.random.Generator, user: int, seen_keys: np.ndarray, num_items: int, k: int
+) -> np.ndarray:
+    """k distinct unseen items for one user by enumerating the unseen set."""
+    lo, hi = np.searchsorted(seen_keys, [user * num_items, (user + 1) * num_items])
+    seen_items = seen_keys[lo:hi] - user * num_items
+    unseen = np.setdiff1d(np.arange(num_items), seen_items, assume_unique=True)
+    return rng.choice(unseen, size=k, replace=False)
+
+
+def _sample_negatives(
+    rng: np.random.Generator,
+    users: np.ndarray,
+    seen_keys: np.ndarray,
+    seen_counts: np.ndarray,
+    num_items: int,
+    k: int,
+) -> np.ndarray:
+    """``[len(users), k]`` distinct items per row that the row's user never interacted with.
+
+    Rows are processed in chunks to bound memory; see :func:`_sample_chunk`.
+    Each row comes back sorted ascending.
+    """
+    out = np.empty((len(users), k), dtype=np.int64)
+    if k == 0:
+        return out
+    chunk = max(1, _CHUNK_ENTRIES // (3 * k + 16))
+    for start in range(0, len(users), chunk):
+        rows = slice(start, start + chunk)
+        out[rows] = _sample_chunk(rng, users[rows], seen_keys, seen_counts[rows], num_items, k)
+    return out
+
+
+def _sample_chunk(
+    rng: np.random.Generator,
+    users: np.ndarray,
+    seen_keys: np.ndarray,
+    seen_counts: np.ndarray,
+    num_items: int,
+    k: int,
+) -> np.ndarray:
+    """Vectorised rejection sampling of k unseen items for each user of a chunk.
+
+    Each round draws a block of uniform candidates per unfinished row, sorts
+    it, discards seen items (binary search in ``seen_keys``, the sorted
+    ``user * num_items + item`` keys) and repeated ones, then keeps k of the
+    distinct survivors chosen by random priority.  The distinct survivors of
+    i.i.d. uniform draws form an exchangeable random subset of the unseen
+    items, so a random k of them is a uniform k-subset; a row with fewer than
+    k survivors is redrawn with a block twice as wide.  Users who have seen
+    more than half the catalogue go straight to exact sampling, as do rows
+    whose block would grow past ``_EXACT_WIDTH`` times the catalogue.
+    """
+    out = np.empty((len(users), k), dtype=np.int64)
+    accept = 1.0 - seen_counts / num_items
+    dense = accept < 1.0 - _DENSE_SHARE
+    pending = np.flatnonzero(~dense)
+    widen = 1.25
+    while len(pending):
+        width = int(widen * k / accept[pending].min()) + 16
+        if width > _EXACT_WIDTH * num_items:
+            break  # enumerating the catalogue is now cheaper than drawing
+        pool = np.sort(rng.integers(0, num_items, size=(len(pending), width)), axis=1)
+        # Row-sorted pools of ascending users give sorted queries, which
+        # keeps the binary search cache-friendly.
+        keys = users[pending, None] * num_items + pool
+        rejected = sorted_contains(seen_keys, keys.ravel()).reshape(pool.shape)
+        rejected[:, 1:] |= pool[:, 1:] == pool[:, :-1]
+        priority = rng.random(pool.shape)
+        priority[rejected] = np.inf
+        top = np.argpartition(priority, k - 1, axis=1)[:, :k]
+        done = np.isfinite(np.take_along_axis(priority, top, axis=1)).all(axis=1)
+        out[pending[done]] = np.take_along_axis(pool[done], top[done], axis=1)
+        pending = pending[~done]
+        widen *= 2.0
+    for row in np.concatenate([np.flatnonzero(dense), pending]):
+        out[row] = _exact_negatives(rng, int(users[row]), seen_keys, num_items, k)
+    out.sort(axis=1)
+    return out
+
+
+def leave_one_out(
+    interactions: Interactions,
+    num_negatives: int = 100,
+    seed: int = 0,
+    valid: bool = True,
+    min_interactions: int = 3,
+) -> Split:
+    """Hold out each user's latest interaction (and a random other one for validation).
+
+    * Test item: the user's latest interaction by timestamp; among equal
+      timestamps the larger item index wins.  Without timestamps it is the
+      user's last interaction in storage (file) order.
+    * Validation item (``valid=True``): one of the user's other interactions,
+      chosen uniformly at random.
+    * Users with fewer than ``min_interactions`` interactions (default 3: one
+      each for train, validation and test) stay entirely in ``train`` and are
+      not evaluated.
+    * Negatives: for every evaluated user, ``num_negatives`` distinct items
+      the user never interacted with in any split, drawn independently for
+      validation and test.  A user with fewer unseen items is an error
+      rather than a silently shorter row.
+
+    Everything is fixed by ``seed``; the test item, the test negatives and
+    the validation choice come from separate random streams, so the test side
+    does not change with ``valid``.
+    """
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    lowest = 2 if valid else 1
+    if min_interactions < lowest:
+        raise ValueError(f"min_interactions must be >= {lowest} when valid={valid}, got {min_interactions}")
+    users, items = interactions.users, interactions.items
+    num_items = interactions.num_items
+    if interactions.timestamps is None:
+        order = np.argsort(users, kind="stable")
+    else:
+        order = np.lexsort((items, interactions.timestamps, users))
+    counts = np.bincount(users, minlength=interactions.num_users)
+    ends = np.cumsum(counts)
+    evaluated = np.flatnonzero(counts >= min_interactions)
+
+    short = evaluated[num_items - counts[evaluated] < num_negatives]
+    if len(short):
+        user = short[0]
+        raise ValueError(
+            f"user {interactions.user_ids[user].item()!r} interacted with {counts[user]} of {num_items} items, "
+            f"leaving fewer than num_negatives={num_negatives} unseen items to sample "
+            f"({len(short)} such users); lower num_negatives or filter these users out"
+        )
+
+    pick_stream, valid_stream, test_stream = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+    )
+    seen_keys = np.sort(users * num_items + items)
+    seen_counts = counts[evaluated]
+    held_out = np.zeros(interactions.nnz, dtype=bool)
+    test_pos = order[ends[evaluated] - 1]
+    held_out[test_pos] = True
+    if valid:
+        # Uniform among the user's interactions other than the test one,
+        # which sits last in the user's block of ``order``.
+        offsets = pick_stream.integers(0, seen_counts - 1)
+        valid_pos = order[ends[evaluated] - seen_counts + offsets]
+        held_out[valid_pos] = True
+        valid_users, valid_items = evaluated, items[valid_pos]
+        valid_negatives = _sample_negatives(valid_stream, evaluated, seen_keys, seen_counts, num_items, num_negatives)
+    else:
+        valid_users = valid_items = np.empty(0, dtype=np.int64)
+        valid_negatives = np.empty((0, num_negatives), dtype=np.int64)
+    test_negatives = _sample_negatives(test_stream, evaluated, seen_keys, seen_counts, num_items, num_negatives)
+    return Split(
+        train=interactions.select(~held_out),
+        valid_users=valid_users,
+        valid_items=valid_items,
+        test_users=evaluated,
+        test_items=items[test_pos],
+        valid_negatives=valid_negatives,
+        test_negatives=test_negatives,
+    )

@@ -1,0 +1,279 @@
+"""Readers, format detection and their error messages."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmfx.data import (
+    DataFormatError,
+    Interactions,
+    read_amazon_csv,
+    read_delimited,
+    read_file,
+    read_movielens_100k,
+    read_movielens_csv,
+    read_movielens_dat,
+    synthetic,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def triples(x: Interactions) -> set[tuple[object, object, float]]:
+    """(raw user, raw item, rating) of every interaction, for order-free comparison."""
+    return {
+        (x.user_ids[u].item(), x.item_ids[i].item(), float(r))
+        for u, i, r in zip(x.users, x.items, x.ratings)
+    }
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def gzipped(path: Path, tmp_path: Path, name: str) -> Path:
+    out = tmp_path / name
+    with open(path, "rb") as src, gzip.open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return out
+
+
+# --- well-formed inputs -----------------------------------------------------------
+
+
+def test_movielens_100k_reader() -> None:
+    x = read_movielens_100k(FIXTURES / "u.data")
+    assert x.user_ids.tolist() == [22, 186, 196]
+    assert x.item_ids.tolist() == [242, 302, 377]
+    assert x.users.dtype == np.int64 and x.ratings.dtype == np.float32
+    assert triples(x) == {(196, 242, 3.0), (186, 302, 3.0), (22, 377, 1.0), (196, 377, 4.0)}
+    # file order is kept: the first line is user 196 / item 242
+    assert (x.user_ids[x.users[0]], x.item_ids[x.items[0]], x.timestamps[0]) == (196, 242, 881250949)
+
+
+def test_movielens_dat_reader_keeps_latest_duplicate() -> None:
+    x = read_movielens_dat(FIXTURES / "ratings.dat")
+    assert x.num_users == 3 and x.num_items == 3
+    # (1, 10) occurs twice: the later timestamp (rating 5) wins although it comes first
+    assert x.nnz == 5
+    assert triples(x) == {(1, 10, 5.0), (1, 20, 3.0), (2, 10, 4.0), (2, 30, 1.0), (3, 20, 2.0)}
+    k = np.flatnonzero((x.users == x.user_index(1)) & (x.items == x.item_index(10)))
+    assert x.timestamps[k].tolist() == [978300760]
+
+
+def test_duplicates_without_timestamps_keep_last_occurrence() -> None:
+    x = Interactions.from_arrays(["a", "a", "b", "a"], ["x", "y", "x", "x"], [1, 2, 3, 4])
+    assert x.nnz == 3
+    assert triples(x) == {("a", "y", 2.0), ("b", "x", 3.0), ("a", "x", 4.0)}
+
+
+def test_movielens_csv_reader_half_stars() -> None:
+    x = read_movielens_csv(FIXTURES / "ratings.csv")
+    assert x.user_ids.tolist() == [1, 7]
+    assert triples(x) == {(1, 31, 2.5), (1, 1029, 3.0), (7, 31, 4.5), (7, 1061, 0.5)}
+    assert x.timestamps.tolist() == [1260759144, 1260759179, 1260759185, 1260759205]
+
+
+def test_amazon_reader_keeps_string_ids_with_leading_zeros() -> None:
+    x = read_amazon_csv(FIXTURES / "amazon.csv")
+    assert x.item_ids.tolist() == ["0001527665", "B00005JNOG"]
+    assert x.user_ids.tolist() == ["A1B2C3D4E5F6G7", "A3SGXH7AUHU8GW", "A9Z8Y7X6W5V4U3"]
+    assert ("A3SGXH7AUHU8GW", "0001527665", 5.0) in triples(x)
+    assert x.item_index("0001527665") == 0
+    with pytest.raises(KeyError, match="unknown item id 1527665"):
+        x.item_index(1527665)
+
+
+def test_read_delimited_columns_and_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "clicks.txt", "item;ignored;user\n5;x;u1\n6;y;u1\n5;z;u2\n")
+    x = read_delimited(path, ";", columns=("item", None, "user"), header=True)
+    assert x.timestamps is None
+    assert x.ratings.tolist() == [1.0, 1.0, 1.0]
+    assert x.item_ids.tolist() == [5, 6]  # canonical integers become int64
+    assert x.item_ids.dtype == np.int64
+    assert x.user_ids.tolist() == ["u1", "u2"]
+
+
+def test_read_delimited_keeps_non_canonical_integer_ids_as_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, "zips.csv", "007,1,4\n7,1,3\n")
+    x = read_delimited(path, ",", columns=("user", "item", "rating"))
+    assert x.user_ids.tolist() == ["007", "7"]
+
+
+def test_gzip_input_is_transparent(tmp_path: Path) -> None:
+    plain = read_movielens_dat(FIXTURES / "ratings.dat")
+    packed = read_movielens_dat(gzipped(FIXTURES / "ratings.dat", tmp_path, "ratings.dat.gz"))
+    assert triples(packed) == triples(plain)
+    # detection looks at the content, not the name
+    assert triples(read_file(gzipped(FIXTURES / "amazon.csv", tmp_path, "noext"))) == triples(
+        read_amazon_csv(FIXTURES / "amazon.csv")
+    )
+
+
+def test_blank_lines_and_crlf_are_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.dat", "1::2::3::4\r\n\r\n5::6::1::8\r\n\r\n")
+    x = read_movielens_dat(path)
+    assert triples(x) == {(1, 2, 3.0), (5, 6, 1.0)}
+
+
+# --- read_file detection ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fixture", "reader"),
+    [
+        ("u.data", read_movielens_100k),
+        ("ratings.dat", read_movielens_dat),
+        ("ratings.csv", read_movielens_csv),
+        ("amazon.csv", read_amazon_csv),
+    ],
+)
+def test_read_file_detects_text_formats(fixture: str, reader, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    expected = triples(reader(FIXTURES / fixture))
+    assert triples(read_file(FIXTURES / fixture)) == expected
+    assert triples(read_file(gzipped(FIXTURES / fixture, tmp_path, fixture + ".gz"))) == expected
+
+
+def test_read_file_npz_round_trip(tmp_path: Path) -> None:
+    original = read_amazon_csv(FIXTURES / "amazon.csv")
+    original.save_npz(tmp_path / "amazon.npz")
+    back = read_file(tmp_path / "amazon.npz")
+    for name in ("user_ids", "item_ids", "users", "items", "ratings", "timestamps"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(original, name))
+    no_time = synthetic(5, 4, 6, seed=1)
+    no_time = Interactions(no_time.user_ids, no_time.item_ids, no_time.users, no_time.items, no_time.ratings)
+    no_time.save_npz(tmp_path / "plain.npz")
+    assert read_file(tmp_path / "plain.npz").timestamps is None
+
+
+def test_read_file_with_sep_and_fmt(tmp_path: Path) -> None:
+    path = write(tmp_path, "data.psv", "user|item|score\nu1|i1|4\nu2|i1|2\n")
+    x = read_file(path, sep="|")
+    assert triples(x) == {("u1", "i1", 4.0), ("u2", "i1", 2.0)}
+    assert triples(read_file(FIXTURES / "ratings.dat", fmt="ml-dat")) == triples(
+        read_movielens_dat(FIXTURES / "ratings.dat")
+    )
+    with pytest.raises(ValueError, match="known formats: npz, ml-100k"):
+        read_file(path, fmt="parquet")
+
+
+def test_read_file_unknown_format_lists_formats(tmp_path: Path) -> None:
+    path = write(tmp_path, "data.txt", "alice likes bob\n")
+    with pytest.raises(DataFormatError) as err:
+        read_file(path)
+    message = str(err.value)
+    assert "data.txt:1:" in message
+    assert "MovieLens ratings.dat" in message and "Amazon" in message and "sep=" in message
+
+
+def test_read_file_rejects_foreign_zip(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "ml-1m.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(FIXTURES / "ratings.dat", "ml-1m/ratings.dat")
+    with pytest.raises(DataFormatError, match="extract its ratings file"):
+        read_file(path)
+
+
+# --- malformed inputs: the message names the file, the line and the expectation -----
+
+
+@pytest.mark.parametrize(
+    ("reader", "name", "text", "line", "expected"),
+    [
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\n1::3::4::5\n2::3::4\n", 3,
+         "expected 4 fields separated by '::', got 3"),
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\n1::3::x::5\n", 2, "expected a numeric rating, got 'x'"),
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\n\n1::3::nan::5\n", 3, "expected a finite rating, got 'nan'"),
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\n1::3::inf::5\n", 2, "expected a finite rating"),
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\nu7::3::4::5\n", 2, "expected an integer user id, got 'u7'"),
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\n1::3::4::yesterday\n", 2, "expected an integer timestamp"),
+        (read_movielens_100k, "u.data", "1\t2\t3\t4\n1\t2\t3\t4\t5\n", 2,
+         "expected 4 fields separated by '\\t', got 5"),
+        (read_movielens_100k, "u.data", "1\t2\t3\t4\n1 2 3 4\n", 2, "expected 4 fields separated by '\\t', got 1"),
+        (read_movielens_100k, "u.data", "1\t2\t3\t4\n   \n", 2, "got a blank line"),
+        (read_movielens_csv, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,4\n1,2,,4\n", 3,
+         "expected a numeric rating, got ''"),
+        (read_movielens_csv, "ratings.csv", "user,movie,rating,time\n1,2,3.5,4\n", 1,
+         "expected header 'userId,movieId,rating,timestamp'"),
+        (read_amazon_csv, "amazon.csv", "A1,B1,5.0,1\nA2,B2,5.0\n", 2, "expected 4 fields separated by ',', got 3"),
+        (read_amazon_csv, "amazon.csv", "A1,B1,five,1\n", 1, "expected a numeric rating, got 'five'"),
+    ],
+)
+def test_malformed_line_is_located(reader, name: str, text: str, line: int, expected: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = write(tmp_path, name, text)
+    with pytest.raises(DataFormatError) as err:
+        reader(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:{line}: ")
+    assert expected in message
+
+
+def test_error_line_numbers_survive_gzip_and_late_errors(tmp_path: Path) -> None:
+    good = "".join(f"{u}::{u % 7}::3::{u}\n" for u in range(5000))
+    path = write(tmp_path, "big.dat", good + "9::9::3\n")
+    with pytest.raises(DataFormatError, match=r"big\.dat:5001: expected 4 fields"):
+        read_movielens_dat(path)
+    packed = gzipped(path, tmp_path, "big.dat.gz")
+    with pytest.raises(DataFormatError, match=r"big\.dat\.gz:5001: expected 4 fields"):
+        read_movielens_dat(packed)
+
+
+def test_missing_column_in_read_delimited(tmp_path: Path) -> None:
+    path = write(tmp_path, "three.csv", "u1,i1,5\nu2,i2\n")
+    with pytest.raises(DataFormatError, match=r"three\.csv:2: expected 3 fields separated by ',', got 2"):
+        read_delimited(path, ",", columns=("user", "item", "rating"))
+
+
+@pytest.mark.parametrize(
+    "reader", [read_movielens_100k, read_movielens_dat, read_movielens_csv, read_amazon_csv, read_file]
+)
+def test_empty_file(reader, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = write(tmp_path, "empty.txt", "")
+    with pytest.raises(DataFormatError, match=r"empty\.txt:1: expected .*(empty file|no data)"):
+        reader(path)
+
+
+def test_header_only_file_has_no_data(tmp_path: Path) -> None:
+    path = write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n")
+    with pytest.raises(DataFormatError, match=r"ratings\.csv:2: expected 4 fields .* got no data"):
+        read_movielens_csv(path)
+
+
+def test_read_delimited_rejects_bad_column_spec(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.csv", "1,2\n")
+    with pytest.raises(ValueError, match="columns must name 'user' and 'item'"):
+        read_delimited(path, ",", columns=("user", "score"))  # type: ignore[arg-type]
+
+
+def test_movielens_1m_sized_file_reads_fast(tmp_path: Path) -> None:
+    """Structural check at 200k lines; the fast path is what keeps ML-1M in seconds."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    cols = np.stack([rng.integers(1, 6041, n), rng.integers(1, 3953, n), rng.integers(1, 6, n),
+                     rng.integers(956_703_932, 1_046_454_590, n)], axis=1)
+    path = tmp_path / "ratings.dat"
+    path.write_text("\n".join("::".join(map(str, row)) for row in cols.tolist()) + "\n")
+    import time
+
+    start = time.perf_counter()
+    x = read_movielens_dat(path)
+    elapsed = time.perf_counter() - start
+    keys = np.unique(cols[:, 0] * 10_000 + cols[:, 1])
+    assert x.nnz == len(keys)
+    assert elapsed < 3.0, f"reading {n} lines took {elapsed:.2f}s"
+
+
+def test_undecodable_bytes_are_located(tmp_path: Path) -> None:
+    path = tmp_path / "u.data"
+    path.write_bytes(b"1\t2\t3\t4\n\xff\xfe\t1\t2\t3\n")
+    with pytest.raises(DataFormatError, match=r"u\.data:2: expected UTF-8 text"):
+        read_movielens_100k(path)

@@ -1,0 +1,186 @@
+"""Leave-one-out splits with negatives, and the synthetic generator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmfx.data import Interactions, Split, leave_one_out, load_dataset, synthetic
+
+
+def pair_keys(x: Interactions) -> set[tuple[int, int]]:
+    return set(zip(x.users.tolist(), x.items.tolist()))
+
+
+@pytest.fixture(scope="module")
+def ml100k() -> Interactions:
+    return load_dataset("ml-100k")
+
+
+@pytest.fixture(scope="module")
+def ml100k_split(ml100k: Interactions) -> Split:
+    return leave_one_out(ml100k, num_negatives=100, seed=0)
+
+
+# --- leave_one_out ------------------------------------------------------------------
+
+
+def test_test_item_is_latest_interaction(ml100k: Interactions, ml100k_split: Split) -> None:
+    split = ml100k_split
+    assert len(split.test_users) == ml100k.num_users  # every ML-100K user has >= 20 ratings
+    for u, item in zip(split.test_users[:200], split.test_items[:200]):
+        mine = ml100k.users == u
+        ts = ml100k.timestamps[mine]
+        latest = ml100k.items[mine][ts == ts.max()]
+        assert item == latest.max()  # ties: larger item index wins
+
+
+def test_held_out_items_are_not_in_train(ml100k: Interactions, ml100k_split: Split) -> None:
+    split = ml100k_split
+    train = pair_keys(split.train)
+    test = set(zip(split.test_users.tolist(), split.test_items.tolist()))
+    valid = set(zip(split.valid_users.tolist(), split.valid_items.tolist()))
+    assert not train & test and not train & valid and not test & valid
+    assert np.all(split.valid_items != split.test_items)
+    np.testing.assert_array_equal(split.valid_users, split.test_users)
+    assert split.train.nnz + len(test) + len(valid) == ml100k.nnz
+    assert train | test | valid == pair_keys(ml100k)
+    assert (split.train.num_users, split.train.num_items) == (ml100k.num_users, ml100k.num_items)
+
+
+def test_negatives_are_unseen_distinct_and_in_range(ml100k: Interactions, ml100k_split: Split) -> None:
+    seen = pair_keys(ml100k)
+    for users, negatives in (
+        (ml100k_split.test_users, ml100k_split.test_negatives),
+        (ml100k_split.valid_users, ml100k_split.valid_negatives),
+    ):
+        assert negatives.shape == (ml100k.num_users, 100) and negatives.dtype == np.int64
+        assert negatives.min() >= 0 and negatives.max() < ml100k.num_items
+        sorted_rows = np.sort(negatives, axis=1)
+        assert np.all(np.diff(sorted_rows, axis=1) > 0), "negatives repeat within a row"
+        assert not any((u, i) in seen for u, row in zip(users.tolist(), negatives.tolist()) for i in row)
+    assert not np.array_equal(ml100k_split.test_negatives, ml100k_split.valid_negatives)
+
+
+def test_negatives_cover_the_catalogue_uniformly() -> None:
+    """Over many users, every unseen item should be drawn at a similar rate."""
+    x = synthetic(3000, 60, 6000, seed=2, user_alpha=0.0, item_alpha=0.0)
+    split = leave_one_out(x, num_negatives=20, seed=1, valid=False, min_interactions=2)
+    counts = np.bincount(split.test_negatives.ravel(), minlength=x.num_items)
+    expected = counts.sum() / x.num_items
+    assert counts.min() > 0.85 * expected and counts.max() < 1.15 * expected
+
+
+def test_same_seed_same_split_different_seed_different(ml100k: Interactions, ml100k_split: Split) -> None:
+    again = leave_one_out(ml100k, num_negatives=100, seed=0)
+    for name in ("valid_items", "test_items", "valid_negatives", "test_negatives"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(ml100k_split, name))
+    np.testing.assert_array_equal(again.train.items, ml100k_split.train.items)
+    other = leave_one_out(ml100k, num_negatives=100, seed=1)
+    np.testing.assert_array_equal(other.test_items, ml100k_split.test_items)  # deterministic rule
+    assert not np.array_equal(other.valid_items, ml100k_split.valid_items)
+    assert not np.array_equal(other.test_negatives, ml100k_split.test_negatives)
+
+
+def test_test_side_does_not_depend_on_validation(ml100k: Interactions, ml100k_split: Split) -> None:
+    no_valid = leave_one_out(ml100k, num_negatives=100, seed=0, valid=False)
+    np.testing.assert_array_equal(no_valid.test_items, ml100k_split.test_items)
+    np.testing.assert_array_equal(no_valid.test_negatives, ml100k_split.test_negatives)
+    assert no_valid.valid_users.shape == (0,) and no_valid.valid_negatives.shape == (0, 100)
+    assert no_valid.train.nnz == ml100k.nnz - ml100k.num_users
+
+
+def test_users_below_threshold_stay_in_train() -> None:
+    users = ["a"] * 4 + ["b"] * 2 + ["c"] * 3 + ["d"]
+    items = [1, 2, 3, 4, 1, 2, 5, 6, 7, 1]
+    times = [1, 2, 3, 4, 9, 8, 3, 2, 1, 5]
+    catalogue = list(range(100, 130))  # extra items so negatives exist
+    x = Interactions.from_arrays(users + ["z"] * 30, items + catalogue, np.ones(40), times + list(range(30)))
+    split = leave_one_out(x, num_negatives=5, seed=0, min_interactions=3)
+    evaluated = set(x.user_ids[split.test_users].tolist())
+    assert evaluated == {"a", "c", "z"}
+    train_users = set(x.user_ids[split.train.users].tolist())
+    assert {"b", "d"} <= train_users
+    assert (split.train.users == x.user_index("b")).sum() == 2
+    # latest by timestamp: a -> 4, c -> 5 (timestamps decrease through c's lines)
+    test = dict(zip(x.user_ids[split.test_users].tolist(), x.item_ids[split.test_items].tolist()))
+    assert test["a"] == 4 and test["c"] == 5
+    strict = leave_one_out(x, num_negatives=5, seed=0, min_interactions=5)
+    assert set(x.user_ids[strict.test_users].tolist()) == {"z"}
+
+
+def test_without_timestamps_last_occurrence_is_test() -> None:
+    x = Interactions.from_arrays([1, 1, 1, 2, 2, 2, 2], [5, 3, 4, 3, 5, 4, 1], np.ones(7))
+    split = leave_one_out(x, num_negatives=0, seed=0)
+    test = dict(zip(x.user_ids[split.test_users].tolist(), x.item_ids[split.test_items].tolist()))
+    assert test == {1: 4, 2: 1}
+    assert split.test_negatives.shape == (2, 0)
+
+
+def test_too_few_unseen_items_is_an_error() -> None:
+    x = synthetic(50, 30, 300, seed=0)
+    with pytest.raises(ValueError, match="leaving fewer than num_negatives=29 unseen items"):
+        leave_one_out(x, num_negatives=29, seed=0)
+
+
+def test_dense_users_use_exact_sampling() -> None:
+    """Users who rated most of the catalogue still get k distinct unseen items."""
+    users = np.repeat(np.arange(20), 35)
+    items = np.concatenate([np.random.default_rng(u).choice(45, 35, replace=False) for u in range(20)])
+    x = Interactions.from_arrays(users, items, np.ones(len(users)))
+    split = leave_one_out(x, num_negatives=10, seed=3)
+    seen = pair_keys(x)
+    for u, row in zip(split.test_users.tolist(), split.test_negatives.tolist()):
+        assert len(set(row)) == 10 and not any((u, i) in seen for i in row)
+
+
+# --- synthetic ----------------------------------------------------------------------
+
+
+def test_synthetic_shape_and_invariants() -> None:
+    x = synthetic(500, 300, 8000, seed=4)
+    assert (x.num_users, x.num_items, x.nnz) == (500, 300, 8000)
+    assert len(pair_keys(x)) == 8000, "duplicate pairs"
+    assert np.bincount(x.users, minlength=500).min() >= 1
+    assert np.bincount(x.items, minlength=300).min() >= 1
+    assert set(np.unique(x.ratings).tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert np.all(np.diff(x.timestamps) > 0)
+    assert x.user_ids.tolist() == list(range(500))
+
+
+def test_synthetic_is_deterministic_by_seed() -> None:
+    a, b, c = synthetic(200, 100, 2000, seed=9), synthetic(200, 100, 2000, seed=9), synthetic(200, 100, 2000, seed=10)
+    for name in ("users", "items", "ratings", "timestamps"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert pair_keys(a) != pair_keys(c)
+
+
+def test_synthetic_is_heavy_tailed() -> None:
+    x = synthetic(5000, 2000, 100_000, seed=0)
+    items = np.sort(np.bincount(x.items, minlength=x.num_items))[::-1]
+    users = np.sort(np.bincount(x.users, minlength=x.num_users))[::-1]
+    assert items[:200].sum() > 0.4 * x.nnz  # top 10% of items
+    assert users[:500].sum() > 0.25 * x.nnz  # top 10% of users
+    flat = synthetic(5000, 2000, 100_000, seed=0, user_alpha=0.0, item_alpha=0.0)
+    flat_items = np.sort(np.bincount(flat.items, minlength=flat.num_items))[::-1]
+    assert flat_items[:200].sum() < 0.15 * flat.nnz
+
+
+def test_synthetic_ratings_follow_latent_factors() -> None:
+    """Ratings carry item effects: item means spread far more than rating noise would."""
+    x = synthetic(400, 200, 20_000, seed=5, rank=2, rating_scale=3)
+    assert set(np.unique(x.ratings).tolist()) == {1.0, 2.0, 3.0}
+    dense = x.to_scipy().toarray()
+    observed = dense > 0
+    item_means = dense.sum(0) / np.maximum(observed.sum(0), 1)
+    assert item_means.std() > 0.2  # pure noise around 2.0 would give ~0.1 at ~100 ratings/item
+
+
+def test_synthetic_validates_arguments() -> None:
+    with pytest.raises(ValueError, match="sparse data only"):
+        synthetic(10, 10, 60)
+    with pytest.raises(ValueError, match="num_users"):
+        synthetic(0, 10, 0)
+    assert synthetic(10, 10, 0).nnz == 0
+    small = synthetic(10, 20, 5, seed=0)  # fewer pairs than ids: no coverage promise
+    assert small.nnz == 5 and len(pair_keys(small)) == 5
