@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import dmfx
-from harness import device_name, synchronized_timer
-from matrices import load_csr, to_device
+from benchmarks.harness import device_name, synchronized_timer
+from benchmarks.matrices import load_csr, to_device
 
 
 def pytest_addoption(parser):

@@ -41,14 +41,14 @@ def measure(benchmark, fn: Callable[[], object], *, group: str, contender: str, 
     benchmark.extra_info.update(contender=contender, **extra_info)
     if benchmark.disabled:  # --benchmark-disable: a smoke run, call once
         return benchmark(fn)
-    for _ in range(WARMUP_CALLS):
+    once = float("inf")
+    for _ in range(WARMUP_CALLS):  # the fastest warm-up call calibrates the rounds
+        start = synchronized_timer()
         fn()
-    start = synchronized_timer()
-    fn()
-    once = max(synchronized_timer() - start, 1e-7)
+        once = min(once, max(synchronized_timer() - start, 1e-7))
     iterations = max(1, math.ceil(MIN_ROUND_S / once))
     rounds = min(MAX_ROUNDS, max(MIN_ROUNDS, int(BUDGET_S / (once * iterations))))
-    return benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=1)
+    return benchmark.pedantic(fn, rounds=rounds, iterations=iterations)
 
 
 def median_s(benchmark) -> float:

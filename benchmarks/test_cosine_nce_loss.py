@@ -13,7 +13,7 @@ import torch
 
 import dmfx
 from dmfx import reference
-from harness import assert_agree, measure
+from benchmarks.harness import assert_agree, measure
 
 LATENT = 64
 NEGATIVES_PER_POSITIVE = 7

@@ -13,8 +13,8 @@ import torch
 
 import dmfx
 from dmfx import reference
-from harness import measure, median_s
-from matrices import row_of_entry
+from benchmarks.harness import measure, median_s
+from benchmarks.matrices import row_of_entry
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import dmfx
-from harness import assert_agree, measure
-from matrices import training_rows
+from benchmarks.harness import assert_agree, measure
+from benchmarks.matrices import training_rows
 
 # The dense peer materialises B x N floats; beyond this it is not a contender anyone would run
 # (DESIGN.md leaves it out at Amazon scale: 8192 x 92k floats = 3 GB).
