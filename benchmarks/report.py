@@ -1,0 +1,85 @@
+"""Markdown tables from a pytest-benchmark JSON of the dmfx suite.
+
+    python benchmarks/report.py bench.json > RESULTS.md
+
+One table per group (an op at one shape): each contender's median time per call, its spread,
+and ``vs dmfx`` = contender median / dmfx median, i.e. "dmfx is N x faster" (below 1: slower).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+BASELINE = "dmfx"
+
+
+def _time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
+
+
+def _rate(per_s: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if per_s >= scale:
+            return f"{per_s / scale:.3g} {unit}"
+    return f"{per_s:.3g}"
+
+
+def _groups(benchmarks):
+    """Groups in run order, each a list of benchmarks in run order."""
+    groups: dict[str, list] = {}
+    for b in benchmarks:
+        groups.setdefault(b["group"] or b["name"], []).append(b)
+    return groups
+
+
+def render(data: dict) -> str:
+    info = data.get("machine_info", {}).get("dmfx", {})
+    lines = [
+        f"- device: {info.get('device', 'unknown')}",
+        f"- torch {info.get('torch', '?')}" + (f", CUDA {info['cuda']}" if info.get("cuda") else ""),
+        f"- date: {data.get('datetime', '?')[:10]}",
+        f"- command: `{info.get('command', '?')}`",
+        "",
+        "Median per call of forward + backward (sampler: one call). `vs dmfx` = contender median /"
+        " dmfx median: above 1, dmfx is that many times faster; below 1, slower.",
+    ]
+    for group, benches in _groups(data["benchmarks"]).items():
+        base = next((b for b in benches if b["extra_info"].get("contender") == BASELINE), None)
+        has_rate = any("samples_per_s" in b["extra_info"] for b in benches)
+        lines += ["", f"### {group}", "",
+                  "| contender | median | IQR | rounds x iterations | vs dmfx |"
+                  + (" samples/s |" if has_rate else ""),
+                  "|---|---:|---:|---:|---:|" + ("---:|" if has_rate else "")]
+        for b in benches:
+            s, extra = b["stats"], b["extra_info"]
+            name = extra.get("contender", b["name"])
+            if base is None:
+                ratio = "n/a"
+            elif b is base:
+                ratio = "1 (baseline)"
+            else:
+                ratio = f"{s['median'] / base['stats']['median']:.2f}x"
+            row = (f"| {name} | {_time(s['median'])} | {_time(s['iqr'])} | "
+                   f"{s['rounds']} x {s['iterations']} | {ratio} |")
+            if has_rate:
+                rate = extra.get("samples_per_s")
+                row += f" {_rate(rate) if rate else ''} |"
+            lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", help="file written by pytest --benchmark-json=...")
+    args = parser.parse_args(argv)
+    with open(args.json) as f:
+        sys.stdout.write(render(json.load(f)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
