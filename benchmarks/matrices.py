@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import numpy as np
 import torch
+
+from dmfx.data import CSR, synthetic
 
 
 class Shape(NamedTuple):
@@ -27,48 +28,11 @@ SHAPES = {
 }
 
 
-class CSR(NamedTuple):
-    """Same fields as ``dmfx.data.CSR``: int64 ``indptr``/``indices``, float32 ``values``."""
-
-    indptr: torch.Tensor
-    indices: torch.Tensor
-    values: torch.Tensor
-    shape: tuple[int, int]
-
-
-def _fallback_synthetic(shape: Shape, seed: int) -> CSR:
-    """Power-law users and items, distinct pairs, ratings 1..5; used only while
-    ``dmfx.data.synthetic`` is unavailable. Duplicates are dropped, so nnz is approximate."""
-    rng = np.random.default_rng(seed)
-
-    def zipf(n: int, alpha: float, size: int) -> np.ndarray:
-        # Inverse-CDF draw of a continuous power law ~ (rank + 1) ** -alpha, then a random
-        # rank -> id map so the heavy ids are spread over the id range.
-        b = 1.0 - alpha
-        ranks = ((1.0 + rng.random(size) * ((n + 1.0) ** b - 1.0)) ** (1.0 / b) - 1.0).astype(np.int64)
-        return rng.permutation(n)[np.minimum(ranks, n - 1)]
-
-    draws = int(shape.nnz * 1.3)
-    keys = np.unique(zipf(shape.num_users, 0.6, draws) * shape.num_items + zipf(shape.num_items, 0.8, draws))
-    keys = np.sort(rng.choice(keys, size=min(shape.nnz, keys.size), replace=False))
-    users, items = np.divmod(keys, shape.num_items)  # sorted keys: rows, then ascending columns
-    indptr = np.zeros(shape.num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=shape.num_users), out=indptr[1:])
-    values = rng.integers(1, 6, size=keys.size).astype(np.float32)
-    return CSR(torch.from_numpy(indptr), torch.from_numpy(items), torch.from_numpy(values),
-               (shape.num_users, shape.num_items))
-
-
 @functools.lru_cache(maxsize=None)
 def load_csr(name: str, seed: int = 0) -> CSR:
-    """The user x item CSR (ratings as values) of the named shape, on the CPU."""
+    """The user x item CSR (ratings as values, int64 indices) of the named shape, on the CPU."""
     shape = SHAPES[name]
-    try:
-        from dmfx.data import synthetic
-    except ImportError:
-        return _fallback_synthetic(shape, seed)
-    c = synthetic(shape.num_users, shape.num_items, shape.nnz, seed=seed).csr(values="rating")
-    return CSR(c.indptr, c.indices, c.values, c.shape)
+    return synthetic(shape.num_users, shape.num_items, shape.nnz, seed=seed).csr(values="rating")
 
 
 def to_device(csr: CSR, device: torch.device) -> CSR:
