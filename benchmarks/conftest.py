@@ -5,6 +5,9 @@ Run from the repository root:  ``python -m pytest benchmarks --benchmark-only [-
 """
 from __future__ import annotations
 
+import os
+import shlex
+
 import pytest
 import torch
 
@@ -88,5 +91,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "device_type": config.getoption("device"),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "command": "python -m pytest " + " ".join(config.invocation_params.args),
+        "command": "python -m pytest " + shlex.join(config.invocation_params.args),
+        # CPU timings on a shared machine move with its load: keep the 1/5/15-min averages.
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
     }

@@ -14,18 +14,23 @@ import sys
 BASELINE = "dmfx"
 
 
+def _sig3(x: float) -> str:
+    """Three significant digits, trailing zeros kept (2.00, 12.5, 124)."""
+    return f"{x:.{max(0, 2 - len(str(int(x))) + 1)}f}"
+
+
 def _time(seconds: float) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds * 1e9:.3g} ns"
+            return f"{_sig3(seconds / scale)} {unit}"
+    return f"{_sig3(seconds * 1e9)} ns"
 
 
 def _rate(per_s: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if per_s >= scale:
-            return f"{per_s / scale:.3g} {unit}"
-    return f"{per_s:.3g}"
+            return f"{_sig3(per_s / scale)} {unit}"
+    return _sig3(per_s)
 
 
 def _groups(benchmarks):
@@ -43,6 +48,7 @@ def render(data: dict) -> str:
         f"- torch {info.get('torch', '?')}" + (f", CUDA {info['cuda']}" if info.get("cuda") else ""),
         f"- date: {data.get('datetime', '?')[:10]}",
         f"- command: `{info.get('command', '?')}`",
+        f"- load average (1/5/15 min) when the run ended: {info.get('loadavg', '?')}",
         "",
         "Median per call of forward + backward (sampler: one call). `vs dmfx` = contender median /"
         " dmfx median: above 1, dmfx is that many times faster; below 1, slower.",
