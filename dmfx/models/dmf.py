@@ -1,0 +1,164 @@
+"""DMF (Xue et al., IJCAI 2017) and its LFM variant on dmfx's ops.
+
+Both towers follow Eq. 6 and the authors' code: the first layer is linear without bias (a
+sparse row of Y times W_1, or a free embedding for LFM), every later layer is Linear + ReLU.
+A pair scores cos(p_u, q_i) (Eq. 8); training uses the fused cosine + mu-clamp + nce loss.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ..data import CSR
+from .base import Recommender
+
+INIT_STD = 0.01  # the paper's N(0, 0.01) initialisation
+
+
+def _normal_(tensor: Tensor) -> Tensor:
+    return nn.init.normal_(tensor, 0.0, INIT_STD)
+
+
+class MLP(nn.Module):
+    """Linear + ReLU layers after the first (linear) layer of a tower."""
+
+    def __init__(self, widths: Sequence[int]):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        for layer in self.layers:
+            _normal_(layer.weight)
+            _normal_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+class SparseRowTower(nn.Module):
+    """DMF tower: the whole rating row through W_1 (only its stored entries are read)."""
+
+    def __init__(self, matrix: CSR, widths: Sequence[int], binary: bool):
+        super().__init__()
+        self.binary = binary
+        self.register_buffer("indptr", matrix.indptr, persistent=False)
+        self.register_buffer("indices", matrix.indices, persistent=False)
+        self.register_buffer("values", matrix.values, persistent=False)
+        self.first = nn.Parameter(_normal_(torch.empty(matrix.shape[1], widths[0])))
+        self.mlp = MLP(widths)
+
+    def forward(self, rows: Tensor) -> Tensor:
+        values = None if self.binary else self.values
+        # On CUDA, skip the per-call validation sync: the data layer built this CSR.
+        h = ops.sparse_rows_matmul(self.indptr, self.indices, values, rows, self.first,
+                                   validate=not self.first.is_cuda)
+        return self.mlp(h)
+
+
+class EmbeddingTower(nn.Module):
+    """LFM tower: a free embedding per user / item instead of its rating row."""
+
+    def __init__(self, count: int, widths: Sequence[int]):
+        super().__init__()
+        self.first = nn.Parameter(_normal_(torch.empty(count, widths[0])))
+        self.mlp = MLP(widths)
+
+    def forward(self, rows: Tensor) -> Tensor:
+        return self.mlp(self.first[rows])
+
+
+class CosineScorer:
+    """Every user's and item's tower output, computed once and normalised."""
+
+    def __init__(self, user_vectors: Tensor, item_vectors: Tensor):
+        # A zero vector stays zero (score 0), matching cos := 0 in the loss.
+        self.users = F.normalize(user_vectors, dim=1)
+        self.items = F.normalize(item_vectors, dim=1)
+
+    def candidates(self, users: Tensor, items: Tensor) -> Tensor:
+        return torch.einsum("nd,ncd->nc", self.users[users], self.items[items])
+
+    def all_items(self, users: Tensor) -> Tensor:
+        return self.users[users] @ self.items.T
+
+
+class TwoTower(Recommender):
+    """Shared training and scoring of DMF and LFM: distinct ids run through a tower once."""
+
+    user_tower: nn.Module
+    item_tower: nn.Module
+
+    def __init__(self, num_users: int, num_items: int, mu: float, eval_batch: int = 4096):
+        super().__init__()
+        self.num_users, self.num_items, self.mu = num_users, num_items, mu
+        self.eval_batch = eval_batch
+
+    def pair_vectors(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        unique_users, user_slot = torch.unique(users, return_inverse=True)
+        unique_items, item_slot = torch.unique(items, return_inverse=True)
+        return self.user_tower(unique_users)[user_slot], self.item_tower(unique_items)[item_slot]
+
+    def loss(self, users: Tensor, items: Tensor, target: Tensor) -> Tensor:
+        p, q = self.pair_vectors(users, items)
+        return ops.cosine_nce_loss(p, q, target, self.mu, validate=not p.is_cuda)
+
+    def _all(self, tower: nn.Module, count: int) -> Tensor:
+        device = next(self.parameters()).device
+        ids = torch.arange(count, device=device)
+        return torch.cat([tower(chunk) for chunk in ids.split(self.eval_batch)])
+
+    @torch.no_grad()
+    def scorer(self) -> CosineScorer:
+        return CosineScorer(self._all(self.user_tower, self.num_users),
+                            self._all(self.item_tower, self.num_items))
+
+
+class DMF(TwoTower):
+    """Deep Matrix Factorization.
+
+    Args:
+        user_matrix: CSR of Y (users x items), e.g. ``split.train.csr("rating")``.
+        item_matrix: CSR of Y transposed (items x users).
+        user_layers, item_layers: tower widths; the last entries are the latent size and must
+            match. Depth = number of layers (the first is linear, the rest Linear + ReLU).
+        binary: input Y_ij = 1 for rated pairs (Eq. 1) instead of the rating (Eq. 2).
+        mu: the clamp of the predicted score (Eq. 13).
+    """
+
+    def __init__(self, user_matrix: CSR, item_matrix: CSR, user_layers: Sequence[int] = (256, 64),
+                 item_layers: Sequence[int] = (256, 64), binary: bool = False, mu: float = 1e-6):
+        if user_layers[-1] != item_layers[-1]:
+            raise ValueError(f"the towers must end at one latent size, got user_layers "
+                             f"{list(user_layers)} and item_layers {list(item_layers)}")
+        num_users, num_items = user_matrix.shape
+        if tuple(item_matrix.shape) != (num_items, num_users):
+            raise ValueError(f"item_matrix must be {num_items} x {num_users} (Y transposed), "
+                             f"got {tuple(item_matrix.shape)}")
+        super().__init__(num_users, num_items, mu)
+        self.user_tower = SparseRowTower(user_matrix, user_layers, binary)
+        self.item_tower = SparseRowTower(item_matrix, item_layers, binary)
+        self._config = dict(user_layers=list(user_layers), item_layers=list(item_layers),
+                            binary=binary, mu=mu)
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+
+class LFM(TwoTower):
+    """The paper's LFM-nce: DMF's towers and loss on free embeddings instead of rating rows."""
+
+    def __init__(self, num_users: int, num_items: int, user_layers: Sequence[int] = (256, 64),
+                 item_layers: Sequence[int] = (256, 64), mu: float = 1e-6):
+        if user_layers[-1] != item_layers[-1]:
+            raise ValueError("the towers must end at one latent size")
+        super().__init__(num_users, num_items, mu)
+        self.user_tower = EmbeddingTower(num_users, user_layers)
+        self.item_tower = EmbeddingTower(num_items, item_layers)
+        self._config = dict(user_layers=list(user_layers), item_layers=list(item_layers), mu=mu)
+
+    def config(self) -> dict:
+        return dict(self._config)
