@@ -1,0 +1,130 @@
+"""Ranking metrics under the paper's sampled protocol and under full ranking.
+
+Sampled (the DMF paper): each evaluated user's held-out item is ranked among 100 items the
+user never interacted with; HR@K is the share of users whose item lands in the top K, NDCG@K
+adds 1 / log2(rank + 2) for those. Full ranking ranks the held-out item among all items, with
+the user's training items (and, for the test item, the validation item) masked out; with one
+held-out item per user Recall@K equals HR@K, and is reported under its own name for comparison
+with papers that use it.
+
+Ties are broken uniformly at random (seeded), so a model that scores everything alike gets the
+chance-level metrics instead of a perfect or a zero score.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .data import Split
+from .models import Recommender
+
+__all__ = ["ranks_from_scores", "metrics_from_ranks", "evaluate_sampled", "evaluate_full", "evaluate"]
+
+
+def ranks_from_scores(target: Tensor, others: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """0-based rank of ``target[n]`` among ``others[n, :]`` (higher scores rank first)."""
+    greater = (others > target.unsqueeze(1)).sum(1)
+    equal = (others == target.unsqueeze(1)).sum(1)
+    u = torch.rand(target.shape, generator=generator, device="cpu").to(target.device)
+    return greater + torch.floor(u * (equal + 1)).long()
+
+
+def metrics_from_ranks(ranks: Tensor, ks: Iterable[int], prefix: str = "") -> dict:
+    ranks = ranks.double()
+    out = {}
+    for k in ks:
+        hit = ranks < k
+        out[f"{prefix}hr@{k}"] = hit.double().mean().item()
+        out[f"{prefix}ndcg@{k}"] = torch.where(hit, 1 / torch.log2(ranks + 2), 0.0).mean().item()
+    return out
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+@torch.no_grad()
+def evaluate_sampled(scorer, users: np.ndarray, items: np.ndarray, negatives: np.ndarray,
+                     ks: Sequence[int] = (10,), device="cpu", batch: int = 8192, seed: int = 0) -> dict:
+    """HR@K / NDCG@K of ``items[n]`` ranked among ``negatives[n, :]`` for ``users[n]``."""
+    generator = torch.Generator().manual_seed(seed)
+    ranks = []
+    for s in _batches(len(users), batch):
+        u = torch.as_tensor(users[s], device=device)
+        candidates = torch.cat([torch.as_tensor(items[s], device=device).unsqueeze(1),
+                                torch.as_tensor(negatives[s], device=device)], 1)
+        scores = scorer.candidates(u, candidates)
+        ranks.append(ranks_from_scores(scores[:, 0], scores[:, 1:], generator).cpu())
+    return metrics_from_ranks(torch.cat(ranks) if ranks else torch.zeros(0), ks)
+
+
+@torch.no_grad()
+def evaluate_full(scorer, users: np.ndarray, items: np.ndarray, seen, ks: Sequence[int] = (10,),
+                  device="cpu", batch: int = 1024, seed: int = 0) -> dict:
+    """HR@K / NDCG@K / Recall@K of ``items[n]`` among all items, ``seen`` (a CSR of the
+    items to exclude per user, e.g. the training items) masked out."""
+    generator = torch.Generator().manual_seed(seed)
+    indptr = seen.indptr.to(device).long()
+    indices = seen.indices.to(device).long()
+    ranks = []
+    for s in _batches(len(users), batch):
+        u = torch.as_tensor(users[s], device=device)
+        target_items = torch.as_tensor(items[s], device=device)
+        scores = scorer.all_items(u).clone()
+        target = scores.gather(1, target_items.unsqueeze(1)).squeeze(1)
+        counts = indptr[u + 1] - indptr[u]
+        row = torch.repeat_interleave(torch.arange(u.numel(), device=device), counts)
+        offsets = torch.arange(row.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[row]
+        scores[row, indices[indptr[u][row] + offsets]] = -torch.inf
+        scores.scatter_(1, target_items.unsqueeze(1), -torch.inf)  # the target is not an "other"
+        ranks.append(ranks_from_scores(target, scores, generator).cpu())
+    ranks = torch.cat(ranks) if ranks else torch.zeros(0)
+    out = metrics_from_ranks(ranks, ks, prefix="full_")
+    for k in ks:
+        out[f"full_recall@{k}"] = out[f"full_hr@{k}"]
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence[int] = (10,),
+             full_ranking: bool = False, device=None, scorer=None) -> dict:
+    """Metrics of ``model`` on the ``"test"`` or ``"valid"`` part of ``split``.
+
+    The tower outputs of every user and item are computed once (``model.scorer()``), then
+    candidates are scored in batches on ``device`` (the model's by default).
+    """
+    if which not in ("test", "valid"):
+        raise ValueError(f"which must be 'test' or 'valid', got {which!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        if device is None:
+            device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+        scorer = scorer if scorer is not None else model.scorer()
+        users = getattr(split, f"{which}_users")
+        items = getattr(split, f"{which}_items")
+        out = evaluate_sampled(scorer, users, items, getattr(split, f"{which}_negatives"), ks, device)
+        if full_ranking:
+            seen = split.train
+            if which == "test" and len(split.valid_users):
+                seen = _with_pairs(seen, split.valid_users, split.valid_items)
+            out.update(evaluate_full(scorer, users, items, seen.csr("binary"), ks, device))
+        return out
+    finally:
+        model.train(was_training)
+
+
+def _with_pairs(train, users: np.ndarray, items: np.ndarray):
+    """``train`` plus extra (user, item) pairs, as interactions with the same id maps."""
+    from .data import Interactions
+
+    return Interactions(
+        train.user_ids, train.item_ids,
+        np.concatenate([train.users, users]), np.concatenate([train.items, items]),
+        np.concatenate([train.ratings, np.ones(len(users), np.float32)]),
+        None,
+    )
