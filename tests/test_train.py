@@ -1,0 +1,109 @@
+"""The trainer: it learns, it is reproducible, and a killed run resumes to the same weights."""
+import pytest
+import torch
+
+from dmfx.data import leave_one_out, synthetic
+from dmfx.evaluate import evaluate
+from dmfx.models import DMF
+from dmfx.train import EpochPairs, TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def split():
+    return leave_one_out(synthetic(80, 200, 2400, seed=3), num_negatives=30, seed=0)
+
+
+def make_model(split, seed=0):
+    torch.manual_seed(seed)
+    train = split.train
+    return DMF(train.csr(), train.csr(transpose=True), (24, 8), (24, 8))
+
+
+def config(**kwargs):
+    defaults = dict(epochs=3, batch_size=64, lr=3e-3, patience=0, progress=False)
+    return TrainConfig(**{**defaults, **kwargs})
+
+
+def test_epoch_pairs_follow_algorithm_1(split):
+    pairs = EpochPairs(split, config(num_negatives=3), torch.device("cpu"))
+    users, items, targets, order = pairs.epoch(1)
+    nnz = split.train.nnz
+    assert users.numel() == 4 * nnz and sorted(order.tolist()) == list(range(4 * nnz))
+    # observed pairs: rating / max rating; negatives: 0 and never a training item of the user
+    torch.testing.assert_close(targets[:nnz], torch.from_numpy(split.train.ratings) / 5)
+    assert (targets[nnz:] == 0).all()
+    seen = set(zip(split.train.users.tolist(), split.train.items.tolist()))
+    assert not seen & set(zip(users[nnz:].tolist(), items[nnz:].tolist()))
+    again = EpochPairs(split, config(num_negatives=3), torch.device("cpu"))
+    assert torch.equal(again.epoch(1)[1], items)
+    assert not torch.equal(pairs.epoch(2)[1], items)
+
+
+def test_resample_once_keeps_the_negatives(split):
+    pairs = EpochPairs(split, config(resample="once"), torch.device("cpu"))
+    assert torch.equal(pairs.epoch(1)[1], pairs.epoch(2)[1])
+
+
+def test_ce_targets_are_one(split):
+    pairs = EpochPairs(split, config(loss="ce"), torch.device("cpu"))
+    _, _, targets, _ = pairs.epoch(1)
+    assert (targets[: split.train.nnz] == 1).all()
+
+
+def test_training_learns(split):
+    model = make_model(split)
+    before = evaluate(model, split, "valid")["ndcg@10"]
+    state = fit(model, split, config(epochs=8))
+    losses = [h["loss"] for h in state.history]
+    assert losses[-1] < losses[0]
+    assert all(set(h) >= {"epoch", "loss", "seconds", "pairs_per_s", "valid"} for h in state.history)
+    assert evaluate(model, split, "valid")["ndcg@10"] > before
+    assert evaluate(model, split, "test")["hr@10"] > 10 / 31  # chance with 30 negatives
+
+
+def test_same_seed_same_weights(split):
+    a, b = make_model(split), make_model(split)
+    fit(a, split, config(epochs=2))
+    fit(b, split, config(epochs=2))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_early_stopping_keeps_the_best_epoch(split):
+    model = make_model(split)
+    state = fit(model, split, config(epochs=30, lr=3e-2, patience=2))
+    best = max(h["valid"]["ndcg@10"] for h in state.history)
+    assert state.history[state.best_epoch - 1]["valid"]["ndcg@10"] == best
+    assert len(state.history) == state.best_epoch + 2 or len(state.history) == 30
+    assert evaluate(model, split, "valid")["ndcg@10"] == pytest.approx(best)
+
+
+def test_killed_run_resumes_to_the_same_weights(split, tmp_path):
+    uninterrupted = make_model(split)
+    fit(uninterrupted, split, config(epochs=4, patience=3), checkpoint=tmp_path / "a.pt")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(epoch, entry):
+        if epoch == 2:
+            raise Killed  # the checkpoint of epoch 2 is on disk; epoch 3 never happens
+
+    with pytest.raises(Killed):
+        fit(make_model(split), split, config(epochs=4, patience=3), checkpoint=tmp_path / "b.pt",
+            on_epoch_end=kill_after_epoch_2)
+    resumed = make_model(split, seed=123)  # a different init: the checkpoint must override it
+    state = fit(resumed, split, config(epochs=4, patience=3), checkpoint=tmp_path / "b.pt",
+                resume=True)
+    assert [h["epoch"] for h in state.history] == [1, 2, 3, 4]
+    for (name, x), y in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="resample"):
+        TrainConfig(resample="always")
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="mse")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
