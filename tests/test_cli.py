@@ -1,0 +1,104 @@
+"""The dmfx command end to end on a tiny synthetic data set."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dmfx.cli import main
+from dmfx.data import synthetic
+
+TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
+        "--batch-size", "128", "--lr", "0.003", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    synthetic(50, 90, 1200, seed=2).save_npz(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "dmf"
+    assert main(["train", "--data", str(data_file), "--epochs", "2", "--output", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_metrics_and_checkpoint(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics) >= {"test", "valid", "config", "history"}
+    assert set(metrics["test"]) >= {"hr@10", "ndcg@10"} and 0 <= metrics["test"]["hr@10"] <= 1
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert set(metrics["history"][0]) >= {"loss", "valid", "seconds"}
+    assert metrics["config"]["train"]["lr"] == 0.003 and metrics["config"]["model"] == "dmf"
+    assert (trained / "checkpoint.pt").is_file()
+
+
+def test_evaluate_reproduces_the_test_metrics(trained, capsys):
+    assert main(["evaluate", str(trained / "checkpoint.pt"), "--full-ranking"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert result["test"]["hr@10"] == pytest.approx(metrics["test"]["hr@10"])
+    assert set(result["test"]) >= {"full_hr@10", "full_ndcg@10", "full_recall@10"}
+
+
+def test_recommend_gives_unseen_raw_ids(trained, data_file, capsys):
+    from dmfx.data import read_npz
+
+    data = read_npz(data_file)
+    raw_user = data.user_ids[7]
+    assert main(["recommend", str(trained / "checkpoint.pt"), "--user", str(raw_user), "-k", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["1", "2", "3", "4", "5"]
+    items = [line.split("\t")[1] for line in lines]
+    seen = {str(data.item_ids[i]) for i in data.items[data.users == 7]}
+    assert not seen & set(items) and len(set(items)) == 5
+    scores = [float(line.split("\t")[2]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_resume_continues_to_the_same_result(data_file, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["train", "--data", str(data_file), "--epochs", "3", "--output", str(whole), *TINY]) == 0
+    assert main(["train", "--data", str(data_file), "--epochs", "1", "--output", str(parts), *TINY]) == 0
+    assert main(["train", "--data", str(data_file), "--epochs", "3", "--output", str(parts),
+                 "--resume", *TINY]) == 0
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model_state"]
+    b = torch.load(parts / "checkpoint.pt", weights_only=False)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((parts / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("model", ["lfm", "itempop"])
+def test_other_models_train(data_file, tmp_path, model):
+    assert main(["train", "--data", str(data_file), "--model", model, "--epochs", "1",
+                 "--output", str(tmp_path / model), *TINY]) == 0
+    assert "hr@10" in json.loads((tmp_path / model / "metrics.json").read_text())["test"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "/nonexistent/ratings.csv"], "nonexistent"),
+    (["train", "--dataset", "no-such-set"], "unknown data set 'no-such-set'"),
+    (["evaluate", "/nonexistent/checkpoint.pt"], "no checkpoint at"),
+])
+def test_user_mistakes_give_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dmfx: error:") and message in err and "\n" not in err
+
+
+def test_unknown_user_and_existing_run(trained, data_file, capsys):
+    assert main(["recommend", str(trained / "checkpoint.pt"), "--user", "no-such-user"]) == 2
+    assert "unknown user 'no-such-user'" in capsys.readouterr().err
+    assert main(["train", "--data", str(data_file), "--output", str(trained), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_help():
+    result = subprocess.run([sys.executable, "-m", "dmfx", "train", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--dataset" in result.stdout and "leave-one-out" in result.stdout
