@@ -1,4 +1,5 @@
 # dmfx developer entry points. Every target sets up what it needs first.
+#   make run         setup, then train DMF-2-nce on the bundled MovieLens-100K and print HR/NDCG@10
 #   make setup       .venv with torch (CPU build unless a GPU is present) + dmfx built and installed
 #   make test        setup, then the C++ kernel tests (ctest) and the Python tests (pytest)
 #   make bench       setup, then the CPU benchmarks (pytest-benchmark), apart from the tests
@@ -18,7 +19,9 @@ EXT_STAMP := $(VENV)/.dmfx-extension
 INSTALL_STAMP := $(VENV)/.dmfx-installed
 DEPS_STAMP := $(VENV)/.dmfx-deps
 
-.PHONY: setup test test-cpp test-python bench cuda-check clean
+.PHONY: setup run test test-cpp test-python bench cuda-check clean
+
+RUN_DIR ?= runs/ml-100k-dmf
 
 setup: $(INSTALL_STAMP) $(EXT_STAMP)
 
@@ -35,6 +38,11 @@ $(EXT_STAMP): $(DEPS_STAMP) $(SOURCES) setup.py setup.cfg
 $(INSTALL_STAMP): $(DEPS_STAMP) pyproject.toml setup.py
 	DMFX_SKIP_EXTENSION=1 $(PIP) install --no-build-isolation --no-deps -e .
 	touch $@
+
+# A second `make run` resumes (or, when finished, just re-evaluates) the run in $(RUN_DIR).
+run: setup
+	$(VENV)/bin/dmfx train --dataset ml-100k --output $(RUN_DIR) \
+		$(if $(wildcard $(RUN_DIR)/checkpoint.pt),--resume)
 
 test: test-cpp test-python
 

@@ -152,7 +152,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         state = TrainState(**saved["train_state"])
     pairs = EpochPairs(split, config, device)
     has_valid = len(split.valid_users) > 0
-    for epoch in range(state.epoch + 1, config.epochs + 1):
+    stopped_early = config.patience > 0 and state.bad_epochs >= config.patience
+    for epoch in range(state.epoch + 1, 0 if stopped_early else config.epochs + 1):
         start = time.perf_counter()
         loss = _train_epoch(model, optimizer, pairs, epoch, config)
         seconds = time.perf_counter() - start

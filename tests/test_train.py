@@ -78,6 +78,15 @@ def test_early_stopping_keeps_the_best_epoch(split):
     assert evaluate(model, split, "valid")["ndcg@10"] == pytest.approx(best)
 
 
+def test_resuming_a_stopped_run_trains_no_more(split, tmp_path):
+    first = fit(make_model(split), split, config(epochs=30, lr=3e-2, patience=1),
+                checkpoint=tmp_path / "c.pt")
+    assert len(first.history) < 30
+    again = fit(make_model(split), split, config(epochs=30, lr=3e-2, patience=1),
+                checkpoint=tmp_path / "c.pt", resume=True)
+    assert again.history == first.history
+
+
 def test_killed_run_resumes_to_the_same_weights(split, tmp_path):
     uninterrupted = make_model(split)
     fit(uninterrupted, split, config(epochs=4, patience=3), checkpoint=tmp_path / "a.pt")
