@@ -32,7 +32,7 @@ def test_test_item_is_latest_interaction(ml100k: Interactions, ml100k_split: Spl
         mine = ml100k.users == u
         ts = ml100k.timestamps[mine]
         latest = ml100k.items[mine][ts == ts.max()]
-        assert item == latest.max()  # ties: larger item index wins
+        assert item == latest[-1]  # ties: the one last in file order wins
 
 
 def test_held_out_items_are_not_in_train(ml100k: Interactions, ml100k_split: Split) -> None:
