@@ -48,7 +48,8 @@ def render(data: dict) -> str:
         f"- torch {info.get('torch', '?')}" + (f", CUDA {info['cuda']}" if info.get("cuda") else ""),
         f"- date: {data.get('datetime', '?')[:10]}",
         f"- command: `{info.get('command', '?')}`",
-        f"- load average (1/5/15 min) when the run ended: {info.get('loadavg', '?')}",
+        f"- load average (1/5/15 min) when the run ended, this run's own threads included: "
+        f"{info.get('loadavg', '?')}",
         "",
         "Median per call of forward + backward (sampler: one call). `vs dmfx` = contender median /"
         " dmfx median: above 1, dmfx is that many times faster; below 1, slower.",
