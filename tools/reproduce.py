@@ -43,6 +43,10 @@ def mean_std(values) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _span(values) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -53,18 +57,19 @@ def main() -> None:
     jobs = [(name, seed) for name in args.models for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip(jobs, pool.map(lambda job: run(*job, args.out), jobs)))
-    lines = ["| model | HR@10 | NDCG@10 | paper HR@10 | paper NDCG@10 | best epoch | wall time / run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | HR@10 | NDCG@10 | paper HR@10 | paper NDCG@10 | best epoch | epochs run | s / epoch |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in args.models:
         runs = [results[(name, seed)] for seed in args.seeds]
         _, paper_hr, paper_ndcg = MODELS[name]
-        epochs = [r["best_epoch"] for r in runs]
-        lines.append(
-            f"| {name} | {mean_std([r['test']['hr@10'] for r in runs])} "
-            f"| {mean_std([r['test']['ndcg@10'] for r in runs])} "
-            f"| {paper_hr if paper_hr else '—'} | {paper_ndcg if paper_ndcg else '—'} "
-            f"| {min(epochs)}–{max(epochs)} "
-            f"| {statistics.mean(r['seconds'] for r in runs) / 60:.1f} min |")
+        # Per-epoch time from the history: a resumed run's total wall time covers only its tail.
+        epoch_seconds = [h["seconds"] for r in runs for h in r["history"]]
+        training = [_span([r["best_epoch"] for r in runs]), _span([len(r["history"]) for r in runs]),
+                    f"{statistics.median(epoch_seconds):.0f}"] if epoch_seconds else ["—"] * 3
+        cells = [name, mean_std([r["test"]["hr@10"] for r in runs]),
+                 mean_std([r["test"]["ndcg@10"] for r in runs]),
+                 str(paper_hr or "—"), str(paper_ndcg or "—"), *training]
+        lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     (args.out / "table.md").write_text(table + "\n")
     print(table)
