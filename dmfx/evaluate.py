@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import Split
+from .data import Interactions, Split
 from .models import Recommender
 
 __all__ = ["ranks_from_scores", "metrics_from_ranks", "evaluate_sampled", "evaluate_full", "evaluate"]
@@ -120,8 +120,6 @@ def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence
 
 def _with_pairs(train, users: np.ndarray, items: np.ndarray):
     """``train`` plus extra (user, item) pairs, as interactions with the same id maps."""
-    from .data import Interactions
-
     return Interactions(
         train.user_ids, train.item_ids,
         np.concatenate([train.users, users]), np.concatenate([train.items, items]),

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from . import _C
+from .reference import clamped_cosine
 
 __all__ = ["sparse_rows_matmul", "cosine_nce_loss", "sample_negatives", "cuda_enabled"]
 
@@ -168,8 +169,6 @@ def _cosine_nce_loss_backward(ctx, grad):
     grad_target = None
     if ctx.needs_input_grad[2]:
         # Rarely wanted (targets are data), so it is left to a composite: d loss / d t.
-        from .reference import clamped_cosine
-
         yhat = clamped_cosine(p.detach(), q.detach(), ctx.mu)
         scale = grad / p.shape[0] if ctx.reduction == "mean" else grad
         grad_target = (scale * (torch.log1p(-yhat) - torch.log(yhat))).to(target.dtype)
