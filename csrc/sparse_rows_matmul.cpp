@@ -2,6 +2,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "checks.h"
 #include "cpu/sparse_rows_matmul_cpu.h"
 #ifdef WITH_CUDA
@@ -120,30 +122,43 @@ at::Tensor backward_weight(const at::Tensor& indptr, const at::Tensor& indices,
   TORCH_CHECK_VALUE(num_weight_rows >= 0, kOp, ": num_weight_rows must be >= 0, got ",
                     num_weight_rows);
   const int64_t width = grad_out.size(1);
-  at::Tensor grad_weight = at::zeros({num_weight_rows, width}, grad_out.options());
   at::Tensor error = new_error_record(grad_out.device());
+  at::Tensor grad_weight;
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparse_rows_matmul_backward_weight", [&] {
     AT_DISPATCH_INDEX_TYPES(a.indices.scalar_type(), "sparse_rows_matmul_backward_weight", [&] {
       const auto csr = a.view<scalar_t, index_t>();
       const scalar_t* g = grad_out.data_ptr<scalar_t>();
-      scalar_t* gw = grad_weight.data_ptr<scalar_t>();
       int64_t* e = error.data_ptr<int64_t>();
       if (grad_out.is_cuda()) {
 #ifdef WITH_CUDA
+        grad_weight = at::zeros({num_weight_rows, width}, grad_out.options());
         const c10::cuda::CUDAGuard guard(grad_out.device());
         C10_CUDA_CHECK(cuda::sparse_rows_matmul_backward_weight(
-            csr, g, num_weight_rows, width, gw, e, c10::cuda::getCurrentCUDAStream().stream()));
+            csr, g, num_weight_rows, width, grad_weight.data_ptr<scalar_t>(), e,
+            c10::cuda::getCurrentCUDAStream().stream()));
 #endif
       } else {
-        // Threads own disjoint ranges of weight rows (see the kernel); one range when the
-        // batch is too small to be worth splitting.
-        const int64_t threads = at::get_num_threads();
-        const int64_t batch_nnz_estimate = a.rows.numel() * (a.nnz / std::max<int64_t>(1, a.num_rows) + 1);
-        const bool split = threads > 1 && batch_nnz_estimate * width >= at::internal::GRAIN_SIZE;
-        const int64_t grain =
-            split ? (num_weight_rows + threads - 1) / threads : std::max<int64_t>(1, num_weight_rows);
-        at::parallel_for(0, std::max<int64_t>(1, num_weight_rows), grain, [&](int64_t c0, int64_t c1) {
-          cpu::sparse_rows_matmul_backward_weight(csr, g, num_weight_rows, width, gw, c0, c1, e);
+        // Transpose the batch (serial counting sort, O(batch nnz)), then every thread gathers
+        // the rows of grad_weight it owns; see the kernel header.
+        TORCH_CHECK_VALUE(csr.batch <= std::numeric_limits<int32_t>::max(), kOp,
+                          ": at most 2^31 - 1 rows per call, got ", csr.batch);
+        const auto long_options = grad_out.options().dtype(at::kLong);
+        at::Tensor col_ptr = at::zeros({num_weight_rows + 1}, long_options);
+        int64_t* cp = col_ptr.data_ptr<int64_t>();
+        const int64_t entries = cpu::batch_transpose_counts(csr, num_weight_rows, cp, e);
+        at::Tensor cursor = at::empty({num_weight_rows}, long_options);
+        at::Tensor slots = at::empty({entries}, grad_out.options().dtype(at::kInt));
+        at::Tensor slot_values;
+        if (csr.values) slot_values = at::empty({entries}, grad_out.options());
+        scalar_t* sv = csr.values ? slot_values.data_ptr<scalar_t>() : nullptr;
+        cpu::batch_transpose_fill(csr, num_weight_rows, cp, cursor.data_ptr<int64_t>(),
+                                  slots.data_ptr<int32_t>(), sv);
+        grad_weight = at::empty({num_weight_rows, width}, grad_out.options());
+        scalar_t* gw = grad_weight.data_ptr<scalar_t>();
+        const int32_t* sl = slots.data_ptr<int32_t>();
+        const int64_t per_row = entries / std::max<int64_t>(1, num_weight_rows) + 1;
+        at::parallel_for(0, num_weight_rows, grain_for(per_row * width), [&](int64_t c0, int64_t c1) {
+          cpu::sparse_rows_matmul_backward_weight<scalar_t>(cp, sl, sv, g, width, gw, c0, c1);
         });
       }
     });

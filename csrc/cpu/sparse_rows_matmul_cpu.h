@@ -15,14 +15,31 @@ void sparse_rows_matmul_forward(const CsrBatch<scalar_t, index_t>& csr, const sc
                                 int64_t weight_rows, int64_t width, scalar_t* out,
                                 int64_t b_begin, int64_t b_end, int64_t* error);
 
-// grad_weight[c] += values[k] * grad_out[b] for every (b, k) whose column c lies in
-// [c_begin, c_end). Slices own disjoint rows of grad_weight, so they run in parallel without
-// atomics; grad_weight must be zeroed by the caller.
+// The weight gradient is the forward of the batch's transpose: grad_weight[c] = sum over the
+// batch entries (b, c, v) of v * grad_out[b]. The batch is transposed once (a counting sort by
+// column, O(batch nnz)) so every row of grad_weight is then a gather written exactly once:
+// threads own disjoint rows, no atomics, no zero-fill pass, no read-modify-write.
+//
+// Step 1: col_ptr (weight_rows + 1 entries, zeroed by the caller) becomes the column pointer of
+// the transposed batch; returns its entry count. Out-of-range ids are recorded and skipped.
 template <typename scalar_t, typename index_t>
-void sparse_rows_matmul_backward_weight(const CsrBatch<scalar_t, index_t>& csr,
-                                        const scalar_t* grad_out, int64_t weight_rows,
+int64_t batch_transpose_counts(const CsrBatch<scalar_t, index_t>& csr, int64_t weight_rows,
+                               int64_t* col_ptr, int64_t* error);
+
+// Step 2: slots[e] (the batch slot b) and, when csr.values is set, slot_values[e] (v) of every
+// entry, grouped by column. Uses cursor (weight_rows entries) as scratch.
+template <typename scalar_t, typename index_t>
+void batch_transpose_fill(const CsrBatch<scalar_t, index_t>& csr, int64_t weight_rows,
+                          const int64_t* col_ptr, int64_t* cursor, int32_t* slots,
+                          scalar_t* slot_values);
+
+// Step 3: writes grad_weight[c] for c in [c_begin, c_end) (zeros for columns the batch misses).
+// slot_values null means all ones.
+template <typename scalar_t>
+void sparse_rows_matmul_backward_weight(const int64_t* col_ptr, const int32_t* slots,
+                                        const scalar_t* slot_values, const scalar_t* grad_out,
                                         int64_t width, scalar_t* grad_weight, int64_t c_begin,
-                                        int64_t c_end, int64_t* error);
+                                        int64_t c_end);
 
 // grad_values[k] += <grad_out[b], weight[indices[k]]> for nnz slots k in [k_begin, k_end)
 // (repeated rows in the batch accumulate). grad_values must be zeroed by the caller.

@@ -85,13 +85,27 @@ void test_sparse_rows_matmul_forward_and_backward() {
   EXPECT(out == expected);
   EXPECT(error[0] == dmfx::kOk);
 
-  // Backward over two owner slices equals the analytic scatter.
+  // The batch transpose groups the entries by column: column c holds (slot b, value v).
+  std::vector<int64_t> col_ptr(5, 0), cursor(4);
+  EXPECT(dmfx::cpu::batch_transpose_counts(f.csr(), 4, col_ptr.data(), error) == 6);
+  const std::vector<int64_t> expected_col_ptr{0, 1, 3, 4, 6};
+  EXPECT(col_ptr == expected_col_ptr);
+  std::vector<int32_t> slots(6, -1);
+  std::vector<double> slot_values(6, -1);
+  dmfx::cpu::batch_transpose_fill(f.csr(), 4, col_ptr.data(), cursor.data(), slots.data(),
+                                  slot_values.data());
+  const std::vector<int32_t> expected_slots{1, 0, 3, 1, 0, 3};
+  const std::vector<double> expected_slot_values{1, 3, 3, 2, 4, 4};
+  EXPECT(slots == expected_slots);
+  EXPECT(slot_values == expected_slot_values);
+
+  // Backward over two owner slices (written, not accumulated) equals the analytic scatter.
   const std::vector<double> grad_out{1, 0, 0, 0, 1, 0, 5, 5, 5, 0, 0, 1};
-  std::vector<double> grad_weight(12, 0);
-  dmfx::cpu::sparse_rows_matmul_backward_weight(f.csr(), grad_out.data(), 4, 3,
-                                                grad_weight.data(), 0, 2, error);
-  dmfx::cpu::sparse_rows_matmul_backward_weight(f.csr(), grad_out.data(), 4, 3,
-                                                grad_weight.data(), 2, 4, error);
+  std::vector<double> grad_weight(12, -1);
+  dmfx::cpu::sparse_rows_matmul_backward_weight(col_ptr.data(), slots.data(), slot_values.data(),
+                                                grad_out.data(), 3, grad_weight.data(), 0, 2);
+  dmfx::cpu::sparse_rows_matmul_backward_weight(col_ptr.data(), slots.data(), slot_values.data(),
+                                                grad_out.data(), 3, grad_weight.data(), 2, 4);
   const std::vector<double> expected_gw{0, 1, 0, 3, 0, 3, 0, 2, 0, 4, 0, 4};
   EXPECT(grad_weight == expected_gw);
 
@@ -111,6 +125,11 @@ void test_sparse_rows_matmul_reports_bad_input_without_reading_it() {
   int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
   dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, error);
   EXPECT(error[0] == dmfx::kIndexOutOfRange && error[1] == 3 && error[2] == 99);
+  // The backward's transpose skips the bad entry (row 2 sits twice in the batch) and records it.
+  std::vector<int64_t> col_ptr(5, 0);
+  int64_t error_t[dmfx::kErrorRecordSize] = {0, 0, 0};
+  EXPECT(dmfx::cpu::batch_transpose_counts(f.csr(), 4, col_ptr.data(), error_t) == 4);
+  EXPECT(error_t[0] == dmfx::kIndexOutOfRange && error_t[1] == 3 && error_t[2] == 99);
 
   Fixture g;
   g.rows[1] = 3;
