@@ -1,6 +1,8 @@
 #include "sparse_rows_matmul_cpu.h"
 
 #include <algorithm>
+#include <utility>
+#include <vector>
 
 #include "../common/csr.h"
 #include "../common/macros.h"
@@ -52,29 +54,49 @@ DMFX_VEC_INLINE void gather_tail(const id_t* ids, const scalar_t* vals, int64_t 
   for (int64_t j = 0; j < n; ++j) out_row[h0 + j] = acc[j];
 }
 
-// out_row = sum_k v_k * dense[id_k] over k in [begin, end), all `width` columns, in as few
-// passes over the sparse row as the register file allows (8 vectors per pass).
-template <typename scalar_t, typename id_t>
-DMFX_VEC_INLINE void gather_row(const id_t* ids, const scalar_t* vals, int64_t begin, int64_t end,
-                       const scalar_t* dense, int64_t width, scalar_t* out_row) {
+// out[i] = sum_k v_k * dense[id_k] over k in [bounds(i).first, bounds(i).second), for i < count,
+// all `width` columns. Block-column by block-column over all `count` rows, not row by row: one
+// pass touches a single block (up to 8 vectors) of each dense row, so the part of a table larger
+// than L2 that is in use still fits in L2. Each pass keeps its sums in registers.
+template <typename scalar_t, typename id_t, typename Bounds>
+DMFX_VEC_INLINE void gather_rows(const id_t* ids, const scalar_t* vals, Bounds bounds,
+                                 int64_t count, const scalar_t* dense, int64_t width,
+                                 scalar_t* out) {
   constexpr int64_t L = kLanes<scalar_t>;
   int64_t h0 = 0;
   for (; h0 + 8 * L <= width; h0 += 8 * L) {
-    gather_block<8>(ids, vals, begin, end, dense, width, h0, out_row);
+    for (int64_t i = 0; i < count; ++i) {
+      const auto r = bounds(i);
+      gather_block<8>(ids, vals, r.first, r.second, dense, width, h0, out + i * width);
+    }
   }
   if (h0 + 4 * L <= width) {
-    gather_block<4>(ids, vals, begin, end, dense, width, h0, out_row);
+    for (int64_t i = 0; i < count; ++i) {
+      const auto r = bounds(i);
+      gather_block<4>(ids, vals, r.first, r.second, dense, width, h0, out + i * width);
+    }
     h0 += 4 * L;
   }
   if (h0 + 2 * L <= width) {
-    gather_block<2>(ids, vals, begin, end, dense, width, h0, out_row);
+    for (int64_t i = 0; i < count; ++i) {
+      const auto r = bounds(i);
+      gather_block<2>(ids, vals, r.first, r.second, dense, width, h0, out + i * width);
+    }
     h0 += 2 * L;
   }
   if (h0 + L <= width) {
-    gather_block<1>(ids, vals, begin, end, dense, width, h0, out_row);
+    for (int64_t i = 0; i < count; ++i) {
+      const auto r = bounds(i);
+      gather_block<1>(ids, vals, r.first, r.second, dense, width, h0, out + i * width);
+    }
     h0 += L;
   }
-  if (h0 < width) gather_tail(ids, vals, begin, end, dense, width, h0, width - h0, out_row);
+  if (h0 < width) {
+    for (int64_t i = 0; i < count; ++i) {
+      const auto r = bounds(i);
+      gather_tail(ids, vals, r.first, r.second, dense, width, h0, width - h0, out + i * width);
+    }
+  }
 }
 
 // First out-of-range id of a row, recorded; the row then takes the slow path that skips it.
@@ -99,20 +121,27 @@ DMFX_CPU_CLONES void sparse_rows_matmul_forward(const CsrBatch<scalar_t, index_t
                                                 int64_t width, scalar_t* out, int64_t b_begin,
                                                 int64_t b_end, int64_t* error) {
   if (b_begin == 0) check_indptr_ends(csr.indptr, csr.num_rows, csr.nnz, error);
+  // Checked bounds of every row first; an unusable row (recorded in `error`) gets the empty range
+  // (zeros), and one with an out-of-range id is redone below without that id.
+  std::vector<std::pair<int64_t, int64_t>> bounds(b_end - b_begin, {0, 0});
+  std::vector<int64_t> rows_with_bad_ids;
   for (int64_t b = b_begin; b < b_end; ++b) {
-    scalar_t* o = out + b * width;
     int64_t begin, end;
     if (!checked_row_range(csr.indptr, csr.num_rows, csr.nnz, csr.rows[b], b, error, &begin,
                            &end)) {
-      std::fill(o, o + width, scalar_t(0));
       continue;
     }
     if (row_ids_in_range(csr.indices, begin, end, weight_rows, error)) {
-      gather_row(csr.indices, csr.values, begin, end, weight, width, o);
-      continue;
+      bounds[b - b_begin] = {begin, end};
+    } else {
+      rows_with_bad_ids.push_back(b);
     }
-    // A bad id contributes nothing (the error is already recorded).
-    std::fill(o, o + width, scalar_t(0));
+  }
+  gather_rows(csr.indices, csr.values, [&](int64_t i) { return bounds[i]; }, b_end - b_begin,
+              weight, width, out + b_begin * width);
+  for (const int64_t b : rows_with_bad_ids) {
+    scalar_t* o = out + b * width;
+    const int64_t begin = csr.indptr[csr.rows[b]], end = csr.indptr[csr.rows[b] + 1];
     for (int64_t k = begin; k < end; ++k) {
       const int64_t c = csr.indices[k];
       if (c < 0 || c >= weight_rows) continue;
@@ -173,10 +202,9 @@ DMFX_CPU_CLONES void sparse_rows_matmul_backward_weight(const int64_t* col_ptr,
                                                         const scalar_t* grad_out, int64_t width,
                                                         scalar_t* grad_weight, int64_t c_begin,
                                                         int64_t c_end) {
-  for (int64_t c = c_begin; c < c_end; ++c) {
-    gather_row(slots, slot_values, col_ptr[c], col_ptr[c + 1], grad_out, width,
-               grad_weight + c * width);
-  }
+  gather_rows(slots, slot_values,
+              [&](int64_t i) { return std::make_pair(col_ptr[c_begin + i], col_ptr[c_begin + i + 1]); },
+              c_end - c_begin, grad_out, width, grad_weight + c_begin * width);
 }
 
 template <typename scalar_t, typename index_t>
