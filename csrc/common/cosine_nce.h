@@ -24,7 +24,12 @@ DMFX_HOST_DEVICE inline acc_t nce_loss(acc_t cos, acc_t target, acc_t mu) {
   using std::log;
   using std::log1p;
   const acc_t yhat = cos < mu ? mu : (cos > acc_t(1) - mu ? acc_t(1) - mu : cos);
-  return -(target * log(yhat) + (acc_t(1) - target) * log1p(-yhat));
+  // A term with a zero coefficient is skipped, not computed and multiplied by 0: the same value
+  // (both logs are finite), one log instead of two for the sampled negatives (t = 0).
+  acc_t loss = 0;
+  if (target != acc_t(0)) loss -= target * log(yhat);
+  if (target != acc_t(1)) loss -= (acc_t(1) - target) * log1p(-yhat);
+  return loss;
 }
 
 // d loss / d cos.
