@@ -5,6 +5,7 @@
 #include <string>
 
 #include "checks.h"
+#include "output_alloc.h"
 #include "cpu/cosine_nce_loss_cpu.h"
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -117,7 +118,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_, const at::T
   }
   const int64_t grad_stride = reduction == Reduction::kNone ? 1 : 0;
   const double grad_scale = reduction == Reduction::kMean ? 1.0 / std::max<int64_t>(1, batch) : 1.0;
-  at::Tensor grad_p = at::empty_like(p), grad_q = at::empty_like(q);
+  at::Tensor grad_p = empty_output(p.sizes(), p.options());
+  at::Tensor grad_q = empty_output(q.sizes(), q.options());
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "cosine_nce_loss_backward", [&] {
     const scalar_t* gp = grad.data_ptr<scalar_t>();
     const scalar_t* pp = p.data_ptr<scalar_t>();

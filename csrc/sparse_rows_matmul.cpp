@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "checks.h"
+#include "output_alloc.h"
 #include "cpu/sparse_rows_matmul_cpu.h"
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -86,7 +87,7 @@ at::Tensor forward(const at::Tensor& indptr, const at::Tensor& indices,
   const Args a(indptr, indices, values, rows, weight_, "weight");
   const at::Tensor weight = weight_.contiguous();
   const int64_t batch = a.rows.numel(), weight_rows = weight.size(0), width = weight.size(1);
-  at::Tensor out = at::empty({batch, width}, weight.options());
+  at::Tensor out = empty_output({batch, width}, weight.options());
   at::Tensor error = new_error_record(weight.device());
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "sparse_rows_matmul", [&] {
     AT_DISPATCH_INDEX_TYPES(a.indices.scalar_type(), "sparse_rows_matmul", [&] {
@@ -153,7 +154,7 @@ at::Tensor backward_weight(const at::Tensor& indptr, const at::Tensor& indices,
         scalar_t* sv = csr.values ? slot_values.data_ptr<scalar_t>() : nullptr;
         cpu::batch_transpose_fill(csr, num_weight_rows, cp, cursor.data_ptr<int64_t>(),
                                   slots.data_ptr<int32_t>(), sv);
-        grad_weight = at::empty({num_weight_rows, width}, grad_out.options());
+        grad_weight = empty_output({num_weight_rows, width}, grad_out.options());
         scalar_t* gw = grad_weight.data_ptr<scalar_t>();
         const int32_t* sl = slots.data_ptr<int32_t>();
         const int64_t per_row = entries / std::max<int64_t>(1, num_weight_rows) + 1;
