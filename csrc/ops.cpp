@@ -22,6 +22,10 @@ TORCH_LIBRARY(dmfx, m) {
   m.def(
       "sample_negatives(Tensor indptr, Tensor indices, Tensor users, int num_items, "
       "int num_negatives, int seed, bool validate=True) -> Tensor");
+  m.def(
+      "row_sparse_adam_(Tensor(a!) weight, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+      "Tensor rows, Tensor grad_rows, float lr, float beta1, float beta2, float eps, int step, "
+      "bool validate=True) -> ()");
 }
 
 namespace {

@@ -1,6 +1,7 @@
 """dmfx: sparse-optimized C++/CUDA kernels and a trainer for Deep Matrix Factorization in PyTorch."""
 from . import ops, reference
-from .ops import cosine_nce_loss, cuda_enabled, sample_negatives, sparse_rows_matmul
+from .ops import (cosine_nce_loss, cuda_enabled, row_sparse_adam_, sample_negatives,
+                  sparse_rows_matmul)
 
 __version__ = "0.1.0"
 
@@ -10,5 +11,6 @@ __all__ = [
     "sparse_rows_matmul",
     "cosine_nce_loss",
     "sample_negatives",
+    "row_sparse_adam_",
     "cuda_enabled",
 ]

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--loss", choices=("nce", "ce"), default="nce",
                    help="nce: target rating / max rating; ce: target 1 for observed pairs")
     m.add_argument("--mu", type=float, default=1e-6, help="clamp of the predicted score")
+    m.add_argument("--sparse-grad", action="store_true",
+                   help="DMF: row-sparse first-layer gradients + row-wise Adam, so a step costs the "
+                        "batch's nnz, not the table sizes (for very large item/user counts)")
     o = t.add_argument_group("training")
     o.add_argument("--epochs", type=int, default=50, help="most epochs (early stopping may end sooner)")
     o.add_argument("--batch-size", type=int, default=256)
@@ -137,6 +140,8 @@ def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
+    if args.sparse_grad and args.model != "dmf":
+        raise ValueError("--sparse-grad applies to --model dmf only")
     spec = _data_spec(args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          num_negatives=args.negatives, resample=args.resample, loss=args.loss,
@@ -159,6 +164,7 @@ def cmd_train(args) -> int:
         model_config = dict(user_layers=args.user_layers, item_layers=args.item_layers, mu=args.mu)
         if args.model == "dmf":
             model_config["binary"] = args.input == "binary"
+            model_config["sparse_grad"] = args.sparse_grad
     torch.manual_seed(args.seed)
     model = build_model(args.model, split.train, model_config, device)
     extra = {"data": asdict(spec), "model": {"kind": args.model, "config": model_config}}

@@ -21,7 +21,8 @@ from torch import Tensor
 from . import _C
 from .reference import clamped_cosine
 
-__all__ = ["sparse_rows_matmul", "cosine_nce_loss", "sample_negatives", "cuda_enabled"]
+__all__ = ["sparse_rows_matmul", "cosine_nce_loss", "sample_negatives", "row_sparse_adam_",
+           "batch_entries", "cuda_enabled"]
 
 
 def cuda_enabled() -> bool:
@@ -40,6 +41,7 @@ def sparse_rows_matmul(
     weight: Tensor,
     *,
     validate: bool = True,
+    sparse_grad: bool = False,
 ) -> Tensor:
     """Rows of a CSR matrix times a dense matrix: ``out[b] = A[rows[b]] @ weight``.
 
@@ -55,10 +57,17 @@ def sparse_rows_matmul(
         rows: int32/int64 ``[B]`` row ids to compute; repeats are fine.
         weight: float32/float64 ``[weight_rows, H]``.
         validate: raise on bad ids (see the module docstring).
+        sparse_grad: the gradient of ``weight`` is a row-sparse COO tensor holding only the
+            rows the batch touches (the columns of its CSR rows), as ``nn.Embedding(sparse=True)``
+            gives; pair it with :class:`dmfx.optim.RowSparseAdam`. A backward then costs the batch's
+            nnz, not ``weight.size(0) * H``: for tables far larger than a batch touches. Costs a
+            sort of the batch's column ids (and one sync on CUDA). Eager autograd only.
 
     Returns:
         ``[B, H]`` tensor. Differentiable with respect to ``weight`` and ``values``.
     """
+    if sparse_grad:
+        return _SparseGradRowsMatmul.apply(indptr, indices, values, rows, weight, validate)
     return torch.ops.dmfx.sparse_rows_matmul(indptr, indices, values, rows, weight, validate)
 
 
@@ -105,6 +114,59 @@ torch.library.register_autograd(
     _sparse_rows_matmul_backward,
     setup_context=_sparse_rows_matmul_setup_context,
 )
+
+
+def batch_entries(indptr: Tensor, indices: Tensor, values: Optional[Tensor], rows: Tensor):
+    """The CSR rows ``rows`` as a batch-local CSR: ``(local_indptr, columns, values)``.
+
+    ``local_indptr`` has ``len(rows) + 1`` entries (``indptr``'s dtype); ``values`` is None when
+    the given one is. On CUDA, sizing the result costs one sync.
+    """
+    rows = rows.long()
+    starts = indptr[rows].long()
+    counts = indptr[rows + 1].long() - starts
+    local_indptr = torch.zeros(rows.numel() + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(counts, 0, out=local_indptr[1:])
+    total = int(local_indptr[-1])
+    position = torch.arange(total, device=rows.device) + torch.repeat_interleave(
+        starts - local_indptr[:-1], counts, output_size=total)
+    return (local_indptr.to(indptr.dtype), indices[position],
+            None if values is None else values[position])
+
+
+def _row_sparse_weight_grad(indptr, indices, values, rows, grad, weight_shape):
+    """d out / d weight as a coalesced COO tensor over the rows the batch touches."""
+    local_indptr, columns, local_values = batch_entries(indptr, indices, values, rows)
+    touched, compact = torch.unique(columns, return_inverse=True)  # sorted: coalesced
+    local_rows = torch.arange(rows.numel(), device=rows.device)
+    grad_rows = torch.ops.dmfx.sparse_rows_matmul_backward_weight(
+        local_indptr, compact.to(local_indptr.dtype), local_values, local_rows, grad,
+        touched.numel(), False)
+    # Built sorted and duplicate-free above, so no invariant check is needed.
+    return torch.sparse_coo_tensor(touched.long().unsqueeze(0), grad_rows, weight_shape,
+                                   is_coalesced=True, check_invariants=False)
+
+
+class _SparseGradRowsMatmul(torch.autograd.Function):
+    """sparse_rows_matmul whose weight gradient is row-sparse (see ``sparse_grad``)."""
+
+    @staticmethod
+    def forward(ctx, indptr, indices, values, rows, weight, validate):
+        ctx.save_for_backward(indptr, indices, values, rows, weight)
+        return torch.ops.dmfx.sparse_rows_matmul(indptr, indices, values, rows, weight, validate)
+
+    @staticmethod
+    def backward(ctx, grad):
+        indptr, indices, values, rows, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_values = grad_weight = None
+        if ctx.needs_input_grad[2]:
+            grad_values = torch.ops.dmfx.sparse_rows_matmul_backward_values(
+                indptr, indices, rows, weight, grad, False)
+        if ctx.needs_input_grad[4]:
+            grad_weight = _row_sparse_weight_grad(indptr, indices, values, rows, grad,
+                                                  weight.shape)
+        return None, None, grad_values, None, grad_weight, None
 
 
 # ------------------------------------------------------------------------------ cosine_nce_loss
@@ -232,3 +294,47 @@ def sample_negatives(
 @torch.library.register_fake("dmfx::sample_negatives")
 def _sample_negatives_fake(indptr, indices, users, num_items, num_negatives, seed, validate=True):
     return users.new_empty((users.shape[0], num_negatives), dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- row_sparse_adam_
+
+
+def row_sparse_adam_(
+    weight: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    rows: Tensor,
+    grad_rows: Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    step: int,
+    validate: bool = True,
+) -> None:
+    """One Adam step on the rows ``rows`` of ``weight`` only, in place (lazy, row-wise Adam).
+
+    For each ``i``, row ``r = rows[i]`` of ``weight``, ``exp_avg`` and ``exp_avg_sq`` is updated
+    with gradient ``grad_rows[i]`` by torch's Adam formula (no weight decay, no amsgrad), with
+    bias corrections for ``step`` (the count including this update). Other rows are untouched,
+    moments included: the semantics of ``torch.optim.SparseAdam``, in one pass over the touched
+    rows. This is what a row-sparse gradient of :func:`sparse_rows_matmul` (``sparse_grad=True``)
+    feeds; :class:`dmfx.optim.RowSparseAdam` wraps it as an optimizer.
+
+    Args:
+        weight, exp_avg, exp_avg_sq: float32/float64 ``[num_rows, H]``, contiguous, one
+            dtype and device.
+        rows: int32/int64 ``[n]`` distinct row ids.
+        grad_rows: ``[n, H]``.
+        validate: raise when a row id is out of range or repeated (on CUDA: a sync). Without it,
+            an out-of-range row is skipped and repeated rows race.
+    """
+    torch.ops.dmfx.row_sparse_adam_(weight, exp_avg, exp_avg_sq, rows, grad_rows, lr, beta1,
+                                    beta2, eps, step, validate)
+
+
+@torch.library.register_fake("dmfx::row_sparse_adam_")
+def _row_sparse_adam_fake(weight, exp_avg, exp_avg_sq, rows, grad_rows, lr, beta1, beta2, eps,
+                          step, validate=True):
+    return None

@@ -6,12 +6,14 @@ against them and the other PyTorch peers.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["sparse_rows_matmul", "clamped_cosine", "cosine_nce_loss", "sample_negatives"]
+__all__ = ["sparse_rows_matmul", "clamped_cosine", "cosine_nce_loss", "sample_negatives",
+           "row_sparse_adam_"]
 
 
 def _row_gather(indptr: Tensor, rows: Tensor):
@@ -98,3 +100,27 @@ def sample_negatives(
         out[todo[~hit]] = draw[~hit]
         todo = todo[hit]
     return out.view(users.numel(), num_negatives)
+
+
+def row_sparse_adam_(
+    weight: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    rows: Tensor,
+    grad_rows: Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    step: int,
+) -> None:
+    """torch.optim.Adam's update (no weight decay, no amsgrad) on the rows ``rows`` only."""
+    r = rows.long()
+    m = exp_avg[r].mul(beta1).add_(grad_rows, alpha=1 - beta1)
+    v = exp_avg_sq[r].mul(beta2).addcmul_(grad_rows, grad_rows, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    denom = v.sqrt() / math.sqrt(bias_correction2) + eps
+    exp_avg[r], exp_avg_sq[r] = m, v
+    weight[r] = weight[r] - lr / bias_correction1 * m / denom

@@ -24,6 +24,7 @@ from . import ops
 from .data import Split
 from .evaluate import evaluate
 from .models import Recommender
+from .optim import RowSparseAdam
 
 __all__ = ["TrainConfig", "fit", "make_optimizer", "save_checkpoint", "load_checkpoint"]
 
@@ -67,13 +68,41 @@ class TrainState:
     bad_epochs: int = 0
 
 
-def make_optimizer(model: Recommender, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam; the fused implementation (one pass per tensor, no temporaries) where every parameter
-    is on a device torch has it for (CPU and CUDA), else the default one."""
-    params = list(model.parameters())
+class SplitAdam:
+    """Adam on the dense gradients and RowSparseAdam on the row-sparse ones, stepped together."""
+
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer):
+        self.dense, self.sparse = dense, sparse
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        self.sparse.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dense.load_state_dict(state["dense"])
+        self.sparse.load_state_dict(state["sparse"])
+
+
+def make_optimizer(model: Recommender, config: TrainConfig):
+    """Adam with ``config.lr``: the fused implementation (one pass per tensor, no temporaries)
+    where every parameter is on a device torch has it for (CPU and CUDA). Parameters with
+    row-sparse gradients (``model.sparse_grad_parameters()``) get :class:`dmfx.optim.RowSparseAdam`,
+    which updates only the rows present in each gradient."""
+    sparse_ids = {id(p) for p in model.sparse_grad_parameters()}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
-                for p in params)
-    return torch.optim.Adam(params, lr=config.lr, fused=fused)
+                for p in dense)
+    adam = torch.optim.Adam(dense, lr=config.lr, fused=fused)
+    if not sparse_ids:
+        return adam
+    return SplitAdam(adam, RowSparseAdam(model.sparse_grad_parameters(), lr=config.lr))
 
 
 def derive_seed(*parts: int) -> int:

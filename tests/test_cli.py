@@ -73,17 +73,22 @@ def test_resume_continues_to_the_same_result(data_file, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("model", ["lfm", "itempop"])
+@pytest.mark.parametrize("model", ["lfm", "itempop", "dmf --sparse-grad"])
 def test_other_models_train(data_file, tmp_path, model):
-    assert main(["train", "--data", str(data_file), "--model", model, "--epochs", "1",
-                 "--output", str(tmp_path / model), *TINY]) == 0
-    assert "hr@10" in json.loads((tmp_path / model / "metrics.json").read_text())["test"]
+    name, *flags = model.split()
+    out = tmp_path / name
+    assert main(["train", "--data", str(data_file), "--model", name, *flags, "--epochs", "1",
+                 "--output", str(out), *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "hr@10" in metrics["test"]
+    assert main(["evaluate", str(out / "checkpoint.pt")]) == 0
 
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "/nonexistent/ratings.csv"], "nonexistent"),
     (["train", "--dataset", "no-such-set"], "unknown data set 'no-such-set'"),
     (["evaluate", "/nonexistent/checkpoint.pt"], "no checkpoint at"),
+    (["train", "--dataset", "ml-100k", "--model", "lfm", "--sparse-grad"], "--sparse-grad applies"),
 ])
 def test_user_mistakes_give_one_line(argv, message, capsys):
     assert main(argv) == 2

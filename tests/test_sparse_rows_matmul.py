@@ -228,3 +228,40 @@ def test_without_validation_bad_entries_contribute_nothing(case):
     kept = csr._replace(values=csr.values.clone())
     kept.values[-1] = 0
     torch.testing.assert_close(out, call(kept, rows, weight))
+
+
+# ----------------------------------------------------------------------- row-sparse weight gradient
+
+
+@pytest.mark.parametrize("with_values", [True, False], ids=["values", "ones"])
+@pytest.mark.parametrize("width", [1, 33])
+def test_sparse_grad_equals_dense_grad(device, index_dtype, with_values, width):
+    csr, rows, weight = make_case(device, index_dtype, width=width, batch=25, seed=3)
+    values = csr.values if with_values else None
+    upstream = torch.randn(rows.numel(), width, dtype=torch.float64, device=device)
+    dense_w = weight.detach().clone().requires_grad_()
+    (ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows, dense_w) * upstream).sum().backward()
+    sparse_w = weight.detach().clone().requires_grad_()
+    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows, sparse_w, sparse_grad=True)
+    (grad,) = torch.autograd.grad((out * upstream).sum(), sparse_w)
+    assert grad.layout == torch.sparse_coo and grad.is_coalesced()
+    # Exactly the columns of the batch's rows are stored, and the values match the dense gradient.
+    r = rows.long().cpu()
+    indptr, indices = csr.indptr.long().cpu(), csr.indices.long().cpu()
+    touched = sorted({int(c) for b in r for c in indices[indptr[b]:indptr[b + 1]]})
+    assert grad.indices()[0].cpu().tolist() == touched
+    torch.testing.assert_close(grad.to_dense(), dense_w.grad)
+
+
+def test_sparse_grad_of_values_and_empty_batch(device):
+    csr, rows, weight = make_case(device, torch.int64, width=5, seed=4)
+    values = csr.values.clone().requires_grad_()
+    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows, weight, sparse_grad=True)
+    torch.autograd.gradcheck(
+        lambda v: ops.sparse_rows_matmul(csr.indptr, csr.indices, v, rows, weight.detach(),
+                                         sparse_grad=True), (values,))
+    w = weight.detach().clone().requires_grad_()
+    ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows[:0], w,
+                           sparse_grad=True).sum().backward()
+    assert w.grad.layout == torch.sparse_coo and w.grad._nnz() == 0
+    assert out.shape == (rows.numel(), 5)

@@ -5,7 +5,7 @@ import torch
 from dmfx.data import leave_one_out, synthetic
 from dmfx.evaluate import evaluate
 from dmfx.models import DMF
-from dmfx.train import EpochPairs, TrainConfig, fit
+from dmfx.train import EpochPairs, SplitAdam, TrainConfig, fit, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -13,10 +13,10 @@ def split():
     return leave_one_out(synthetic(80, 200, 2400, seed=3), num_negatives=30, seed=0)
 
 
-def make_model(split, seed=0):
+def make_model(split, seed=0, sparse_grad=False):
     torch.manual_seed(seed)
     train = split.train
-    return DMF(train.csr(), train.csr(transpose=True), (24, 8), (24, 8))
+    return DMF(train.csr(), train.csr(transpose=True), (24, 8), (24, 8), sparse_grad=sparse_grad)
 
 
 def config(**kwargs):
@@ -87,8 +87,9 @@ def test_resuming_a_stopped_run_trains_no_more(split, tmp_path):
     assert again.history == first.history
 
 
-def test_killed_run_resumes_to_the_same_weights(split, tmp_path):
-    uninterrupted = make_model(split)
+@pytest.mark.parametrize("sparse_grad", [False, True], ids=["adam", "sparse-adam"])
+def test_killed_run_resumes_to_the_same_weights(split, tmp_path, sparse_grad):
+    uninterrupted = make_model(split, sparse_grad=sparse_grad)
     fit(uninterrupted, split, config(epochs=4, patience=3), checkpoint=tmp_path / "a.pt")
 
     class Killed(Exception):
@@ -99,14 +100,38 @@ def test_killed_run_resumes_to_the_same_weights(split, tmp_path):
             raise Killed  # the checkpoint of epoch 2 is on disk; epoch 3 never happens
 
     with pytest.raises(Killed):
-        fit(make_model(split), split, config(epochs=4, patience=3), checkpoint=tmp_path / "b.pt",
-            on_epoch_end=kill_after_epoch_2)
-    resumed = make_model(split, seed=123)  # a different init: the checkpoint must override it
+        fit(make_model(split, sparse_grad=sparse_grad), split, config(epochs=4, patience=3),
+            checkpoint=tmp_path / "b.pt", on_epoch_end=kill_after_epoch_2)
+    resumed = make_model(split, seed=123, sparse_grad=sparse_grad)  # a different init: the checkpoint must override it
     state = fit(resumed, split, config(epochs=4, patience=3), checkpoint=tmp_path / "b.pt",
                 resume=True)
     assert [h["epoch"] for h in state.history] == [1, 2, 3, 4]
     for (name, x), y in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_sparse_grad_moves_only_the_touched_first_layer_rows(split):
+    model = make_model(split, sparse_grad=True)
+    optimizer = make_optimizer(model, config())
+    assert isinstance(optimizer, SplitAdam)
+    users, items = torch.tensor([0, 1, 1]), torch.tensor([5, 7, 9])
+    before = model.user_tower.first.detach().clone()
+    optimizer.zero_grad()
+    model.loss(users, items, torch.tensor([0.8, 0.0, 0.0])).backward()
+    optimizer.step()
+    train = split.train.csr()
+    touched = torch.zeros(split.train.num_items, dtype=torch.bool)
+    for u in (0, 1):
+        touched[train.indices[train.indptr[u]:train.indptr[u + 1]].long()] = True
+    moved = (model.user_tower.first.detach() != before).any(dim=1)
+    assert torch.equal(moved, touched)
+
+
+def test_sparse_grad_learns(split):
+    model = make_model(split, sparse_grad=True)
+    state = fit(model, split, config(epochs=8))
+    assert state.history[-1]["loss"] < state.history[0]["loss"]
+    assert evaluate(model, split, "test")["hr@10"] > 10 / 31
 
 
 def test_config_errors():

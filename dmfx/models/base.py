@@ -33,6 +33,11 @@ class Recommender(nn.Module):
     def scorer(self) -> Scorer:
         raise NotImplementedError
 
+    def sparse_grad_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose gradients are row-sparse COO tensors (the trainer gives them
+        :class:`dmfx.optim.RowSparseAdam`); none by default."""
+        return []
+
     def config(self) -> dict:
         """The constructor arguments that rebuild this model (stored in checkpoints)."""
         raise NotImplementedError

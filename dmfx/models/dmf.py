@@ -42,9 +42,9 @@ class MLP(nn.Module):
 class SparseRowTower(nn.Module):
     """DMF tower: the whole rating row through W_1 (only its stored entries are read)."""
 
-    def __init__(self, matrix: CSR, widths: Sequence[int], binary: bool):
+    def __init__(self, matrix: CSR, widths: Sequence[int], binary: bool, sparse_grad: bool = False):
         super().__init__()
-        self.binary = binary
+        self.binary, self.sparse_grad = binary, sparse_grad
         self.register_buffer("indptr", matrix.indptr, persistent=False)
         self.register_buffer("indices", matrix.indices, persistent=False)
         self.register_buffer("values", matrix.values, persistent=False)
@@ -55,7 +55,7 @@ class SparseRowTower(nn.Module):
         values = None if self.binary else self.values
         # On CUDA, skip the per-call validation sync: the data layer built this CSR.
         h = ops.sparse_rows_matmul(self.indptr, self.indices, values, rows, self.first,
-                                   validate=not self.first.is_cuda)
+                                   validate=not self.first.is_cuda, sparse_grad=self.sparse_grad)
         return self.mlp(h)
 
 
@@ -127,10 +127,16 @@ class DMF(TwoTower):
             match. Depth = number of layers (the first is linear, the rest Linear + ReLU).
         binary: input Y_ij = 1 for rated pairs (Eq. 1) instead of the rating (Eq. 2).
         mu: the clamp of the predicted score (Eq. 13).
+        sparse_grad: row-sparse gradients for the two first-layer tables (the trainer then
+            updates them with :class:`dmfx.optim.RowSparseAdam`, which moves only the rows a batch
+            touches): a step costs the batch's nnz instead of the table sizes. For tables much
+            larger than a batch touches (Amazon scale); lazy Adam is not the same optimiser as
+            dense Adam (untouched rows keep their moments), so results differ slightly.
     """
 
     def __init__(self, user_matrix: CSR, item_matrix: CSR, user_layers: Sequence[int] = (256, 64),
-                 item_layers: Sequence[int] = (256, 64), binary: bool = False, mu: float = 1e-6):
+                 item_layers: Sequence[int] = (256, 64), binary: bool = False, mu: float = 1e-6,
+                 sparse_grad: bool = False):
         if user_layers[-1] != item_layers[-1]:
             raise ValueError(f"the towers must end at one latent size, got user_layers "
                              f"{list(user_layers)} and item_layers {list(item_layers)}")
@@ -139,13 +145,18 @@ class DMF(TwoTower):
             raise ValueError(f"item_matrix must be {num_items} x {num_users} (Y transposed), "
                              f"got {tuple(item_matrix.shape)}")
         super().__init__(num_users, num_items, mu)
-        self.user_tower = SparseRowTower(user_matrix, user_layers, binary)
-        self.item_tower = SparseRowTower(item_matrix, item_layers, binary)
+        self.user_tower = SparseRowTower(user_matrix, user_layers, binary, sparse_grad)
+        self.item_tower = SparseRowTower(item_matrix, item_layers, binary, sparse_grad)
         self._config = dict(user_layers=list(user_layers), item_layers=list(item_layers),
-                            binary=binary, mu=mu)
+                            binary=binary, mu=mu, sparse_grad=sparse_grad)
 
     def config(self) -> dict:
         return dict(self._config)
+
+    def sparse_grad_parameters(self) -> list[nn.Parameter]:
+        if not self._config["sparse_grad"]:
+            return []
+        return [self.user_tower.first, self.item_tower.first]
 
 
 class LFM(TwoTower):

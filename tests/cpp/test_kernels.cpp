@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/philox.h"
 #include "cpu/cosine_nce_loss_cpu.h"
+#include "cpu/row_sparse_adam_cpu.h"
 #include "cpu/sample_negatives_cpu.h"
 #include "cpu/sparse_rows_matmul_cpu.h"
 
@@ -173,6 +174,19 @@ void test_cosine_nce_matches_finite_differences() {
   EXPECT(error[0] == dmfx::kOk);
 }
 
+void test_row_sparse_adam_moves_only_named_rows() {
+  // 3 x 2 table, one step on row 2 (and an out-of-range row 7, skipped).
+  std::vector<double> w{1, 1, 1, 1, 1, 1}, m(6, 0), v(6, 0);
+  const std::vector<int64_t> rows{2, 7};
+  const std::vector<double> g{0.5, -2, 9, 9};
+  const dmfx::AdamStep step = dmfx::adam_step(0.1, 0.9, 0.999, 1e-8, 1);
+  dmfx::cpu::row_sparse_adam(w.data(), m.data(), v.data(), 3, 2, rows.data(), g.data(), step, 0, 2);
+  // First step: m = 0.1 g, v = 0.001 g^2, so w -= lr * sign(g) (up to eps).
+  EXPECT(close(w[4], 0.9, 1e-6) && close(w[5], 1.1, 1e-6));
+  EXPECT(close(m[4], 0.05) && close(v[5], 0.004));
+  EXPECT(w[0] == 1 && w[1] == 1 && w[2] == 1 && w[3] == 1 && m[0] == 0 && v[3] == 0);
+}
+
 void test_sample_negatives_never_positive_and_reports_full_rows() {
   // user 0 has items {1, 3}; user 1 has every item of 4.
   const std::vector<int64_t> indptr{0, 2, 6}, indices{1, 3, 0, 1, 2, 3}, users{0, 1};
@@ -204,6 +218,7 @@ int main() {
   test_nth_absent_matches_brute_force();
   test_philox_is_deterministic_and_uniform();
   test_sparse_rows_matmul_forward_and_backward();
+  test_row_sparse_adam_moves_only_named_rows();
   test_sparse_rows_matmul_reports_bad_input_without_reading_it();
   test_cosine_nce_matches_finite_differences();
   test_sample_negatives_never_positive_and_reports_full_rows();
