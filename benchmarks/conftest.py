@@ -69,11 +69,10 @@ def pytest_generate_tests(metafunc):
     big = metafunc.config.getoption("big")
     cases = [c for c in metafunc.module.CASES
              if (on_cuda or not c.cuda_only) and (big or not c.big)]
-    metafunc.parametrize(
-        "case, contender",
-        [(c, name) for c in cases for name in metafunc.module.CONTENDERS],
-        ids=[f"{c.id}-{name}" for c in cases for name in metafunc.module.CONTENDERS],
-    )
+    # A case may name the contenders it is for (``contenders``); by default all of them run.
+    pairs = [(c, name) for c in cases
+             for name in (getattr(c, "contenders", None) or metafunc.module.CONTENDERS)]
+    metafunc.parametrize("case, contender", pairs, ids=[f"{c.id}-{name}" for c, name in pairs])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -25,6 +25,8 @@ SHAPES = {
     "ml-1m": Shape(6_040, 3_706, 1_000_000),
     "amazon-movies": Shape(9_582, 92_221, 766_759),
     "2m-1m-50m": Shape(2_000_000, 1_000_000, 50_000_000),
+    # A CPU-sized stand-in for it: tables far larger than what a batch touches.
+    "200k-1m-5m": Shape(200_000, 1_000_000, 5_000_000),
 }
 
 

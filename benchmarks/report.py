@@ -33,6 +33,14 @@ def _rate(per_s: float) -> str:
     return _sig3(per_s)
 
 
+# extra_info keys shown as columns where a group has them: (key, header, format).
+EXTRA_COLUMNS = [
+    ("samples_per_s", "samples/s", _rate),
+    ("pairs_per_s", "pairs/s", _rate),
+    ("epoch_s", "epoch (projected)", _time),
+]
+
+
 def _groups(benchmarks):
     """Groups in run order, each a list of benchmarks in run order."""
     groups: dict[str, list] = {}
@@ -51,16 +59,19 @@ def render(data: dict) -> str:
         f"- load average (1/5/15 min) when the run ended, this run's own threads included: "
         f"{info.get('loadavg', '?')}",
         "",
-        "Median per call of forward + backward (sampler: one call). `vs dmfx` = contender median /"
-        " dmfx median: above 1, dmfx is that many times faster; below 1, slower.",
+        "Median per call: forward + backward of an op, one sampler call, or 20 whole training steps"
+        " (forward, backward, Adam). `vs dmfx` = contender median / dmfx median: above 1, dmfx is"
+        " that many times faster; below 1, slower. Training steps: `epoch (projected)` = steps per"
+        " epoch x median step, training only.",
     ]
     for group, benches in _groups(data["benchmarks"]).items():
         base = next((b for b in benches if b["extra_info"].get("contender") == BASELINE), None)
-        has_rate = any("samples_per_s" in b["extra_info"] for b in benches)
+        extras = [(key, label, fmt) for key, label, fmt in EXTRA_COLUMNS
+                  if any(key in b["extra_info"] for b in benches)]
         lines += ["", f"### {group}", "",
                   "| contender | median | IQR | rounds x iterations | vs dmfx |"
-                  + (" samples/s |" if has_rate else ""),
-                  "|---|---:|---:|---:|---:|" + ("---:|" if has_rate else "")]
+                  + "".join(f" {label} |" for _, label, _ in extras),
+                  "|---|---:|---:|---:|---:|" + "---:|" * len(extras)]
         for b in benches:
             s, extra = b["stats"], b["extra_info"]
             name = extra.get("contender", b["name"])
@@ -72,9 +83,8 @@ def render(data: dict) -> str:
                 ratio = f"{s['median'] / base['stats']['median']:.2f}x"
             row = (f"| {name} | {_time(s['median'])} | {_time(s['iqr'])} | "
                    f"{s['rounds']} x {s['iterations']} | {ratio} |")
-            if has_rate:
-                rate = extra.get("samples_per_s")
-                row += f" {_rate(rate) if rate else ''} |"
+            for key, _, fmt in extras:
+                row += f" {fmt(extra[key]) if key in extra else ''} |"
             lines.append(row)
     return "\n".join(lines) + "\n"
 

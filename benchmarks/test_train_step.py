@@ -7,6 +7,8 @@ of a whole epoch (training only, no evaluation).
 
 - ``dmfx``: the trainer's step — :class:`dmfx.models.DMF` (each distinct user / item of the batch
   once through ``sparse_rows_matmul``, fused ``cosine_nce_loss``) and fused Adam.
+- ``dmfx-sparse-grad``: the same with ``sparse_grad=True`` (``--sparse-grad``): row-sparse
+  first-layer gradients and SparseAdam, so the step no longer touches every row of the tables.
 - ``dense-input``: RecBole's DMF method — each pair's rating rows written into a dense ``B x N``
   (and ``B x M``) tensor by ``index_put_``, a bias-free ``Linear`` first layer, no deduplication;
   the same later layers, the eager cosine + clamp + nce, torch's default Adam.
@@ -31,6 +33,7 @@ from benchmarks.matrices import SHAPES, to_device
 from dmfx import reference
 from dmfx.data import CSR, leave_one_out, load_dataset, synthetic
 from dmfx.models import DMF
+from dmfx.train import TrainConfig, make_optimizer
 
 NEGATIVES = 7
 STEPS = 20  # steps per timed call
@@ -43,6 +46,7 @@ class Case:
     layers: tuple  # tower widths, both towers
     cuda_only: bool = False
     big: bool = False
+    contenders: tuple = ()  # empty: all of CONTENDERS
 
     @property
     def id(self) -> str:
@@ -55,8 +59,16 @@ CASES = [
     Case("ml-100k", 256, (64, 64, 64)),  # RecBole's DMF defaults (embedding 64, hidden [64, 64])
     Case("ml-1m", 256, (256, 64)),
     Case("ml-1m", 8192, (256, 64), cuda_only=True),  # the dense input alone is 10 GB a step on CPU
+    # A 92k-row user-tower table: dense Adam moves all of it every step, SparseAdam what a batch
+    # touches.
+    Case("amazon-movies", 256, (256, 64)),
+    # Tables of 1M and 200k rows, of which a batch touches ~0.5 %: dense Adam's step costs the
+    # tables, the row-sparse one the batch (the peers' step costs the tables too).
+    Case("200k-1m-5m", 256, (64, 64), contenders=("dmfx", "dmfx-sparse-grad")),
+    Case("2m-1m-50m", 8192, (64, 64), cuda_only=True, big=True,
+         contenders=("dmfx", "dmfx-sparse-grad", "embedding_bag")),
 ]
-CONTENDERS = ["dmfx", "dense-input", "embedding_bag"]
+CONTENDERS = ["dmfx", "dmfx-sparse-grad", "dense-input", "embedding_bag"]
 
 
 @dataclass
@@ -174,11 +186,11 @@ class EmbeddingBagDMF(nn.Module):
 
 def _contender(name: str, case: Case, problem: Problem):
     torch.manual_seed(0)
-    model = DMF(problem.user_csr, problem.item_csr, case.layers, case.layers).to(
-        problem.user_csr.indptr.device)
+    model = DMF(problem.user_csr, problem.item_csr, case.layers, case.layers,
+                sparse_grad=name == "dmfx-sparse-grad").to(problem.user_csr.indptr.device)
     first_batch = problem.batches[0]
-    if name == "dmfx":
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    if name.startswith("dmfx"):
+        optimizer = make_optimizer(model, TrainConfig(lr=1e-4))  # the trainer's
         net = model
     else:
         peer = {"dense-input": DenseInputDMF, "embedding_bag": EmbeddingBagDMF}[name]
