@@ -52,11 +52,12 @@ def main() -> None:
             labels.append(f"{group}  vs {peer}")
             values.append(ratio)
             colors.append(peer_color[peer])
-    fig, ax = plt.subplots(figsize=(10, 0.28 * len(values) + 1.4))
+    fig, ax = plt.subplots(figsize=(11.5, 0.28 * len(values) + 1.4))
     y = range(len(values))[::-1]
     ax.barh(list(y), values, color=colors)
     ax.set_yticks(list(y), labels, fontsize=7)
     ax.axvline(1.0, color="black", lw=1)
+    ax.set_xlim(0, max(values) * 1.12)
     for yi, v in zip(y, values):
         ax.text(v, yi, f" {v:.2f}x", va="center", fontsize=7)
     info = data.get("machine_info", {}).get("dmfx", {})
@@ -66,7 +67,7 @@ def main() -> None:
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.output, dpi=110)
+    fig.savefig(args.output, dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":
