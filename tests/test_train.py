@@ -163,10 +163,10 @@ class _ReferenceOps:
 def test_training_on_dmfx_ops_equals_training_on_the_reference_twins(split, monkeypatch):
     """The fast path trains the same model: float64, equal epochs, same weights and metrics."""
     fast = make_model(split).double()
-    fit(fast, split, config(epochs=2))
+    fit(fast, split, config(epochs=2, batch_size=256))
     monkeypatch.setattr(dmf_module, "ops", _ReferenceOps)
     plain = make_model(split).double()
-    fit(plain, split, config(epochs=2))
+    fit(plain, split, config(epochs=2, batch_size=256))
     for (name, x), y in zip(fast.state_dict().items(), plain.state_dict().values()):
         # Summation order differs (kernels vs index_add), and Adam's m / sqrt(v) amplifies
         # rounding where gradients are near zero: ~1e-5 of the weights' scale after 2 epochs.
