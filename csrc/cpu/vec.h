@@ -40,12 +40,12 @@ DMFX_VEC_INLINE vec_t<scalar_t> load(const scalar_t* ptr) {
 }
 
 template <typename scalar_t>
-DMFX_VEC_INLINE void store(scalar_t* ptr, vec_t<scalar_t> v) {
+DMFX_VEC_INLINE void store(scalar_t* ptr, const vec_t<scalar_t>& v) {
   std::memcpy(ptr, &v, sizeof(v));
 }
 
 template <typename scalar_t>
-DMFX_VEC_INLINE scalar_t lane_sum(vec_t<scalar_t> v) {
+DMFX_VEC_INLINE scalar_t lane_sum(const vec_t<scalar_t>& v) {
   scalar_t s = 0;
   for (int64_t j = 0; j < kLanes<scalar_t>; ++j) s += v[j];
   return s;
