@@ -125,16 +125,23 @@ def _padded_rows(csr: CSR):
     return ids, vals
 
 
-class DenseInputDMF(nn.Module):
-    """DMF the way RecBole's DMF computes it: a dense B x N row per pair, then Linear."""
+class PeerDMF(nn.Module):
+    """A pure-PyTorch DMF starting from a copy of a dmfx model's weights."""
 
-    def __init__(self, model: DMF, user_csr: CSR, item_csr: CSR):
+    def __init__(self, model: DMF):
         super().__init__()
         self.mu = model.mu
         self.user_first = nn.Parameter(model.user_tower.first.detach().clone())
         self.item_first = nn.Parameter(model.item_tower.first.detach().clone())
         self.user_mlp = copy.deepcopy(model.user_tower.mlp)
         self.item_mlp = copy.deepcopy(model.item_tower.mlp)
+
+
+class DenseInputDMF(PeerDMF):
+    """DMF the way RecBole's DMF computes it: a dense B x N row per pair, then Linear."""
+
+    def __init__(self, model: DMF, user_csr: CSR, item_csr: CSR):
+        super().__init__(model)
         self.user_history = _padded_rows(user_csr)
         self.item_history = _padded_rows(item_csr)
 
@@ -154,16 +161,11 @@ class DenseInputDMF(nn.Module):
         return reference.cosine_nce_loss(p, q, targets, self.mu)
 
 
-class EmbeddingBagDMF(nn.Module):
+class EmbeddingBagDMF(PeerDMF):
     """DMF in careful eager PyTorch: distinct ids once, first layer by F.embedding_bag."""
 
     def __init__(self, model: DMF, user_csr: CSR, item_csr: CSR):
-        super().__init__()
-        self.mu = model.mu
-        self.user_first = nn.Parameter(model.user_tower.first.detach().clone())
-        self.item_first = nn.Parameter(model.item_tower.first.detach().clone())
-        self.user_mlp = copy.deepcopy(model.user_tower.mlp)
-        self.item_mlp = copy.deepcopy(model.item_tower.mlp)
+        super().__init__(model)
         self.user_csr, self.item_csr = user_csr, item_csr
 
     @staticmethod
