@@ -49,7 +49,8 @@ def _device(name: str) -> torch.device:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
-                   help=f"named data set ({', '.join(DATASETS)}); default ml-100k (bundled) "
+                   help=f"named data set ({', '.join(DATASETS)}), or synthetic:UxIxN (U users, "
+                        "I items, N power-law ratings, for scale runs); default ml-100k (bundled) "
                         "unless --data names a plain ratings file")
     g.add_argument("--data", default=None,
                    help="local ratings file (u.data, ratings.dat, ratings.csv, Amazon CSV, .npz, "
@@ -174,7 +175,8 @@ def cmd_train(args) -> int:
         def report(epoch, entry):
             valid = entry.get("valid", {})
             _log(args, f"epoch {epoch:3d}  loss {entry['loss']:.4f}  {_fmt(valid)}  "
-                       f"{entry['seconds']:.1f}s ({entry['pairs_per_s']:,.0f} pairs/s)")
+                       f"{entry['seconds']:.1f}s ({entry['pairs_per_s']:,.0f} pairs/s, "
+                       f"peak memory {entry['peak_memory_mb']:,.0f} MB)")
         state = fit(model, split, config, checkpoint=checkpoint, resume=args.resume, extra=extra,
                     on_epoch_end=report)
     else:
@@ -244,6 +246,7 @@ def cmd_datasets(args) -> int:
     for name, spec in DATASETS.items():
         where = "bundled" if spec.bundled else spec.url
         print(f"{name}\t{where}")
+    print("synthetic:UxIxN\tgenerated: U users, I items, N power-law ratings (seed 0)")
     return 0
 
 

@@ -11,6 +11,7 @@ run exactly on CPU.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,6 +106,13 @@ def make_optimizer(model: Recommender, config: TrainConfig):
     return SplitAdam(adam, RowSparseAdam(model.sparse_grad_parameters(), lr=config.lr))
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: tensors allocated on a CUDA device, else the process's resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from (run seed, epoch, purpose): independent streams, stable across runs."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] & (2**63 - 1))
@@ -196,7 +204,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         loss = _train_epoch(model, optimizer, pairs, epoch, config)
         seconds = time.perf_counter() - start
         entry = {"epoch": epoch, "loss": loss, "seconds": seconds,
-                 "pairs_per_s": pairs.users.numel() * (1 + config.num_negatives) / seconds}
+                 "pairs_per_s": pairs.users.numel() * (1 + config.num_negatives) / seconds,
+                 "peak_memory_mb": peak_memory_mb(device)}
         if has_valid:
             entry["valid"] = evaluate(model, split, "valid", ks=(config.topk,))
             metric = entry["valid"][f"ndcg@{config.topk}"]

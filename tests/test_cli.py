@@ -84,11 +84,22 @@ def test_other_models_train(data_file, tmp_path, model):
     assert main(["evaluate", str(out / "checkpoint.pt")]) == 0
 
 
+def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    assert main(["train", "--dataset", "synthetic:60x150x1800", "--epochs", "1",
+                 "--output", str(out), *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["history"][0]["peak_memory_mb"] > 0 and "hr@10" in metrics["test"]
+    assert main(["datasets"]) == 0 and "synthetic:UxIxN" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "/nonexistent/ratings.csv"], "nonexistent"),
     (["train", "--dataset", "no-such-set"], "unknown data set 'no-such-set'"),
     (["evaluate", "/nonexistent/checkpoint.pt"], "no checkpoint at"),
     (["train", "--dataset", "ml-100k", "--model", "lfm", "--sparse-grad"], "--sparse-grad applies"),
+    (["train", "--dataset", "synthetic:10x20"], "synthetic:USERSxITEMSxRATINGS"),
+    (["train", "--dataset", "synthetic:10x0x5"], "must be positive"),
 ])
 def test_user_mistakes_give_one_line(argv, message, capsys):
     assert main(argv) == 2

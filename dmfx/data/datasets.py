@@ -34,6 +34,7 @@ from .errors import DataFormatError, DatasetUnavailableError
 from .filters import kcore
 from .interactions import Interactions
 from .readers import PathLike, read_amazon_csv, read_movielens_100k, read_movielens_csv, read_movielens_dat
+from .synthetic import synthetic
 
 __all__ = ["DATASETS", "Dataset", "default_cache_dir", "load_dataset"]
 
@@ -266,6 +267,23 @@ def _read_local(spec: Dataset, data: PathLike) -> Interactions:
     return spec.reader(path)
 
 
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def _synthetic_from_name(name: str) -> Interactions:
+    """``synthetic:USERSxITEMSxRATINGS`` (e.g. ``synthetic:2000000x1000000x50000000``): the
+    power-law generator of :func:`dmfx.data.synthetic` with seed 0, for scale runs."""
+    sizes = name[len(SYNTHETIC_PREFIX):].lower().replace("_", "").split("x")
+    try:
+        num_users, num_items, nnz = (int(v) for v in sizes)
+    except ValueError:
+        raise ValueError(f"{name!r}: write {SYNTHETIC_PREFIX}USERSxITEMSxRATINGS with three "
+                         f"positive integers, e.g. {SYNTHETIC_PREFIX}6040x3706x1000000") from None
+    if min(num_users, num_items, nnz) <= 0:
+        raise ValueError(f"{name!r}: users, items and ratings must be positive")
+    return synthetic(num_users, num_items, nnz, seed=0)
+
+
 def load_dataset(
     name: str,
     cache_dir: PathLike | None = None,
@@ -280,9 +298,14 @@ def load_dataset(
     cache (see the module docstring for hashing).  Raises ValueError for an
     unknown name and :class:`DatasetUnavailableError` when a download fails.
     """
+    if name.startswith(SYNTHETIC_PREFIX):
+        if data is not None:
+            raise ValueError("a synthetic data set has no local copy; drop --data")
+        return _synthetic_from_name(name)
     spec = DATASETS.get(name)
     if spec is None:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}, or "
+                         f"{SYNTHETIC_PREFIX}USERSxITEMSxRATINGS")
     if data is not None:
         interactions = _read_local(spec, data)
     elif spec.bundled is not None:
