@@ -10,6 +10,7 @@ scratch in a temporary directory.
 """
 import glob
 import os
+import sys
 
 import torch
 from setuptools import setup
@@ -38,14 +39,23 @@ def extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # No errno from math functions: lets GCC vectorise sqrt (nothing here reads errno).
     cxx_flags = ["-O3", "-fno-math-errno"]
+    link_flags = []
+    # at::parallel_for is a header template: compiled without OpenMP it runs every loop on the
+    # calling thread. Linked with -fopenmp, the extension shares the OpenMP runtime torch has
+    # already loaded (same soname), so torch.set_num_threads governs its loops too.
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if build_with_cuda():
         return CUDAExtension(
             "dmfx._C",
             sources + rel("csrc/cuda/*.cu"),
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link_flags,
         )
-    return CppExtension("dmfx._C", sources, extra_compile_args={"cxx": cxx_flags})
+    return CppExtension("dmfx._C", sources, extra_compile_args={"cxx": cxx_flags},
+                        extra_link_args=link_flags)
 
 
 setup(
