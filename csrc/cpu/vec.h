@@ -4,7 +4,6 @@
 // Written out because the compiler will not split a float reduction into lanes by itself (that
 // reassociates the sum) and keeps arrays of partial sums in memory rather than registers.
 #include <cstdint>
-#include <cstring>
 
 // Helpers that take or return vectors are always inlined into the (cloned) kernels, so they are
 // compiled for the clone's ISA and never pass a vector across a call: the ABI note GCC gives for
@@ -20,10 +19,13 @@ struct Vec;
 template <>
 struct Vec<float> {
   typedef float type __attribute__((vector_size(32)));
+  // The same vector at any float-aligned address: one unaligned load / store instruction.
+  typedef float unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 };
 template <>
 struct Vec<double> {
   typedef double type __attribute__((vector_size(32)));
+  typedef double unaligned __attribute__((vector_size(32), aligned(8), may_alias));
 };
 
 template <typename scalar_t>
@@ -34,14 +36,13 @@ constexpr int64_t kLanes = 32 / sizeof(scalar_t);
 
 template <typename scalar_t>
 DMFX_VEC_INLINE vec_t<scalar_t> load(const scalar_t* ptr) {
-  vec_t<scalar_t> v;
-  std::memcpy(&v, ptr, sizeof(v));  // an unaligned load
-  return v;
+  return *reinterpret_cast<const typename Vec<scalar_t>::unaligned*>(ptr);
 }
 
+// Not a memcpy: GCC lowered that to a spill of the vector and 16-byte copies.
 template <typename scalar_t>
 DMFX_VEC_INLINE void store(scalar_t* ptr, const vec_t<scalar_t>& v) {
-  std::memcpy(ptr, &v, sizeof(v));
+  *reinterpret_cast<typename Vec<scalar_t>::unaligned*>(ptr) = v;
 }
 
 template <typename scalar_t>
