@@ -2,6 +2,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "checks.h"
@@ -81,6 +82,32 @@ int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_item));
 }
 
+// Runs fn(r0, r1, h0, h1) over tiles of [0, rows) x [0, width) on torch's thread pool. Columns are
+// split first, into at most one chunk per thread of at least one full register block (256
+// bytes): a thread then reads its slice of every table row the batch touches, a working set
+// `threads` times smaller than whole rows that stays in the core's own L2. Rows are split further
+// when there are more threads than column chunks.
+template <typename scalar_t, typename Fn>
+void parallel_tiles(int64_t rows, int64_t width, int64_t work_per_row, const Fn& fn) {
+  constexpr int64_t kChunkMin = 256 / sizeof(scalar_t);
+  const int64_t threads = at::get_num_threads();
+  const int64_t col_chunks = std::clamp<int64_t>(width / kChunkMin, 1, threads);
+  const int64_t row_grain = grain_for(work_per_row * width / col_chunks);
+  const int64_t row_chunks = std::clamp<int64_t>(
+      (rows + row_grain - 1) / row_grain, 1, (threads + col_chunks - 1) / col_chunks);
+  // Chunk edges on whole 32-byte vectors.
+  constexpr int64_t kLanes = 32 / sizeof(scalar_t);
+  const int64_t vectors = (width + kLanes - 1) / kLanes;
+  at::parallel_for(0, col_chunks * row_chunks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t rc = t / col_chunks, cc = t % col_chunks;
+      const int64_t h0 = std::min(width, cc * vectors / col_chunks * kLanes);
+      const int64_t h1 = std::min(width, (cc + 1) * vectors / col_chunks * kLanes);
+      fn(rc * rows / row_chunks, (rc + 1) * rows / row_chunks, h0, h1);
+    }
+  });
+}
+
 at::Tensor forward(const at::Tensor& indptr, const at::Tensor& indices,
                    const c10::optional<at::Tensor>& values, const at::Tensor& rows,
                    const at::Tensor& weight_, bool validate) {
@@ -103,9 +130,11 @@ at::Tensor forward(const at::Tensor& indptr, const at::Tensor& indices,
 #endif
       } else {
         const int64_t avg_nnz = a.nnz / std::max<int64_t>(1, a.num_rows);
-        at::parallel_for(0, batch, grain_for((avg_nnz + 1) * width), [&](int64_t b0, int64_t b1) {
-          cpu::sparse_rows_matmul_forward(csr, w, weight_rows, width, o, b0, b1, e);
-        });
+        parallel_tiles<scalar_t>(batch, width, avg_nnz + 1,
+                                 [&](int64_t b0, int64_t b1, int64_t h0, int64_t h1) {
+                                   cpu::sparse_rows_matmul_forward(csr, w, weight_rows, width, o,
+                                                                   b0, b1, h0, h1, e);
+                                 });
       }
     });
   });
@@ -158,9 +187,11 @@ at::Tensor backward_weight(const at::Tensor& indptr, const at::Tensor& indices,
         scalar_t* gw = grad_weight.data_ptr<scalar_t>();
         const int32_t* sl = slots.data_ptr<int32_t>();
         const int64_t per_row = entries / std::max<int64_t>(1, num_weight_rows) + 1;
-        at::parallel_for(0, num_weight_rows, grain_for(per_row * width), [&](int64_t c0, int64_t c1) {
-          cpu::sparse_rows_matmul_backward_weight<scalar_t>(cp, sl, sv, g, width, gw, c0, c1);
-        });
+        parallel_tiles<scalar_t>(num_weight_rows, width, per_row,
+                                 [&](int64_t c0, int64_t c1, int64_t h0, int64_t h1) {
+                                   cpu::sparse_rows_matmul_backward_weight<scalar_t>(
+                                       cp, sl, sv, g, width, gw, c0, c1, h0, h1);
+                                 });
       }
     });
   });

@@ -36,6 +36,34 @@ def test_matches_reference_forward_and_backward(device, index_dtype, width, with
         torch.testing.assert_close(values.grad, ref_values.grad)
 
 
+@pytest.mark.parametrize("width", [70, 130, 300])
+def test_cpu_thread_tiles_agree(width):
+    """Threads split the work into column x row tiles (csrc/sparse_rows_matmul.cpp); every
+    thread count must give the reference's result, bit for bit the same across counts."""
+    csr, rows, weight = make_case("cpu", torch.int64, width=width, num_rows=300, num_cols=500,
+                                  batch=600, seed=width, dtype=torch.float32)
+    grad = torch.randn(rows.numel(), width, generator=torch.Generator().manual_seed(width))
+    ref_weight = weight.double().requires_grad_()
+    ref = reference.sparse_rows_matmul(csr.indptr, csr.indices, csr.values.double(), rows,
+                                       ref_weight)
+    ref.backward(grad.double())
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            w = weight.clone().requires_grad_()
+            out = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows, w)
+            out.backward(grad)
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(w.grad.double(), ref_weight.grad, rtol=1e-5, atol=1e-5)
+            results.append((out, w.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for out, grad_weight in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad_weight, results[0][1])
+
+
 def test_matches_dense_product(device):
     csr, rows, weight = make_case(device, torch.int64)
     out = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows, weight)

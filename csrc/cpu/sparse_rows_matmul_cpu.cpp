@@ -27,7 +27,10 @@ DMFX_VEC_INLINE void gather_block(const id_t* __restrict__ ids, const scalar_t* 
   using V = vec_t<scalar_t>;
   constexpr int64_t L = kLanes<scalar_t>;
   constexpr int64_t kLineElems = 64 / sizeof(scalar_t);
-  V acc[kV] = {};
+  // Zeroed one register at a time: `V acc[kV] = {}` became a `rep stos` of a stack copy, a
+  // quarter of the weight backward, whose rows are short.
+  V acc[kV];
+  for (int64_t j = 0; j < kV; ++j) acc[j] = V{};
   for (int64_t k = begin; k < end; ++k) {
     if (k + kPrefetchAhead < end) {
       const scalar_t* ahead = dense + static_cast<int64_t>(ids[k + kPrefetchAhead]) * width + h0;
@@ -54,47 +57,48 @@ DMFX_VEC_INLINE void gather_tail(const id_t* ids, const scalar_t* vals, int64_t 
   for (int64_t j = 0; j < n; ++j) out_row[h0 + j] = acc[j];
 }
 
-// out[i] = sum_k v_k * dense[id_k] over k in [bounds(i).first, bounds(i).second), for i < count,
-// all `width` columns. Block-column by block-column over all `count` rows, not row by row: one
-// pass touches a single block (up to 8 vectors) of each dense row, so the part of a table larger
-// than L2 that is in use still fits in L2. Each pass keeps its sums in registers.
+// out[i][h_begin, h_end) = sum_k v_k * dense[id_k][h_begin, h_end) over k in
+// [bounds(i).first, bounds(i).second), for i < count; h_begin is a multiple of the lane count.
+// Block-column by block-column over all `count` rows, not row by row: one pass touches a single
+// block (up to 8 vectors) of each dense row, so the part of a table larger than L2 that is in use
+// still fits in L2. Each pass keeps its sums in registers.
 template <typename scalar_t, typename id_t, typename Bounds>
 DMFX_VEC_INLINE void gather_rows(const id_t* ids, const scalar_t* vals, Bounds bounds,
                                  int64_t count, const scalar_t* dense, int64_t width,
-                                 scalar_t* out) {
+                                 int64_t h_begin, int64_t h_end, scalar_t* out) {
   constexpr int64_t L = kLanes<scalar_t>;
-  int64_t h0 = 0;
-  for (; h0 + 8 * L <= width; h0 += 8 * L) {
+  int64_t h0 = h_begin;
+  for (; h0 + 8 * L <= h_end; h0 += 8 * L) {
     for (int64_t i = 0; i < count; ++i) {
       const auto r = bounds(i);
       gather_block<8>(ids, vals, r.first, r.second, dense, width, h0, out + i * width);
     }
   }
-  if (h0 + 4 * L <= width) {
+  if (h0 + 4 * L <= h_end) {
     for (int64_t i = 0; i < count; ++i) {
       const auto r = bounds(i);
       gather_block<4>(ids, vals, r.first, r.second, dense, width, h0, out + i * width);
     }
     h0 += 4 * L;
   }
-  if (h0 + 2 * L <= width) {
+  if (h0 + 2 * L <= h_end) {
     for (int64_t i = 0; i < count; ++i) {
       const auto r = bounds(i);
       gather_block<2>(ids, vals, r.first, r.second, dense, width, h0, out + i * width);
     }
     h0 += 2 * L;
   }
-  if (h0 + L <= width) {
+  if (h0 + L <= h_end) {
     for (int64_t i = 0; i < count; ++i) {
       const auto r = bounds(i);
       gather_block<1>(ids, vals, r.first, r.second, dense, width, h0, out + i * width);
     }
     h0 += L;
   }
-  if (h0 < width) {
+  if (h0 < h_end) {
     for (int64_t i = 0; i < count; ++i) {
       const auto r = bounds(i);
-      gather_tail(ids, vals, r.first, r.second, dense, width, h0, width - h0, out + i * width);
+      gather_tail(ids, vals, r.first, r.second, dense, width, h0, h_end - h0, out + i * width);
     }
   }
 }
@@ -119,7 +123,8 @@ template <typename scalar_t, typename index_t>
 DMFX_CPU_CLONES void sparse_rows_matmul_forward(const CsrBatch<scalar_t, index_t>& csr,
                                                 const scalar_t* weight, int64_t weight_rows,
                                                 int64_t width, scalar_t* out, int64_t b_begin,
-                                                int64_t b_end, int64_t* error) {
+                                                int64_t b_end, int64_t h_begin, int64_t h_end,
+                                                int64_t* error) {
   if (b_begin == 0) check_indptr_ends(csr.indptr, csr.num_rows, csr.nnz, error);
   // Checked bounds of every row first; an unusable row (recorded in `error`) gets the empty range
   // (zeros), and one with an out-of-range id is redone below without that id.
@@ -138,7 +143,7 @@ DMFX_CPU_CLONES void sparse_rows_matmul_forward(const CsrBatch<scalar_t, index_t
     }
   }
   gather_rows(csr.indices, csr.values, [&](int64_t i) { return bounds[i]; }, b_end - b_begin,
-              weight, width, out + b_begin * width);
+              weight, width, h_begin, h_end, out + b_begin * width);
   for (const int64_t b : rows_with_bad_ids) {
     scalar_t* o = out + b * width;
     const int64_t begin = csr.indptr[csr.rows[b]], end = csr.indptr[csr.rows[b] + 1];
@@ -146,7 +151,7 @@ DMFX_CPU_CLONES void sparse_rows_matmul_forward(const CsrBatch<scalar_t, index_t
       const int64_t c = csr.indices[k];
       if (c < 0 || c >= weight_rows) continue;
       const scalar_t v = csr.values ? csr.values[k] : scalar_t(1);
-      for (int64_t h = 0; h < width; ++h) o[h] += v * weight[c * width + h];
+      for (int64_t h = h_begin; h < h_end; ++h) o[h] += v * weight[c * width + h];
     }
   }
 }
@@ -201,10 +206,11 @@ DMFX_CPU_CLONES void sparse_rows_matmul_backward_weight(const int64_t* col_ptr,
                                                         const scalar_t* slot_values,
                                                         const scalar_t* grad_out, int64_t width,
                                                         scalar_t* grad_weight, int64_t c_begin,
-                                                        int64_t c_end) {
+                                                        int64_t c_end, int64_t h_begin,
+                                                        int64_t h_end) {
   gather_rows(slots, slot_values,
               [&](int64_t i) { return std::make_pair(col_ptr[c_begin + i], col_ptr[c_begin + i + 1]); },
-              c_end - c_begin, grad_out, width, grad_weight + c_begin * width);
+              c_end - c_begin, grad_out, width, h_begin, h_end, grad_weight + c_begin * width);
 }
 
 template <typename scalar_t, typename index_t>
@@ -237,7 +243,7 @@ void sparse_rows_matmul_backward_values(const CsrBatch<scalar_t, index_t>& csr,
 #define DMFX_INSTANTIATE(scalar_t, index_t)                                                    \
   template void sparse_rows_matmul_forward<scalar_t, index_t>(                                 \
       const CsrBatch<scalar_t, index_t>&, const scalar_t*, int64_t, int64_t, scalar_t*,        \
-      int64_t, int64_t, int64_t*);                                                             \
+      int64_t, int64_t, int64_t, int64_t, int64_t*);                                           \
   template int64_t batch_transpose_counts<scalar_t, index_t>(                                  \
       const CsrBatch<scalar_t, index_t>&, int64_t, int64_t*, int64_t*);                        \
   template void batch_transpose_fill<scalar_t, index_t>(                                       \
@@ -255,10 +261,12 @@ DMFX_INSTANTIATE(double, int64_t)
 
 template void sparse_rows_matmul_backward_weight<float>(const int64_t*, const int32_t*,
                                                         const float*, const float*, int64_t,
-                                                        float*, int64_t, int64_t);
+                                                        float*, int64_t, int64_t, int64_t,
+                                                        int64_t);
 template void sparse_rows_matmul_backward_weight<double>(const int64_t*, const int32_t*,
                                                          const double*, const double*, int64_t,
-                                                         double*, int64_t, int64_t);
+                                                         double*, int64_t, int64_t, int64_t,
+                                                         int64_t);
 
 }  // namespace cpu
 }  // namespace dmfx

@@ -80,11 +80,20 @@ void test_sparse_rows_matmul_forward_and_backward() {
   Fixture f;
   std::vector<double> out(4 * 3, -1);
   int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
-  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, error);
+  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error);
   // row 2 = 3 * w[1] + 4 * w[3]; row 0 = w[0] + 2 * w[2]; row 1 empty.
   const std::vector<double> expected{52, 59, 66, 15, 18, 21, 0, 0, 0, 52, 59, 66};
   EXPECT(out == expected);
   EXPECT(error[0] == dmfx::kOk);
+  // Tiles (rows x columns), as threads split the work, write the same output.
+  std::vector<double> tiled(4 * 3, -1);
+  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, tiled.data(), 0, 2, 0, 2,
+                                        error);
+  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, tiled.data(), 2, 4, 0, 2,
+                                        error);
+  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, tiled.data(), 0, 4, 2, 3,
+                                        error);
+  EXPECT(tiled == expected);
 
   // The batch transpose groups the entries by column: column c holds (slot b, value v).
   std::vector<int64_t> col_ptr(5, 0), cursor(4);
@@ -100,13 +109,18 @@ void test_sparse_rows_matmul_forward_and_backward() {
   EXPECT(slots == expected_slots);
   EXPECT(slot_values == expected_slot_values);
 
-  // Backward over two owner slices (written, not accumulated) equals the analytic scatter.
+  // Backward over three owner tiles (written, not accumulated) equals the analytic scatter.
   const std::vector<double> grad_out{1, 0, 0, 0, 1, 0, 5, 5, 5, 0, 0, 1};
   std::vector<double> grad_weight(12, -1);
   dmfx::cpu::sparse_rows_matmul_backward_weight(col_ptr.data(), slots.data(), slot_values.data(),
-                                                grad_out.data(), 3, grad_weight.data(), 0, 2);
+                                                grad_out.data(), 3, grad_weight.data(), 0, 2, 0,
+                                                3);
   dmfx::cpu::sparse_rows_matmul_backward_weight(col_ptr.data(), slots.data(), slot_values.data(),
-                                                grad_out.data(), 3, grad_weight.data(), 2, 4);
+                                                grad_out.data(), 3, grad_weight.data(), 2, 4, 0,
+                                                1);
+  dmfx::cpu::sparse_rows_matmul_backward_weight(col_ptr.data(), slots.data(), slot_values.data(),
+                                                grad_out.data(), 3, grad_weight.data(), 2, 4, 1,
+                                                3);
   const std::vector<double> expected_gw{0, 1, 0, 3, 0, 3, 0, 2, 0, 4, 0, 4};
   EXPECT(grad_weight == expected_gw);
 
@@ -124,7 +138,7 @@ void test_sparse_rows_matmul_reports_bad_input_without_reading_it() {
   std::vector<double> out(12, -1);
   f.indices[3] = 99;
   int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
-  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, error);
+  dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error);
   EXPECT(error[0] == dmfx::kIndexOutOfRange && error[1] == 3 && error[2] == 99);
   // The backward's transpose skips the bad entry (row 2 sits twice in the batch) and records it.
   std::vector<int64_t> col_ptr(5, 0);
@@ -135,14 +149,14 @@ void test_sparse_rows_matmul_reports_bad_input_without_reading_it() {
   Fixture g;
   g.rows[1] = 3;
   int64_t error2[dmfx::kErrorRecordSize] = {0, 0, 0};
-  dmfx::cpu::sparse_rows_matmul_forward(g.csr(), g.weight.data(), 4, 3, out.data(), 0, 4, error2);
+  dmfx::cpu::sparse_rows_matmul_forward(g.csr(), g.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error2);
   EXPECT(error2[0] == dmfx::kRowOutOfRange && error2[1] == 1 && error2[2] == 3);
   EXPECT(out[3] == 0 && out[4] == 0 && out[5] == 0);
 
   Fixture h;
   h.indptr[2] = 1;  // row 2 would start before row 1 ends
   int64_t error3[dmfx::kErrorRecordSize] = {0, 0, 0};
-  dmfx::cpu::sparse_rows_matmul_forward(h.csr(), h.weight.data(), 4, 3, out.data(), 0, 4, error3);
+  dmfx::cpu::sparse_rows_matmul_forward(h.csr(), h.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error3);
   EXPECT(error3[0] == dmfx::kBadIndptr);
 }
 
