@@ -38,8 +38,19 @@ PyObject* cuda_enabled(PyObject*, PyObject*) {
 #endif
 }
 
+// Without OpenMP, at::parallel_for runs every CPU kernel on the calling thread (see setup.py).
+PyObject* openmp_enabled(PyObject*, PyObject*) {
+#ifdef _OPENMP
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
 PyMethodDef methods[] = {
     {"cuda_enabled", cuda_enabled, METH_NOARGS, "Whether the CUDA kernels were built."},
+    {"openmp_enabled", openmp_enabled, METH_NOARGS,
+     "Whether the CPU kernels were built to run on torch's OpenMP threads."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",

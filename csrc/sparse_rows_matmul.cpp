@@ -169,7 +169,7 @@ at::Tensor backward_weight(const at::Tensor& indptr, const at::Tensor& indices,
 #endif
       } else {
         // Transpose the batch (serial counting sort, O(batch nnz)), then every thread gathers
-        // the rows of grad_weight it owns; see the kernel header.
+        // the tiles of grad_weight it owns; see the kernel header.
         TORCH_CHECK_VALUE(csr.batch <= std::numeric_limits<int32_t>::max(), kOp,
                           ": at most 2^31 - 1 rows per call, got ", csr.batch);
         const auto long_options = grad_out.options().dtype(at::kLong);

@@ -22,7 +22,7 @@ void sparse_rows_matmul_forward(const CsrBatch<scalar_t, index_t>& csr, const sc
 // The weight gradient is the forward of the batch's transpose: grad_weight[c] = sum over the
 // batch entries (b, c, v) of v * grad_out[b]. The batch is transposed once (a counting sort by
 // column, O(batch nnz)) so every row of grad_weight is then a gather written exactly once:
-// threads own disjoint rows, no atomics, no zero-fill pass, no read-modify-write.
+// threads own disjoint tiles of it, no atomics, no zero-fill pass, no read-modify-write.
 //
 // Step 1: col_ptr (weight_rows + 1 entries, zeroed by the caller) becomes the column pointer of
 // the transposed batch; returns its entry count. Out-of-range ids are recorded and skipped.
