@@ -1,5 +1,5 @@
-// The dmfx operator library: every schema in one place. Kernels are registered per op in
-// csrc/<op>.cpp; fake (meta) kernels and autograd are registered from Python (dmfx/ops.py).
+// The dmfx operator library: every schema in one place. Kernels and autograd are registered per
+// op in csrc/<op>.cpp; fake (meta) kernels from Python (dmfx/ops.py).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -9,7 +9,7 @@ TORCH_LIBRARY(dmfx, m) {
       "Tensor weight, bool validate=True) -> Tensor");
   m.def(
       "sparse_rows_matmul_backward_weight(Tensor indptr, Tensor indices, Tensor? values, "
-      "Tensor rows, Tensor grad_out, int num_weight_rows, bool validate=True) -> Tensor");
+      "Tensor rows, Tensor grad_out, SymInt num_weight_rows, bool validate=True) -> Tensor");
   m.def(
       "sparse_rows_matmul_backward_values(Tensor indptr, Tensor indices, Tensor rows, "
       "Tensor weight, Tensor grad_out, bool validate=True) -> Tensor");

@@ -1,8 +1,9 @@
 """The dmfx operators: the three hot spots of DMF as PyTorch custom ops.
 
 Each op is registered in the ``torch.ops.dmfx`` namespace by the C++ extension (CPU kernels
-always, CUDA kernels where built); this module adds the fake (meta) kernels and autograd, so the
-ops work under ``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.library.opcheck``.
+always, CUDA kernels where built, autograd in C++ so a call costs no Python beyond its wrapper);
+this module adds the fake (meta) kernels, so the ops work under ``torch.compile(fullgraph=True)``,
+``torch.export`` and ``torch.library.opcheck``.
 Pure-PyTorch twins of every op live in :mod:`dmfx.reference`.
 
 Validation. Kernels never read out of bounds, whatever their input: an out-of-range id or a
@@ -19,7 +20,6 @@ import torch
 from torch import Tensor
 
 from . import _C
-from .reference import clamped_cosine
 
 __all__ = ["sparse_rows_matmul", "cosine_nce_loss", "sample_negatives", "row_sparse_adam_",
            "batch_entries", "cuda_enabled"]
@@ -87,33 +87,6 @@ def _sparse_rows_matmul_backward_weight_fake(
 @torch.library.register_fake("dmfx::sparse_rows_matmul_backward_values")
 def _sparse_rows_matmul_backward_values_fake(indptr, indices, rows, weight, grad_out, validate=True):
     return weight.new_empty((indices.shape[0],))
-
-
-def _sparse_rows_matmul_setup_context(ctx, inputs, output):
-    indptr, indices, values, rows, weight, _ = inputs
-    ctx.save_for_backward(indptr, indices, values, rows, weight)
-
-
-def _sparse_rows_matmul_backward(ctx, grad):
-    indptr, indices, values, rows, weight = ctx.saved_tensors
-    grad_values = grad_weight = None
-    # The forward already validated these indices: no second check, no sync.
-    if ctx.needs_input_grad[2]:
-        grad_values = torch.ops.dmfx.sparse_rows_matmul_backward_values(
-            indptr, indices, rows, weight, grad, False
-        )
-    if ctx.needs_input_grad[4]:
-        grad_weight = torch.ops.dmfx.sparse_rows_matmul_backward_weight(
-            indptr, indices, values, rows, grad, weight.shape[0], False
-        )
-    return None, None, grad_values, None, grad_weight, None
-
-
-torch.library.register_autograd(
-    "dmfx::sparse_rows_matmul",
-    _sparse_rows_matmul_backward,
-    setup_context=_sparse_rows_matmul_setup_context,
-)
 
 
 def batch_entries(indptr: Tensor, indices: Tensor, values: Optional[Tensor], rows: Tensor):
@@ -214,34 +187,6 @@ def _cosine_nce_loss_fake(p, q, target, mu=1e-6, reduction="mean", validate=True
 @torch.library.register_fake("dmfx::cosine_nce_loss_backward")
 def _cosine_nce_loss_backward_fake(grad, p, q, target, mu, reduction):
     return torch.empty_like(p), torch.empty_like(q)
-
-
-def _cosine_nce_loss_setup_context(ctx, inputs, output):
-    p, q, target, mu, reduction, _ = inputs
-    ctx.save_for_backward(p, q, target)
-    ctx.mu = mu
-    ctx.reduction = reduction
-
-
-def _cosine_nce_loss_backward(ctx, grad):
-    p, q, target = ctx.saved_tensors
-    grad_p, grad_q = torch.ops.dmfx.cosine_nce_loss_backward(
-        grad, p, q, target, ctx.mu, ctx.reduction
-    )
-    grad_target = None
-    if ctx.needs_input_grad[2]:
-        # Rarely wanted (targets are data), so it is left to a composite: d loss / d t.
-        yhat = clamped_cosine(p.detach(), q.detach(), ctx.mu)
-        scale = grad / p.shape[0] if ctx.reduction == "mean" else grad
-        grad_target = (scale * (torch.log1p(-yhat) - torch.log(yhat))).to(target.dtype)
-    return grad_p, grad_q, grad_target, None, None, None
-
-
-torch.library.register_autograd(
-    "dmfx::cosine_nce_loss",
-    _cosine_nce_loss_backward,
-    setup_context=_cosine_nce_loss_setup_context,
-)
 
 
 # ----------------------------------------------------------------------------- sample_negatives

@@ -52,6 +52,21 @@ def test_gradcheck(device, reduction):
     )
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradient_of_target_alone(device, reduction):
+    p, q, target = make_case(device, seed=5)
+    target.requires_grad_()
+    ref_target = target.detach().clone().requires_grad_()
+    upstream = torch.rand(p.shape[0], dtype=p.dtype, device=device)
+    if reduction != "none":
+        upstream = upstream[0]
+    (got,) = torch.autograd.grad(ops.cosine_nce_loss(p, q, target, reduction=reduction), target,
+                                 upstream)
+    (want,) = torch.autograd.grad(
+        reference.cosine_nce_loss(p, q, ref_target, reduction=reduction), ref_target, upstream)
+    torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_opcheck(device, reduction):
     p, q, target = make_case(device)

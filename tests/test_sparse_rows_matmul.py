@@ -150,6 +150,27 @@ def test_matrix_without_entries(device):
     assert torch.equal(weight.grad, torch.zeros_like(weight))
 
 
+@pytest.mark.parametrize("wrt", ["values", "weight", "both"])
+def test_gradient_of_one_input_only(device, wrt):
+    """The C++ autograd maps its input edges with values optional: each gradient asked for is
+    right whichever of the two requires it."""
+    csr, rows, weight = make_case(device, torch.int64, width=9, seed=7)
+    values = csr.values.clone().requires_grad_(wrt in ("values", "both"))
+    weight.requires_grad_(wrt in ("weight", "both"))
+    ref_values = values.detach().clone().requires_grad_(values.requires_grad)
+    ref_weight = weight.detach().clone().requires_grad_(weight.requires_grad)
+    inputs = [t for t in (values, weight) if t.requires_grad]
+    ref_inputs = [t for t in (ref_values, ref_weight) if t.requires_grad]
+    grad = torch.randn(rows.numel(), 9, dtype=weight.dtype, device=device)
+    got = torch.autograd.grad(
+        ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows, weight), inputs, grad)
+    want = torch.autograd.grad(
+        reference.sparse_rows_matmul(csr.indptr, csr.indices, ref_values, rows, ref_weight),
+        ref_inputs, grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
 def test_repeated_rows_accumulate_gradients(device):
     csr, _, weight = make_case(device, torch.int64)
     rows = torch.tensor([3, 3, 3], device=device)
