@@ -100,7 +100,9 @@ class TwoTower(Recommender):
     def pair_vectors(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         unique_users, user_slot = torch.unique(users, return_inverse=True)
         unique_items, item_slot = torch.unique(items, return_inverse=True)
-        return self.user_tower(unique_users)[user_slot], self.item_tower(unique_items)[item_slot]
+        # index_select, not [slot]: its backward is an index_add, [slot]'s sorts the ids first.
+        return (self.user_tower(unique_users).index_select(0, user_slot),
+                self.item_tower(unique_items).index_select(0, item_slot))
 
     def loss(self, users: Tensor, items: Tensor, target: Tensor) -> Tensor:
         p, q = self.pair_vectors(users, items)
