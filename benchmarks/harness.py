@@ -15,7 +15,10 @@ MIN_ROUNDS, MAX_ROUNDS = 5, 200
 # A round repeats the call until it lasts this long, so the two synchronisations and the timer
 # reads that bracket a round are amortised over sub-millisecond calls.
 MIN_ROUND_S = 2e-3
-WARMUP_CALLS = 2
+# Warm-up: at least WARMUP_CALLS calls, more until WARMUP_S has passed (at most MAX_WARMUP_CALLS).
+# Two calls were not enough on CPU: the first contender to allocate 64 MiB outputs on huge pages
+# paid the kernel's page compaction for several more calls (a 2.5x slower median).
+WARMUP_CALLS, WARMUP_S, MAX_WARMUP_CALLS = 2, 0.3, 50
 
 
 def synchronized_timer() -> float:
@@ -41,11 +44,13 @@ def measure(benchmark, fn: Callable[[], object], *, group: str, contender: str, 
     benchmark.extra_info.update(contender=contender, **extra_info)
     if benchmark.disabled:  # --benchmark-disable: a smoke run, call once
         return benchmark(fn)
-    once = float("inf")
-    for _ in range(WARMUP_CALLS):  # the fastest warm-up call calibrates the rounds
+    once, calls, began = float("inf"), 0, synchronized_timer()
+    while calls < WARMUP_CALLS or (synchronized_timer() - began < WARMUP_S
+                                   and calls < MAX_WARMUP_CALLS):
         start = synchronized_timer()
         fn()
-        once = min(once, max(synchronized_timer() - start, 1e-7))
+        once = min(once, max(synchronized_timer() - start, 1e-7))  # calibrates the rounds
+        calls += 1
     iterations = max(1, math.ceil(MIN_ROUND_S / once))
     rounds = min(MAX_ROUNDS, max(MIN_ROUNDS, int(BUDGET_S / (once * iterations))))
     return benchmark.pedantic(fn, rounds=rounds, iterations=iterations)
