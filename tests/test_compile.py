@@ -56,3 +56,29 @@ def test_compiled_step_matches_eager(device, backend):
     assert any(g.abs().sum() > 0 for g in eager_grads)
     for c, e in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(c, e)
+
+
+def test_export_matches_eager(device):
+    """torch.export traces the two towers' first layers and the loss into one program."""
+    torch.manual_seed(0)
+    y = random_csr(10, 14, density=0.4, device=device)
+    yt = random_csr(14, 10, density=0.4, seed=1, device=device)
+    users_tower = Tower(14, 9, 4).to(device)
+    items_tower = Tower(10, 9, 4).to(device)
+
+    class Score(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.users, self.items = users_tower, items_tower
+
+        def forward(self, users, items, target):
+            return ops.cosine_nce_loss(self.users(y, users), self.items(yt, items), target)
+
+    users = torch.tensor([0, 1, 2, 5, 5, 9], device=device)
+    items = torch.tensor([3, 0, 13, 7, 7, 2], device=device)
+    target = torch.tensor([0.2, 1.0, 0.6, 0.0, 0.8, 0.0], dtype=torch.float64, device=device)
+    model = Score()
+    program = torch.export.export(model, (users, items, target))
+    assert any(node.target is torch.ops.dmfx.cosine_nce_loss.default
+               for node in program.graph.nodes)
+    torch.testing.assert_close(program.module()(users, items, target), model(users, items, target))
