@@ -6,6 +6,7 @@
 #include <string>
 
 #include "checks.h"
+#include "dispatch.h"
 #include "output_alloc.h"
 #include "cpu/cosine_nce_loss_cpu.h"
 #ifdef WITH_CUDA
@@ -164,11 +165,7 @@ class CosineNceLossFunction : public torch::autograd::Function<CosineNceLossFunc
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& p,
                             const at::Tensor& q, const at::Tensor& target, double mu,
                             c10::string_view reduction, bool validate) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("dmfx::cosine_nce_loss", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, double, c10::string_view,
-                                                 bool)>();
+    static const auto op = typed_op<decltype(dmfx::forward)>("dmfx::cosine_nce_loss");
     ctx->save_for_backward({p, q, target});
     ctx->saved_data["mu"] = mu;
     ctx->saved_data["reduction"] = std::string(reduction);
@@ -178,12 +175,7 @@ class CosineNceLossFunction : public torch::autograd::Function<CosineNceLossFunc
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("dmfx::cosine_nce_loss_backward", "")
-            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                      const at::Tensor&, const at::Tensor&,
-                                                      double, c10::string_view)>();
+    static const auto op = typed_op<decltype(dmfx::backward)>("dmfx::cosine_nce_loss_backward");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &p = saved[0], &q = saved[1], &target = saved[2];
     const double mu = ctx->saved_data["mu"].toDouble();

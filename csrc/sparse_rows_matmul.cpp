@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "checks.h"
+#include "dispatch.h"
 #include "output_alloc.h"
 #include "cpu/sparse_rows_matmul_cpu.h"
 #ifdef WITH_CUDA
@@ -249,12 +250,7 @@ class SparseRowsMatmulFunction : public torch::autograd::Function<SparseRowsMatm
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& indptr,
                             const at::Tensor& indices, const c10::optional<at::Tensor>& values,
                             const at::Tensor& rows, const at::Tensor& weight, bool validate) {
-    static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("dmfx::sparse_rows_matmul", "")
-            .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                              const c10::optional<at::Tensor>&, const at::Tensor&,
-                              const at::Tensor&, bool)>();
+    static const auto op = typed_op<decltype(dmfx::forward)>("dmfx::sparse_rows_matmul");
     ctx->save_for_backward({indptr, indices, values.value_or(at::Tensor()), rows, weight});
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(indptr, indices, values, rows, weight, validate);
@@ -263,16 +259,13 @@ class SparseRowsMatmulFunction : public torch::autograd::Function<SparseRowsMatm
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     static const auto values_op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("dmfx::sparse_rows_matmul_backward_values", "")
-            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&, bool)>();
+        typed_op<decltype(dmfx::backward_values)>("dmfx::sparse_rows_matmul_backward_values");
+    // The schema's row count is a SymInt (the kernel takes it as int64_t), so that tracing with
+    // dynamic shapes can pass a symbolic size.
     static const auto weight_op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("dmfx::sparse_rows_matmul_backward_weight", "")
-            .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                              const c10::optional<at::Tensor>&, const at::Tensor&,
-                              const at::Tensor&, c10::SymInt, bool)>();
+        typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                            const at::Tensor&, const at::Tensor&, c10::SymInt, bool)>(
+            "dmfx::sparse_rows_matmul_backward_weight");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &indptr = saved[0], &indices = saved[1], &rows = saved[3],
                      &weight = saved[4];
