@@ -31,7 +31,7 @@ from torch import nn
 from benchmarks.harness import assert_agree, measure, median_s
 from benchmarks.matrices import SHAPES, to_device
 from dmfx import reference
-from dmfx.data import CSR, leave_one_out, load_dataset, synthetic
+from dmfx.data import CSR, Interactions, leave_one_out, load_dataset, synthetic
 from dmfx.models import DMF
 from dmfx.train import TrainConfig, make_optimizer
 
@@ -73,6 +73,7 @@ CONTENDERS = ["dmfx", "dmfx-sparse-grad", "dense-input", "embedding_bag"]
 
 @dataclass
 class Problem:
+    train: Interactions  # what DMF is built from
     user_csr: CSR  # Y, users x items, ratings
     item_csr: CSR  # Y transposed
     batches: list  # (users, items, targets) of STEPS batches
@@ -86,7 +87,7 @@ def _matrices(data: str, device: torch.device):
     else:
         shape = SHAPES[data]
         interactions = synthetic(shape.num_users, shape.num_items, shape.nnz, seed=0)
-    return (to_device(interactions.csr("rating"), device),
+    return (interactions, to_device(interactions.csr("rating"), device),
             to_device(interactions.csr("rating", transpose=True), device))
 
 
@@ -94,7 +95,7 @@ def _matrices(data: str, device: torch.device):
 def _problem(case: Case, device: torch.device) -> Problem:
     from dmfx import ops
 
-    user_csr, item_csr = _matrices(case.data, device)
+    train, user_csr, item_csr = _matrices(case.data, device)
     counts = user_csr.indptr.diff()
     users = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
     negatives = ops.sample_negatives(user_csr.indptr, user_csr.indices, users, user_csr.shape[1],
@@ -107,7 +108,7 @@ def _problem(case: Case, device: torch.device) -> Problem:
     take = order[: STEPS * case.batch].to(device)
     batches = list(zip(all_users[take].split(case.batch), all_items[take].split(case.batch),
                        targets[take].split(case.batch)))
-    return Problem(user_csr, item_csr, batches, all_users.numel())
+    return Problem(train, user_csr, item_csr, batches, all_users.numel())
 
 
 def _padded_rows(csr: CSR):
@@ -188,7 +189,7 @@ class EmbeddingBagDMF(PeerDMF):
 
 def _contender(name: str, case: Case, problem: Problem):
     torch.manual_seed(0)
-    model = DMF(problem.user_csr, problem.item_csr, case.layers, case.layers,
+    model = DMF(problem.train, case.layers, case.layers,
                 sparse_grad=name == "dmfx-sparse-grad").to(problem.user_csr.indptr.device)
     first_batch = problem.batches[0]
     if name.startswith("dmfx"):

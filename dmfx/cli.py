@@ -1,8 +1,11 @@
-"""The ``dmfx`` command: train, evaluate and query DMF recommenders.
+"""The ``dmfx`` command: train, evaluate and query DMF recommenders and the DMF paper's
+baselines, and reproduce the papers' experiments.
 
-    dmfx train --dataset ml-100k                 # the paper's DMF-2-nce on the bundled data
+    dmfx train --dataset ml-100k                 # DMF-2-nce on the bundled data
+    dmfx train --model neumf --dataset ml-100k   # any model of `dmfx models`
     dmfx evaluate runs/ml-100k-dmf/checkpoint.pt
     dmfx recommend runs/ml-100k-dmf/checkpoint.pt --user 196 -k 10
+    dmfx reproduce dmf-paper --dataset ml-100k --seeds 0 1 2 --jobs 2
 """
 from __future__ import annotations
 
@@ -13,27 +16,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import ops
 from .data import DATASETS, DataFormatError, DatasetUnavailableError
 from .evaluate import evaluate
-from .experiment import MODELS, DataSpec, build_model
-from .train import TrainConfig, fit, load_checkpoint, save_checkpoint
+from .experiment import DataSpec, restore
+from .models import MODELS, build_model, train_config
+from .models.registry import TRAINERS
+from .train import TrainConfig
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, IsADirectoryError, PermissionError,
                DataFormatError, DatasetUnavailableError)
-
-
-def _widths(text: str) -> list:
-    try:
-        widths = [int(w) for w in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths like 256,64, got {text!r}")
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
-    return widths
 
 
 def _device(name: str) -> torch.device:
@@ -67,41 +61,122 @@ def _data_spec(args) -> DataSpec:
                     eval_negatives=args.eval_negatives)
 
 
+# Training settings: flag -> (TrainConfig field, type, help). Their defaults come from the model.
+TRAIN_FLAGS = {
+    "epochs": ("epochs", int, "most epochs (early stopping may end sooner)"),
+    "batch-size": ("batch_size", int, "pairs per optimizer step"),
+    "lr": ("lr", float, "learning rate"),
+    "negatives": ("num_negatives", int, "sampled unobserved items per observed pair"),
+    "resample": ("resample", str, "redraw negatives every epoch, or once before training (the "
+                 "DMF paper's Algorithm 1): epoch or once"),
+    "loss": ("loss", str, "nce: target rating / max rating; ce: target 1 for observed pairs; "
+             "bpr: pairwise"),
+    "optimizer": ("optimizer", str, "adam, or sgd (NeuMF-p fine-tuning)"),
+    "patience": ("patience", int, "stop after this many epochs without a better validation "
+                 "NDCG@10 (0: never)"),
+}
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "none" if value == "" else str(value)
+
+
+def _defaults_text(values: dict) -> str:
+    """``{"dmf": 1e-4, "gmf": 1e-3, "bpr": 1e-3}`` -> ``"dmf 0.0001; gmf, bpr 0.001"``."""
+    groups: dict = {}
+    for model, value in values.items():
+        groups.setdefault(_shown(value), []).append(model)
+    return "; ".join(f"{', '.join(models)} {value}" for value, models in groups.items())
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (`dmfx models` lists each model's parameters and defaults)")
+    g.add_argument("--model", choices=list(MODELS), default="dmf", metavar="MODEL",
+                   help=f"one of {', '.join(MODELS)} (default dmf)")
+    owners: dict = {}
+    for spec in MODELS.values():
+        for name, param in spec.params.items():
+            owners.setdefault(name, []).append((spec.name, param))
+    for name, users in owners.items():
+        param = users[0][1]
+        flag = "--" + name.replace("_", "-")
+        if len({q.help for _, q in users}) == 1:
+            text = f"{param.help} (default: {_defaults_text({m: q.default for m, q in users})})"
+        else:  # one flag, different meanings per model
+            text = "; ".join(f"{m}: {q.help} (default {_defaults_text({m: q.default})})"
+                             for m, q in users)
+        if isinstance(param.default, bool):
+            g.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        else:
+            g.add_argument(flag, default=None, metavar=name.upper(), help=text,
+                           choices=param.choices)
+    t = p.add_argument_group("training (defaults: the model's, from the registry)")
+    for flag, (field_name, kind, text) in TRAIN_FLAGS.items():
+        defaults = {spec.name: spec.train.get(field_name, getattr(_TRAIN_DEFAULTS, field_name))
+                    for spec in MODELS.values() if field_name in TRAINERS[spec.trainer]}
+        t.add_argument("--" + flag, type=kind, default=None,
+                       help=f"{text} (default: {_defaults_text(defaults)})")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, negatives, order")
+    t.add_argument("--track-test", action="store_true",
+                   help="also record test HR/NDCG@10 after every epoch (for curves; the best "
+                        "epoch is still chosen on the validation item)")
+
+
+def _model_choice(args) -> tuple[str, dict, dict]:
+    """(model name, its parameters given on the command line, training settings given)."""
+    spec = MODELS[args.model]
+    params, foreign = {}, []
+    for spec_any in MODELS.values():
+        for name, param in spec_any.params.items():
+            value = getattr(args, name)
+            if value is None or name in params:
+                continue
+            if name not in spec.params:
+                foreign.append("--" + name.replace("_", "-"))
+                continue
+            params[name] = value if isinstance(value, bool) else _parse(spec.params[name], name, value)
+    if foreign:
+        foreign = sorted(set(foreign))
+        raise ValueError(f"{', '.join(foreign)} {_do(foreign)} not apply to model {spec.name} "
+                         f"(its parameters: {', '.join('--' + n.replace('_', '-') for n in spec.params) or 'none'})")
+    given = {field_name: getattr(args, flag.replace("-", "_"))
+             for flag, (field_name, _, _) in TRAIN_FLAGS.items()
+             if getattr(args, flag.replace("-", "_")) is not None}
+    unused = [f"--{flag}" for flag, (field_name, _, _) in TRAIN_FLAGS.items()
+              if field_name in given and field_name not in TRAINERS[spec.trainer]]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} {_do(unused)} not apply to model {spec.name} (trained "
+                         f"{'in closed form' if spec.trainer == 'closed-form' else 'by ' + spec.trainer})")
+    return spec.name, params, given
+
+
+def _do(names: list) -> str:
+    return "does" if len(names) == 1 else "do"
+
+
+def _parse(param, name: str, text: str):
+    try:
+        return param.from_text(text)
+    except ValueError as error:
+        raise ValueError(f"--{name.replace('_', '-')}: {error}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmfx", description="Deep Matrix Factorization (Xue et al., IJCAI 2017) on sparse "
-        "C++/CUDA kernels: train, evaluate, recommend.")
+        "C++/CUDA kernels, with the DMF paper's baselines: train, evaluate, recommend, reproduce.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and evaluate it (leave-one-out, HR/NDCG@10)",
                        description="Train on a leave-one-out split: each user's latest interaction "
                        "is the test item, one random other is the validation item (early stopping). "
-                       "Writes OUTPUT/metrics.json and OUTPUT/checkpoint.pt (every epoch).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "Writes OUTPUT/metrics.json and OUTPUT/checkpoint.pt (every epoch).")
     _add_data_args(t)
-    m = t.add_argument_group("model")
-    m.add_argument("--model", choices=MODELS, default="dmf", help="dmf, lfm (free embeddings) or itempop")
-    m.add_argument("--user-layers", type=_widths, default=[256, 64], help="user tower widths")
-    m.add_argument("--item-layers", type=_widths, default=[256, 64], help="item tower widths")
-    m.add_argument("--input", choices=("rating", "binary"), default="rating",
-                   help="DMF input: ratings (paper Eq. 2) or 0/1 (Eq. 1)")
-    m.add_argument("--loss", choices=("nce", "ce"), default="nce",
-                   help="nce: target rating / max rating; ce: target 1 for observed pairs")
-    m.add_argument("--mu", type=float, default=1e-6, help="clamp of the predicted score")
-    m.add_argument("--sparse-grad", action="store_true",
-                   help="DMF: row-sparse first-layer gradients + row-wise Adam, so a step costs the "
-                        "batch's nnz, not the table sizes (for very large item/user counts)")
-    o = t.add_argument_group("training")
-    o.add_argument("--epochs", type=int, default=50, help="most epochs (early stopping may end sooner)")
-    o.add_argument("--batch-size", type=int, default=256)
-    o.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    o.add_argument("--negatives", type=int, default=7, help="sampled negatives per observed pair")
-    o.add_argument("--resample", choices=("epoch", "once"), default="epoch",
-                   help="redraw negatives every epoch, or once before training (the paper)")
-    o.add_argument("--patience", type=int, default=5,
-                   help="stop after this many epochs without a better validation NDCG@10 (0: never)")
-    o.add_argument("--seed", type=int, default=0, help="seed of initialisation, negatives, order")
-    o.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    _add_model_args(t)
+    o = t.add_argument_group("run")
+    o.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     o.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     o.add_argument("--full-ranking", action="store_true",
                    help="also rank the test item among all items (HR/NDCG/Recall@10)")
@@ -123,9 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto")
     r.set_defaults(handler=cmd_recommend)
 
+    ms = sub.add_parser("models", help="list the models, their parameters and defaults")
+    ms.set_defaults(handler=cmd_models)
+
     d = sub.add_parser("datasets", help="list the named data sets")
     d.set_defaults(handler=cmd_datasets)
     return parser
+
+
+_TRAIN_DEFAULTS = TrainConfig()
 
 
 def _log(args, text: str) -> None:
@@ -141,13 +222,11 @@ def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
-    if args.sparse_grad and args.model != "dmf":
-        raise ValueError("--sparse-grad applies to --model dmf only")
+    name, params, given = _model_choice(args)
     spec = _data_spec(args)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         num_negatives=args.negatives, resample=args.resample, loss=args.loss,
-                         patience=args.patience, seed=args.seed, progress=not args.quiet)
-    out = Path(args.output or f"runs/{spec.name}-{args.model}-seed{args.seed}")
+    config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
+                          progress=not args.quiet)
+    out = Path(args.output or f"runs/{spec.name}-{name}-seed{args.seed}")
     checkpoint = out / "checkpoint.pt"
     if args.resume and not checkpoint.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
@@ -160,62 +239,38 @@ def cmd_train(args) -> int:
     split = spec.split(data)
     _log(args, f"data: {spec.name}: {data.num_users:,} users x {data.num_items:,} items, "
                f"{data.nnz:,} interactions; {len(split.test_users):,} users evaluated")
-    model_config = {}
-    if args.model in ("dmf", "lfm"):
-        model_config = dict(user_layers=args.user_layers, item_layers=args.item_layers, mu=args.mu)
-        if args.model == "dmf":
-            model_config["binary"] = args.input == "binary"
-            model_config["sparse_grad"] = args.sparse_grad
     torch.manual_seed(args.seed)
-    model = build_model(args.model, split.train, model_config, device)
-    extra = {"data": asdict(spec), "model": {"kind": args.model, "config": model_config}}
+    model = build_model(name, split.train, params, device)
+    extra = {"data": asdict(spec), "model": {"kind": name, "config": model.config()}}
 
-    state = None
-    if model.trainable:
-        def report(epoch, entry):
-            valid = entry.get("valid", {})
-            _log(args, f"epoch {epoch:3d}  loss {entry['loss']:.4f}  {_fmt(valid)}  "
-                       f"{entry['seconds']:.1f}s ({entry['pairs_per_s']:,.0f} pairs/s, "
-                       f"peak memory {entry['peak_memory_mb']:,.0f} MB)")
-        state = fit(model, split, config, checkpoint=checkpoint, resume=args.resume, extra=extra,
-                    on_epoch_end=report)
-    else:
-        save_checkpoint(checkpoint, {"model_state": model.state_dict(), **extra})
+    def report(epoch, entry):
+        valid = entry.get("valid", {})
+        speed = f", {entry['pairs_per_s']:,.0f} pairs/s" if "pairs_per_s" in entry else ""
+        _log(args, f"epoch {epoch:3d}  loss {entry['loss']:.4f}  {_fmt(valid)}  "
+                   f"{entry['seconds']:.1f}s ({speed.lstrip(', ')}{', ' if speed else ''}"
+                   f"peak memory {entry['peak_memory_mb']:,.0f} MB)")
 
+    state = model.fit(split, config, checkpoint=checkpoint, resume=args.resume, extra=extra,
+                      on_epoch_end=report)
     test = evaluate(model, split, "test", full_ranking=args.full_ranking)
     valid = evaluate(model, split, "valid") if len(split.valid_users) else {}
     metrics = {
         "test": test, "valid": valid,
-        "config": {"data": asdict(spec), "model": args.model, "model_config": model_config,
+        "config": {"data": asdict(spec), "model": name, "model_config": model.config(),
                    "train": asdict(config), "device": str(device), "torch": torch.__version__},
-        "history": state.history if state else [],
-        "best_epoch": state.best_epoch if state else 0,
+        "history": state.history,
+        "best_epoch": state.best_epoch,
         "seconds": time.perf_counter() - start,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"{args.model} on {spec.name}: test {_fmt(test)}  (best epoch {metrics['best_epoch']}, "
+    print(f"{name} on {spec.name}: test {_fmt(test)}  (best epoch {metrics['best_epoch']}, "
           f"{metrics['seconds']:.0f}s) -> {out / 'metrics.json'}")
     return 0
 
 
-def _restore(path: str, device_name: str):
-    saved = load_checkpoint(path)
-    if "data" not in saved or "model" not in saved:
-        raise ValueError(f"{path} is not a dmfx train checkpoint")
-    device = _device(device_name)
-    spec = DataSpec(**saved["data"])
-    data = spec.load()
-    split = spec.split(data)
-    model = build_model(saved["model"]["kind"], split.train, saved["model"]["config"], device)
-    # The run's result is its best validation epoch; model_state is the last one (for --resume).
-    best = saved.get("train_state", {}).get("best_state")
-    model.load_state_dict(best if best is not None else saved["model_state"])
-    return model, data, split, device
-
-
 def cmd_evaluate(args) -> int:
-    model, _, split, _ = _restore(args.checkpoint, args.device)
+    model, _, split = restore(args.checkpoint, _device(args.device))
     result = {"test": evaluate(model, split, "test", full_ranking=args.full_ranking)}
     if len(split.valid_users):
         result["valid"] = evaluate(model, split, "valid", full_ranking=args.full_ranking)
@@ -226,19 +281,34 @@ def cmd_evaluate(args) -> int:
 def cmd_recommend(args) -> int:
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
-    model, data, _, device = _restore(args.checkpoint, args.device)
+    model, data, _ = restore(args.checkpoint, _device(args.device))
     try:
         user = data.user_index(args.user)
     except KeyError:
         raise KeyError(f"unknown user {args.user!r} (not in the data set of this checkpoint)") from None
-    with torch.no_grad():
-        scores = model.eval().scorer().all_items(torch.tensor([user], device=device))[0].cpu()
-    seen = data.items[data.users == user]
-    scores[torch.from_numpy(seen)] = -torch.inf  # everything the user interacted with
-    k = min(args.k, int(torch.isfinite(scores).sum()))
-    top = torch.topk(scores, k)
-    for rank, (item, score) in enumerate(zip(top.indices.tolist(), top.values.tolist()), 1):
+    # Everything the user interacted with is left out, held-out items included.
+    items, scores = model.recommend(torch.tensor([user]), args.k,
+                                    exclude=data.csr("binary", device=model.device))
+    ranked = [(i, s) for i, s in zip(items[0].tolist(), scores[0].tolist()) if i >= 0]
+    for rank, (item, score) in enumerate(ranked, 1):
         print(f"{rank}\t{data.item_ids[item]}\t{score:.4f}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    for spec in MODELS.values():
+        print(f"{spec.name}: {spec.summary}")
+        for name, param in spec.params.items():
+            flag = f"--{name.replace('_', '-')} {_shown(param.default)}"
+            print(f"    {flag:<28} {param.help}")
+        used = TRAINERS[spec.trainer]
+        if used:
+
+            config = train_config(spec.name)
+            shown = "  ".join(f"{f}={getattr(config, f)}" for f in used)
+            print(f"    training ({spec.trainer}): {shown}")
+        else:
+            print("    training: closed form, one pass")
     return 0
 
 

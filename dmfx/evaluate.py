@@ -63,26 +63,18 @@ def evaluate_sampled(scorer, users: np.ndarray, items: np.ndarray, negatives: np
 
 
 @torch.no_grad()
-def evaluate_full(scorer, users: np.ndarray, items: np.ndarray, seen, ks: Sequence[int] = (10,),
-                  device="cpu", batch: int = 1024, seed: int = 0) -> dict:
-    """HR@K / NDCG@K / Recall@K of ``items[n]`` among all items, ``seen`` (a CSR of the
-    items to exclude per user, e.g. the training items) masked out."""
+def evaluate_full(model: Recommender, users: np.ndarray, items: np.ndarray, exclude,
+                  ks: Sequence[int] = (10,), seed: int = 0, scorer=None) -> dict:
+    """HR@K / NDCG@K / Recall@K of ``items[n]`` among all items for ``users[n]``: the top-K
+    lists of :meth:`Recommender.recommend` with ``exclude`` (a CSR of the items to leave out per
+    user, e.g. the training items) and ties broken at random."""
+    k = max(ks)
     generator = torch.Generator().manual_seed(seed)
-    indptr = seen.indptr.to(device).long()
-    indices = seen.indices.to(device).long()
-    ranks = []
-    for s in _batches(len(users), batch):
-        u = torch.as_tensor(users[s], device=device)
-        target_items = torch.as_tensor(items[s], device=device)
-        scores = scorer.all_items(u).clone()
-        target = scores.gather(1, target_items.unsqueeze(1)).squeeze(1)
-        counts = indptr[u + 1] - indptr[u]
-        row = torch.repeat_interleave(torch.arange(u.numel(), device=device), counts)
-        offsets = torch.arange(row.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[row]
-        scores[row, indices[indptr[u][row] + offsets]] = -torch.inf
-        scores.scatter_(1, target_items.unsqueeze(1), -torch.inf)  # the target is not an "other"
-        ranks.append(ranks_from_scores(target, scores, generator).cpu())
-    ranks = torch.cat(ranks) if ranks else torch.zeros(0)
+    top, _ = model.recommend(torch.as_tensor(users), k, exclude=exclude, generator=generator,
+                             scorer=scorer)
+    hits = top.cpu() == torch.as_tensor(items).unsqueeze(1)
+    # 0-based position in the list; k (beyond every cut-off) where the item is not in it
+    ranks = torch.where(hits.any(1), hits.float().argmax(1), k)
     out = metrics_from_ranks(ranks, ks, prefix="full_")
     for k in ks:
         out[f"full_recall@{k}"] = out[f"full_hr@{k}"]
@@ -112,7 +104,8 @@ def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence
             seen = split.train
             if which == "test" and len(split.valid_users):
                 seen = _with_pairs(seen, split.valid_users, split.valid_items)
-            out.update(evaluate_full(scorer, users, items, seen.csr("binary"), ks, device))
+            out.update(evaluate_full(model, users, items, seen.csr("binary", device=device), ks,
+                                     scorer=scorer))
         return out
     finally:
         model.train(was_training)

@@ -1,16 +1,18 @@
 """What a run is made of, kept apart from the CLI so scripts can rebuild a run from a checkpoint:
-where the data comes from and how it is split, and which model is built on it."""
+where the data comes from and how it is split, and which model was trained on it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .data import Interactions, Split, leave_one_out, load_dataset, read_file
-from .models import DMF, LFM, ItemPop, Recommender
+from .models import Recommender, build_model
+from .train import load_checkpoint
 
-MODELS = ("dmf", "lfm", "itempop")
+__all__ = ["DataSpec", "restore"]
 
 
 @dataclass
@@ -39,21 +41,22 @@ class DataSpec:
     def name(self) -> str:
         if self.dataset is not None:
             return self.dataset
-        from pathlib import Path
-
         return Path(self.data).stem if self.data else "data"
 
 
-def build_model(kind: str, train: Interactions, config: dict, device: torch.device | str = "cpu") -> Recommender:
-    """``kind`` in :data:`MODELS`; ``config`` holds the model's constructor arguments."""
-    if kind == "dmf":
-        values = "binary" if config.get("binary") else "rating"
-        model = DMF(train.csr(values, device=device), train.csr(values, transpose=True, device=device),
-                    **config)
-    elif kind == "lfm":
-        model = LFM(train.num_users, train.num_items, **config)
-    elif kind == "itempop":
-        model = ItemPop(train.num_users, train.num_items, train.items)
-    else:
-        raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
-    return model.to(device)
+def restore(path: str, device: torch.device | str = "cpu"
+            ) -> tuple[Recommender, Interactions, Split]:
+    """The model of a ``dmfx train`` checkpoint (its best validation epoch), with its data and
+    split rebuilt from the data settings stored in the checkpoint."""
+    saved = load_checkpoint(path)
+    if "data" not in saved or "model" not in saved:
+        raise ValueError(f"{path} is not a dmfx train checkpoint")
+    spec = DataSpec(**saved["data"])
+    data = spec.load()
+    split = spec.split(data)
+    model = build_model(saved["model"]["kind"], split.train, saved["model"]["config"], device,
+                        restore=True)
+    # The run's result is its best validation epoch; model_state is the last one (for --resume).
+    best = saved.get("train_state", {}).get("best_state")
+    model.load_state_dict(best if best is not None else saved["model_state"])
+    return model, data, split

@@ -32,24 +32,29 @@ __all__ = ["TrainConfig", "fit", "make_optimizer", "save_checkpoint", "load_chec
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of a run; the defaults are the paper's (Section 4)."""
+    """Hyperparameters of a run. The defaults are the DMF paper's (Section 4); each model's own
+    defaults live in the model registry (:func:`dmfx.models.train_config`)."""
 
     epochs: int = 50
     batch_size: int = 256
     lr: float = 1e-4
     num_negatives: int = 7
     resample: str = "epoch"  # "epoch" or "once"
-    loss: str = "nce"  # "nce" (t = rating / max rating) or "ce" (t = 1)
+    # "nce" (t = rating / max rating), "ce" (t = 1), "bpr" (pairwise: observed vs sampled item)
+    loss: str = "nce"
+    optimizer: str = "adam"  # "adam" or "sgd" (NeuMF fine-tuned from pre-trained parts)
     patience: int = 5  # epochs without a better validation NDCG@topk before stopping; 0: never
     topk: int = 10
     seed: int = 0
+    track_test: bool = False  # also record test metrics per epoch (for curves; never for selection)
     progress: bool = True
 
     def __post_init__(self):
-        if self.resample not in ("epoch", "once"):
-            raise ValueError(f"resample must be 'epoch' or 'once', got {self.resample!r}")
-        if self.loss not in ("nce", "ce"):
-            raise ValueError(f"loss must be 'nce' or 'ce', got {self.loss!r}")
+        choices = {"resample": ("epoch", "once"), "loss": ("nce", "ce", "bpr"),
+                   "optimizer": ("adam", "sgd")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "topk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -92,14 +97,18 @@ class SplitAdam:
 
 
 def make_optimizer(model: Recommender, config: TrainConfig):
-    """Adam with ``config.lr``: the fused implementation (one pass per tensor, no temporaries)
-    where every parameter is on a device torch has it for (CPU and CUDA). Parameters with
-    row-sparse gradients (``model.sparse_grad_parameters()``) get :class:`dmfx.optim.RowSparseAdam`,
-    which updates only the rows present in each gradient."""
+    """Adam with ``config.lr`` (or plain SGD with ``optimizer="sgd"``): the fused implementation
+    (one pass per tensor, no temporaries) where every parameter is on a device torch has it for
+    (CPU and CUDA). Parameters with row-sparse gradients (``model.sparse_grad_parameters()``) get
+    :class:`dmfx.optim.RowSparseAdam`, which updates only the rows present in each gradient."""
     sparse_ids = {id(p) for p in model.sparse_grad_parameters()}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
                 for p in dense)
+    if config.optimizer == "sgd":
+        if sparse_ids:
+            raise ValueError("optimizer 'sgd' does not take row-sparse gradients (sparse_grad)")
+        return torch.optim.SGD(dense, lr=config.lr)
     adam = torch.optim.Adam(dense, lr=config.lr, fused=fused)
     if not sparse_ids:
         return adam
@@ -134,7 +143,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 class EpochPairs:
-    """The training pairs of one epoch, built on the training device."""
+    """The training pairs of one epoch, built on the training device.
+
+    Pointwise losses (nce, ce): every observed pair (target rating / max rating, or 1) and
+    ``num_negatives`` sampled pairs per observed one (target 0), shuffled together. Pairwise (bpr):
+    every observed pair ``num_negatives`` times, each with one sampled item, shuffled.
+    """
 
     def __init__(self, split: Split, config: TrainConfig, device: torch.device):
         train = split.train
@@ -150,6 +164,11 @@ class EpochPairs:
             self.targets = torch.ones_like(ratings)
         self.fixed_negatives = None
 
+    @property
+    def pairs_per_epoch(self) -> int:
+        k = self.config.num_negatives
+        return self.users.numel() * (k if self.config.loss == "bpr" else 1 + k)
+
     def negatives(self, epoch: int) -> torch.Tensor:
         k = self.config.num_negatives
         round_ = epoch if self.config.resample == "epoch" else 0
@@ -162,15 +181,69 @@ class EpochPairs:
         return out
 
     def epoch(self, epoch: int):
-        """(users, items, targets, permutation) of all pairs of ``epoch``."""
+        """(users, items, targets, permutation) of all pairs of ``epoch``; for bpr, ``targets``
+        holds the sampled (negative) item of each (user, observed item) pair."""
         k = self.config.num_negatives
         negatives = self.negatives(epoch)
-        users = torch.cat([self.users, self.users.repeat_interleave(k)])
-        items = torch.cat([self.items, negatives.flatten()])
-        targets = torch.cat([self.targets, self.targets.new_zeros(negatives.numel())])
+        if self.config.loss == "bpr":
+            users, items = self.users.repeat_interleave(k), self.items.repeat_interleave(k)
+            targets = negatives.flatten()
+        else:
+            users = torch.cat([self.users, self.users.repeat_interleave(k)])
+            items = torch.cat([self.items, negatives.flatten()])
+            targets = torch.cat([self.targets, self.targets.new_zeros(negatives.numel())])
         g = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch, 2))
         order = torch.randperm(users.numel(), generator=g).to(self.device)
         return users, items, targets, order
+
+
+class GradientEpochs:
+    """One epoch of Algorithm 1: shuffled mini-batches of :class:`EpochPairs`, one optimizer step
+    each, on ``model.loss`` (``model.pairwise_loss`` for bpr)."""
+
+    def __init__(self, model: Recommender, split: Split, config: TrainConfig):
+        if config.loss not in model.losses:
+            raise ValueError(f"{type(model).__name__} trains with loss "
+                             f"{' or '.join(model.losses)}, not {config.loss!r}")
+        if config.loss == "bpr" and config.num_negatives < 1:
+            raise ValueError("the bpr loss needs num_negatives >= 1")
+        self.model, self.config = model, config
+        self.optimizer = make_optimizer(model, config)
+        self.pairs = EpochPairs(split, config, model.device)
+        self.converged = False
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def run(self, epoch: int) -> dict:
+        model, optimizer, config = self.model, self.optimizer, self.config
+        model.train()
+        start = time.perf_counter()
+        users, items, targets, order = self.pairs.epoch(epoch)
+        # Shuffled once, so each batch is a slice (a view), not three gathers per step.
+        users, items, targets = users[order], items[order], targets[order]
+        batches = list(zip(users.split(config.batch_size), items.split(config.batch_size),
+                           targets.split(config.batch_size)))
+        loss_fn = model.pairwise_loss if config.loss == "bpr" else model.loss
+        total = torch.zeros((), device=users.device, dtype=torch.float64)
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+                   disable=not config.progress, mininterval=0.5)
+        for step, (batch_users, batch_items, batch_targets) in enumerate(bar, 1):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(batch_users, batch_items, batch_targets)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * batch_users.numel()
+            if step % 100 == 0 and config.progress:  # reading the loss syncs: only now and then
+                done = step * config.batch_size
+                bar.set_postfix(loss=f"{total.item() / done:.4f}",
+                                pairs_s=f"{done / (time.perf_counter() - start):,.0f}")
+        seconds = time.perf_counter() - start
+        return {"loss": total.item() / max(1, users.numel()),
+                "pairs_per_s": users.numel() / max(seconds, 1e-9)}
 
 
 def fit(model: Recommender, split: Split, config: TrainConfig, *,
@@ -178,6 +251,10 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         extra: dict | None = None,
         on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainState:
     """Trains ``model`` on ``split.train`` and keeps the weights of the best validation epoch.
+
+    What an epoch does is ``model.epoch_runner(split, config)``: Adam steps on sampled pairs for
+    gradient models (:class:`GradientEpochs`), an ALS sweep for eALS, a single pass for models
+    computed in closed form (which then stop after one epoch).
 
     Args:
         checkpoint: file written (atomically) after every epoch; with ``resume=True`` and an
@@ -188,29 +265,28 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
     Returns:
         The final :class:`TrainState`; the model holds the best epoch's weights.
     """
-    device = next(model.parameters()).device
+    device = model.device
     state = TrainState()
-    optimizer = make_optimizer(model, config)
+    runner = model.epoch_runner(split, config)
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         saved = load_checkpoint(checkpoint, map_location=device)
         model.load_state_dict(saved["model_state"])
-        optimizer.load_state_dict(saved["optimizer"])
+        runner.load_state_dict(saved["runner"])
         state = TrainState(**saved["train_state"])
-    pairs = EpochPairs(split, config, device)
     has_valid = len(split.valid_users) > 0
-    stopped_early = config.patience > 0 and state.bad_epochs >= config.patience
-    for epoch in range(state.epoch + 1, 0 if stopped_early else config.epochs + 1):
+    stopped = state.bad_epochs >= config.patience > 0 or (state.epoch > 0 and runner.converged)
+    for epoch in range(state.epoch + 1, 0 if stopped else config.epochs + 1):
         start = time.perf_counter()
-        loss = _train_epoch(model, optimizer, pairs, epoch, config)
-        seconds = time.perf_counter() - start
-        entry = {"epoch": epoch, "loss": loss, "seconds": seconds,
-                 "pairs_per_s": pairs.users.numel() * (1 + config.num_negatives) / seconds,
+        stats = runner.run(epoch)
+        entry = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start,
                  "peak_memory_mb": peak_memory_mb(device)}
         if has_valid:
             entry["valid"] = evaluate(model, split, "valid", ks=(config.topk,))
             metric = entry["valid"][f"ndcg@{config.topk}"]
         else:
-            metric = -loss
+            metric = -stats["loss"]
+        if config.track_test:
+            entry["test"] = evaluate(model, split, "test", ks=(config.topk,))
         state.history.append(entry)
         state.epoch = epoch
         if metric > state.best_metric:
@@ -218,10 +294,10 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
             state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             state.bad_epochs += 1
-        stop = config.patience > 0 and state.bad_epochs >= config.patience
+        stop = runner.converged or config.patience > 0 and state.bad_epochs >= config.patience
         if checkpoint is not None:
             save_checkpoint(checkpoint, {
-                "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model_state": model.state_dict(), "runner": runner.state_dict(),
                 "train_state": asdict(state), "train_config": asdict(config), **(extra or {}),
             })
         if on_epoch_end is not None:
@@ -231,28 +307,3 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
     return state
-
-
-def _train_epoch(model: Recommender, optimizer, pairs: EpochPairs, epoch: int,
-                 config: TrainConfig) -> float:
-    model.train()
-    users, items, targets, order = pairs.epoch(epoch)
-    # Shuffled once, so each batch is a slice (a view), not three gathers per step.
-    users, items, targets = users[order], items[order], targets[order]
-    batches = list(zip(users.split(config.batch_size), items.split(config.batch_size),
-                       targets.split(config.batch_size)))
-    total = torch.zeros((), device=users.device, dtype=torch.float64)
-    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-               disable=not config.progress, mininterval=0.5)
-    start = time.perf_counter()
-    for step, (batch_users, batch_items, batch_targets) in enumerate(bar, 1):
-        optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(batch_users, batch_items, batch_targets)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * batch_users.numel()
-        if step % 100 == 0 and config.progress:  # reading the loss syncs: only now and then
-            done = step * config.batch_size
-            bar.set_postfix(loss=f"{total.item() / done:.4f}",
-                            pairs_s=f"{done / (time.perf_counter() - start):,.0f}")
-    return total.item() / max(1, users.numel())

@@ -1,10 +1,12 @@
 """Shared fixtures of the op tests: devices, index dtypes and random CSR matrices."""
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 
 import dmfx
+from dmfx.data import Interactions, leave_one_out
 
 CUDA_READY = torch.cuda.is_available() and dmfx.cuda_enabled()
 CUDA_SKIP_REASON = (
@@ -62,3 +64,39 @@ def random_csr(num_rows, num_cols, density=0.3, *, seed=0, index_dtype=torch.int
         num_rows,
         num_cols,
     )
+
+
+def clustered(num_users=200, num_items=300, groups=5, per_user=30, inside=0.8, seed=0):
+    """Users and items in groups; a user's items come from its group with probability
+    ``inside``, else by popularity; ratings 1-5, higher inside the group. Data where a model
+    must personalise to beat ItemPop (``dmfx.data.synthetic`` draws the pairs by popularity
+    alone, so there ItemPop is the best possible ranking)."""
+    rng = np.random.default_rng(seed)
+    user_group = rng.integers(groups, size=num_users)
+    item_group = rng.permutation(np.arange(num_items) % groups)
+    popularity = 1.0 / (1 + rng.permutation(num_items)) ** 0.8
+    users, items = [], []
+    for u in range(num_users):
+        w = popularity * np.where(item_group == user_group[u], inside / (1 - inside) * groups, 1.0)
+        items.append(rng.choice(num_items, size=per_user, replace=False, p=w / w.sum()))
+        users.append(np.full(per_user, u))
+    users, items = np.concatenate(users), np.concatenate(items)
+    order = rng.permutation(len(users))
+    users, items = users[order], items[order]
+    ratings = np.clip(rng.integers(1, 4, size=len(users)) + 2 * (item_group[items] == user_group[users]), 1, 5)
+    return Interactions(np.arange(num_users), np.arange(num_items), users, items,
+                        ratings, np.arange(len(users)))
+
+
+@pytest.fixture(scope="module")
+def clustered_split():
+    return leave_one_out(clustered(), num_negatives=30, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: extra threads only wait for each other on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -73,15 +73,29 @@ def test_resume_continues_to_the_same_result(data_file, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("model", ["lfm", "itempop", "dmf --sparse-grad"])
-def test_other_models_train(data_file, tmp_path, model):
+# Small settings per model: each trains for an epoch or two on the tiny data.
+MODEL_FLAGS = {
+    "lfm": ["--user-layers", "8", "--item-layers", "8", "--epochs", "1"],
+    "dmf --sparse-grad": ["--user-layers", "16,8", "--item-layers", "16,8", "--epochs", "1"],
+    "itempop": [],
+}
+
+
+@pytest.mark.parametrize("model", list(MODEL_FLAGS))
+def test_every_model_trains_evaluates_and_recommends(data_file, tmp_path, model, capsys):
     name, *flags = model.split()
     out = tmp_path / name
-    assert main(["train", "--data", str(data_file), "--model", name, *flags, "--epochs", "1",
-                 "--output", str(out), *TINY]) == 0
+    assert main(["train", "--data", str(data_file), "--model", name, *flags, *MODEL_FLAGS[model],
+                 "--eval-negatives", "20", "--quiet", "--output", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "hr@10" in metrics["test"]
+    assert metrics["config"]["model"] == name and metrics["history"]
+    capsys.readouterr()
     assert main(["evaluate", str(out / "checkpoint.pt")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["test"] == pytest.approx(metrics["test"])
+    assert main(["recommend", str(out / "checkpoint.pt"), "--user", "3", "-k", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["1", "2", "3", "4"]
 
 
 def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
@@ -97,7 +111,13 @@ def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
     (["train", "--data", "/nonexistent/ratings.csv"], "nonexistent"),
     (["train", "--dataset", "no-such-set"], "unknown data set 'no-such-set'"),
     (["evaluate", "/nonexistent/checkpoint.pt"], "no checkpoint at"),
-    (["train", "--dataset", "ml-100k", "--model", "lfm", "--sparse-grad"], "--sparse-grad applies"),
+    (["train", "--dataset", "ml-100k", "--model", "lfm", "--sparse-grad"],
+     "--sparse-grad does not apply to model lfm"),
+    (["train", "--model", "itempop", "--lr", "0.1"], "--lr does not apply to model itempop"),
+    (["train", "--model", "itempop", "--mu", "5", "--input", "binary"],
+     "--input, --mu do not apply to model itempop"),
+    (["train", "--model", "dmf", "--user-layers", "8,x"], "--user-layers: expected comma-separated"),
+    (["train", "--model", "dmf", "--loss", "bpr"], "trains with loss nce or ce"),
     (["train", "--dataset", "synthetic:10x20"], "synthetic:USERSxITEMSxRATINGS"),
     (["train", "--dataset", "synthetic:10x0x5"], "must be positive"),
 ])

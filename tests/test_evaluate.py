@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dmfx.data import CSR
+from dmfx.models import Recommender
+from dmfx.data import CSR, Interactions
 from dmfx.evaluate import evaluate_full, evaluate_sampled, metrics_from_ranks, ranks_from_scores
 
 
@@ -54,13 +55,36 @@ def test_sampled_protocol_by_hand():
                                "ndcg@2": 0.5 / math.log2(3)})
 
 
+class TableModel(Recommender):
+    """A recommender whose scores are a fixed table; user 0 saw items 0 and 1 in training."""
+
+    def __init__(self, table):
+        num_users, num_items = np.shape(table)
+        super().__init__(Interactions(np.arange(num_users), np.arange(num_items), [0, 0], [0, 1],
+                                      [1.0, 1.0]))
+        self.table = table
+
+    def scorer(self):
+        return TableScorer(self.table)
+
+
 def test_full_ranking_masks_seen_items():
-    table = np.array([[0.9, 0.8, 0.5, 0.2, 0.1]])
+    model = TableModel([[0.9, 0.8, 0.5, 0.2, 0.1]])
     # item 0 and 1 were seen in training: the held-out item 2 ranks first among the rest
-    seen = CSR(torch.tensor([0, 2]), torch.tensor([0, 1]), torch.ones(2), (1, 5))
-    m = evaluate_full(TableScorer(table), np.array([0]), np.array([2]), seen, ks=(1,))
+    m = evaluate_full(model, np.array([0]), np.array([2]), model.seen, ks=(1,))
     assert m == {"full_hr@1": 1.0, "full_ndcg@1": 1.0, "full_recall@1": 1.0}
     unmasked = CSR(torch.tensor([0, 0]), torch.zeros(0, dtype=torch.long), torch.ones(0), (1, 5))
-    m = evaluate_full(TableScorer(table), np.array([0]), np.array([2]), unmasked, ks=(2, 3))
+    m = evaluate_full(model, np.array([0]), np.array([2]), unmasked, ks=(2, 3))
     assert m["full_hr@2"] == 0.0 and m["full_hr@3"] == 1.0
     assert m["full_ndcg@3"] == pytest.approx(0.5)
+
+
+def test_full_ranking_breaks_ties_at_random():
+    # every item scores alike: the held-out item's position is uniform over the 5 items
+    model = TableModel(np.zeros((4000, 5)))
+    users = np.arange(4000)
+    nothing = CSR(torch.zeros(4001, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                  torch.ones(0), (4000, 5))
+    m = evaluate_full(model, users, np.full(4000, 3), nothing, ks=(1, 2))
+    assert m["full_hr@1"] == pytest.approx(0.2, abs=0.03)
+    assert m["full_hr@2"] == pytest.approx(0.4, abs=0.03)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dmfx import reference
-from dmfx.data import synthetic
-from dmfx.models import DMF, LFM, ItemPop
+from dmfx.data import CSR, Interactions, synthetic
+from dmfx.models import DMF, LFM, MODELS, ItemPop, build_model, topk_items, train_config
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +15,7 @@ def data():
 
 def test_dmf_tower_matches_dense_reference(data):
     torch.manual_seed(0)
-    model = DMF(data.csr("rating"), data.csr("rating", transpose=True), user_layers=(12, 5),
-                item_layers=(9, 5))
+    model = DMF(data, user_layers=(12, 5), item_layers=(9, 5))
     users = torch.tensor([0, 3, 3, 7])
     dense = torch.as_tensor(data.to_scipy("rating").toarray())
     tower = model.user_tower
@@ -26,7 +25,7 @@ def test_dmf_tower_matches_dense_reference(data):
 
 def test_binary_input_uses_ones(data):
     torch.manual_seed(0)
-    model = DMF(data.csr("binary"), data.csr("binary", transpose=True), binary=True)
+    model = DMF(data, input="binary")
     users = torch.tensor([1, 2])
     dense = torch.as_tensor(data.to_scipy("binary").toarray())
     first = dense[users] @ model.user_tower.first
@@ -35,7 +34,7 @@ def test_binary_input_uses_ones(data):
 
 def test_loss_matches_reference_and_runs_each_distinct_id_once(data, monkeypatch):
     torch.manual_seed(0)
-    model = DMF(data.csr("rating"), data.csr("rating", transpose=True), (8, 4), (8, 4))
+    model = DMF(data, (8, 4), (8, 4))
     users = torch.tensor([0, 0, 5, 5, 5, 9])
     items = torch.tensor([1, 2, 1, 1, 3, 4])
     target = torch.tensor([1.0, 0.0, 0.8, 0.8, 0.0, 0.6])
@@ -54,20 +53,20 @@ def test_loss_matches_reference_and_runs_each_distinct_id_once(data, monkeypatch
 
 def test_init_follows_the_paper(data):
     torch.manual_seed(0)
-    model = DMF(data.csr("rating"), data.csr("rating", transpose=True), (64, 64), (64, 64))
+    model = DMF(data, (64, 64), (64, 64))
     assert model.user_tower.first.std().item() == pytest.approx(0.01, rel=0.1)
 
 
 def test_mismatched_latent_sizes_are_rejected(data):
     with pytest.raises(ValueError, match="one latent size"):
-        DMF(data.csr(), data.csr(transpose=True), user_layers=(8, 4), item_layers=(8, 5))
-    with pytest.raises(ValueError, match="Y transposed"):
-        DMF(data.csr(), data.csr(), (8, 4), (8, 4))
+        DMF(data, user_layers=(8, 4), item_layers=(8, 5))
+    with pytest.raises(ValueError, match="input must be"):
+        DMF(data, input="ratings")
 
 
 def test_scorer_is_cosine_of_tower_outputs(data):
     torch.manual_seed(0)
-    model = LFM(data.num_users, data.num_items, (8, 4), (8, 4))
+    model = LFM(data, (8, 4), (8, 4))
     scorer = model.scorer()
     users, items = torch.tensor([2, 3]), torch.tensor([[0, 1], [4, 5]])
     p = model.user_tower(users)
@@ -78,6 +77,79 @@ def test_scorer_is_cosine_of_tower_outputs(data):
 
 
 def test_itempop_scores_by_popularity():
-    model = ItemPop(2, 4, np.array([1, 1, 1, 3, 3, 0]))
+    train = Interactions(np.arange(3), np.arange(4), np.array([0, 1, 2, 0, 1, 2]),
+                         np.array([1, 1, 1, 3, 3, 0]), np.ones(6))
+    model = ItemPop(train)
+    model.fit_closed_form(train)
     scores = model.scorer().all_items(torch.tensor([0, 1]))
     assert scores.tolist() == [[1, 3, 0, 2]] * 2
+
+
+# -- the interface every model shares -------------------------------------------------------
+
+
+def test_topk_orders_like_the_scores_and_pads():
+    scores = torch.tensor([[0.5, -2.0, -0.0, 3.0, -1e-30, 0.0],
+                           [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    exclude = CSR(torch.tensor([0, 1, 6]), torch.tensor([3, 0, 1, 2, 3, 4]), torch.ones(6), (2, 6))
+    items, values = topk_items(scores, 4, exclude, torch.tensor([0, 1]))
+    # -0.0 and 0.0 tie; -1e-30 ranks below them and above -2
+    assert items[0, 0] == 0 and set(items[0, 1:3].tolist()) == {2, 5} and items[0, 3] == 4
+    assert items[1].tolist() == [5, -1, -1, -1] and torch.isneginf(values[1, 1:]).all()
+
+
+def test_topk_breaks_ties_uniformly_with_a_generator():
+    g = torch.Generator().manual_seed(0)
+    first = topk_items(torch.zeros(3000, 4), 1, generator=g)[0][:, 0]
+    assert torch.bincount(first, minlength=4).tolist() == pytest.approx([750] * 4, rel=0.12)
+    again = topk_items(torch.zeros(3000, 4), 1, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(again[:, 0], first)
+
+
+def test_recommend_leaves_out_the_training_items(data):
+    torch.manual_seed(0)
+    model = LFM(data, (8,), (8,))
+    users = torch.arange(data.num_users)
+    items, scores = model.recommend(users, 5)
+    assert items.shape == (data.num_users, 5) and (scores[:, :-1] >= scores[:, 1:]).all()
+    for u in range(data.num_users):
+        assert not set(items[u].tolist()) & set(data.items[data.users == u].tolist())
+    all_scores = model.scorer().all_items(users)
+    torch.testing.assert_close(scores, all_scores.gather(1, items))
+    unfiltered, _ = model.recommend(users, 5, exclude_seen=False)
+    torch.testing.assert_close(unfiltered, all_scores.topk(5).indices)
+
+
+def test_score_and_similar_items(data):
+    torch.manual_seed(0)
+    model = DMF(data, (8, 4), (8, 4))
+    users, items = torch.tensor([0, 1, 2]), torch.tensor([4, 5, 6])
+    expected = model.scorer().candidates(users, items.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(model.score(users, items), expected)
+    assert model.score(users, torch.tensor([[1, 2], [3, 4], [5, 6]])).shape == (3, 2)
+    with pytest.raises(IndexError, match="items must lie in"):
+        model.score(users, torch.tensor([0, 1, data.num_items]))
+    with pytest.raises(ValueError, match="one shape"):
+        model.score(users, torch.tensor([0, 1]))
+    similar, sims = model.similar_items(torch.tensor([3, 7]), 4)
+    assert 3 not in similar[0].tolist() and 7 not in similar[1].tolist()
+    vectors = torch.nn.functional.normalize(model.item_vectors(), dim=1)
+    torch.testing.assert_close(sims[0], vectors[similar[0]] @ vectors[3])
+
+
+def test_registry_is_the_source_of_defaults(data):
+    for name, spec in MODELS.items():
+        model = build_model(name, data)
+        assert model.name == name
+        assert set(model.config()) == set(spec.params)
+    assert build_model("dmf", data).config()["user_layers"] == MODELS["dmf"].params["user_layers"].default
+    assert train_config("dmf").lr == MODELS["dmf"].train["lr"]
+    assert train_config("lfm", lr=0.5).lr == 0.5 and train_config("lfm").loss == "nce"
+    with pytest.raises(ValueError, match="has no parameter factors"):
+        build_model("dmf", data, {"factors": 3})
+    with pytest.raises(ValueError, match="unknown model 'svd'"):
+        build_model("svd", data)
+    with pytest.raises(ValueError, match="lr does not apply to model itempop"):
+        train_config("itempop", lr=0.1)
+    with pytest.raises(ValueError, match="trains with loss nce or ce"):
+        train_config("dmf", loss="bpr")

@@ -17,8 +17,7 @@ def split():
 
 def make_model(split, seed=0, sparse_grad=False):
     torch.manual_seed(seed)
-    train = split.train
-    return DMF(train.csr(), train.csr(transpose=True), (24, 8), (24, 8), sparse_grad=sparse_grad)
+    return DMF(split.train, (24, 8), (24, 8), sparse_grad=sparse_grad)
 
 
 def config(**kwargs):

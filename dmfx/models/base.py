@@ -1,10 +1,32 @@
-"""What every recommender of dmfx provides to the trainer and the evaluator."""
+"""The interface every recommender of dmfx shares.
+
+A model is an ``nn.Module`` over the internal user and item ids of one data set (see
+:class:`dmfx.data.Interactions`). It is built from the training interactions by
+:func:`dmfx.models.build_model` (the registry holds each model's defaults) and then offers:
+
+* :meth:`Recommender.fit` -- trains on a :class:`dmfx.data.Split` (early stopping on the
+  validation item, checkpoints, resume: :func:`dmfx.train.fit`);
+* :meth:`Recommender.score` -- scores of (user, item) pairs;
+* :meth:`Recommender.recommend` -- the top-k items of many users at once, the items each user
+  interacted with in training left out;
+* :meth:`Recommender.similar_items` -- the items closest to given items.
+
+How a model learns is its :meth:`Recommender.epoch_runner`: gradient models use the default (Adam
+on sampled pairs, see :mod:`dmfx.train`), eALS runs an alternating least-squares sweep per epoch,
+ItemPop and ItemKNN compute their statistics in a single "epoch".
+"""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .. import ops
+from ..data import CSR, Interactions, Split
+
+__all__ = ["Recommender", "Scorer", "VectorScorer", "topk_items", "row_entries"]
 
 
 class Scorer(Protocol):
@@ -17,27 +39,234 @@ class Scorer(Protocol):
         """``[n, num_items]`` scores of each user against every item."""
 
 
-class Recommender(nn.Module):
-    """A model the trainer can fit and the evaluator can rank with.
+class VectorScorer:
+    """Scores from one vector per user and per item: dot products, or cosines with
+    ``normalize=True`` (a zero vector then scores 0, as the fused loss defines it)."""
 
-    Subclasses implement :meth:`loss` (mean loss of a batch of (user, item, target) triples)
-    and :meth:`scorer`. Models without trainable parameters (ItemPop) set ``trainable = False``.
+    def __init__(self, user_vectors: Tensor, item_vectors: Tensor, normalize: bool = False,
+                 item_bias: Optional[Tensor] = None):
+        if normalize:
+            user_vectors = F.normalize(user_vectors, dim=1)
+            item_vectors = F.normalize(item_vectors, dim=1)
+        self.users, self.items, self.item_bias = user_vectors, item_vectors, item_bias
+
+    def candidates(self, users: Tensor, items: Tensor) -> Tensor:
+        scores = torch.einsum("nd,ncd->nc", self.users[users], self.items[items])
+        return scores if self.item_bias is None else scores + self.item_bias[items]
+
+    def all_items(self, users: Tensor) -> Tensor:
+        scores = self.users[users] @ self.items.T
+        return scores if self.item_bias is None else scores + self.item_bias
+
+
+def _order_keys(scores: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """int64 keys that order like ``scores`` (as float32); with a generator, equal scores get
+    distinct keys in a uniformly random order, so ties are broken at random, exactly."""
+    bits = (scores.float() + 0.0).contiguous().view(torch.int32).long()  # + 0.0: -0.0 -> +0.0
+    # IEEE floats order like sign-magnitude integers: flip the magnitude bits of negatives.
+    keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    if generator is None:
+        return keys
+    noise = torch.randint(0, 2**31, scores.shape, generator=generator, dtype=torch.int64)
+    return (keys << 31) | noise.to(scores.device)
+
+
+def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Optional[Tensor] = None,
+               generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    """The ``k`` best columns of each row of ``scores`` (``[n, num_items]``), best first.
+
+    ``exclude`` (a CSR over all users, indexed by ``users``) names items to leave out. Rows with
+    fewer than ``k`` items left are padded with item ``-1`` and score ``-inf``. Equal scores are
+    ordered by a draw from ``generator`` when given (uniformly at random, reproducibly), else in
+    an unspecified but deterministic order.
+    """
+    scores = scores.float().clone()
+    if exclude is not None:
+        rows, cols, _ = row_entries(exclude.indptr, exclude.indices, None,
+                                    users.to(exclude.indptr.device))
+        scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
+    k_eff = min(k, scores.shape[1])
+    top = torch.topk(_order_keys(scores, generator), k_eff, dim=1).indices
+    values = scores.gather(1, top)
+    top = torch.where(torch.isneginf(values), -1, top)
+    if k_eff < k:
+        pad = k - k_eff
+        top = F.pad(top, (0, pad), value=-1)
+        values = F.pad(values, (0, pad), value=-torch.inf)
+    return top, values
+
+
+def row_entries(indptr: Tensor, indices: Tensor, values: Optional[Tensor], rows: Tensor
+                ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Every stored entry of the CSR rows ``rows``: (position in ``rows``, column, value)."""
+    local_indptr, columns, local_values = ops.batch_entries(indptr, indices, values, rows)
+    owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device),
+                                    local_indptr.long().diff())
+    return owner, columns.long(), local_values
+
+
+class Recommender(nn.Module):
+    """Base of every dmfx model; see the module docstring.
+
+    Subclasses implement :meth:`scorer` and :meth:`config`, and either :meth:`loss` (gradient
+    models, trained by the default :meth:`epoch_runner`) or their own :meth:`epoch_runner`.
+    ``item_vectors`` (for :meth:`similar_items`) defaults to what the scorer holds.
     """
 
-    trainable = True
+    #: The losses a gradient model can be trained with (see :class:`dmfx.train.TrainConfig`).
+    losses: tuple[str, ...] = ("nce", "ce")
+
+    def __init__(self, train: Interactions, store_seen: bool = True):
+        super().__init__()
+        self.num_users, self.num_items = train.num_users, train.num_items
+        if store_seen:  # models that hold Y already (DMF) override `seen` instead
+            seen = train.csr("binary")
+            # The training items of every user, left out by recommend(); not in the state_dict.
+            self.register_buffer("seen_indptr", seen.indptr, persistent=False)
+            self.register_buffer("seen_indices", seen.indices, persistent=False)
+
+    # -- what a model implements -------------------------------------------------------------
 
     def loss(self, users: Tensor, items: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Mean loss of a batch of (user, item, target) triples (pointwise gradient models)."""
+        raise NotImplementedError(f"{type(self).__name__} has no pointwise loss")
 
-    @torch.no_grad()
+    def pairwise_loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> Tensor:
+        """Mean loss of a batch of (user, observed item, sampled item) triples (``losses``
+        containing ``"bpr"``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no pairwise loss")
+
     def scorer(self) -> Scorer:
         raise NotImplementedError
+
+    def config(self) -> dict:
+        """The registry parameters that rebuild this model (stored in checkpoints)."""
+        raise NotImplementedError
+
+    def epoch_runner(self, split: Split, config):
+        """What one training epoch does; the default takes Adam steps on :meth:`loss`."""
+        from ..train import GradientEpochs
+
+        return GradientEpochs(self, split, config)
 
     def sparse_grad_parameters(self) -> list[nn.Parameter]:
         """Parameters whose gradients are row-sparse COO tensors (the trainer gives them
         :class:`dmfx.optim.RowSparseAdam`); none by default."""
         return []
 
-    def config(self) -> dict:
-        """The constructor arguments that rebuild this model (stored in checkpoints)."""
-        raise NotImplementedError
+    # -- what every model offers ---------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter([*self.parameters(), *self.buffers()])).device
+
+    @property
+    def seen(self) -> CSR:
+        """The training interactions as a binary CSR (users x items)."""
+        return CSR(self.seen_indptr, self.seen_indices,
+                   torch.ones_like(self.seen_indices, dtype=torch.float32),
+                   (self.num_users, self.num_items))
+
+    def fit(self, split: Split, config=None, **kwargs):
+        """Trains on ``split`` with :func:`dmfx.train.fit` (``config`` defaults to this model's
+        registry defaults); keeps the best validation epoch. Returns the :class:`TrainState`."""
+        from ..train import fit
+        from .registry import train_config
+
+        return fit(self, split, config if config is not None else train_config(self.name), **kwargs)
+
+    @property
+    def name(self) -> str:
+        """The model's registry name."""
+        from .registry import name_of
+
+        return name_of(self)
+
+    @torch.no_grad()
+    def score(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of ``users[n]`` against ``items[n]`` (``[n]``) or ``items[n, :]`` (``[n, c]``)."""
+        users, items = self._ids(users, "users", self.num_users), self._ids(items, "items", self.num_items)
+        if items.dim() == 1:
+            if users.shape != items.shape:
+                raise ValueError(f"users and items must have one shape, got {tuple(users.shape)} "
+                                 f"and {tuple(items.shape)}")
+            return self._eval_scorer().candidates(users, items.unsqueeze(1)).squeeze(1)
+        if items.dim() != 2 or items.shape[0] != users.shape[0]:
+            raise ValueError(f"items must be [n] or [n, c] with n = len(users) = {users.shape[0]}, "
+                             f"got {tuple(items.shape)}")
+        return self._eval_scorer().candidates(users, items)
+
+    @torch.no_grad()
+    def recommend(self, users: Tensor, k: int = 10, exclude_seen: bool = True, *,
+                  exclude: Optional[CSR] = None, generator: Optional[torch.Generator] = None,
+                  scorer: Optional[Scorer] = None, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+        """The ``k`` highest-scoring items of each user, best first.
+
+        Args:
+            users: internal user ids ``[n]``.
+            exclude_seen: leave out the items each user interacted with in training.
+            exclude: a CSR (users x items) of items to leave out instead (e.g. the training
+                plus the validation items).
+            generator: break ties between equal scores at random from this generator (the
+                evaluator does, so a model scoring many items alike gets chance-level metrics).
+            scorer: a :meth:`scorer` already computed, to save recomputing it.
+            batch_size: users scored at once (memory: ``batch_size x num_items`` scores).
+
+        Returns:
+            ``(items, scores)``, each ``[n, k]``; a user with fewer than ``k`` items left gets
+            item ``-1`` and score ``-inf`` in the remaining places.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        users = self._ids(users, "users", self.num_users)
+        if exclude is None and exclude_seen:
+            exclude = self.seen
+        scorer = scorer if scorer is not None else self._eval_scorer()
+        items, scores = [], []
+        for chunk in users.split(batch_size):
+            top, values = topk_items(scorer.all_items(chunk), k, exclude, chunk, generator)
+            items.append(top)
+            scores.append(values)
+        if not items:
+            return (torch.empty(0, k, dtype=torch.long, device=users.device),
+                    torch.empty(0, k, device=users.device))
+        return torch.cat(items), torch.cat(scores)
+
+    def item_vectors(self) -> Tensor:
+        """``[num_items, d]`` item representations whose cosine is the item-item similarity."""
+        scorer = self._eval_scorer()
+        if not isinstance(scorer, VectorScorer):
+            raise NotImplementedError(f"{type(self).__name__} has no item vectors")
+        return scorer.items
+
+    @torch.no_grad()
+    def similar_items(self, items: Tensor, k: int = 10) -> tuple[Tensor, Tensor]:
+        """The ``k`` items most similar to each of ``items`` (cosine of item vectors), the item
+        itself left out. Returns ``(items, similarities)``, each ``[n, k]``."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        items = self._ids(items, "items", self.num_items)
+        vectors = F.normalize(self.item_vectors().float(), dim=1)
+        sims = vectors[items] @ vectors.T
+        sims[torch.arange(len(items), device=sims.device), items] = -torch.inf
+        return topk_items(sims, k)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _eval_scorer(self) -> Scorer:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self.scorer()
+        finally:
+            self.train(was_training)
+
+    def _ids(self, ids, what: str, count: int) -> Tensor:
+        ids = torch.as_tensor(ids, device=self.device)
+        if ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{what} must hold integer ids, got dtype {ids.dtype}")
+        ids = ids.long()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= count):
+            raise IndexError(f"{what} must lie in [0, {count}), got [{int(ids.min())}, {int(ids.max())}]")
+        return ids

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..data import CSR
-from .base import Recommender
+from ..data import CSR, Interactions
+from .base import Recommender, VectorScorer
 
 INIT_STD = 0.01  # the paper's N(0, 0.01) initialisation
 
@@ -71,31 +70,15 @@ class EmbeddingTower(nn.Module):
         return self.mlp(self.first[rows])
 
 
-class CosineScorer:
-    """Every user's and item's tower output, computed once and normalised."""
-
-    def __init__(self, user_vectors: Tensor, item_vectors: Tensor):
-        # A zero vector stays zero (score 0), matching cos := 0 in the loss.
-        self.users = F.normalize(user_vectors, dim=1)
-        self.items = F.normalize(item_vectors, dim=1)
-
-    def candidates(self, users: Tensor, items: Tensor) -> Tensor:
-        return torch.einsum("nd,ncd->nc", self.users[users], self.items[items])
-
-    def all_items(self, users: Tensor) -> Tensor:
-        return self.users[users] @ self.items.T
-
-
 class TwoTower(Recommender):
     """Shared training and scoring of DMF and LFM: distinct ids run through a tower once."""
 
     user_tower: nn.Module
     item_tower: nn.Module
 
-    def __init__(self, num_users: int, num_items: int, mu: float, eval_batch: int = 4096):
-        super().__init__()
-        self.num_users, self.num_items, self.mu = num_users, num_items, mu
-        self.eval_batch = eval_batch
+    def __init__(self, train: Interactions, mu: float, store_seen: bool = True, eval_batch: int = 4096):
+        super().__init__(train, store_seen)
+        self.mu, self.eval_batch = mu, eval_batch
 
     def pair_vectors(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         unique_users, user_slot = torch.unique(users, return_inverse=True)
@@ -109,25 +92,25 @@ class TwoTower(Recommender):
         return ops.cosine_nce_loss(p, q, target, self.mu, validate=not p.is_cuda)
 
     def _all(self, tower: nn.Module, count: int) -> Tensor:
-        device = next(self.parameters()).device
-        ids = torch.arange(count, device=device)
+        ids = torch.arange(count, device=self.device)
         return torch.cat([tower(chunk) for chunk in ids.split(self.eval_batch)])
 
     @torch.no_grad()
-    def scorer(self) -> CosineScorer:
-        return CosineScorer(self._all(self.user_tower, self.num_users),
-                            self._all(self.item_tower, self.num_items))
+    def scorer(self) -> VectorScorer:
+        """Every user's and item's tower output, computed once and normalised (cosine)."""
+        return VectorScorer(self._all(self.user_tower, self.num_users),
+                            self._all(self.item_tower, self.num_items), normalize=True)
 
 
 class DMF(TwoTower):
     """Deep Matrix Factorization.
 
     Args:
-        user_matrix: CSR of Y (users x items), e.g. ``split.train.csr("rating")``.
-        item_matrix: CSR of Y transposed (items x users).
+        train: the training interactions; the towers read Y built from them (users x items for
+            the user tower, its transpose for the item tower).
         user_layers, item_layers: tower widths; the last entries are the latent size and must
             match. Depth = number of layers (the first is linear, the rest Linear + ReLU).
-        binary: input Y_ij = 1 for rated pairs (Eq. 1) instead of the rating (Eq. 2).
+        input: ``"rating"``: Y_ij = the rating (Eq. 2); ``"binary"``: 1 for rated pairs (Eq. 1).
         mu: the clamp of the predicted score (Eq. 13).
         sparse_grad: row-sparse gradients for the two first-layer tables (the trainer then
             updates them with :class:`dmfx.optim.RowSparseAdam`, which moves only the rows a batch
@@ -136,21 +119,27 @@ class DMF(TwoTower):
             dense Adam (untouched rows keep their moments), so results differ slightly.
     """
 
-    def __init__(self, user_matrix: CSR, item_matrix: CSR, user_layers: Sequence[int] = (256, 64),
-                 item_layers: Sequence[int] = (256, 64), binary: bool = False, mu: float = 1e-6,
+    def __init__(self, train: Interactions, user_layers: Sequence[int] = (256, 64),
+                 item_layers: Sequence[int] = (256, 64), input: str = "rating", mu: float = 1e-6,
                  sparse_grad: bool = False):
         if user_layers[-1] != item_layers[-1]:
             raise ValueError(f"the towers must end at one latent size, got user_layers "
                              f"{list(user_layers)} and item_layers {list(item_layers)}")
-        num_users, num_items = user_matrix.shape
-        if tuple(item_matrix.shape) != (num_items, num_users):
-            raise ValueError(f"item_matrix must be {num_items} x {num_users} (Y transposed), "
-                             f"got {tuple(item_matrix.shape)}")
-        super().__init__(num_users, num_items, mu)
-        self.user_tower = SparseRowTower(user_matrix, user_layers, binary, sparse_grad)
-        self.item_tower = SparseRowTower(item_matrix, item_layers, binary, sparse_grad)
+        if input not in ("rating", "binary"):
+            raise ValueError(f"input must be 'rating' or 'binary', got {input!r}")
+        super().__init__(train, mu, store_seen=False)
+        binary = input == "binary"
+        self.user_tower = SparseRowTower(train.csr(input), user_layers, binary, sparse_grad)
+        self.item_tower = SparseRowTower(train.csr(input, transpose=True), item_layers, binary,
+                                         sparse_grad)
         self._config = dict(user_layers=list(user_layers), item_layers=list(item_layers),
-                            binary=binary, mu=mu, sparse_grad=sparse_grad)
+                            input=input, mu=mu, sparse_grad=sparse_grad)
+
+    @property
+    def seen(self) -> CSR:
+        tower = self.user_tower  # Y's pattern is the training items of each user
+        return CSR(tower.indptr, tower.indices, torch.ones_like(tower.values),
+                   (self.num_users, self.num_items))
 
     def config(self) -> dict:
         return dict(self._config)
@@ -164,13 +153,13 @@ class DMF(TwoTower):
 class LFM(TwoTower):
     """The paper's LFM-nce: DMF's towers and loss on free embeddings instead of rating rows."""
 
-    def __init__(self, num_users: int, num_items: int, user_layers: Sequence[int] = (256, 64),
-                 item_layers: Sequence[int] = (256, 64), mu: float = 1e-6):
+    def __init__(self, train: Interactions, user_layers: Sequence[int] = (64,),
+                 item_layers: Sequence[int] = (64,), mu: float = 1e-6):
         if user_layers[-1] != item_layers[-1]:
             raise ValueError("the towers must end at one latent size")
-        super().__init__(num_users, num_items, mu)
-        self.user_tower = EmbeddingTower(num_users, user_layers)
-        self.item_tower = EmbeddingTower(num_items, item_layers)
+        super().__init__(train, mu)
+        self.user_tower = EmbeddingTower(train.num_users, user_layers)
+        self.item_tower = EmbeddingTower(train.num_items, item_layers)
         self._config = dict(user_layers=list(user_layers), item_layers=list(item_layers), mu=mu)
 
     def config(self) -> dict:

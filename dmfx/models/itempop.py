@@ -5,7 +5,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data import Interactions
 from .base import Recommender
+from .closed_form import ClosedFormEpoch
 
 
 class PopularityScorer:
@@ -20,19 +22,29 @@ class PopularityScorer:
 
 
 class ItemPop(Recommender):
-    """A sanity baseline with nothing to train: the score of an item is its popularity."""
+    """A non-personalised baseline: the score of an item is its number of training interactions."""
 
-    trainable = False
+    losses = ()
 
-    def __init__(self, num_users: int, num_items: int, items: np.ndarray | None = None):
-        super().__init__()
-        self.num_users, self.num_items = num_users, num_items
-        counts = np.bincount(items, minlength=num_items) if items is not None else np.zeros(num_items)
-        self.register_buffer("popularity", torch.as_tensor(counts, dtype=torch.float32))
+    def __init__(self, train: Interactions):
+        super().__init__(train)
+        self.register_buffer("popularity", torch.zeros(train.num_items))
+
+    def fit_closed_form(self, train: Interactions) -> dict:
+        counts = np.bincount(train.items, minlength=self.num_items)
+        self.popularity.copy_(torch.as_tensor(counts, dtype=torch.float32))
+        return {"loss": 0.0}
+
+    def epoch_runner(self, split, config):
+        return ClosedFormEpoch(self, split)
 
     @torch.no_grad()
     def scorer(self) -> PopularityScorer:
         return PopularityScorer(self.popularity)
+
+    def item_vectors(self) -> Tensor:
+        raise NotImplementedError("ItemPop has no notion of similar items: every user gets the "
+                                  "same ranking")
 
     def config(self) -> dict:
         return {}

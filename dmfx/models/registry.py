@@ -1,0 +1,147 @@
+"""The model registry: the one place that names every model, its parameters and their defaults,
+and the training settings each model uses by default.
+
+The command line, :func:`build_model`, :func:`train_config` and the reproduction commands all
+read it. Adding a model is one file in :mod:`dmfx.models` plus one entry in :data:`MODELS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..data import Interactions
+from .base import Recommender
+from .dmf import DMF, LFM
+from .itempop import ItemPop
+
+__all__ = ["Param", "ModelSpec", "MODELS", "TRAINERS", "build_model", "train_config", "name_of",
+           "parse_widths"]
+
+
+def parse_widths(text: str) -> list[int]:
+    """``"256,64"`` -> ``[256, 64]`` (layer widths)."""
+    try:
+        widths = [int(w) for w in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"expected comma-separated layer widths like 256,64, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise ValueError(f"layer widths must be positive, got {text!r}")
+    return widths
+
+
+@dataclass(frozen=True)
+class Param:
+    """A model parameter: its default, what it means, and how to read it from text."""
+
+    default: Any
+    help: str
+    parse: Optional[Callable[[str], Any]] = None  # default: the type of ``default``
+    choices: Optional[tuple] = None
+    # Only shapes the starting point (e.g. pre-trained weights to load): a trained model is
+    # rebuilt without it, then its state_dict is loaded.
+    init_only: bool = False
+
+    def from_text(self, text: str) -> Any:
+        value = (self.parse or type(self.default))(text)
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(map(str, self.choices))}, got {text!r}")
+        return value
+
+
+# The TrainConfig fields each kind of trainer uses; the others do not apply to its models.
+TRAINERS = {
+    "gradient": ("epochs", "batch_size", "lr", "num_negatives", "resample", "loss", "optimizer",
+                 "patience"),
+    "als": ("epochs", "patience"),
+    "closed-form": (),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    cls: type
+    summary: str
+    params: dict = field(default_factory=dict)
+    trainer: str = "gradient"  # a key of TRAINERS
+    train: dict = field(default_factory=dict)  # TrainConfig defaults of this model
+
+    def defaults(self) -> dict:
+        return {name: param.default for name, param in self.params.items()}
+
+
+_LAYERS = "tower widths, first to last; the last is the latent size and must match the other tower's"
+_MU = Param(1e-6, "clamp of the predicted cosine (Eq. 13)")
+_FACTORS = "latent factors"
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
+    ModelSpec("dmf", DMF, "Deep Matrix Factorization (Xue et al., IJCAI 2017): rating rows "
+              "through two MLP towers, cosine score, nce loss", dict(
+                  user_layers=Param([256, 64], "user " + _LAYERS, parse_widths),
+                  item_layers=Param([256, 64], "item " + _LAYERS, parse_widths),
+                  input=Param("rating", "DMF input: ratings (paper Eq. 2) or 0/1 (Eq. 1)",
+                              choices=("rating", "binary")),
+                  mu=_MU,
+                  sparse_grad=Param(False, "row-sparse first-layer gradients + row-wise Adam: a "
+                                    "step costs the batch's nnz, not the table sizes (huge "
+                                    "catalogues)", parse=lambda text: text.lower() in ("1", "true")),
+              ), train=dict(lr=1e-4, batch_size=256, num_negatives=7, loss="nce")),
+    ModelSpec("lfm", LFM, "the DMF paper's LFM: DMF's towers and loss on free user/item embeddings",
+              dict(user_layers=Param([64], "user " + _LAYERS, parse_widths),
+                   item_layers=Param([64], "item " + _LAYERS, parse_widths), mu=_MU),
+              train=dict(lr=1e-4, batch_size=256, num_negatives=7, loss="nce")),
+    ModelSpec("itempop", ItemPop, "items ranked by their number of training interactions",
+              trainer="closed-form"),
+]}
+
+
+def spec_of(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+
+
+def name_of(model: Recommender) -> str:
+    for spec in MODELS.values():
+        if type(model) is spec.cls:
+            return spec.name
+    raise ValueError(f"{type(model).__name__} is not a registered model")
+
+
+def build_model(name: str, train: Interactions, params: Optional[dict] = None,
+                device: torch.device | str = "cpu", restore: bool = False) -> Recommender:
+    """The model ``name`` on ``train``: the registry's defaults, updated by ``params``.
+    ``restore=True`` builds the empty shell for a saved state_dict (init-only parameters such
+    as pre-trained checkpoints to load are left at their defaults)."""
+    spec = spec_of(name)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        raise ValueError(f"model {name} has no parameter {', '.join(unknown)} (it has: "
+                         f"{', '.join(spec.params) or 'none'})")
+    params = {**spec.defaults(), **params}
+    if restore:
+        params.update({k: p.default for k, p in spec.params.items() if p.init_only})
+    return spec.cls(train, **params).to(device)
+
+
+def train_config(name: str, **overrides):
+    """The :class:`dmfx.train.TrainConfig` of model ``name``: TrainConfig's defaults, then the
+    model's, then ``overrides``. Settings its trainer does not use are an error."""
+    from ..train import TrainConfig
+
+    spec = spec_of(name)
+    used = set(TRAINERS[spec.trainer]) | {"seed", "topk", "track_test", "progress"}
+    unused = sorted(k for k, v in overrides.items() if k not in used)
+    if unused:
+        raise ValueError(f"{', '.join(unused)} do{'es' if len(unused) == 1 else ''} not apply to "
+                         f"model {name} (its trainer is {spec.trainer})")
+    known = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in {**spec.train, **overrides}.items() if k in known})
+    if spec.trainer == "gradient" and config.loss not in spec.cls.losses:
+        raise ValueError(f"model {name} trains with loss {' or '.join(spec.cls.losses)}, "
+                         f"not {config.loss!r}")
+    return config
