@@ -78,6 +78,8 @@ MODEL_FLAGS = {
     "lfm": ["--user-layers", "8", "--item-layers", "8", "--epochs", "1"],
     "dmf --sparse-grad": ["--user-layers", "16,8", "--item-layers", "16,8", "--epochs", "1"],
     "itempop": [],
+    "itemknn": ["--neighbours", "10"],
+    "eals": ["--factors", "8", "--epochs", "2"],
 }
 
 
@@ -113,9 +115,9 @@ def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
     (["evaluate", "/nonexistent/checkpoint.pt"], "no checkpoint at"),
     (["train", "--dataset", "ml-100k", "--model", "lfm", "--sparse-grad"],
      "--sparse-grad does not apply to model lfm"),
-    (["train", "--model", "itempop", "--lr", "0.1"], "--lr does not apply to model itempop"),
-    (["train", "--model", "itempop", "--mu", "5", "--input", "binary"],
-     "--input, --mu do not apply to model itempop"),
+    (["train", "--model", "itemknn", "--lr", "0.1"], "--lr does not apply to model itemknn"),
+    (["train", "--model", "eals", "--neighbours", "5", "--mu", "3"],
+     "--mu, --neighbours do not apply to model eals"),
     (["train", "--model", "dmf", "--user-layers", "8,x"], "--user-layers: expected comma-separated"),
     (["train", "--model", "dmf", "--loss", "bpr"], "trains with loss nce or ce"),
     (["train", "--dataset", "synthetic:10x20"], "synthetic:USERSxITEMSxRATINGS"),

@@ -139,17 +139,18 @@ def test_score_and_similar_items(data):
 
 def test_registry_is_the_source_of_defaults(data):
     for name, spec in MODELS.items():
-        model = build_model(name, data)
+        params = {"neighbours": 5} if name == "itemknn" else {}
+        model = build_model(name, data, params)
         assert model.name == name
         assert set(model.config()) == set(spec.params)
     assert build_model("dmf", data).config()["user_layers"] == MODELS["dmf"].params["user_layers"].default
     assert train_config("dmf").lr == MODELS["dmf"].train["lr"]
     assert train_config("lfm", lr=0.5).lr == 0.5 and train_config("lfm").loss == "nce"
-    with pytest.raises(ValueError, match="has no parameter factors"):
-        build_model("dmf", data, {"factors": 3})
+    with pytest.raises(ValueError, match="has no parameter neighbours"):
+        build_model("dmf", data, {"neighbours": 3})
     with pytest.raises(ValueError, match="unknown model 'svd'"):
         build_model("svd", data)
-    with pytest.raises(ValueError, match="lr does not apply to model itempop"):
-        train_config("itempop", lr=0.1)
+    with pytest.raises(ValueError, match="lr does not apply to model itemknn"):
+        train_config("itemknn", lr=0.1)
     with pytest.raises(ValueError, match="trains with loss nce or ce"):
         train_config("dmf", loss="bpr")

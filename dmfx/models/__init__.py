@@ -1,11 +1,13 @@
-"""Recommenders of dmfx: DMF and its LFM variant on dmfx's ops, and the ItemPop baseline, all
-behind one interface (:class:`Recommender`) and one registry of names and defaults
-(:data:`MODELS`)."""
+"""Recommenders of dmfx: DMF and its LFM variant on dmfx's ops, and the DMF paper's baselines
+(ItemPop, ItemKNN, eALS), all behind one interface (:class:`Recommender`) and one registry of
+names and defaults (:data:`MODELS`)."""
 from .base import Recommender, Scorer, VectorScorer, topk_items
 from .dmf import DMF, LFM
+from .eals import EALS
+from .itemknn import ItemKNN
 from .itempop import ItemPop
 from .registry import MODELS, ModelSpec, Param, build_model, train_config
 
 __all__ = ["Recommender", "Scorer", "VectorScorer", "topk_items", "DMF", "LFM", "ItemPop",
-           "MODELS", "ModelSpec", "Param",
+           "ItemKNN", "EALS", "MODELS", "ModelSpec", "Param",
            "build_model", "train_config"]

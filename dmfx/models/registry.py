@@ -14,6 +14,8 @@ import torch
 from ..data import Interactions
 from .base import Recommender
 from .dmf import DMF, LFM
+from .eals import EALS
+from .itemknn import ItemKNN
 from .itempop import ItemPop
 
 __all__ = ["Param", "ModelSpec", "MODELS", "TRAINERS", "build_model", "train_config", "name_of",
@@ -94,6 +96,17 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
               train=dict(lr=1e-4, batch_size=256, num_negatives=7, loss="nce")),
     ModelSpec("itempop", ItemPop, "items ranked by their number of training interactions",
               trainer="closed-form"),
+    ModelSpec("itemknn", ItemKNN, "item-based CF: cosine item-item similarity on the training "
+              "matrix, each item's k nearest neighbours (Sarwar et al. 2001)", dict(
+                  neighbours=Param(20, "neighbours kept per item"),
+              ), trainer="closed-form"),
+    ModelSpec("eals", EALS, "element-wise ALS with popularity-weighted missing data (He et al., "
+              "SIGIR 2016)", dict(
+                  factors=Param(64, _FACTORS),
+                  reg=Param(0.01, "L2 regularisation lambda"),
+                  w0=Param(512.0, "overall weight c0 of the missing entries"),
+                  alpha=Param(0.4, "popularity exponent of the missing-entry weights"),
+              ), trainer="als", train=dict(epochs=50, patience=5)),
 ]}
 
 
