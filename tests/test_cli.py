@@ -80,6 +80,10 @@ MODEL_FLAGS = {
     "itempop": [],
     "itemknn": ["--neighbours", "10"],
     "eals": ["--factors", "8", "--epochs", "2"],
+    "gmf": ["--factors", "8", "--epochs", "1"],
+    "mlp": ["--layers", "16,8", "--epochs", "1"],
+    "neumf": ["--factors", "8", "--layers", "16,8", "--epochs", "1"],
+    "bpr": ["--factors", "8", "--epochs", "1"],
 }
 
 
@@ -100,6 +104,22 @@ def test_every_model_trains_evaluates_and_recommends(data_file, tmp_path, model,
     assert [line.split("\t")[0] for line in lines] == ["1", "2", "3", "4"]
 
 
+def test_neumf_p_from_pretrained_runs(data_file, tmp_path):
+    common = ["--data", str(data_file), "--eval-negatives", "20", "--quiet", "--epochs", "1"]
+    assert main(["train", "--model", "gmf", "--factors", "8", *common,
+                 "--output", str(tmp_path / "gmf")]) == 0
+    assert main(["train", "--model", "mlp", "--layers", "16,8", *common,
+                 "--output", str(tmp_path / "mlp")]) == 0
+    out = tmp_path / "neumf-p"
+    assert main(["train", "--model", "neumf", "--factors", "8", "--layers", "16,8",
+                 "--gmf-checkpoint", str(tmp_path / "gmf" / "checkpoint.pt"),
+                 "--mlp-checkpoint", str(tmp_path / "mlp" / "checkpoint.pt"),
+                 "--optimizer", "sgd", "--lr", "0.01", *common, "--output", str(out)]) == 0
+    # the trained model is restored without its pre-trained parts: they may be gone by now
+    (tmp_path / "gmf" / "checkpoint.pt").unlink()
+    assert main(["evaluate", str(out / "checkpoint.pt")]) == 0
+
+
 def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
     out = tmp_path / "synthetic"
     assert main(["train", "--dataset", "synthetic:60x150x1800", "--epochs", "1",
@@ -116,10 +136,11 @@ def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
     (["train", "--dataset", "ml-100k", "--model", "lfm", "--sparse-grad"],
      "--sparse-grad does not apply to model lfm"),
     (["train", "--model", "itemknn", "--lr", "0.1"], "--lr does not apply to model itemknn"),
-    (["train", "--model", "eals", "--neighbours", "5", "--mu", "3"],
-     "--mu, --neighbours do not apply to model eals"),
+    (["train", "--model", "gmf", "--neighbours", "5", "--w0", "3"],
+     "--neighbours, --w0 do not apply to model gmf"),
     (["train", "--model", "dmf", "--user-layers", "8,x"], "--user-layers: expected comma-separated"),
-    (["train", "--model", "dmf", "--loss", "bpr"], "trains with loss nce or ce"),
+    (["train", "--model", "gmf", "--loss", "bpr"], "trains with loss ce or nce"),
+    (["train", "--model", "neumf", "--gmf-checkpoint", "/nonexistent/c.pt", "--quiet"], "both"),
     (["train", "--dataset", "synthetic:10x20"], "synthetic:USERSxITEMSxRATINGS"),
     (["train", "--dataset", "synthetic:10x0x5"], "must be positive"),
 ])

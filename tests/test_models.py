@@ -145,12 +145,12 @@ def test_registry_is_the_source_of_defaults(data):
         assert set(model.config()) == set(spec.params)
     assert build_model("dmf", data).config()["user_layers"] == MODELS["dmf"].params["user_layers"].default
     assert train_config("dmf").lr == MODELS["dmf"].train["lr"]
-    assert train_config("lfm", lr=0.5).lr == 0.5 and train_config("lfm").loss == "nce"
+    assert train_config("gmf", lr=0.5).lr == 0.5 and train_config("gmf").loss == "ce"
     with pytest.raises(ValueError, match="has no parameter neighbours"):
         build_model("dmf", data, {"neighbours": 3})
     with pytest.raises(ValueError, match="unknown model 'svd'"):
         build_model("svd", data)
     with pytest.raises(ValueError, match="lr does not apply to model itemknn"):
         train_config("itemknn", lr=0.1)
-    with pytest.raises(ValueError, match="trains with loss nce or ce"):
-        train_config("dmf", loss="bpr")
+    with pytest.raises(ValueError, match="trains with loss bpr"):
+        train_config("bpr", loss="nce")

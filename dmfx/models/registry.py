@@ -13,10 +13,12 @@ import torch
 
 from ..data import Interactions
 from .base import Recommender
+from .bpr import BPR
 from .dmf import DMF, LFM
 from .eals import EALS
 from .itemknn import ItemKNN
 from .itempop import ItemPop
+from .ncf import GMF, MLP, NeuMF
 
 __all__ = ["Param", "ModelSpec", "MODELS", "TRAINERS", "build_model", "train_config", "name_of",
            "parse_widths"]
@@ -107,6 +109,32 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
                   w0=Param(512.0, "overall weight c0 of the missing entries"),
                   alpha=Param(0.4, "popularity exponent of the missing-entry weights"),
               ), trainer="als", train=dict(epochs=50, patience=5)),
+    ModelSpec("gmf", GMF, "generalized matrix factorization (He et al., WWW 2017)", dict(
+        factors=Param(8, _FACTORS),
+    ), train=dict(lr=1e-3, batch_size=256, num_negatives=4, loss="ce", epochs=50, patience=5)),
+    ModelSpec("mlp", MLP, "NCF's MLP over concatenated user and item embeddings (He et al., "
+              "WWW 2017)", dict(
+                  layers=Param([64, 32, 16, 8], "MLP widths; the first is the concatenated "
+                               "embedding size (each embedding is half of it)", parse_widths),
+              ), train=dict(lr=1e-3, batch_size=256, num_negatives=4, loss="ce", epochs=50,
+                            patience=5)),
+    ModelSpec("neumf", NeuMF, "NeuMF: GMF and MLP fused (He et al., WWW 2017); NeuMF-p when "
+              "initialised from pre-trained GMF and MLP checkpoints", dict(
+                  factors=Param(8, "GMF " + _FACTORS),
+                  layers=Param([64, 32, 16, 8], "MLP widths", parse_widths),
+                  alpha=Param(0.5, "weight of the GMF part when fusing pre-trained models"),
+                  gmf_checkpoint=Param("", "checkpoint of a trained gmf run to start from",
+                                       init_only=True),
+                  mlp_checkpoint=Param("", "checkpoint of a trained mlp run to start from",
+                                       init_only=True),
+              ), train=dict(lr=1e-3, batch_size=256, num_negatives=4, loss="ce", epochs=50,
+                            patience=5)),
+    ModelSpec("bpr", BPR, "BPR-MF: matrix factorization with the pairwise BPR loss (Rendle et "
+              "al., UAI 2009)", dict(
+                  factors=Param(64, _FACTORS),
+                  reg=Param(1e-5, "L2 regularisation of the batch's embeddings"),
+              ), train=dict(lr=1e-3, batch_size=256, num_negatives=1, loss="bpr", epochs=100,
+                            patience=5)),
 ]}
 
 
