@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("datasets", help="list the named data sets")
     d.set_defaults(handler=cmd_datasets)
+
+    from .reproduce import add_parser as add_reproduce_parser
+
+    add_reproduce_parser(sub, _add_data_args)
     return parser
 
 

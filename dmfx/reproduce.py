@@ -1,0 +1,605 @@
+"""``dmfx reproduce``: a paper's experiments on any data set, by one command.
+
+    dmfx reproduce dmf-paper --dataset ml-100k --seeds 0 1 2 --jobs 2 --output runs/dmf-paper
+
+An experiment is a list of tables; a table is a list of rows; a row is one method (a model and
+its ``dmfx train`` arguments) run once per seed. Where a row lists several settings (a grid), the
+one with the best mean validation NDCG@10 over the seeds is reported -- the test item is never
+used to choose. Every run is an ordinary ``dmfx train`` run folder under ``OUTPUT/runs``; a run
+that finished is not run again, a run that was interrupted resumes from its checkpoint.
+
+Writes ``OUTPUT/results.json`` (every run and every row's choice), one CSV and one Markdown file
+per table with the paper's values beside ours (mean ± std over seeds), ``OUTPUT/report.md`` (all
+tables and figures), and PNG figures (needs matplotlib). ``--readme FILE`` replaces the block
+between ``<!-- reproduce:NAME:DATASET -->`` and ``<!-- /reproduce:NAME:DATASET -->`` in FILE by
+the report, so a README's tables come from this output, never by hand.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from tqdm.auto import tqdm
+
+__all__ = ["EXPERIMENTS", "Row", "Table", "Experiment", "reproduce"]
+
+Args = tuple  # dmfx train arguments besides data, seed and output
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method of a table. ``grid`` holds the candidate ``dmfx train`` argument tuples
+    (chosen on validation when there are several) or a function of the choices made for the
+    rows it ``needs`` (e.g. NeuMF-p starts from the chosen GMF and MLP runs); ``{ROW:dir}`` in
+    an argument is replaced by the run folder of that row's choice for the same seed."""
+
+    label: str
+    model: str
+    grid: Union[Sequence[Args], Callable[[dict], Sequence[Args]]]
+    paper: dict = field(default_factory=dict)  # dataset -> (HR@10, NDCG@10)
+    needs: tuple = ()
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str
+    title: str
+    rows: list
+    curves: bool = False  # also draw test HR/NDCG@10 per epoch of each row (Figure 2)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    paper: str
+    tables: Callable[[bool], list]  # quick -> tables
+    notes: str = ""
+
+
+# --------------------------------------------------------------------------- the DMF paper
+
+# Paper values (HR@10, NDCG@10) by data set, from Xue et al., IJCAI 2017.
+_DATASETS = ("ml-100k", "ml-1m", "amazon-music", "amazon-movies")
+
+
+def _paper(*pairs) -> dict:
+    """``_paper((hr, ndcg) for ml-100k, ml-1m, amazon-music, amazon-movies)``."""
+    return {name: pair for name, pair in zip(_DATASETS, pairs) if pair is not None}
+
+
+_TABLE2 = {  # Table 2 prints NDCG above HR; stored here as (HR, NDCG)
+    "ItemPop": _paper((0.406, 0.231), (0.472, 0.263), (0.423, 0.242), (0.620, 0.386)),
+    "ItemKNN": _paper((0.600, 0.334), (0.637, 0.372), (0.493, 0.345), (0.652, 0.403)),
+    "eALS": _paper((0.621, 0.356), (0.709, 0.425), (0.521, 0.374), (0.693, 0.455)),
+    "NeuMF-p": _paper((0.670, 0.395), (0.722, 0.440), (0.527, 0.371), (0.739, 0.512)),
+    "DMF-2-ce": _paper((0.679, 0.405), (0.720, 0.442), (0.570, 0.403), (0.765, 0.533)),
+    "DMF-2-nce": _paper((0.687, 0.409), (0.732, 0.451), (0.563, 0.397), (0.773, 0.550)),
+}
+_TABLE3 = {
+    "LFM-nce": _paper((0.634, 0.369), (0.641, 0.376), (0.491, 0.311), (0.714, 0.468)),
+    "DMF-1-nce": _paper((0.670, 0.386), (0.660, 0.383), (0.572, 0.389), (0.764, 0.520)),
+}
+_TABLE4 = {
+    1: _paper((0.677, 0.393), (0.689, 0.408), (0.569, 0.384), (0.767, 0.521)),
+    2: _paper((0.687, 0.403), (0.721, 0.432), (0.562, 0.387), (0.778, 0.541)),
+    5: _paper((0.684, 0.406), (0.723, 0.434), (0.556, 0.386), (0.781, 0.549)),
+    9: _paper((0.675, 0.401), (0.726, 0.443), (0.567, 0.391), (0.774, 0.548)),
+    10: _paper((0.667, 0.400), (0.725, 0.438), (0.554, 0.384), (0.776, 0.544)),
+}
+_TABLE5 = {
+    8: _paper((0.660, 0.369), (0.637, 0.361), (0.547, 0.357), (0.740, 0.485)),
+    16: _paper((0.672, 0.389), (0.681, 0.398), (0.560, 0.371), (0.763, 0.514)),
+    32: _paper((0.675, 0.386), (0.688, 0.406), (0.568, 0.377), (0.767, 0.522)),
+    64: _paper((0.682, 0.394), (0.690, 0.411), (0.559, 0.374), (0.768, 0.524)),
+    128: _paper((0.677, 0.393), (0.689, 0.408), (0.569, 0.384), (0.767, 0.521)),
+}
+
+
+def _widths(*widths) -> str:
+    return ",".join(map(str, widths))
+
+
+def _dmf_paper(quick: bool) -> list:
+    # quick: a smoke version of every table (tiny towers, two epochs, one setting per grid)
+    first = 16 if quick else 256
+    short = ("--epochs", "2", "--patience", "0") if quick else ()
+    curve_epochs = "2" if quick else "20"
+
+    def dmf(*args, factors=None, first_width=first, layers=None):
+        final = factors if factors is not None else (8 if quick else 64)
+        widths = layers if layers is not None else (first_width, final)
+        tail = () if "--epochs" in args else short
+        return ("--user-layers", _widths(*widths), "--item-layers", _widths(*widths), *args, *tail)
+
+    def grid(full, small):
+        return small if quick else full
+
+    ncf = ("--epochs", "2", "--patience", "0") if quick else ()
+    gmf = [("--factors", str(f), *ncf) for f in grid((8, 16, 32, 64), (8,))]
+    mlp = [("--layers", _widths(8 * f, 4 * f, 2 * f, f), *ncf) for f in grid((8, 16, 32, 64), (8,))]
+
+    def neumf_p(chosen):
+        gmf_args, mlp_args = chosen["GMF"], chosen["MLP"]
+        sizes = ("--factors", gmf_args[gmf_args.index("--factors") + 1],
+                 "--layers", mlp_args[mlp_args.index("--layers") + 1])
+        return [(*sizes, "--gmf-checkpoint", "{GMF:dir}/checkpoint.pt",
+                 "--mlp-checkpoint", "{MLP:dir}/checkpoint.pt", "--optimizer", "sgd", "--lr", lr,
+                 *ncf) for lr in grid(("0.001", "0.01"), ("0.01",))]
+
+    eals = [("--w0", w0, *(("--epochs", "2", "--factors", "8") if quick else ()))
+            for w0 in grid(("16", "64", "256", "512"), ("64",))]
+    bpr = [("--reg", reg, *ncf) for reg in grid(("1e-5", "1e-4", "1e-3"), ("1e-5",))]
+    knn = [("--neighbours", str(k)) for k in grid((10, 20, 50, 100, 200, 400), (5, 20))]
+
+    depths = {1: (64,), 2: (256, 64), 3: (256, 128, 64), 4: (512, 256, 128, 64)}
+    if quick:
+        depths = {1: (8,), 2: (16, 8)}
+    curve = ("--track-test", "--patience", "0", "--epochs", curve_epochs)
+
+    return [
+        Table("table2", "Table 2: HR@10 and NDCG@10 of the methods", [
+            Row("ItemPop", "itempop", [()], _TABLE2["ItemPop"]),
+            Row("ItemKNN", "itemknn", knn, _TABLE2["ItemKNN"]),
+            Row("eALS", "eals", eals, _TABLE2["eALS"]),
+            Row("GMF", "gmf", gmf),
+            Row("MLP", "mlp", mlp),
+            Row("NeuMF-p", "neumf", neumf_p, _TABLE2["NeuMF-p"], needs=("GMF", "MLP")),
+            Row("BPR-MF", "bpr", bpr),
+            Row("DMF-2-ce", "dmf", [dmf("--loss", "ce")], _TABLE2["DMF-2-ce"]),
+            Row("DMF-2-nce", "dmf", [dmf()], _TABLE2["DMF-2-nce"]),
+        ]),
+        Table("table3", "Table 3: the rating rows as input (DMF-1-nce) vs free embeddings (LFM-nce), "
+              "one layer each", [
+                  Row("LFM-nce", "lfm", [("--user-layers", _widths(8 if quick else 64),
+                                          "--item-layers", _widths(8 if quick else 64), *short)],
+                      _TABLE3["LFM-nce"]),
+                  Row("DMF-1-nce", "dmf", [dmf(layers=(8,) if quick else (64,))], _TABLE3["DMF-1-nce"]),
+              ]),
+        Table("table4", "Table 4: DMF-2-nce by negative sampling ratio", [
+            Row(f"neg-{k}", "dmf", [dmf("--negatives", str(k))], _TABLE4[k])
+            for k in grid((1, 2, 5, 9, 10), (1, 2))
+        ]),
+        Table("table5", "Table 5: DMF-2-nce by factors of the final latent space", [
+            Row(f"{f} factors", "dmf", [dmf(factors=f)], _TABLE5.get(f, {}))
+            for f in grid((8, 16, 32, 64, 128), (4, 8))
+        ]),
+        Table("figure2", "Figure 2: DMF-nce by depth (test HR@10 and NDCG@10 per epoch; the table "
+              "gives the best validation epoch)", [
+                  Row(f"{d} layer{'s' if d > 1 else ''}", "dmf", [dmf(*curve, layers=widths)])
+                  for d, widths in depths.items()
+              ], curves=True),
+    ]
+
+
+EXPERIMENTS = {
+    "dmf-paper": Experiment(
+        "dmf-paper", "Xue et al., Deep Matrix Factorization Models for Recommender Systems, "
+        "IJCAI 2017", _dmf_paper,
+        notes="GMF, MLP and BPR-MF are not in the paper's tables; they are listed as the parts of "
+              "NeuMF-p and as a pairwise reference. Figure 2's hidden widths are not given in the "
+              "paper; dmfx uses 64 / 256-64 / 256-128-64 / 512-256-128-64."),
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _run_key(model: str, args: Args) -> str:
+    digest = hashlib.sha1(json.dumps([model, list(args)]).encode()).hexdigest()[:10]
+    return f"{model}-{digest}"
+
+
+@dataclass
+class Job:
+    model: str
+    args: Args
+    seed: int
+    folder: Path
+
+    def argv(self, data_args: list, threads: Optional[int]) -> list:
+        argv = ["train", "--model", self.model, *self.args, *data_args, "--seed", str(self.seed),
+                "--output", str(self.folder), "--quiet"]
+        if threads:
+            argv += ["--threads", str(threads)]
+        if (self.folder / "checkpoint.pt").is_file():
+            argv.append("--resume")
+        return argv
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / "metrics.json").is_file()
+
+    def metrics(self) -> dict:
+        return json.loads((self.folder / "metrics.json").read_text())
+
+
+def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], None]) -> list:
+    """Runs the jobs not done yet; returns the ones that failed, with their error."""
+    todo = [job for job in jobs if not job.done]
+    if not todo:
+        return []
+    failed = []
+
+    def one(job: Job):
+        job.folder.mkdir(parents=True, exist_ok=True)
+        (job.folder / "args.json").write_text(json.dumps(
+            {"model": job.model, "args": list(job.args), "seed": job.seed}) + "\n")
+        log_file = job.folder / "train.log"
+        if workers == 1:
+            from .cli import main
+
+            with open(log_file, "a") as handle, redirect_stdout(handle), redirect_stderr(handle):
+                code = main(job.argv(data_args, None))
+        else:
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            with open(log_file, "a") as handle:
+                code = subprocess.run([sys.executable, "-m", "dmfx", *job.argv(data_args, 1)],
+                                      stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
+        lines = log_file.read_text().strip().splitlines()
+        return code, lines[-1] if lines else ""
+
+    with tqdm(total=len(todo), desc="runs", unit="run") as bar, ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(one, job): job for job in todo}
+        for future in as_completed(futures):
+            job = futures[future]
+            code, err = future.result()
+            bar.update()
+            if code != 0 or not job.done:
+                failed.append((job, err))
+                bar.write(f"failed: {job.model} {' '.join(job.args)} seed {job.seed}: {err} "
+                          f"(log: {job.folder / 'train.log'})")
+            else:
+                test = job.metrics()["test"]
+                bar.write(f"{job.folder.parent.name} seed {job.seed}: HR@10 {test['hr@10']:.4f} "
+                          f"NDCG@10 {test['ndcg@10']:.4f}")
+    return failed
+
+
+def _mean_std(values: list) -> tuple:
+    """(mean, sample std); the std is None for a single value."""
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list) -> dict:
+    """The row's candidates with their mean validation NDCG@10; the chosen one's test metrics."""
+    candidates = []
+    for args in grid:
+        runs = [jobs_of[(args, s)] for s in seeds]
+        if not all(job.done for job in runs):
+            candidates.append({"args": list(args), "complete": False})
+            continue
+        metrics = [job.metrics() for job in runs]
+        valid = [m["valid"].get("ndcg@10", float("nan")) for m in metrics]
+        candidates.append({"args": list(args), "complete": True,
+                           "valid_ndcg@10": statistics.mean(valid), "metrics": metrics,
+                           "folders": [str(job.folder) for job in runs]})
+    complete = [c for c in candidates if c["complete"]]
+    out = {"label": row.label, "model": row.model, "paper": None,
+           "candidates": [{k: v for k, v in c.items() if k != "metrics"} for c in candidates]}
+    if not complete:
+        return out
+    best = max(complete, key=lambda c: c["valid_ndcg@10"])
+    metrics = best["metrics"]
+    out.update({
+        "args": best["args"], "folders": best["folders"],
+        "test": {m: _mean_std([r["test"][m] for r in metrics]) for m in ("hr@10", "ndcg@10")},
+        "valid": {m: _mean_std([r["valid"].get(m, float("nan")) for r in metrics])
+                  for m in ("hr@10", "ndcg@10")},
+        "per_seed": [{"seed": s, "test": r["test"], "valid": r["valid"],
+                      "best_epoch": r["best_epoch"], "epochs": len(r["history"]),
+                      "seconds": r["seconds"]} for s, r in zip(seeds, metrics)],
+        "curves": [[{"epoch": h["epoch"], **h["test"]} for h in r["history"] if "test" in h]
+                   for r in metrics],
+    })
+    return out
+
+
+def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output: Path,
+              jobs: int = 1, quick: bool = False, log: Callable[[str], None] = print,
+              command: str = "") -> dict:
+    """Runs experiment ``name`` and writes its results under ``output``; returns results.json.
+    ``data_args`` are the ``dmfx train`` data arguments; ``command`` is recorded as the way the
+    results were made."""
+    experiment = EXPERIMENTS[name]
+    tables = experiment.tables(quick)
+    output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    chosen: dict = {}  # row label -> the chosen setting's arguments
+    summaries: dict = {}
+    failed_all = []
+    pending = [row for table in tables for row in table.rows]
+    labels = {row.label for row in pending}
+    if len(labels) != len(pending):
+        raise ValueError(f"experiment {name} repeats a row label")
+    for row in pending:
+        if set(row.needs) - labels:
+            raise ValueError(f"row {row.label} needs rows {', '.join(set(row.needs) - labels)}, "
+                             f"which experiment {name} does not have")
+    while pending:  # each round runs the rows whose prerequisites are summarised
+        ready = [row for row in pending if all(n in summaries for n in row.needs)]
+        for row in ready:
+            pending.remove(row)
+        blocked = [row for row in ready if any(n not in chosen for n in row.needs)]
+        for row in blocked:  # a prerequisite failed in every setting
+            summaries[row.label] = {"label": row.label, "model": row.model, "candidates": [],
+                                    "paper": row.paper.get(dataset_name)}
+        ready = [row for row in ready if row not in blocked]
+        grids = {row.label: [tuple(a) for a in (row.grid(chosen) if callable(row.grid) else row.grid)]
+                 for row in ready}
+        jobs_of = {}
+        for row in ready:
+            for args in grids[row.label]:
+                for seed in seeds:
+                    resolved = tuple(_resolve(a, summaries, seed) for a in args)
+                    folder = output / "runs" / _run_key(row.model, resolved) / f"seed{seed}"
+                    jobs_of[(row.label, args, seed)] = Job(row.model, resolved, seed, folder)
+        unique = {job.folder: job for job in jobs_of.values()}
+        if unique:
+            log(f"{len(unique)} runs for {', '.join(r.label for r in ready)} "
+                f"({sum(not j.done for j in unique.values())} to do)")
+        failed_all += _run_all(list(unique.values()), data_args, jobs, log)
+        for row in ready:
+            summary = _summarise(row, grids[row.label],
+                                 {(a, s): jobs_of[(row.label, a, s)] for a in grids[row.label]
+                                  for s in seeds}, seeds)
+            summary["paper"] = row.paper.get(dataset_name)
+            summaries[row.label] = summary
+            if "args" in summary:
+                chosen[row.label] = tuple(summary["args"])
+
+    results = {
+        "experiment": name, "paper": experiment.paper, "dataset": dataset_name, "seeds": seeds,
+        "quick": quick, "notes": experiment.notes,
+        "command": command or f"dmfx reproduce {name} {' '.join(data_args)} --seeds "
+                              f"{' '.join(map(str, seeds))}{' --quick' if quick else ''}",
+        "tables": [{"key": t.key, "title": t.title, "curves": t.curves,
+                    "rows": [summaries[row.label] for row in t.rows]} for t in tables],
+        "failed": [{"model": j.model, "args": list(j.args), "seed": j.seed, "error": e}
+                   for j, e in failed_all],
+        "wall_seconds": time.perf_counter() - start,
+    }
+    _write_outputs(results, output, log)
+    return results
+
+
+def _resolve(arg: str, summaries: dict, seed: int) -> str:
+    """``{ROW:dir}`` -> the run folder of ROW's chosen setting for ``seed``."""
+    for label, summary in summaries.items():
+        token = "{" + label + ":dir}"
+        if token in arg and "folders" in summary:
+            folder = next(f for f in summary["folders"] if f.endswith(f"seed{seed}"))
+            arg = arg.replace(token, folder)
+    return arg
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _cell(pair) -> str:
+    mean, std = pair if pair else (None, None)
+    if mean is None:
+        return "—"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _setting(row: dict) -> str:
+    if "args" not in row:
+        return "—"
+    args, shown = row["args"], []
+    for i, arg in enumerate(args):
+        if arg.endswith("checkpoint.pt") or (i + 1 < len(args) and args[i + 1].endswith("checkpoint.pt")):
+            continue  # run folders: listed in results.json
+        shown.append(arg)
+    text = " ".join(shown) or "defaults"
+    if len(row["candidates"]) > 1:
+        text += f" (best of {len(row['candidates'])} on validation)"
+    return text
+
+
+def _span(values: list) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+
+def _table_rows(table: dict) -> list:
+    out = []
+    for row in table["rows"]:
+        paper = row.get("paper")
+        test = row.get("test")
+        seeds = row.get("per_seed", [])
+        out.append({
+            "method": row["label"],
+            "HR@10": _cell(test["hr@10"]) if test else "—",
+            "NDCG@10": _cell(test["ndcg@10"]) if test else "—",
+            "paper HR@10": f"{paper[0]:.3f}" if paper else "—",
+            "paper NDCG@10": f"{paper[1]:.3f}" if paper else "—",
+            "HR@10 − paper": f"{test['hr@10'][0] - paper[0]:+.3f}" if paper and test else "—",
+            "best epoch": _span([s["best_epoch"] for s in seeds]) if seeds else "—",
+            "epochs run": _span([s["epochs"] for s in seeds]) if seeds else "—",
+            "setting": _setting(row),
+        })
+    return out
+
+
+def _markdown(rows: list) -> str:
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[h]).replace("|", "\\|") for h in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _write_outputs(results: dict, output: Path, log: Callable[[str], None]) -> None:
+    (output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    seeds = results["seeds"]
+    parts = [f"Test HR@10 / NDCG@10 on {results['dataset']}, mean ± std over seeds "
+             f"{', '.join(map(str, seeds))}; where a row had several settings, the one with the "
+             f"best mean validation NDCG@10 is shown. Paper: {results['paper']}. Generated by "
+             f"`{results['command']}` ({results['wall_seconds'] / 60:.1f} min in its last "
+             f"invocation; finished runs are not repeated)."]
+    if results["notes"]:
+        parts.append(results["notes"])
+    figures = _figures(results, output, log)
+    for table in results["tables"]:
+        rows = _table_rows(table)
+        with open(output / f"{table['key']}.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        text = _markdown(rows)
+        (output / f"{table['key']}.md").write_text(text + "\n")
+        parts.append(f"**{table['title']}**\n\n{text}")
+        for figure in figures.get(table["key"], []):
+            parts.append(f"![{table['title']}]({figure})")
+    if results["failed"]:
+        parts.append("Failed runs: " + "; ".join(
+            f"{f['model']} {' '.join(f['args'])} seed {f['seed']} ({f['error']})"
+            for f in results["failed"]))
+    (output / "report.md").write_text("\n\n".join(parts) + "\n")
+
+
+def _figures(results: dict, output: Path, log: Callable[[str], None]) -> dict:
+    """PNG figures by table key: a chart of Table 2 and the per-epoch curves (Figure 2)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no figures (pip install matplotlib)")
+        return {}
+    figures = {}
+    for table in results["tables"]:
+        name = f"{table['key']}.png"
+        if table["curves"]:
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+            for row in table["rows"]:
+                curves = [c for c in row.get("curves", []) if c]
+                if not curves:
+                    continue
+                length = min(len(c) for c in curves)
+                epochs = [c["epoch"] for c in curves[0][:length]]
+                for ax, metric in zip(axes, ("hr@10", "ndcg@10")):
+                    mean = [statistics.mean(c[i][metric] for c in curves) for i in range(length)]
+                    ax.plot(epochs, mean, marker="o", markersize=3, label=row["label"])
+            for ax, metric in zip(axes, ("HR@10", "NDCG@10")):
+                ax.set_xlabel("epoch")
+                ax.set_ylabel(f"test {metric}")
+                ax.grid(alpha=0.3)
+            axes[0].legend()
+            fig.suptitle(f"{results['dataset']}: by depth (mean over seeds)")
+        elif table["key"] == "table2":
+            rows = [r for r in table["rows"] if r.get("test")]
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+            x = range(len(rows))
+            for ax, metric, index in zip(axes, ("hr@10", "ndcg@10"), (0, 1)):
+                ours = [r["test"][metric][0] for r in rows]
+                err = [r["test"][metric][1] or 0.0 for r in rows]
+                paper = [r["paper"][index] if r.get("paper") else 0 for r in rows]
+                ax.bar([i - 0.2 for i in x], ours, 0.4, yerr=err, label="dmfx", capsize=2)
+                ax.bar([i + 0.2 for i in x], paper, 0.4, label="paper", alpha=0.6)
+                ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, ha="right")
+                ax.set_ylabel(f"test {metric.upper()}")
+                ax.grid(axis="y", alpha=0.3)
+            axes[0].legend()
+            fig.suptitle(f"{results['dataset']}: Table 2")
+        else:
+            continue
+        fig.tight_layout()
+        fig.savefig(output / name, dpi=110)
+        plt.close(fig)
+        figures[table["key"]] = [name]
+    return figures
+
+
+def update_readme(readme: Path, output: Path, name: str, dataset: str, figures_dir: Path) -> None:
+    """Replaces the README block of (name, dataset) by ``output``'s report; figures are copied
+    into ``figures_dir`` and linked relative to the README."""
+    start, end = f"<!-- reproduce:{name}:{dataset} -->", f"<!-- /reproduce:{name}:{dataset} -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no block {start} ... {end} to replace")
+    report = (output / "report.md").read_text()
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for png in sorted(output.glob("*.png")):
+        target = figures_dir / f"{name}-{dataset}-{png.name}"
+        shutil.copyfile(png, target)
+        link = os.path.relpath(target, readme.parent)
+        report = report.replace(f"]({png.name})", f"]({link})")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{report}{end}{tail}")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_parser(sub, add_data_args: Callable) -> None:
+    p = sub.add_parser("reproduce", help="re-run a paper's experiments (tables and figures)",
+                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("experiment", choices=list(EXPERIMENTS), help="which paper's experiments")
+    add_data_args(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds (initialisation, negatives, order); the split is fixed "
+                        "by --split-seed")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, one CPU thread each (1: in this process, torch's threads)")
+    p.add_argument("--output", default=None, help="folder (default runs/EXPERIMENT-DATASET)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small smoke version: tiny models, two epochs, one setting per grid")
+    p.add_argument("--readme", default=None,
+                   help="also replace this file's block <!-- reproduce:EXPERIMENT:DATASET --> "
+                        "... <!-- /reproduce:EXPERIMENT:DATASET --> by the report")
+    p.add_argument("--figures-dir", default=None,
+                   help="where --readme copies the figures (default: docs/ beside the file)")
+    p.set_defaults(handler=cmd_reproduce)
+
+
+def cmd_reproduce(args) -> int:
+    from .cli import _data_spec
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds repeats a seed: {args.seeds}")
+    spec = _data_spec(args)
+    data_args = ["--dataset", spec.dataset] if spec.dataset else []
+    if args.data:
+        data_args += ["--data", args.data]
+    if args.sep:
+        data_args += ["--sep", args.sep]
+    data_args += ["--split-seed", str(args.split_seed), "--eval-negatives", str(args.eval_negatives)]
+    spec.split()  # fails here, once, on data that cannot be read or split
+    output = Path(args.output or f"runs/{args.experiment}-{spec.name}{'-quick' if args.quick else ''}")
+    shown = [f"--dataset {spec.dataset}" if spec.dataset else "",
+             f"--data {args.data}" if args.data else "",
+             f"--split-seed {args.split_seed}" if args.split_seed != 0 else "",
+             f"--eval-negatives {args.eval_negatives}" if args.eval_negatives != 100 else "",
+             "--seeds " + " ".join(map(str, args.seeds)), "--quick" if args.quick else ""]
+    command = " ".join(["dmfx reproduce", args.experiment, *filter(None, shown)])
+    results = reproduce(args.experiment, data_args, spec.name, args.seeds, output, args.jobs,
+                        args.quick, log=lambda text: print(text, file=sys.stderr, flush=True),
+                        command=command)
+    print((output / "report.md").read_text())
+    if args.readme:
+        readme = Path(args.readme)
+        update_readme(readme, output, args.experiment, spec.name,
+                      Path(args.figures_dir) if args.figures_dir else readme.parent / "docs")
+    print(f"-> {output}/report.md, results.json, one .csv and .md per table"
+          f"{', figures' if any(output.glob('*.png')) else ''} "
+          f"({results['wall_seconds'] / 60:.1f} min)", file=sys.stderr)
+    return 1 if results["failed"] else 0

@@ -1,0 +1,112 @@
+"""`dmfx reproduce`: the smoke version end to end on a tiny data set, the paper's values, reuse."""
+import json
+
+import pytest
+
+from conftest import clustered
+from dmfx.cli import main
+from dmfx.reproduce import EXPERIMENTS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUICK = ["--quick", "--seeds", "0", "1", "--eval-negatives", "20"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "clustered.npz"
+    clustered(num_users=100, num_items=120, per_user=15).save_npz(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reproduced(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "dmf-paper"
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
+                 "--output", str(out)]) == 0
+    return out
+
+
+def test_every_table_and_figure_is_written(reproduced):
+    results = json.loads((reproduced / "results.json").read_text())
+    assert [t["key"] for t in results["tables"]] == ["table2", "table3", "table4", "table5", "figure2"]
+    assert not results["failed"] and results["seeds"] == [0, 1]
+    labels = [row["label"] for t in results["tables"] for row in t["rows"]]
+    assert {"ItemPop", "ItemKNN", "eALS", "NeuMF-p", "DMF-2-ce", "DMF-2-nce", "LFM-nce",
+            "DMF-1-nce"} <= set(labels)
+    for table in results["tables"]:
+        assert (reproduced / f"{table['key']}.csv").is_file()
+        markdown = (reproduced / f"{table['key']}.md").read_text()
+        assert "paper HR@10" in markdown
+        for row in table["rows"]:
+            hr, std = row["test"]["hr@10"]
+            assert 0 <= hr <= 1 and std is not None  # mean ± std over the two seeds
+            assert [s["seed"] for s in row["per_seed"]] == [0, 1]
+    report = (reproduced / "report.md").read_text()
+    assert "dmfx reproduce dmf-paper" in report and "Table 4" in report
+    for png in ("table2.png", "figure2.png"):
+        pytest.importorskip("matplotlib")
+        assert (reproduced / png).stat().st_size > 1000 and f"]({png})" in report
+
+
+def test_choices_are_made_on_validation(reproduced):
+    results = json.loads((reproduced / "results.json").read_text())
+    knn = next(r for t in results["tables"] for r in t["rows"] if r["label"] == "ItemKNN")
+    assert len(knn["candidates"]) == 2
+    best = max(knn["candidates"], key=lambda c: c["valid_ndcg@10"])
+    assert knn["args"] == best["args"]
+
+
+def test_neumf_p_starts_from_the_chosen_gmf_and_mlp_runs(reproduced):
+    results = json.loads((reproduced / "results.json").read_text())
+    rows = {r["label"]: r for t in results["tables"] for r in t["rows"]}
+    for seed, folder in enumerate(rows["NeuMF-p"]["folders"]):
+        args = json.loads((reproduced.parent / folder / "args.json").read_text())["args"]
+        for part in ("gmf", "mlp"):
+            run = args[args.index(f"--{part}-checkpoint") + 1].rsplit("/", 1)[0]
+            assert run == rows[part.upper()]["folders"][seed] and run.endswith(f"seed{seed}")
+
+
+def test_finished_runs_are_not_repeated(reproduced, data_file):
+    before = {p: p.stat().st_mtime_ns for p in reproduced.glob("runs/*/*/metrics.json")}
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
+                 "--output", str(reproduced)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in reproduced.glob("runs/*/*/metrics.json")} == before
+
+
+def test_readme_block_is_replaced(reproduced, data_file, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- reproduce:dmf-paper:clustered -->\nold\n"
+                      "<!-- /reproduce:dmf-paper:clustered -->\nend\n")
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
+                 "--output", str(reproduced), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "| DMF-2-nce |" in text
+    if (reproduced / "table2.png").is_file():
+        assert "](docs/dmf-paper-clustered-table2.png)" in text
+        assert (tmp_path / "docs" / "dmf-paper-clustered-table2.png").is_file()
+
+
+def test_paper_values_and_the_full_grids():
+    tables = {t.key: t for t in EXPERIMENTS["dmf-paper"].tables(False)}
+    rows = {r.label: r for t in tables.values() for r in t.rows}
+    assert rows["DMF-2-nce"].paper["ml-100k"] == (0.687, 0.409)
+    assert rows["NeuMF-p"].paper["ml-1m"] == (0.722, 0.440)
+    assert rows["eALS"].paper["amazon-movies"] == (0.693, 0.455)
+    assert rows["DMF-1-nce"].paper["amazon-music"] == (0.572, 0.389)
+    assert [r.label for r in tables["table4"].rows] == ["neg-1", "neg-2", "neg-5", "neg-9", "neg-10"]
+    assert [r.label for r in tables["table5"].rows] == [f"{f} factors" for f in (8, 16, 32, 64, 128)]
+    assert len(tables["figure2"].rows) == 4 and tables["figure2"].curves
+    assert len(rows["ItemKNN"].grid) > 1  # chosen on validation
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--seeds", "1", "1"], "repeats a seed"),
+    (["--dataset", "no-such-set"], "unknown data set"),
+])
+def test_bad_input_gives_one_line(argv, message, capsys):
+    assert main(["reproduce", "dmf-paper", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dmfx: error:") and message in err and "\n" not in err
