@@ -154,3 +154,33 @@ def test_registry_is_the_source_of_defaults(data):
         train_config("itemknn", lr=0.1)
     with pytest.raises(ValueError, match="trains with loss bpr"):
         train_config("bpr", loss="nce")
+
+
+@pytest.mark.parametrize("activation", ["eq6", "hidden", "all", "none"])
+def test_activation_puts_the_relus_where_it_says(data, activation):
+    torch.manual_seed(0)
+    model = DMF(data, (12, 7, 5), (12, 7, 5), activation=activation)
+    tower, users = model.user_tower, torch.tensor([0, 3, 9])
+    relu = {"eq6": (False, True, True), "hidden": (True, True, False),
+            "all": (True, True, True), "none": (False, False, False)}[activation]
+    x = torch.as_tensor(data.to_scipy("rating").toarray())[users] @ tower.first
+    for layer, after in zip([None, *tower.mlp.layers], relu):
+        x = x if layer is None else layer(x)
+        x = torch.relu(x) if after else x
+    torch.testing.assert_close(tower(users), x)
+
+
+def test_dot_score_is_a_logit_with_binary_cross_entropy(data):
+    torch.manual_seed(0)
+    model = DMF(data, (8, 4), (8, 4), score="dot")
+    users, items = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    target = torch.tensor([1.0, 0.4, 0.0])
+    p, q = model.user_tower(users), model.item_tower(items)
+    logits = (p * q).sum(1)
+    torch.testing.assert_close(model.loss(users, items, target),
+                               torch.nn.functional.binary_cross_entropy_with_logits(logits, target))
+    torch.testing.assert_close(model.score(users, items), logits)
+    with pytest.raises(ValueError, match="score must be one of"):
+        DMF(data, score="sigmoid")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        DMF(data, activation="relu")

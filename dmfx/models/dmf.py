@@ -1,14 +1,16 @@
 """DMF (Xue et al., IJCAI 2017) and its LFM variant on dmfx's ops.
 
-Both towers follow Eq. 6 and the authors' code: the first layer is linear without bias (a
-sparse row of Y times W_1, or a free embedding for LFM), every later layer is Linear + ReLU.
-A pair scores cos(p_u, q_i) (Eq. 8); training uses the fused cosine + mu-clamp + nce loss.
+A tower's first layer is linear without bias (a sparse row of Y times W_1, or a free embedding
+for LFM); the later layers are Linear, with ReLU where the paper's Eq. 5-6 puts it (after every
+layer but the first) unless ``activation`` says otherwise. A pair scores cos(p_u, q_i) (Eq. 8);
+training uses the fused cosine + mu-clamp + nce loss.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
@@ -22,33 +24,50 @@ def _normal_(tensor: Tensor) -> Tensor:
     return nn.init.normal_(tensor, 0.0, INIT_STD)
 
 
-class MLP(nn.Module):
-    """Linear + ReLU layers after the first (linear) layer of a tower."""
+ACTIVATIONS = ("eq6", "hidden", "all", "none")
+SCORES = ("cosine", "dot")
 
-    def __init__(self, widths: Sequence[int]):
+
+class MLP(nn.Module):
+    """The Linear layers after a tower's first one, with ReLU where ``activation`` puts it:
+    ``"eq6"`` (the paper's Eq. 5-6) after every layer but the first, ``"hidden"`` after every
+    layer but the output (the first included), ``"all"`` after every layer, ``"none"`` nowhere."""
+
+    def __init__(self, widths: Sequence[int], activation: str = "eq6"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         for layer in self.layers:
             _normal_(layer.weight)
             _normal_(layer.bias)
+        depth = len(widths)  # the first layer (not here) and the Linear layers
+        self.relu_after = [{"eq6": k > 0, "hidden": k < depth - 1, "all": True, "none": False}[activation]
+                           for k in range(depth)]
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = torch.relu(layer(x))
+        """``x``: the first layer's output."""
+        if self.relu_after[0]:
+            x = torch.relu(x)
+        for layer, relu in zip(self.layers, self.relu_after[1:]):
+            x = layer(x)
+            if relu:
+                x = torch.relu(x)
         return x
 
 
 class SparseRowTower(nn.Module):
     """DMF tower: the whole rating row through W_1 (only its stored entries are read)."""
 
-    def __init__(self, matrix: CSR, widths: Sequence[int], binary: bool, sparse_grad: bool = False):
+    def __init__(self, matrix: CSR, widths: Sequence[int], binary: bool, sparse_grad: bool = False,
+                 activation: str = "eq6"):
         super().__init__()
         self.binary, self.sparse_grad = binary, sparse_grad
         self.register_buffer("indptr", matrix.indptr, persistent=False)
         self.register_buffer("indices", matrix.indices, persistent=False)
         self.register_buffer("values", matrix.values, persistent=False)
         self.first = nn.Parameter(_normal_(torch.empty(matrix.shape[1], widths[0])))
-        self.mlp = MLP(widths)
+        self.mlp = MLP(widths, activation)
 
     def forward(self, rows: Tensor) -> Tensor:
         values = None if self.binary else self.values
@@ -76,9 +95,12 @@ class TwoTower(Recommender):
     user_tower: nn.Module
     item_tower: nn.Module
 
-    def __init__(self, train: Interactions, mu: float, store_seen: bool = True, eval_batch: int = 4096):
+    def __init__(self, train: Interactions, mu: float, score: str = "cosine",
+                 store_seen: bool = True, eval_batch: int = 4096):
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
         super().__init__(train, store_seen)
-        self.mu, self.eval_batch = mu, eval_batch
+        self.mu, self.score_kind, self.eval_batch = mu, score, eval_batch
 
     def pair_vectors(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         unique_users, user_slot = torch.unique(users, return_inverse=True)
@@ -89,6 +111,8 @@ class TwoTower(Recommender):
 
     def loss(self, users: Tensor, items: Tensor, target: Tensor) -> Tensor:
         p, q = self.pair_vectors(users, items)
+        if self.score_kind == "dot":
+            return F.binary_cross_entropy_with_logits((p * q).sum(1), target)
         return ops.cosine_nce_loss(p, q, target, self.mu, validate=not p.is_cuda)
 
     def _all(self, tower: nn.Module, count: int) -> Tensor:
@@ -97,9 +121,10 @@ class TwoTower(Recommender):
 
     @torch.no_grad()
     def scorer(self) -> VectorScorer:
-        """Every user's and item's tower output, computed once and normalised (cosine)."""
+        """Every user's and item's tower output, computed once (normalised for the cosine)."""
         return VectorScorer(self._all(self.user_tower, self.num_users),
-                            self._all(self.item_tower, self.num_items), normalize=True)
+                            self._all(self.item_tower, self.num_items),
+                            normalize=self.score_kind == "cosine")
 
 
 class DMF(TwoTower):
@@ -109,9 +134,14 @@ class DMF(TwoTower):
         train: the training interactions; the towers read Y built from them (users x items for
             the user tower, its transpose for the item tower).
         user_layers, item_layers: tower widths; the last entries are the latent size and must
-            match. Depth = number of layers (the first is linear, the rest Linear + ReLU).
+            match. Depth = number of layers (the first is a sparse row times W_1, without bias;
+            the rest Linear).
         input: ``"rating"``: Y_ij = the rating (Eq. 2); ``"binary"``: 1 for rated pairs (Eq. 1).
-        mu: the clamp of the predicted score (Eq. 13).
+        activation: where the ReLUs sit (see :class:`MLP`); ``"eq6"`` is the paper's.
+        score: ``"cosine"`` (Eq. 8, clamped at ``mu``, Eq. 13, trained with the fused cosine +
+            clamp + cross-entropy op) or ``"dot"`` (the dot product as a logit, binary
+            cross-entropy on the same targets: RecBole's variant).
+        mu: the clamp of the predicted cosine (Eq. 13).
         sparse_grad: row-sparse gradients for the two first-layer tables (the trainer then
             updates them with :class:`dmfx.optim.RowSparseAdam`, which moves only the rows a batch
             touches): a step costs the batch's nnz instead of the table sizes. For tables much
@@ -120,20 +150,23 @@ class DMF(TwoTower):
     """
 
     def __init__(self, train: Interactions, user_layers: Sequence[int] = (256, 64),
-                 item_layers: Sequence[int] = (256, 64), input: str = "rating", mu: float = 1e-6,
+                 item_layers: Sequence[int] = (256, 64), input: str = "rating",
+                 activation: str = "eq6", score: str = "cosine", mu: float = 1e-6,
                  sparse_grad: bool = False):
         if user_layers[-1] != item_layers[-1]:
             raise ValueError(f"the towers must end at one latent size, got user_layers "
                              f"{list(user_layers)} and item_layers {list(item_layers)}")
         if input not in ("rating", "binary"):
             raise ValueError(f"input must be 'rating' or 'binary', got {input!r}")
-        super().__init__(train, mu, store_seen=False)
+        super().__init__(train, mu, score, store_seen=False)
         binary = input == "binary"
-        self.user_tower = SparseRowTower(train.csr(input), user_layers, binary, sparse_grad)
+        self.user_tower = SparseRowTower(train.csr(input), user_layers, binary, sparse_grad,
+                                         activation)
         self.item_tower = SparseRowTower(train.csr(input, transpose=True), item_layers, binary,
-                                         sparse_grad)
+                                         sparse_grad, activation)
         self._config = dict(user_layers=list(user_layers), item_layers=list(item_layers),
-                            input=input, mu=mu, sparse_grad=sparse_grad)
+                            input=input, activation=activation, score=score, mu=mu,
+                            sparse_grad=sparse_grad)
 
     @property
     def seen(self) -> CSR:

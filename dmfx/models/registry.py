@@ -14,7 +14,7 @@ import torch
 from ..data import Interactions
 from .base import Recommender
 from .bpr import BPR
-from .dmf import DMF, LFM
+from .dmf import ACTIVATIONS, DMF, LFM, SCORES
 from .eals import EALS
 from .itemknn import ItemKNN
 from .itempop import ItemPop
@@ -87,6 +87,12 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
                   item_layers=Param([256, 64], "item " + _LAYERS, parse_widths),
                   input=Param("rating", "DMF input: ratings (paper Eq. 2) or 0/1 (Eq. 1)",
                               choices=("rating", "binary")),
+                  activation=Param("eq6", "where the towers' ReLUs sit: eq6 (the paper: after "
+                                   "every layer but the first), hidden (every layer but the "
+                                   "output), all, none", choices=ACTIVATIONS),
+                  score=Param("cosine", "cosine (the paper, Eq. 8 with the mu clamp) or dot "
+                              "(a logit with binary cross-entropy, RecBole's variant)",
+                              choices=SCORES),
                   mu=_MU,
                   sparse_grad=Param(False, "row-sparse first-layer gradients + row-wise Adam: a "
                                     "step costs the batch's nnz, not the table sizes (huge "
