@@ -23,7 +23,7 @@ from .data import DATASETS, DataFormatError, DatasetUnavailableError
 from .evaluate import evaluate
 from .experiment import DataSpec, restore
 from .models import MODELS, build_model, train_config
-from .models.registry import TRAINERS
+from .models.registry import TRAINERS, spec_of
 from .train import TrainConfig
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, IsADirectoryError, PermissionError,
@@ -93,7 +93,7 @@ def _defaults_text(values: dict) -> str:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (`dmfx models` lists each model's parameters and defaults)")
-    g.add_argument("--model", choices=list(MODELS), default="dmf", metavar="MODEL",
+    g.add_argument("--model", default="dmf", metavar="MODEL",
                    help=f"one of {', '.join(MODELS)} (default dmf)")
     owners: dict = {}
     for spec in MODELS.values():
@@ -110,8 +110,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         if isinstance(param.default, bool):
             g.add_argument(flag, action="store_const", const=True, default=None, help=text)
         else:
-            g.add_argument(flag, default=None, metavar=name.upper(), help=text,
-                           choices=param.choices)
+            if param.choices:
+                text += f"; one of {', '.join(param.choices)}"
+            # Values are checked by the registry (a one-line error), not by argparse's choices.
+            g.add_argument(flag, default=None, metavar=name.upper(), help=text)
     t = p.add_argument_group("training (defaults: the model's, from the registry)")
     for flag, (field_name, kind, text) in TRAIN_FLAGS.items():
         defaults = {spec.name: spec.train.get(field_name, getattr(_TRAIN_DEFAULTS, field_name))
@@ -126,7 +128,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _model_choice(args) -> tuple[str, dict, dict]:
     """(model name, its parameters given on the command line, training settings given)."""
-    spec = MODELS[args.model]
+    spec = spec_of(args.model)
     params, foreign = {}, []
     for spec_any in MODELS.values():
         for name, param in spec_any.params.items():
