@@ -231,7 +231,8 @@ def cmd_train(args) -> int:
     name, params, given = _model_choice(args)
     spec = _data_spec(args)
     config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
-                          progress=not args.quiet)
+                          # bars on a terminal only: a log file gets the per-epoch lines
+                          progress=not args.quiet and sys.stderr.isatty())
     out = Path(args.output or f"runs/{spec.name}-{name}-seed{args.seed}")
     checkpoint = out / "checkpoint.pt"
     if args.resume and not checkpoint.is_file():

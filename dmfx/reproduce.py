@@ -118,10 +118,12 @@ def _dmf_paper(quick: bool) -> list:
     curve_epochs = "2" if quick else "20"
 
     def dmf(*args, factors=None, first_width=first, layers=None):
+        # The paper's towers (Eq. 5-6) and score, whatever dmfx's defaults are.
         final = factors if factors is not None else (8 if quick else 64)
         widths = layers if layers is not None else (first_width, final)
         tail = () if "--epochs" in args else short
-        return ("--user-layers", _widths(*widths), "--item-layers", _widths(*widths), *args, *tail)
+        return ("--user-layers", _widths(*widths), "--item-layers", _widths(*widths),
+                "--activation", "eq6", "--score", "cosine", *args, *tail)
 
     def grid(full, small):
         return small if quick else full
@@ -243,7 +245,7 @@ class Job:
 
     def argv(self, data_args: list, threads: Optional[int]) -> list:
         argv = ["train", "--model", self.model, *self.args, *data_args, "--seed", str(self.seed),
-                "--output", str(self.folder), "--quiet"]
+                "--output", str(self.folder)]
         if threads:
             argv += ["--threads", str(threads)]
         if (self.folder / "checkpoint.pt").is_file():
