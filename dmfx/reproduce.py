@@ -140,10 +140,15 @@ def _dmf_paper(quick: bool) -> list:
                  "--mlp-checkpoint", "{MLP:dir}/checkpoint.pt", "--optimizer", "sgd", "--lr", lr,
                  *ncf) for lr in grid(("0.001", "0.01"), ("0.01",))]
 
-    eals = [("--w0", w0, *(("--epochs", "2", "--factors", "8") if quick else ()))
-            for w0 in grid(("16", "64", "256", "512"), ("64",))]
+    # eALS: the missing-data weight as its paper tunes it, and the regularisation, which its
+    # paper fixes (0.01) for larger data sets but which ml-100k's 943 users need.
+    eals = [("--w0", w0, "--reg", reg, *(("--epochs", "2", "--factors", "8") if quick else ()))
+            for w0 in grid(("64", "256", "512", "1024"), ("64",))
+            for reg in grid(("0.01", "1", "10"), ("1",))]
     bpr = [("--reg", reg, *ncf) for reg in grid(("1e-5", "1e-4", "1e-3"), ("1e-5",))]
-    knn = [("--neighbours", str(k)) for k in grid((10, 20, 50, 100, 200, 400), (5, 20))]
+    knn = [("--neighbours", str(k), "--neighbourhood", where)
+           for where in grid(("target", "history"), ("target", "history"))
+           for k in grid((10, 20, 50, 100, 200, 400), (20,))]
 
     depths = {1: (64,), 2: (256, 64), 3: (256, 128, 64), 4: (512, 256, 128, 64)}
     if quick:

@@ -30,10 +30,10 @@ def random_matrix(num_users, num_items, density, seed) -> np.ndarray:
     return dense
 
 
-def reference_knn(dense: np.ndarray, k: int):
+def reference_knn(dense: np.ndarray, k: int, neighbourhood: str = "history"):
     """S_k (float32 [N, N]) by loops over item pairs: cosine of the binary columns (float64,
     stored as float32), each item's top-k other items, ties to the smaller id; and the scores
-    Y S_k (float64)."""
+    (float64): Y S_k for the neighbourhoods of the user's items, Y S_k^T for the target's."""
     num_items = dense.shape[1]
     counts = dense.sum(0)
     s_k = np.zeros((num_items, num_items), dtype=np.float32)
@@ -47,7 +47,8 @@ def reference_knn(dense: np.ndarray, k: int):
             ranked.append((-float(cos), j, cos))
         for _, j, cos in sorted(ranked)[:k]:
             s_k[i, j] = cos
-    return s_k, dense @ s_k.astype(np.float64)
+    s = s_k.astype(np.float64)
+    return s_k, dense @ (s if neighbourhood == "history" else s.T)
 
 
 def stored_s_k(model: ItemKNN) -> np.ndarray:
@@ -58,19 +59,20 @@ def stored_s_k(model: ItemKNN) -> np.ndarray:
     return s_k
 
 
-def fitted(dense: np.ndarray, k: int) -> ItemKNN:
+def fitted(dense: np.ndarray, k: int, neighbourhood: str = "history") -> ItemKNN:
     train = interactions_of(dense)
-    model = ItemKNN(train, neighbours=k)
+    model = ItemKNN(train, neighbours=k, neighbourhood=neighbourhood)
     model.fit_closed_form(train)
     return model
 
 
+@pytest.mark.parametrize("neighbourhood", ["target", "history"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("k", [1, 2, 3, 8, 9, 20])  # 8 = num_items - 1; 9, 20: more than exist
-def test_matches_brute_force(seed, k):
+def test_matches_brute_force(seed, k, neighbourhood):
     dense = random_matrix(12, 9, 0.35, seed)
-    model = fitted(dense, k)
-    s_ref, scores_ref = reference_knn(dense, k)
+    model = fitted(dense, k, neighbourhood)
+    s_ref, scores_ref = reference_knn(dense, k, neighbourhood)
     np.testing.assert_array_equal(stored_s_k(model), s_ref)
 
     ids, sims = model.neighbour_ids.numpy(), model.neighbour_sims.numpy()
@@ -144,7 +146,9 @@ def test_bad_parameters():
     for bad in (0, -2, 2.5):
         with pytest.raises(ValueError, match="neighbours"):
             ItemKNN(train, neighbours=bad)
-    assert ItemKNN(train, neighbours=3).config() == {"neighbours": 3}
+    assert ItemKNN(train, neighbours=3).config() == {"neighbours": 3, "neighbourhood": "target"}
+    with pytest.raises(ValueError, match="neighbourhood must be one of target, history"):
+        ItemKNN(train, neighbourhood="user")
 
 
 @pytest.fixture(scope="module")

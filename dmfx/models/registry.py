@@ -16,7 +16,7 @@ from .base import Recommender
 from .bpr import BPR
 from .dmf import ACTIVATIONS, DMF, LFM, SCORES
 from .eals import EALS
-from .itemknn import ItemKNN
+from .itemknn import NEIGHBOURHOODS, ItemKNN
 from .itempop import ItemPop
 from .ncf import GMF, MLP, NeuMF
 
@@ -107,6 +107,9 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("itemknn", ItemKNN, "item-based CF: cosine item-item similarity on the training "
               "matrix, each item's k nearest neighbours (Sarwar et al. 2001)", dict(
                   neighbours=Param(20, "neighbours kept per item"),
+                  neighbourhood=Param("target", "whose neighbours score an item: the scored "
+                                      "item's (target, Sarwar et al.) or the user's items' "
+                                      "(history, Deshpande & Karypis)", choices=NEIGHBOURHOODS),
               ), trainer="closed-form"),
     ModelSpec("eals", EALS, "element-wise ALS with popularity-weighted missing data (He et al., "
               "SIGIR 2016)", dict(
