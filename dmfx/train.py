@@ -164,11 +164,6 @@ class EpochPairs:
             self.targets = torch.ones_like(ratings)
         self.fixed_negatives = None
 
-    @property
-    def pairs_per_epoch(self) -> int:
-        k = self.config.num_negatives
-        return self.users.numel() * (k if self.config.loss == "bpr" else 1 + k)
-
     def negatives(self, epoch: int) -> torch.Tensor:
         k = self.config.num_negatives
         round_ = epoch if self.config.resample == "epoch" else 0
