@@ -535,22 +535,33 @@ def _figures(results: dict, output: Path, log: Callable[[str], None]) -> dict:
     for table in results["tables"]:
         name = f"{table['key']}.png"
         if table["curves"]:
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+            lines = []
             for row in table["rows"]:
                 curves = [c for c in row.get("curves", []) if c]
                 if not curves:
                     continue
-                length = min(len(c) for c in curves)
+                length = min(len(c) for c in curves)  # epochs that every seed ran
                 epochs = [c["epoch"] for c in curves[0][:length]]
-                for ax, metric in zip(axes, ("hr@10", "ndcg@10")):
-                    mean = [statistics.mean(c[i][metric] for c in curves) for i in range(length)]
-                    ax.plot(epochs, mean, marker="o", markersize=3, label=row["label"])
-            for ax, metric in zip(axes, ("HR@10", "NDCG@10")):
+                means = {m: [statistics.mean(c[i][m] for c in curves) for i in range(length)]
+                         for m in ("hr@10", "ndcg@10")}
+                lines.append((row["label"], epochs, means))
+            for ax, metric in zip(axes, ("hr@10", "ndcg@10")):
+                # Rows far below the rest (a variant that does not train) would flatten the
+                # others: the axis starts a little below the weakest row that gets close.
+                best = max(max(m[metric]) for _, _, m in lines)
+                floor = min(min(m[metric]) for _, _, m in lines if max(m[metric]) > 0.8 * best)
+                for label, epochs, means in lines:
+                    off = max(means[metric]) < floor
+                    ax.plot(epochs, means[metric], marker="o", markersize=3,
+                            label=label + (" (below the axis)" if off else ""))
+                ax.set_ylim(floor - 0.01, best + 0.01)
                 ax.set_xlabel("epoch")
-                ax.set_ylabel(f"test {metric}")
+                ax.set_ylabel(f"test {metric.upper()}")
                 ax.grid(alpha=0.3)
-            axes[0].legend()
-            fig.suptitle(f"{results['dataset']}: by depth (mean over seeds)")
+            handles, labels = axes[1].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+            fig.suptitle(f"{results['dataset']}: test metrics per epoch, mean over seeds")
         elif table["key"] == "table2":
             rows = [r for r in table["rows"] if r.get("test")]
             fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -569,7 +580,7 @@ def _figures(results: dict, output: Path, log: Callable[[str], None]) -> dict:
         else:
             continue
         fig.tight_layout()
-        fig.savefig(output / name, dpi=110)
+        fig.savefig(output / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
         figures[table["key"]] = [name]
     return figures
