@@ -69,9 +69,14 @@ def test_neumf_p_starts_from_the_chosen_gmf_and_mlp_runs(reproduced):
 
 def test_finished_runs_are_not_repeated(reproduced, data_file):
     before = {p: p.stat().st_mtime_ns for p in reproduced.glob("runs/*/*/metrics.json")}
+    first = json.loads((reproduced / "results.json").read_text())
     assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
                  "--output", str(reproduced)]) == 0
     assert {p: p.stat().st_mtime_ns for p in reproduced.glob("runs/*/*/metrics.json")} == before
+    again = json.loads((reproduced / "results.json").read_text())
+    assert again["invocations"] == first["invocations"] + 1
+    assert again["wall_seconds_total"] == pytest.approx(first["wall_seconds_total"] + again["wall_seconds"])
+    assert again["run_seconds"] == pytest.approx(first["run_seconds"])  # the same runs
 
 
 def test_readme_block_is_replaced(reproduced, data_file, tmp_path):
