@@ -1,6 +1,6 @@
 """Draws training curves from the `history` of one or more dmfx metrics.json files.
 
-    python tools/plot_history.py runs/ml-100k-dmf/metrics.json -o docs/training_curve.png
+    python tools/plot_history.py runs/ml-100k-dmf/metrics.json -o curves.png
 
 Needs matplotlib (`pip install matplotlib`, or the package's `plot` extra).
 """
