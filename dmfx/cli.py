@@ -10,7 +10,6 @@ baselines, and reproduce the papers' experiments.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -20,23 +19,32 @@ import torch
 
 from . import ops
 from .data import DATASETS, DataFormatError, DatasetUnavailableError
+from .checkpoint import RunFolderBusy, RunLock, json_text, write_json
 from .evaluate import evaluate
-from .experiment import DataSpec, restore
+from .experiment import DataSpec, data_record, restore
 from .models import MODELS, build_model, train_config
 from .models.registry import TRAINERS, spec_of
 from .train import TrainConfig
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, IsADirectoryError, PermissionError,
-               DataFormatError, DatasetUnavailableError)
+# OSError covers what the file system refuses: a missing file, --output under a file, a full disk.
+USER_ERRORS = (ValueError, KeyError, OSError, DataFormatError, DatasetUnavailableError,
+               RunFolderBusy)
 
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() and ops.cuda_enabled() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not (torch.cuda.is_available() and ops.cuda_enabled()):
         raise ValueError("--device cuda needs a GPU and a dmfx build with CUDA kernels "
                          f"(GPU visible: {torch.cuda.is_available()}, CUDA kernels: {ops.cuda_enabled()})")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -165,6 +173,14 @@ def _parse(param, name: str, text: str):
         raise ValueError(f"--{name.replace('_', '-')}: {error}") from None
 
 
+def _add_restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None,
+                   help="the training ratings file at a new place (it must hold the same data)")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="use the model on its data file as it is now, even if it changed since "
+                        "training (refused by default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmfx", description="Deep Matrix Factorization (Xue et al., IJCAI 2017) on sparse "
@@ -191,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--full-ranking", action="store_true", help="also rank among all items")
     e.add_argument("--device", default="auto")
+    _add_restore_args(e)
     e.set_defaults(handler=cmd_evaluate)
 
     r = sub.add_parser("recommend", help="top-k unseen items for a user (raw ids in and out)")
@@ -198,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--user", required=True, help="raw user id as in the data file")
     r.add_argument("-k", type=int, default=10, help="number of items")
     r.add_argument("--device", default="auto")
+    _add_restore_args(r)
     r.set_defaults(handler=cmd_recommend)
 
     ms = sub.add_parser("models", help="list the models, their parameters and defaults")
@@ -225,7 +243,9 @@ def _fmt(metrics: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     name, params, given = _model_choice(args)
@@ -234,6 +254,13 @@ def cmd_train(args) -> int:
                           # bars on a terminal only: a log file gets the per-epoch lines
                           progress=not args.quiet and sys.stderr.isatty())
     out = Path(args.output or f"runs/{spec.name}-{name}-seed{args.seed}")
+    with RunLock(out):
+        return _train_in(out, args, device, name, params, spec, config)
+
+
+def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
+              config: TrainConfig) -> int:
+    """The run of ``dmfx train`` in the folder ``out``, whose lock the caller holds."""
     checkpoint = out / "checkpoint.pt"
     if args.resume and not checkpoint.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
@@ -248,7 +275,7 @@ def cmd_train(args) -> int:
                f"{data.nnz:,} interactions; {len(split.test_users):,} users evaluated")
     torch.manual_seed(args.seed)
     model = build_model(name, split.train, params, device)
-    extra = {"data": asdict(spec), "model": {"kind": name, "config": model.config()}}
+    extra = {"data": data_record(spec, data), "model": {"kind": name, "config": model.config()}}
 
     def report(epoch, entry):
         valid = entry.get("valid", {})
@@ -263,32 +290,33 @@ def cmd_train(args) -> int:
     valid = evaluate(model, split, "valid") if len(split.valid_users) else {}
     metrics = {
         "test": test, "valid": valid,
-        "config": {"data": asdict(spec), "model": name, "model_config": model.config(),
+        "config": {"data": extra["data"], "model": name, "model_config": model.config(),
                    "train": asdict(config), "device": str(device), "torch": torch.__version__},
         "history": state.history,
         "best_epoch": state.best_epoch,
         "seconds": time.perf_counter() - start,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     print(f"{name} on {spec.name}: test {_fmt(test)}  (best epoch {metrics['best_epoch']}, "
           f"{metrics['seconds']:.0f}s) -> {out / 'metrics.json'}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    model, _, split = restore(args.checkpoint, _device(args.device))
+    model, _, split = restore(args.checkpoint, _device(args.device), data=args.data,
+                              allow_data_change=args.allow_data_change)
     result = {"test": evaluate(model, split, "test", full_ranking=args.full_ranking)}
     if len(split.valid_users):
         result["valid"] = evaluate(model, split, "valid", full_ranking=args.full_ranking)
-    print(json.dumps(result, indent=2))
+    print(json_text(result), end="")
     return 0
 
 
 def cmd_recommend(args) -> int:
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
-    model, data, _ = restore(args.checkpoint, _device(args.device))
+    model, data, _ = restore(args.checkpoint, _device(args.device), data=args.data,
+                             allow_data_change=args.allow_data_change)
     try:
         user = data.user_index(args.user)
     except KeyError:

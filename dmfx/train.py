@@ -22,12 +22,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Split
 from .evaluate import evaluate
 from .models import Recommender
 from .optim import RowSparseAdam
 
-__all__ = ["TrainConfig", "fit", "make_optimizer", "save_checkpoint", "load_checkpoint"]
+__all__ = ["TrainConfig", "fit", "make_optimizer", "RESUMABLE_CHANGES"]
 
 
 @dataclass
@@ -125,21 +126,6 @@ def peak_memory_mb(device: torch.device) -> float:
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from (run seed, epoch, purpose): independent streams, stable across runs."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] & (2**63 - 1))
-
-
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Written to a temporary file and renamed, so a kill never leaves a torn checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 class EpochPairs:
@@ -241,6 +227,32 @@ class GradientEpochs:
                 "pairs_per_s": users.numel() / max(seconds, 1e-9)}
 
 
+# Settings a resumed run may change: they decide how long it runs and what it records, not what
+# a step computes. Any other change would continue the run under settings it never had.
+RESUMABLE_CHANGES = ("epochs", "patience", "track_test", "progress")
+
+
+def _check_resumable(path, saved: dict, config: TrainConfig, extra: dict) -> None:
+    """Refuses to continue a run under other settings than those it was started with."""
+    before = saved.get("train_config", {})
+    changed = [f"{name} {before.get(name)!r} -> {value!r}" for name, value in asdict(config).items()
+               if name not in RESUMABLE_CHANGES and before.get(name) != value]
+    for key, value in extra.items():
+        if saved.get(key) != value:
+            changed += _differences(key, saved.get(key), value)
+    if changed:
+        raise CheckpointError(
+            f"{path} was trained with other settings ({'; '.join(changed)}); a resumed run may "
+            f"change only {', '.join(RESUMABLE_CHANGES)}")
+
+
+def _differences(name: str, before, after) -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [d for key in sorted(set(before) | set(after), key=str)
+                for d in _differences(f"{name}.{key}", before.get(key), after.get(key))]
+    return [] if before == after else [f"{name} {before!r} -> {after!r}"]
+
+
 def fit(model: Recommender, split: Split, config: TrainConfig, *,
         checkpoint: str | os.PathLike | None = None, resume: bool = False,
         extra: dict | None = None,
@@ -265,9 +277,14 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
     runner = model.epoch_runner(split, config)
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         saved = load_checkpoint(checkpoint, map_location=device)
-        model.load_state_dict(saved["model_state"])
-        runner.load_state_dict(saved["runner"])
-        state = TrainState(**saved["train_state"])
+        _check_resumable(checkpoint, saved, config, extra or {})
+        try:
+            model.load_state_dict(saved["model_state"])
+            runner.load_state_dict(saved["runner"])
+            state = TrainState(**saved["train_state"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{checkpoint} does not fit this model ({first})") from None
     has_valid = len(split.valid_users) > 0
     stopped = state.bad_epochs >= config.patience > 0 or (state.epoch > 0 and runner.converged)
     for epoch in range(state.epoch + 1, 0 if stopped else config.epochs + 1):

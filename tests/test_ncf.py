@@ -7,7 +7,8 @@ from dmfx.data import leave_one_out
 from dmfx.evaluate import evaluate
 from dmfx.models import GMF, MLP, NeuMF, ItemPop, build_model
 from dmfx.models.ncf import MLPScorer
-from dmfx.train import TrainConfig, load_checkpoint
+from dmfx.checkpoint import load_checkpoint, save_checkpoint
+from dmfx.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,8 +141,8 @@ def save(path, model, kind=None, best=True, config=None):
     """A checkpoint as training writes it: the weights as the best epoch, a last epoch of zeros."""
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     last = {k: torch.zeros_like(v) for k, v in weights.items()} if best else weights
-    torch.save({"model_state": last, "train_state": {"best_state": weights if best else None},
-                "model": {"kind": kind or model.name, "config": config or model.config()}}, path)
+    save_checkpoint(path, {"model_state": last, "train_state": {"best_state": weights if best else None},
+                           "model": {"kind": kind or model.name, "config": config or model.config()}})
     return str(path)
 
 
@@ -202,7 +203,7 @@ def test_neumf_p_rejects_mismatches(split, tmp_path):
     other = GMF(leave_one_out(clustered(num_users=150), num_negatives=30).train, factors=6)
     with pytest.raises(ValueError, match=r"gmf\.user\.weight is \(150, 6\), NeuMF needs \(200, 6\)"):
         neumf(gmf_checkpoint=save(tmp_path / "other.pt", other))
-    torch.save({"model_state": gmf.state_dict()}, tmp_path / "bare.pt")
+    save_checkpoint(tmp_path / "bare.pt", {"model_state": gmf.state_dict()})
     with pytest.raises(ValueError, match="does not record its model kind"):
         neumf(gmf_checkpoint=str(tmp_path / "bare.pt"))
     with pytest.raises(FileNotFoundError):

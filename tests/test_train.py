@@ -1,4 +1,7 @@
 """The trainer: it learns, it is reproducible, and a killed run resumes to the same weights."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -169,3 +172,13 @@ def test_training_on_dmfx_ops_equals_training_on_the_reference_twins(split, monk
         # rounding where gradients are near zero: ~1e-5 of the weights' scale after 2 epochs.
         torch.testing.assert_close(x, y, rtol=1e-4, atol=2e-5, msg=name)
     assert evaluate(fast, split, "test") == pytest.approx(evaluate(plain, split, "test"))
+
+
+def test_peak_memory_counts_a_large_allocation():
+    # A fresh process (ru_maxrss starts from the parent's peak, so compare with what it holds).
+    code = ("import os, torch; from dmfx.train import peak_memory_mb as p; "
+            "held = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20; "
+            "x = torch.ones(300 * 2**20 // 4); print(held(), p(torch.device('cpu')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    held, peak = map(float, result.stdout.split())
+    assert held > 300 and peak >= held - 1  # MB: the 300 MB tensor, touched by ones()

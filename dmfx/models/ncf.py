@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import load_checkpoint
 from ..data import Interactions
 from .base import Recommender, VectorScorer
 
@@ -250,8 +251,6 @@ class NeuMF(NCF):
     def _load_part(self, path: str, kind: str, key: str, expected) -> tuple[Tensor, Tensor]:
         """Copies part ``kind`` from a checkpoint (its best epoch if recorded, else its last);
         returns its prediction layer's (weight, bias)."""
-        from ..train import load_checkpoint  # dmfx.train imports dmfx.models
-
         saved = load_checkpoint(path)
         model = saved.get("model") if isinstance(saved, dict) else None
         if not isinstance(model, dict) or "kind" not in model:

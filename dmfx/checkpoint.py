@@ -1,0 +1,141 @@
+"""The files of a run folder: checkpoints, atomic writes and the lock that keeps one run per folder.
+
+A checkpoint is read with ``torch.load(weights_only=True)``, which rebuilds only tensors and plain
+containers: a crafted file cannot run code when it is evaluated, queried or resumed. Every file is
+written under a name unique to its writer and renamed into place, so neither a kill nor a second
+writer can leave a torn file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, IO
+
+import torch
+
+__all__ = ["CheckpointError", "RunFolderBusy", "RunLock", "save_checkpoint", "load_checkpoint",
+           "atomic_write", "json_text", "write_json"]
+
+FORMAT = "dmfx-checkpoint"
+# Bumped whenever the layout of the saved dict changes; other versions are refused by name.
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable dmfx checkpoint, or does not fit the data or settings it is used
+    with. The message is one line and names the file."""
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the lock of a run folder."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a run's files get the usual permissions.
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Calls ``write`` on a fresh temporary file beside ``path`` and renames it into place once it
+    is on disk: readers see the old file or the new one, never a mix. The temporary name is unique
+    to this writer and the file is removed if writing fails (a full disk, an exception)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _finite(value):
+    """NaN and infinities become None: JSON has no literal for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value) -> str:
+    """Valid JSON, indented: non-finite numbers become null."""
+    return json.dumps(_finite(value), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, value) -> None:
+    text = json_text(value)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A checkpoint written by :func:`save_checkpoint`; anything else raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # garbage, torn or foreign files fail in many ways inside torch
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(f"{path} is not a readable dmfx checkpoint ({reason})") from None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dmfx checkpoint")
+    if saved.get("version") != VERSION:
+        raise CheckpointError(f"{path} is a dmfx checkpoint of format version "
+                              f"{saved.get('version')!r}; this dmfx reads version {VERSION}")
+    return saved
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a run writes into it.
+
+    ``flock`` on ``FOLDER/.lock``: the kernel releases it when the process dies, even by SIGKILL,
+    so a killed run never leaves the folder locked. Taking it also proves the folder is writable,
+    before any time is spent training. Stale temporary files of killed writers are removed."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.folder / ".lock", "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise RunFolderBusy(f"{self.folder} is in use by another dmfx run (pid {holder}); "
+                                "wait for it to finish or choose another --output") from None
+        self._file.truncate(0)
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        for stale in self.folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
