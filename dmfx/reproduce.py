@@ -33,6 +33,8 @@ from typing import Callable, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from .checkpoint import write_json
+
 __all__ = ["EXPERIMENTS", "Row", "Table", "Experiment", "reproduce"]
 
 Args = tuple  # dmfx train arguments besides data, seed and output
@@ -518,7 +520,7 @@ def _markdown(rows: list) -> str:
 
 
 def _write_outputs(results: dict, output: Path, log: Callable[[str], None]) -> None:
-    (output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json(output / "results.json", results)
     seeds = results["seeds"]
     parts = [f"Test HR@10 / NDCG@10 on {results['dataset']}, mean ± std over seeds "
              f"{', '.join(map(str, seeds))}; where a row had several settings, the one with the "
