@@ -151,10 +151,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_, const at::T
 at::Tensor clamped_cosine(const at::Tensor& p, const at::Tensor& q, double mu) {
   const at::Tensor dot = (p * q).sum(1);
   const at::Tensor denom = at::linalg_vector_norm(p, 2, {1}) * at::linalg_vector_norm(q, 2, {1});
-  const at::Tensor positive = denom > 0;
+  // == 0, not > 0: a NaN norm must give a NaN cosine (as in the kernels), not the cosine 0.
+  const at::Tensor zero = denom == 0;
   const at::Tensor cos =
-      at::where(positive, dot / at::where(positive, denom, at::ones_like(denom)),
-                at::zeros_like(dot));
+      at::where(zero, at::zeros_like(dot), dot / at::where(zero, at::ones_like(denom), denom));
   return cos.clamp(mu, 1 - mu);
 }
 

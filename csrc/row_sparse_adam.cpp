@@ -1,8 +1,14 @@
-// row_sparse_adam_: argument checks and the CPU / CUDA registrations.
+// row_sparse_adam_: argument checks, the CPU / CUDA registrations, and the autograd and version
+// counter handling of an in-place op.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <utility>
+
 #include "checks.h"
+#include "dispatch.h"
 #include "cpu/row_sparse_adam_cpu.h"
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -26,6 +32,16 @@ void check_state(const char* name, const at::Tensor& t, const at::Tensor& weight
   // Updated in place through a raw pointer: a strided view would be written in the wrong places.
   TORCH_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous (it is updated in "
                     "place)");
+}
+
+// The kernels update the three state tensors in place through restrict pointers while reading rows
+// and grad_rows: memory shared by any two of them mixes the updates (NaN weights). All of them are
+// contiguous here, so the status is exact (never TooHard).
+void check_no_overlap(const char* name, const at::Tensor& t, const char* other_name,
+                      const at::Tensor& other) {
+  TORCH_CHECK_VALUE(at::get_overlap_status(t, other) == at::MemOverlapStatus::No, kOp, ": ", name,
+                    " and ", other_name, " share memory (the same tensor, or overlapping views "
+                    "of one); each must be a tensor of its own");
 }
 
 void row_sparse_adam_(at::Tensor weight, at::Tensor exp_avg, at::Tensor exp_avg_sq,
@@ -53,6 +69,15 @@ void row_sparse_adam_(at::Tensor weight, at::Tensor exp_avg, at::Tensor exp_avg_
                     step);
   const at::Tensor rows = rows_.to(at::kLong).contiguous();
   const at::Tensor grad_rows = grad_rows_.contiguous();
+  check_no_overlap("exp_avg", exp_avg, "weight", weight);
+  check_no_overlap("exp_avg_sq", exp_avg_sq, "weight", weight);
+  check_no_overlap("exp_avg_sq", exp_avg_sq, "exp_avg", exp_avg);
+  for (const auto& [name, read] : {std::pair<const char*, const at::Tensor&>{"rows", rows},
+                                   {"grad_rows", grad_rows}}) {
+    check_no_overlap(name, read, "weight", weight);
+    check_no_overlap(name, read, "exp_avg", exp_avg);
+    check_no_overlap(name, read, "exp_avg_sq", exp_avg_sq);
+  }
   if (validate && n > 0) {
     // Out-of-range rows are skipped by the kernels whatever happens; repeated rows would race.
     // On CUDA these checks cost a sync, hence the flag.
@@ -87,7 +112,58 @@ void row_sparse_adam_(at::Tensor weight, at::Tensor exp_avg, at::Tensor exp_avg_
   });
 }
 
+// Autograd: the update has no derivative. With grad mode on, a tensor that requires grad is
+// refused (a leaf with the message of torch's in-place ops); under torch.no_grad, where optimizers
+// step (torch.optim, dmfx.optim.RowSparseAdam), the call goes on to the version bump below.
+void refuse_requires_grad(const char* name, const at::Tensor& t, bool written) {
+  if (!t.requires_grad()) return;
+  TORCH_CHECK(!(written && t.is_leaf()), kOp, ": ", name, ": a leaf Variable that requires grad "
+              "is being used in an in-place operation; update it under torch.no_grad(), as "
+              "torch.optim does");
+  TORCH_CHECK(false, kOp, ": ", name, " requires grad, but the update has no derivative; call it "
+              "under torch.no_grad(), as torch.optim does");
+}
+
+void row_sparse_adam_autograd(at::Tensor weight, at::Tensor exp_avg, at::Tensor exp_avg_sq,
+                              const at::Tensor& rows, const at::Tensor& grad_rows, double lr,
+                              double beta1, double beta2, double eps, int64_t step,
+                              bool validate) {
+  static const auto op = typed_op<decltype(row_sparse_adam_)>("dmfx::row_sparse_adam_");
+  if (at::GradMode::is_enabled()) {
+    refuse_requires_grad("weight", weight, true);
+    refuse_requires_grad("exp_avg", exp_avg, true);
+    refuse_requires_grad("exp_avg_sq", exp_avg_sq, true);
+    refuse_requires_grad("grad_rows", grad_rows, false);
+  }
+  at::AutoDispatchBelowAutograd guard;
+  op.call(weight, exp_avg, exp_avg_sq, rows, grad_rows, lr, beta1, beta2, eps, step, validate);
+}
+
+// ADInplaceOrView: bumps the version counters of the three tensors written, as torch's in-place
+// ops do (the dispatcher does not for a C++ custom op, whatever its schema's Tensor(a!) says), so
+// a backward through a graph that saved one of them before the update raises instead of
+// silently using the new values.
+void row_sparse_adam_inplace(at::Tensor weight, at::Tensor exp_avg, at::Tensor exp_avg_sq,
+                             const at::Tensor& rows, const at::Tensor& grad_rows, double lr,
+                             double beta1, double beta2, double eps, int64_t step,
+                             bool validate) {
+  static const auto op = typed_op<decltype(row_sparse_adam_)>("dmfx::row_sparse_adam_");
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.call(weight, exp_avg, exp_avg_sq, rows, grad_rows, lr, beta1, beta2, eps, step, validate);
+  }
+  for (const at::Tensor* t : {&weight, &exp_avg, &exp_avg_sq}) {
+    torch::autograd::impl::bump_version(*t);
+  }
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(dmfx, Autograd, m) { m.impl("row_sparse_adam_", &row_sparse_adam_autograd); }
+
+TORCH_LIBRARY_IMPL(dmfx, ADInplaceOrView, m) {
+  m.impl("row_sparse_adam_", &row_sparse_adam_inplace);
+}
 
 TORCH_LIBRARY_IMPL(dmfx, CPU, m) { m.impl("row_sparse_adam_", &row_sparse_adam_); }
 

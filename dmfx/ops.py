@@ -11,6 +11,10 @@ broken ``indptr`` entry is skipped. With ``validate=True`` (the default) such a 
 Python exception naming the argument; on CUDA that costs one 24-byte device-to-host copy (a
 sync) per call. Hot loops over data already checked once (the trainer) pass ``validate=False``:
 no sync, and a bad entry then contributes nothing instead of raising.
+
+Devices. All tensor arguments of a call must be on one device: a mix (a meta tensor beside CPU
+ones included) raises ``ValueError`` naming the argument, from the kernels and the fake kernels
+alike.
 """
 from __future__ import annotations
 
@@ -28,6 +32,19 @@ __all__ = ["sparse_rows_matmul", "cosine_nce_loss", "sample_negatives", "row_spa
 def cuda_enabled() -> bool:
     """Whether this build of dmfx contains the CUDA kernels."""
     return _C.cuda_enabled()
+
+
+def _check_one_device(op: str, ref_name: str, ref: Tensor, **tensors: Optional[Tensor]) -> None:
+    """The fake kernels' twin of check_same_device (csrc/checks.h), with the same message.
+
+    The dispatcher sends a call with any meta tensor to the fake kernel (Meta outranks CPU),
+    whatever the devices of the other tensors, and tracing sends every call there; unchecked,
+    a meta tensor beside CPU ones gets an uninitialised CPU result.
+    """
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"dmfx.{op}: {name} is on {t.device} but {ref_name} is on "
+                             f"{ref.device}; all tensors must be on one device")
 
 
 # --------------------------------------------------------------------------- sparse_rows_matmul
@@ -73,6 +90,8 @@ def sparse_rows_matmul(
 
 @torch.library.register_fake("dmfx::sparse_rows_matmul")
 def _sparse_rows_matmul_fake(indptr, indices, values, rows, weight, validate=True):
+    _check_one_device("sparse_rows_matmul", "weight", weight, indptr=indptr, indices=indices,
+                      rows=rows, values=values)
     torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
     return weight.new_empty((rows.shape[0], weight.shape[1]))
 
@@ -81,11 +100,15 @@ def _sparse_rows_matmul_fake(indptr, indices, values, rows, weight, validate=Tru
 def _sparse_rows_matmul_backward_weight_fake(
     indptr, indices, values, rows, grad_out, num_weight_rows, validate=True
 ):
+    _check_one_device("sparse_rows_matmul", "grad_out", grad_out, indptr=indptr,
+                      indices=indices, rows=rows, values=values)
     return grad_out.new_empty((num_weight_rows, grad_out.shape[1]))
 
 
 @torch.library.register_fake("dmfx::sparse_rows_matmul_backward_values")
 def _sparse_rows_matmul_backward_values_fake(indptr, indices, rows, weight, grad_out, validate=True):
+    _check_one_device("sparse_rows_matmul", "weight", weight, indptr=indptr, indices=indices,
+                      rows=rows, grad_out=grad_out)
     return weight.new_empty((indices.shape[0],))
 
 
@@ -164,13 +187,19 @@ def cosine_nce_loss(
     when ``mu <= cos <= 1 - mu`` (as ``torch.clamp`` does). A zero vector has cosine 0 by
     definition, so its pair gets ``yhat = mu``, a finite loss and a zero gradient, never NaN.
 
+    NaN is never clamped away: a NaN (or infinity) in ``p_b`` or ``q_b`` makes ``yhat_b``, the
+    loss and the gradients of ``p_b`` and ``q_b`` NaN, as in
+    :func:`dmfx.reference.cosine_nce_loss`.
+    A NaN target raises with ``validate=True``; without validation its loss is NaN (and so are
+    the row's gradients, unless the clamp is active there).
+
     Args:
         p, q: float32/float64 ``[B, k]`` tower outputs.
         target: ``[B]`` targets in [0, 1].
         mu: the clamp, in (0, 0.5).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``. The mean of an empty batch is NaN, as in
             torch.
-        validate: raise when a target lies outside [0, 1] (on CUDA: one sync).
+        validate: raise when a target lies outside [0, 1] or is NaN (on CUDA: one sync).
 
     Returns:
         A scalar, or ``[B]`` for ``reduction="none"``. Differentiable in ``p``, ``q`` and
@@ -181,11 +210,13 @@ def cosine_nce_loss(
 
 @torch.library.register_fake("dmfx::cosine_nce_loss")
 def _cosine_nce_loss_fake(p, q, target, mu=1e-6, reduction="mean", validate=True):
+    _check_one_device("cosine_nce_loss", "p", p, q=q, target=target)
     return p.new_empty((p.shape[0],) if reduction == "none" else ())
 
 
 @torch.library.register_fake("dmfx::cosine_nce_loss_backward")
 def _cosine_nce_loss_backward_fake(grad, p, q, target, mu, reduction):
+    _check_one_device("cosine_nce_loss", "p", p, q=q, target=target, grad=grad)
     return torch.empty_like(p), torch.empty_like(q)
 
 
@@ -238,6 +269,7 @@ def sample_negatives(
 
 @torch.library.register_fake("dmfx::sample_negatives")
 def _sample_negatives_fake(indptr, indices, users, num_items, num_negatives, seed, validate=True):
+    _check_one_device("sample_negatives", "indptr", indptr, indices=indices, users=users)
     return users.new_empty((users.shape[0], num_negatives), dtype=torch.int64)
 
 
@@ -267,9 +299,17 @@ def row_sparse_adam_(
     rows. This is what a row-sparse gradient of :func:`sparse_rows_matmul` (``sparse_grad=True``)
     feeds; :class:`dmfx.optim.RowSparseAdam` wraps it as an optimizer.
 
+    Like torch's in-place ops (and ``torch.optim``), it has no derivative: call it under
+    ``torch.no_grad()``. With grad mode on, a tensor argument that requires grad raises
+    ``RuntimeError`` (for a leaf: "a leaf Variable that requires grad is being used in an
+    in-place operation"). Each call bumps the version counters of ``weight``, ``exp_avg`` and
+    ``exp_avg_sq``, so a backward through a graph that saved one of them before the update
+    raises ("modified by an inplace operation") instead of using the updated values.
+
     Args:
         weight, exp_avg, exp_avg_sq: float32/float64 ``[num_rows, H]``, contiguous, one
-            dtype and device.
+            dtype and device, and no memory shared between them or with ``rows`` and
+            ``grad_rows`` (the same tensor twice, or overlapping views, raises ``ValueError``).
         rows: int32/int64 ``[n]`` distinct row ids.
         grad_rows: ``[n, H]``.
         validate: raise when a row id is out of range or repeated (on CUDA: a sync). Without it,
@@ -282,4 +322,5 @@ def row_sparse_adam_(
 @torch.library.register_fake("dmfx::row_sparse_adam_")
 def _row_sparse_adam_fake(weight, exp_avg, exp_avg_sq, rows, grad_rows, lr, beta1, beta2, eps,
                           step, validate=True):
-    return None
+    _check_one_device("row_sparse_adam_", "weight", weight, exp_avg=exp_avg,
+                      exp_avg_sq=exp_avg_sq, rows=rows, grad_rows=grad_rows)

@@ -42,6 +42,9 @@ class RowSparseAdam(torch.optim.Optimizer):
         params: parameters (2-D, float32/float64, contiguous) whose ``.grad`` is a sparse COO
             tensor with one sparse dimension, the rows.
         lr, betas, eps: as in ``torch.optim.Adam``.
+
+    ``step`` runs under ``torch.no_grad()``, as torch's optimizers do, and bumps the version
+    counter of every parameter it updates (see :func:`dmfx.ops.row_sparse_adam_`).
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):

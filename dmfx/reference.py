@@ -41,11 +41,16 @@ def sparse_rows_matmul(
 
 
 def clamped_cosine(p: Tensor, q: Tensor, mu: float = 1e-6) -> Tensor:
-    """``clamp(cos(p_b, q_b), mu, 1 - mu)`` with the cosine of a zero vector defined as 0."""
+    """``clamp(cos(p_b, q_b), mu, 1 - mu)`` with the cosine of a zero vector defined as 0.
+
+    A NaN (or infinity) in ``p_b`` or ``q_b`` gives a NaN cosine, which the clamp keeps.
+    """
     dot = (p * q).sum(1)
     denom = torch.linalg.vector_norm(p, dim=1) * torch.linalg.vector_norm(q, dim=1)
-    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    cos = torch.where(denom > 0, dot / safe, torch.zeros_like(dot))
+    # Tested as == 0, not > 0: a NaN norm must reach the division, not become the cosine 0.
+    zero = denom == 0
+    safe = torch.where(zero, torch.ones_like(denom), denom)
+    cos = torch.where(zero, torch.zeros_like(dot), dot / safe)
     return cos.clamp(mu, 1 - mu)
 
 

@@ -82,3 +82,27 @@ def test_export_matches_eager(device):
     assert any(node.target is torch.ops.dmfx.cosine_nce_loss.default
                for node in program.graph.nodes)
     torch.testing.assert_close(program.module()(users, items, target), model(users, items, target))
+
+
+def test_fake_kernels_refuse_tensors_on_two_devices():
+    """Tracing sees only the fake kernels, so they must check devices as the real kernels do:
+    here fake CUDA tensors (no GPU needed) beside fake CPU ones."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    y = random_csr(10, 14, density=0.4)
+    with FakeTensorMode() as mode:
+        indptr, indices, values = (mode.from_tensor(t) for t in (y.indptr, y.indices, y.values))
+        rows = torch.tensor([0, 3], device="cuda")
+        weight = torch.randn(14, 4, dtype=torch.float64)
+        with pytest.raises(ValueError, match="rows is on cuda:0 but weight is on cpu"):
+            ops.sparse_rows_matmul(indptr, indices, values, rows, weight)
+        p = torch.randn(2, 4, dtype=torch.float64)
+        target = torch.zeros(2, dtype=torch.float64, device="cuda")
+        with pytest.raises(ValueError, match="target is on cuda:0 but p is on cpu"):
+            ops.cosine_nce_loss(p, p, target)
+        with pytest.raises(ValueError, match="users is on cuda:0 but indptr is on cpu"):
+            ops.sample_negatives(indptr, indices, rows, 14, 2, seed=0)
+        state = [torch.zeros(14, 4, dtype=torch.float64) for _ in range(3)]
+        with pytest.raises(ValueError, match="rows is on cuda:0 but weight is on cpu"), \
+                torch.no_grad():
+            ops.row_sparse_adam_(*state, rows, p, lr=0.1, step=1)

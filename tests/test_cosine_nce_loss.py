@@ -147,6 +147,44 @@ def test_bad_mu(case, mu):
         ops.cosine_nce_loss(*case, mu=mu)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("where", ["p", "q", "q of a zero p"])
+def test_nan_input_gives_nan_loss_and_nan_gradients(device, reduction, where):
+    """NaN in p or q makes the row's cosine NaN: the clamp must not turn it into a finite loss,
+    and the row's gradients are NaN (not zero), as in the reference."""
+    p, q, target = make_case(device, batch=5, dim=4)
+    if where == "p":
+        p[2, 1] = float("nan")
+    else:
+        q[2, 1] = float("nan")
+        if where == "q of a zero p":
+            p[2] = 0
+    p.requires_grad_()
+    q.requires_grad_()
+    rp, rq = p.detach().clone().requires_grad_(), q.detach().clone().requires_grad_()
+    out = ops.cosine_nce_loss(p, q, target, reduction=reduction)
+    ref = reference.cosine_nce_loss(rp, rq, target, reduction=reduction)
+    assert out.isnan().any() and ref.isnan().any()
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    grad = torch.rand_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    for got, want in ((p.grad, rp.grad), (q.grad, rq.grad)):
+        assert got[2].isnan().all() and want[2].isnan().all()
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_nan_target_without_validation_gives_nan_loss(device):
+    p, q, target = make_case(device, batch=6, dim=4)
+    p[4] = 0  # a zero vector: the clamp holds its cosine at mu
+    target[3:5] = float("nan")
+    loss = ops.cosine_nce_loss(p, q, target, reduction="none", validate=False)
+    want = reference.cosine_nce_loss(p, q, target, reduction="none")
+    assert loss[3:5].isnan().all() and loss[[0, 1, 2, 5]].isfinite().all()
+    torch.testing.assert_close(loss, want, equal_nan=True)
+    assert ops.cosine_nce_loss(p, q, target, validate=False).isnan()
+
+
 def test_target_outside_unit_interval(case):
     p, q, target = case
     target = target.clone()
@@ -179,3 +217,25 @@ def test_device_mismatch_names_the_argument():
     p, q, target = make_case("cpu")
     with pytest.raises(ValueError, match="q is on cuda:0 but p is on cpu"):
         ops.cosine_nce_loss(p, q.cuda(), target)
+
+
+@pytest.mark.parametrize("name", ["p", "q", "target"])
+def test_meta_mixed_with_cpu_names_the_argument(name):
+    """A meta tensor sends the call to the fake kernel, which must refuse the CPU tensors beside
+    it rather than return uninitialised memory as the loss."""
+    args = dict(zip(("p", "q", "target"), make_case("cpu")))
+    args[name] = args[name].to("meta")
+    message = ("q is on cpu but p is on meta" if name == "p"
+               else f"{name} is on meta but p is on cpu")
+    with pytest.raises(ValueError, match=message):
+        ops.cosine_nce_loss(*args.values())
+    grad = torch.ones((), dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        torch.ops.dmfx.cosine_nce_loss_backward(grad, *args.values(), 1e-6, "mean")
+
+
+def test_backward_grad_on_meta_names_the_argument():
+    p, q, target = make_case("cpu")
+    with pytest.raises(ValueError, match="grad is on meta but p is on cpu"):
+        torch.ops.dmfx.cosine_nce_loss_backward(torch.ones((), dtype=p.dtype, device="meta"),
+                                                p, q, target, 1e-6, "mean")

@@ -77,6 +77,47 @@ def test_optimizer_equals_sparse_adam_over_steps(device):
     torch.testing.assert_close(table.weight, twin.weight)
 
 
+def test_leaf_that_requires_grad_is_refused_in_grad_mode():
+    """As for torch's in-place ops: updating a leaf that requires grad outside no_grad raises,
+    and nothing is written."""
+    weight, m, v, rows, grad = make_case("cpu")
+    weight.requires_grad_()
+    before = [t.detach().clone() for t in (weight, m, v)]
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in "
+                                           "an in-place operation"):
+        ops.row_sparse_adam_(weight, m, v, rows, grad, lr=0.1, step=1)
+    for t, b in zip((weight, m, v), before):
+        assert torch.equal(t.detach(), b)
+    with pytest.raises(RuntimeError, match="grad_rows requires grad"):
+        ops.row_sparse_adam_(weight.detach(), m, v, rows, grad.requires_grad_(), lr=0.1, step=1)
+
+
+def test_update_bumps_versions_so_a_stale_backward_raises():
+    """Under no_grad the update goes through and bumps the version counters of the three tensors
+    it writes, so a graph that saved the weight before the update cannot silently use the new
+    one."""
+    weight, m, v, rows, grad = make_case("cpu")
+    weight.requires_grad_()
+    loss = (weight * weight).sum()  # saves weight
+    versions = [t._version for t in (weight, m, v)]
+    with torch.no_grad():
+        ops.row_sparse_adam_(weight, m, v, rows, grad, lr=0.1, step=1)
+    assert all(t._version > old for t, old in zip((weight, m, v), versions))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_optimizer_step_bumps_the_parameter_version(device):
+    table = torch.nn.Embedding(20, 9, sparse=True, dtype=torch.float64).to(device)
+    opt = RowSparseAdam(table.parameters(), lr=0.05)
+    ids = torch.tensor([1, 4, 4, 7], device=device)
+    table(ids).pow(2).sum().backward()
+    stale = (table.weight * table.weight).sum()  # saves the weight before the step
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        stale.backward()
+
+
 def test_optimizer_rejects_dense_gradients():
     p = torch.nn.Parameter(torch.zeros(3, 2))
     p.grad = torch.ones(3, 2)
@@ -129,3 +170,37 @@ def test_argument_errors_name_the_argument(change, message):
         ops.row_sparse_adam_(args["weight"], args["exp_avg"], args["exp_avg_sq"], args["rows"],
                              args["grad_rows"], lr=args["lr"], beta1=args["beta1"],
                              beta2=args["beta2"], eps=args["eps"], step=args["step"])
+
+
+@pytest.mark.parametrize("alias", ["weight=exp_avg", "exp_avg=exp_avg_sq", "weight=exp_avg_sq",
+                                   "overlapping views", "grad_rows in weight"])
+def test_aliased_tensors_are_refused(alias):
+    """State tensors that share memory would mix their updates (NaN weights): refused by name."""
+    weight, m, v, rows, grad = make_case("cpu")
+    if alias == "weight=exp_avg":
+        m, names = weight, "exp_avg and weight"
+    elif alias == "exp_avg=exp_avg_sq":
+        v, names = m, "exp_avg_sq and exp_avg"
+    elif alias == "weight=exp_avg_sq":
+        v, names = weight, "exp_avg_sq and weight"
+    elif alias == "overlapping views":
+        buffer = torch.zeros(16, 7, dtype=torch.float64)
+        weight, m, names = buffer[:11], buffer[5:], "exp_avg and weight"
+    else:
+        grad, names = weight[3:7], "grad_rows and weight"
+    before = weight.clone()
+    with pytest.raises(ValueError, match=f"{names} share memory"):
+        ops.row_sparse_adam_(weight, m, v, rows, grad, lr=0.1, step=1)
+    assert torch.equal(weight, before)
+
+
+@pytest.mark.parametrize("name", ["weight", "exp_avg", "exp_avg_sq", "rows", "grad_rows"])
+def test_meta_mixed_with_cpu_names_the_argument(name):
+    """A meta tensor sends the call to the fake kernel, which must refuse the CPU tensors beside
+    it rather than silently update nothing."""
+    args = dict(zip(("weight", "exp_avg", "exp_avg_sq", "rows", "grad_rows"), make_case("cpu")))
+    args[name] = args[name].to("meta")
+    message = ("exp_avg is on cpu but weight is on meta" if name == "weight"
+               else f"{name} is on meta but weight is on cpu")
+    with pytest.raises(ValueError, match=message):
+        ops.row_sparse_adam_(*args.values(), lr=0.1, step=1)

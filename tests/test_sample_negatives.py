@@ -149,3 +149,16 @@ def test_argument_errors(case):
         sample(csr, users, seed=1, generator=torch.Generator())
     with pytest.raises(ValueError, match=r"indptr\[30\] = \d+ but must be"):
         sample(csr._replace(indices=csr.indices[:-1]), users)
+
+
+@pytest.mark.parametrize("name", ["indptr", "indices", "users"])
+def test_meta_mixed_with_cpu_names_the_argument(name):
+    """A meta tensor sends the call to the fake kernel, which must refuse the CPU tensors beside
+    it rather than return uninitialised ids."""
+    csr = random_csr(30, 25, density=0.4)
+    args = dict(indptr=csr.indptr, indices=csr.indices, users=torch.tensor([0, 1, 2]))
+    args[name] = args[name].to("meta")
+    message = ("indices is on cpu but indptr is on meta" if name == "indptr"
+               else f"{name} is on meta but indptr is on cpu")
+    with pytest.raises(ValueError, match=message):
+        ops.sample_negatives(*args.values(), 25, 4, seed=0)

@@ -269,6 +269,31 @@ def test_device_mismatch_names_the_argument():
         call(csr, rows.cuda(), weight)
 
 
+@pytest.mark.parametrize("name", ["indptr", "indices", "values", "rows", "weight"])
+def test_meta_mixed_with_cpu_names_the_argument(name):
+    """The dispatcher sends a call with any meta tensor to the fake kernel, which must refuse the
+    CPU tensors beside it rather than return uninitialised memory."""
+    csr, rows, weight = make_case("cpu", torch.int64)
+    args = dict(indptr=csr.indptr, indices=csr.indices, values=csr.values, rows=rows,
+                weight=weight)
+    args[name] = args[name].to("meta")
+    message = ("indptr is on cpu but weight is on meta" if name == "weight"
+               else f"{name} is on meta but weight is on cpu")
+    with pytest.raises(ValueError, match=message):
+        ops.sparse_rows_matmul(*args.values())
+
+
+def test_backward_ops_meta_mixed_with_cpu_name_the_argument():
+    csr, rows, weight = make_case("cpu", torch.int64)
+    grad = torch.randn(rows.numel(), weight.shape[1], dtype=weight.dtype)
+    with pytest.raises(ValueError, match="grad_out is on meta but weight is on cpu"):
+        torch.ops.dmfx.sparse_rows_matmul_backward_values(csr.indptr, csr.indices, rows, weight,
+                                                          grad.to("meta"), True)
+    with pytest.raises(ValueError, match="values is on meta but grad_out is on cpu"):
+        torch.ops.dmfx.sparse_rows_matmul_backward_weight(
+            csr.indptr, csr.indices, csr.values.to("meta"), rows, grad, weight.shape[0], True)
+
+
 def test_without_validation_bad_entries_contribute_nothing(case):
     csr, rows, weight = case
     bad = csr._replace(indices=csr.indices.clone())

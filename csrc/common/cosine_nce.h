@@ -6,6 +6,11 @@
 //   loss   = -(t log yhat + (1 - t) log(1 - yhat))
 // The clamp passes gradient only for mu <= cos <= 1 - mu (as torch.clamp does), so a zero vector
 // (cos = 0 < mu) gets loss -(t log mu + (1 - t) log(1 - mu)) and a zero gradient: never NaN.
+// NaN in, NaN out: a NaN (or infinity) in p or q makes cos NaN, which the clamp keeps (as
+// torch.clamp does), so the row's loss and both its gradients are NaN; a NaN target makes the
+// loss NaN, and the gradients too where the clamp passes them. Every comparison below is written
+// so that NaN fails it and falls through to the arithmetic: std::min / std::max / fmin would
+// turn a NaN cosine into mu or 1 - mu.
 #include <cmath>
 
 #include "macros.h"
@@ -16,7 +21,7 @@ template <typename acc_t>
 DMFX_HOST_DEVICE inline acc_t cosine_from_sums(acc_t dot, acc_t pp, acc_t qq) {
   using std::sqrt;
   const acc_t denom = sqrt(pp) * sqrt(qq);
-  return denom > acc_t(0) ? dot / denom : acc_t(0);
+  return denom == acc_t(0) ? acc_t(0) : dot / denom;
 }
 
 // log(1 + x) for x in (-1, 0]. On the host, Goldberg's formula over log: as accurate as log1p (a
@@ -45,7 +50,7 @@ DMFX_HOST_DEVICE inline acc_t nce_loss(acc_t cos, acc_t target, acc_t mu) {
   return loss;
 }
 
-// d loss / d cos.
+// d loss / d cos: NaN for a NaN cos.
 template <typename acc_t>
 DMFX_HOST_DEVICE inline acc_t nce_grad_cos(acc_t cos, acc_t target, acc_t mu) {
   if (cos < mu || cos > acc_t(1) - mu) return acc_t(0);
@@ -54,7 +59,8 @@ DMFX_HOST_DEVICE inline acc_t nce_grad_cos(acc_t cos, acc_t target, acc_t mu) {
 
 // With g = upstream gradient * d loss / d cos, the gradients are
 //   d/dp = g (q / (|p||q|) - cos p / |p|^2) = coef_q * q - coef_p * p   (and symmetrically for q).
-// Only called when g != 0, which implies cos >= mu > 0 and hence nonzero norms.
+// Finite nonzero g implies cos >= mu > 0 and hence nonzero norms; a NaN g (a NaN row) passes the
+// g != 0 test too and makes every coefficient NaN.
 template <typename acc_t>
 struct CosineGradCoefficients {
   acc_t cross;   // g / (|p||q|): multiplies the other vector
