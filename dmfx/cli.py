@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and evaluate it (leave-one-out, HR/NDCG@10)",
                        description="Train on a leave-one-out split: each user's latest interaction "
-                       "is the test item, one random other is the validation item (early stopping). "
+                       "(a random one where the data has no timestamps) is the test item, one "
+                       "random other is the validation item (early stopping). "
                        "Writes OUTPUT/metrics.json and OUTPUT/checkpoint.pt (every epoch).")
     _add_data_args(t)
     _add_model_args(t)
@@ -271,8 +273,11 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     start = time.perf_counter()
     data = spec.load()
     split = spec.split(data)
+    held_out = ("each user's latest interaction" if split.holdout == "latest" else
+                "a random interaction per user (the data has no timestamps)")
     _log(args, f"data: {spec.name}: {data.num_users:,} users x {data.num_items:,} items, "
-               f"{data.nnz:,} interactions; {len(split.test_users):,} users evaluated")
+               f"{data.nnz:,} interactions; {len(split.test_users):,} users evaluated; test "
+               f"item: {held_out}")
     torch.manual_seed(args.seed)
     model = build_model(name, split.train, params, device)
     extra = {"data": data_record(spec, data), "model": {"kind": name, "config": model.config()}}
@@ -290,7 +295,7 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     valid = evaluate(model, split, "valid") if len(split.valid_users) else {}
     metrics = {
         "test": test, "valid": valid,
-        "config": {"data": extra["data"], "model": name, "model_config": model.config(),
+        "config": {"data": extra["data"], "holdout": split.holdout, "model": name, "model_config": model.config(),
                    "train": asdict(config), "device": str(device), "torch": torch.__version__},
         "history": state.history,
         "best_epoch": state.best_epoch,
@@ -355,8 +360,13 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"dmfx: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line
     try:
         return args.handler(args)
     except USER_ERRORS as error:
@@ -366,3 +376,5 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("dmfx: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown

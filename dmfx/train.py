@@ -144,6 +144,11 @@ class EpochPairs:
         self.users = torch.from_numpy(train.users).to(device)
         self.items = torch.from_numpy(train.items).to(device)
         ratings = torch.from_numpy(train.ratings).to(device)
+        if config.loss == "nce" and (train.nnz == 0 or train.ratings.min() < 0
+                                                  or train.max_rating <= 0):
+            low, high = (train.ratings.min(), train.max_rating) if train.nnz else (None, None)
+            raise ValueError(f"the {config.loss} loss's target rating / max rating needs ratings "
+                             f">= 0 with a positive maximum, got ratings in [{low}, {high}]")
         if config.loss == "nce":
             self.targets = ratings / float(train.max_rating)
         else:

@@ -173,3 +173,18 @@ def test_python_dash_m_and_help():
     result = subprocess.run([sys.executable, "-m", "dmfx", "train", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--dataset" in result.stdout and "leave-one-out" in result.stdout
+
+
+def test_data_without_timestamps_is_held_out_at_random_and_says_so(tmp_path, capsys):
+    plays = lambda u, i: 200 if i % 17 == 0 else 1 + (u + i) % 3  # noqa: E731 - a heavy tail
+    rows = [f"{u}\t{i}\t{plays(u, i)}" for u in range(40) for i in range(u % 5, 60, 3)]
+    path = tmp_path / "plays.tsv"
+    path.write_text("\n".join(rows) + "\n")  # user, item, play count; item-sorted, no timestamps
+    out = tmp_path / "pop"
+    assert main(["train", "--data", str(path), "--model", "itempop", "--eval-negatives", "20",
+                 "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "test item: a random interaction per user (the data has no timestamps)" in err
+    warning = [line for line in err.splitlines() if "look like counts" in line]
+    assert len(warning) == 1 and warning[0].startswith("dmfx: warning:")
+    assert json.loads((out / "metrics.json").read_text())["config"]["holdout"] == "random"

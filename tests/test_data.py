@@ -15,6 +15,7 @@ import torch
 
 from dmfx.data import (
     DATASETS,
+    DataFormatError,
     DatasetUnavailableError,
     Interactions,
     kcore,
@@ -257,6 +258,28 @@ def test_local_copy_as_file_zip_or_folder(tmp_path: Path) -> None:
         np.testing.assert_array_equal(x.users, expected.users)
         np.testing.assert_array_equal(x.ratings, expected.ratings)
     assert load_dataset("ml-100k", data=FIXTURES / "u.data").nnz == 4
+
+
+def test_damaged_local_zip_is_a_data_format_error(tmp_path: Path) -> None:
+    whole = _zip_bytes("ml-1m/ratings.dat", FIXTURES / "ratings.dat")
+    truncated = tmp_path / "truncated.zip"  # not even recognised by zipfile.is_zipfile
+    truncated.write_bytes(whole[: len(whole) // 2])
+    corrupt = tmp_path / "corrupt.zip"  # intact directory, member bytes changed: CRC mismatch
+    start = whole.index(b"ml-1m/ratings.dat") + len("ml-1m/ratings.dat")
+    corrupt.write_bytes(whole[:start] + bytes(b ^ 1 for b in whole[start : start + 20]) + whole[start + 20 :])
+    for path in (truncated, corrupt):
+        with pytest.raises(DataFormatError, match=rf"^{path}: expected a zip archive, got a truncated or corrupt"):
+            load_dataset("ml-1m", data=path)
+
+
+def test_bad_line_in_local_zip_names_the_member(tmp_path: Path) -> None:
+    archive = tmp_path / "ml-1m.zip"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("ml-1m/ratings.dat", "1::10::5::978300760\n1::20::x::978300761\n")
+    archive.write_bytes(buffer.getvalue())
+    with pytest.raises(DataFormatError, match=rf"^{archive}/ml-1m/ratings\.dat:2: expected a numeric rating"):
+        load_dataset("ml-1m", data=archive)
 
 
 def test_local_amazon_copy_gets_the_paper_filter(tmp_path: Path) -> None:

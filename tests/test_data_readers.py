@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from dmfx.data import (
     read_movielens_100k,
     read_movielens_csv,
     read_movielens_dat,
+    read_npz,
     synthetic,
 )
 
@@ -164,6 +168,27 @@ def test_read_file_with_sep_and_fmt(tmp_path: Path) -> None:
         read_file(path, fmt="parquet")
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("user_artists.dat", "userID\tartistID\tweight\n2\t51\t13883\n2\t52\t11690\n3\t51\t228\n"),
+        ("plays.tsv", "2\t51\t13883\n2\t52\t11690\n3\t51\t228\n"),
+        ("plays.txt", "2  51 13883\n2 52\t11690\n\n 3 51 228 \n"),
+        ("plays.csv", "user,item,plays\n2,51,13883\n2,52,11690\n3,51,228\n"),
+    ],
+)
+def test_read_file_detects_user_item_weight(name: str, text: str, tmp_path: Path) -> None:
+    x = read_file(write(tmp_path, name, text))
+    assert triples(x) == {(2, 51, 13883.0), (2, 52, 11690.0), (3, 51, 228.0)}
+    assert x.timestamps is None
+
+
+def test_read_file_detects_whitespace_with_timestamps(tmp_path: Path) -> None:
+    x = read_file(write(tmp_path, "ratings.txt", "u1 i1 4.5 881250949\nu2  i1 3 881250950\n"))
+    assert triples(x) == {("u1", "i1", 4.5), ("u2", "i1", 3.0)}
+    assert x.timestamps.tolist() == [881250949, 881250950]
+
+
 def test_read_file_unknown_format_lists_formats(tmp_path: Path) -> None:
     path = write(tmp_path, "data.txt", "alice likes bob\n")
     with pytest.raises(DataFormatError) as err:
@@ -174,8 +199,6 @@ def test_read_file_unknown_format_lists_formats(tmp_path: Path) -> None:
 
 
 def test_read_file_rejects_foreign_zip(tmp_path: Path) -> None:
-    import zipfile
-
     path = tmp_path / "ml-1m.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.write(FIXTURES / "ratings.dat", "ml-1m/ratings.dat")
@@ -206,6 +229,15 @@ def test_read_file_rejects_foreign_zip(tmp_path: Path) -> None:
          "expected header 'userId,movieId,rating,timestamp'"),
         (read_amazon_csv, "amazon.csv", "A1,B1,5.0,1\nA2,B2,5.0\n", 2, "expected 4 fields separated by ',', got 3"),
         (read_amazon_csv, "amazon.csv", "A1,B1,five,1\n", 1, "expected a numeric rating, got 'five'"),
+        (read_movielens_100k, "u.data", "1\t2\t3\t4\n99999999999999999999\t2\t3\t4\n", 2,
+         "expected an integer user id in the int64 range, got '99999999999999999999'"),
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\n1::3::4::99999999999999999999\n", 2,
+         "expected an integer timestamp in the int64 range"),
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\n1_000::3::4::5\n", 2,
+         "expected an integer user id, got '1_000'"),
+        (read_movielens_dat, "ratings.dat", "1::2::3::4\n\n1::3::-1::5\n", 3, "expected a rating >= 0, got '-1'"),
+        (read_amazon_csv, "amazon.csv", "A1,B1,5.0,1\nA2,B2,-2.5,2\n", 2, "expected a rating >= 0"),
+        (read_file, "plays.tsv", "1\t2\t3\n1\t3\t-4\n", 2, "expected a rating >= 0, got '-4'"),
     ],
 )
 def test_malformed_line_is_located(reader, name: str, text: str, line: int, expected: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -234,12 +266,30 @@ def test_missing_column_in_read_delimited(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "reader", [read_movielens_100k, read_movielens_dat, read_movielens_csv, read_amazon_csv, read_file]
+    "reader",
+    [
+        read_movielens_100k,
+        read_movielens_dat,
+        read_movielens_csv,
+        read_amazon_csv,
+        read_file,
+        lambda path: read_file(path, sep=","),
+        lambda path: read_delimited(path, None, ("user", "item")),
+    ],
 )
-def test_empty_file(reader, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    path = write(tmp_path, "empty.txt", "")
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])
+def test_empty_file(reader, packed: bool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "empty.txt"
+    path.write_bytes(gzip.compress(b"") if packed else b"")
     with pytest.raises(DataFormatError, match=r"empty\.txt:1: expected .*(empty file|no data)"):
         reader(path)
+
+
+def test_empty_npz(tmp_path: Path) -> None:
+    path = write(tmp_path, "empty.npz", "")
+    for read in (read_npz, lambda p: read_file(p, fmt="npz")):
+        with pytest.raises(DataFormatError, match=r"empty\.npz: expected an \.npz written by Interactions\.save_npz"):
+            read(path)
 
 
 def test_header_only_file_has_no_data(tmp_path: Path) -> None:
@@ -254,26 +304,91 @@ def test_read_delimited_rejects_bad_column_spec(tmp_path: Path) -> None:
         read_delimited(path, ",", columns=("user", "score"))  # type: ignore[arg-type]
 
 
-def test_movielens_1m_sized_file_reads_fast(tmp_path: Path) -> None:
-    """Structural check at 200k lines; the fast path is what keeps ML-1M in seconds."""
-    rng = np.random.default_rng(0)
-    n = 200_000
-    cols = np.stack([rng.integers(1, 6041, n), rng.integers(1, 3953, n), rng.integers(1, 6, n),
-                     rng.integers(956_703_932, 1_046_454_590, n)], axis=1)
-    path = tmp_path / "ratings.dat"
-    path.write_text("\n".join("::".join(map(str, row)) for row in cols.tolist()) + "\n")
-    import time
-
-    start = time.perf_counter()
-    x = read_movielens_dat(path)
-    elapsed = time.perf_counter() - start
-    keys = np.unique(cols[:, 0] * 10_000 + cols[:, 1])
-    assert x.nnz == len(keys)
-    assert elapsed < 3.0, f"reading {n} lines took {elapsed:.2f}s"
-
-
 def test_undecodable_bytes_are_located(tmp_path: Path) -> None:
     path = tmp_path / "u.data"
     path.write_bytes(b"1\t2\t3\t4\n\xff\xfe\t1\t2\t3\n")
     with pytest.raises(DataFormatError, match=r"u\.data:2: expected UTF-8 text"):
         read_movielens_100k(path)
+
+
+@pytest.mark.parametrize(
+    ("reader", "text", "line"),
+    [
+        (read_file, b"1\t2\t3\t4\n\xff\xfe\t1\t2\t3\n", 2),  # while detecting the format
+        (read_file, b"\xe9\t1\t2\n", 1),
+        (read_movielens_csv, b"userId,movieId,rating,timestamp\n1,2,3,4\n1,\xff,3,4\n", 3),  # past the header
+        (read_movielens_csv, b"userId,movieId\xff,rating,timestamp\n1,2,3,4\n", 1),  # in the header
+    ],
+)
+def test_undecodable_bytes_are_located_everywhere(reader, text: bytes, line: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "ratings"
+    path.write_bytes(text)
+    with pytest.raises(DataFormatError, match=rf"^{path}:{line}: expected UTF-8 text, got undecodable bytes$"):
+        reader(path)
+
+
+def _gzip_damaged(kind: str) -> bytes:
+    text = "".join(f"{u}\t{u * 7 % 13}\t{u % 5 + 1}\t{880_000_000 + u}\n" for u in range(1, 300))
+    packed = gzip.compress(text.encode(), mtime=0)
+    if kind == "truncated":  # EOFError inside gzip
+        return packed[: len(packed) // 2]
+    if kind == "corrupt":  # zlib.error
+        return packed[:20] + bytes(b ^ 0xFF for b in packed[20:40]) + packed[40:]
+    return packed[:-8] + bytes(8)  # "bad-crc": gzip.BadGzipFile
+
+
+@pytest.mark.parametrize("kind", ["truncated", "corrupt", "bad-crc"])
+@pytest.mark.parametrize("reader", [read_file, read_movielens_100k, lambda path: read_file(path, sep="\t")])
+def test_damaged_gzip_is_a_data_format_error(reader, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "u.data.gz"
+    path.write_bytes(_gzip_damaged(kind))
+    with pytest.raises(DataFormatError, match=rf"^{path}: expected gzip-compressed text, got a truncated or corrupt"):
+        reader(path)
+
+
+def _npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    synthetic(20, 10, 60, seed=0).save_npz(buffer)
+    return buffer.getvalue()
+
+
+def test_damaged_npz_is_a_data_format_error(tmp_path: Path) -> None:
+    whole = _npz_bytes()
+    truncated = tmp_path / "truncated.npz"  # zipfile.BadZipFile while detecting
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataFormatError, match=r"truncated\.npz: expected a zip archive, got a truncated or corrupt"):
+        read_file(truncated)
+    with pytest.raises(DataFormatError, match=r"truncated\.npz: expected an \.npz"):
+        read_npz(truncated)
+    # Damaged compressed data inside an intact archive: zlib.error or a CRC mismatch on reading.
+    corrupt = tmp_path / "corrupt.npz"
+    with zipfile.ZipFile(io.BytesIO(whole)) as archive:
+        start = archive.getinfo("users.npy").header_offset + 60
+    corrupt.write_bytes(whole[:start] + bytes(b ^ 0xFF for b in whole[start : start + 16]) + whole[start + 16 :])
+    with pytest.raises(DataFormatError, match=r"corrupt\.npz: expected an \.npz written by Interactions\.save_npz"):
+        read_file(corrupt)
+    array = tmp_path / "array.npy"
+    np.save(array, np.arange(3))
+    with pytest.raises(DataFormatError, match=r"array\.npy: expected an \.npz .*, got a single \.npy array"):
+        read_npz(array)
+
+
+def test_counts_are_kept_with_a_warning(tmp_path: Path) -> None:
+    plays = [1, 2, 3, 1, 5, 250, 1, 4, 2]
+    text = "".join(f"u{k % 3}\ta{k}\t{n}\n" for k, n in enumerate(plays))
+    path = write(tmp_path, "plays.tsv", text)
+    with pytest.warns(UserWarning, match=r"plays\.tsv: the ratings look like counts .* --input binary --loss ce"):
+        x = read_file(path)
+    assert sorted(x.ratings.tolist()) == sorted(map(float, plays))
+
+
+@pytest.mark.parametrize(
+    "ratings",
+    [[1, 2, 3, 4, 5], [0.5, 4.5, 5, 3], [1, 10, 7, 3], [40, 100, 75, 90, 15], [1, 1, 1, 1]],
+    ids=["stars", "half-stars", "1-10", "0-100", "implicit"],
+)
+def test_rating_scales_do_not_warn(ratings: list[float], tmp_path: Path) -> None:
+    path = write(tmp_path, "r.tsv", "".join(f"u{k % 2}\ti{k}\t{r}\n" for k, r in enumerate(ratings)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_file(path)

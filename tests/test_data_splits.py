@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from dmfx.data import Interactions, Split, leave_one_out, load_dataset, synthetic
+from dmfx.data import Interactions, Split, leave_one_out, load_dataset, read_file, synthetic
+from dmfx.evaluate import evaluate
+from dmfx.models import build_model
 
 
 def pair_keys(x: Interactions) -> set[tuple[int, int]]:
@@ -109,12 +113,78 @@ def test_users_below_threshold_stay_in_train() -> None:
     assert set(x.user_ids[strict.test_users].tolist()) == {"z"}
 
 
-def test_without_timestamps_last_occurrence_is_test() -> None:
-    x = Interactions.from_arrays([1, 1, 1, 2, 2, 2, 2], [5, 3, 4, 3, 5, 4, 1], np.ones(7))
+def test_with_timestamps_the_holdout_is_latest(ml100k_split: Split) -> None:
+    assert ml100k_split.holdout == "latest"
+    assert "holdout='latest'" in repr(ml100k_split)
+
+
+def test_without_timestamps_the_test_item_is_random() -> None:
+    """File order would make the test item whatever the file is sorted by; here each user's
+    lines are sorted by item, so a file-order rule would always pick the last of five."""
+    users = np.repeat(np.arange(2000), 5)
+    items = np.tile(np.arange(5), 2000)
+    x = Interactions.from_arrays(users, items, np.ones(len(users)))
     split = leave_one_out(x, num_negatives=0, seed=0)
-    test = dict(zip(x.user_ids[split.test_users].tolist(), x.item_ids[split.test_items].tolist()))
-    assert test == {1: 4, 2: 1}
-    assert split.test_negatives.shape == (2, 0)
+    assert split.holdout == "random"
+    shares = np.bincount(split.test_items, minlength=5) / len(split.test_items)
+    assert np.all(np.abs(shares - 0.2) < 0.03), shares
+    assert np.all(split.valid_items != split.test_items)
+    again = leave_one_out(x, num_negatives=0, seed=0)
+    np.testing.assert_array_equal(again.test_items, split.test_items)
+    np.testing.assert_array_equal(again.valid_items, split.valid_items)
+    other = leave_one_out(x, num_negatives=0, seed=1)
+    assert not np.array_equal(other.test_items, split.test_items)
+    no_valid = leave_one_out(x, num_negatives=0, seed=0, valid=False)
+    np.testing.assert_array_equal(no_valid.test_items, split.test_items)
+
+
+def write_play_counts(path: Path, num_users: int = 300, num_items: int = 500, seed: int = 0) -> None:
+    """A Last.fm-like ``user_artists.dat``: header, ``user<TAB>artist<TAB>plays``, no timestamps,
+    each user's lines sorted by artist id; popularity falls with the id (as when artists are
+    numbered in order of first appearance) and play counts are heavy-tailed."""
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, num_items + 1)
+    popularity /= popularity.sum()
+    lines = ["userID\tartistID\tweight"]
+    for user in range(1, num_users + 1):
+        items = np.sort(rng.choice(num_items, size=int(rng.integers(5, 30)), replace=False, p=popularity)) + 1
+        plays = np.ceil(rng.lognormal(4, 1.5, len(items))).astype(int)
+        lines += [f"{user}\t{item}\t{n}" for item, n in zip(items, plays)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_play_counts_without_timestamps_evaluate_itempop_sensibly(tmp_path: Path) -> None:
+    """Holding out each user's last line here would hold out their least popular artist, which
+    puts ItemPop at HR@10 = 0.0, below the 10/101 of a random ranking."""
+    path = tmp_path / "user_artists.dat"
+    write_play_counts(path)
+    with pytest.warns(UserWarning, match="look like counts"):
+        data = read_file(path)
+    assert (data.num_users, data.timestamps) == (300, None)
+    split = leave_one_out(data, num_negatives=100, seed=0)
+    assert split.holdout == "random"
+    model = build_model("itempop", split.train)
+    model.fit_closed_form(split.train)
+    hr = evaluate(model, split, "test")["hr@10"]
+    assert hr > 3 * 10 / 101, hr
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_no_user_to_evaluate_is_an_error(valid: bool) -> None:
+    """Without the check every metric would be the mean of nothing: NaN."""
+    one_each = Interactions.from_arrays(np.arange(50), np.arange(50) % 7, np.ones(50))
+    with pytest.raises(ValueError, match="no user can be evaluated: .* at least min_interactions=3 interactions, "
+                                         "but the most any of the 50 users has is 1"):
+        leave_one_out(one_each, num_negatives=3, seed=0, valid=valid, min_interactions=3)
+    two_each = Interactions.from_arrays(np.arange(100) % 50, np.arange(100) % 9, np.ones(100))
+    with pytest.raises(ValueError, match="holds out a test and a validation item only for users with at least"):
+        leave_one_out(two_each, num_negatives=3, seed=0)
+
+
+def test_one_evaluable_user_gives_both_sides() -> None:
+    x = Interactions.from_arrays([0, 0, 0] + list(range(1, 20)), [0, 1, 2] + list(range(3, 22)), np.ones(22))
+    split = leave_one_out(x, num_negatives=5, seed=0)
+    assert split.test_users.tolist() == split.valid_users.tolist() == [0]
 
 
 def test_too_few_unseen_items_is_an_error() -> None:

@@ -1,6 +1,7 @@
 """The trainer: it learns, it is reproducible, and a killed run resumes to the same weights."""
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -182,3 +183,15 @@ def test_peak_memory_counts_a_large_allocation():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     held, peak = map(float, result.stdout.split())
     assert held > 300 and peak >= held - 1  # MB: the 300 MB tensor, touched by ones()
+
+
+@pytest.mark.parametrize("ratings", [[0.0, 0.0, 0.0, 0.0], [2.0, -1.0, 3.0, 1.0]], ids=["zeros", "negative"])
+def test_nce_targets_need_a_positive_rating_scale(ratings):
+    from dmfx.data import Interactions
+
+    data = Interactions([0, 1], [0, 1, 2], [0, 0, 1, 1], [0, 1, 1, 2], ratings)
+    for loss in ("nce",):
+        with pytest.raises(ValueError, match="needs ratings >= 0 with a positive maximum"):
+            EpochPairs(SimpleNamespace(train=data), TrainConfig(loss=loss, progress=False),
+                       torch.device("cpu"))
+    EpochPairs(SimpleNamespace(train=data), TrainConfig(loss="ce", progress=False), torch.device("cpu"))

@@ -15,14 +15,16 @@ with ``data=`` are read as they are, without verification.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import lzma
 import os
-import shutil
 import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,7 +35,15 @@ from tqdm import tqdm
 from .errors import DataFormatError, DatasetUnavailableError
 from .filters import kcore
 from .interactions import Interactions
-from .readers import PathLike, read_amazon_csv, read_movielens_100k, read_movielens_csv, read_movielens_dat
+from .readers import (
+    _ZIP_MAGIC,
+    PathLike,
+    _magic,
+    read_amazon_csv,
+    read_movielens_100k,
+    read_movielens_csv,
+    read_movielens_dat,
+)
 from .synthetic import synthetic
 
 __all__ = ["DATASETS", "Dataset", "default_cache_dir", "load_dataset"]
@@ -218,11 +228,38 @@ def _find_member(archive: zipfile.ZipFile, spec: Dataset, source: str) -> zipfil
     raise DataFormatError(f"{source}: expected a zip archive containing {spec.member}")
 
 
-def _extract(spec: Dataset, zip_path: Path, target: Path) -> None:
-    with zipfile.ZipFile(zip_path) as archive:
-        info = _find_member(archive, spec, os.fspath(zip_path))
-        with archive.open(info) as src:
-            _write_atomic(target, lambda dst: shutil.copyfileobj(src, dst, _BLOCK))
+def _corrupt_zip(zip_path: Path, exc: BaseException) -> DataFormatError:
+    return DataFormatError(f"{zip_path}: expected a zip archive, got a truncated or corrupt one ({exc})")
+
+
+def _extract(spec: Dataset, zip_path: Path, target: Path) -> str:
+    """Copy the ratings member of ``zip_path`` to ``target``; return the member's name.
+
+    Errors of reading the archive, whatever layer raises them (zipfile, the
+    decompressors, a seek to an offset read from a damaged header), become
+    DataFormatError; errors of writing ``target`` propagate unchanged.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            archive = stack.enter_context(zipfile.ZipFile(zip_path))
+            info = _find_member(archive, spec, os.fspath(zip_path))
+            src = stack.enter_context(archive.open(info))
+        # RuntimeError: a member flagged as encrypted.
+        except (OSError, RuntimeError, zipfile.BadZipFile, NotImplementedError) as exc:
+            raise _corrupt_zip(zip_path, exc) from exc
+
+        def copy(dst: BinaryIO) -> None:
+            while True:
+                try:
+                    block = src.read(_BLOCK)
+                except (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as exc:
+                    raise _corrupt_zip(zip_path, exc) from exc
+                if not block:
+                    return
+                dst.write(block)
+
+        _write_atomic(target, copy)
+    return info.filename
 
 
 def _fetch(spec: Dataset, root: Path) -> Path:
@@ -259,11 +296,16 @@ def _read_local(spec: Dataset, data: PathLike) -> Interactions:
         raise FileNotFoundError(
             f"{path}: expected {' or '.join(map(str, candidates))} for data set {spec.name!r}"
         )
-    if spec.member is not None and zipfile.is_zipfile(path):
+    # The magic bytes, not zipfile.is_zipfile: a truncated archive must be reported as one.
+    if spec.member is not None and _magic(path) == _ZIP_MAGIC:
         with tempfile.TemporaryDirectory(prefix="dmfx-") as tmp:
             target = Path(tmp) / spec.filename
-            _extract(spec, path, target)
-            return spec.reader(target)
+            member = _extract(spec, path, target)
+            try:
+                return spec.reader(target)
+            except DataFormatError as exc:
+                # Name the member of the user's archive, not the temporary copy.
+                raise DataFormatError(str(exc).replace(os.fspath(target), f"{path}/{member}", 1)) from None
     return spec.reader(path)
 
 

@@ -9,9 +9,11 @@ CSR (rows = users) or, transposed, as the CSC of ``Y`` (rows = items).
 
 from __future__ import annotations
 
+import lzma
 import operator
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -343,11 +345,19 @@ class Interactions:
     def read_npz(cls, path: str | os.PathLike[str]) -> Interactions:
         """Read an ``.npz`` written by :meth:`save_npz` (also exported as ``dmfx.data.read_npz``)."""
         name = os.fspath(path)
+        expected = f"{name}: expected an .npz written by Interactions.save_npz"
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise DataFormatError(f"{name}: expected an .npz written by Interactions.save_npz ({exc})") from exc
+            loaded = np.load(path, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded as npz:
+                    arrays = {key: npz[key] for key in npz.files}
+        # A damaged archive fails in zipfile (RuntimeError: a member flagged as encrypted),
+        # a decompressor or numpy's header parser.
+        except (OSError, ValueError, RuntimeError, EOFError, zlib.error, lzma.LZMAError,
+                zipfile.BadZipFile, NotImplementedError) as exc:
+            raise DataFormatError(f"{expected} ({exc})") from exc
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataFormatError(f"{expected}, got a single .npy array")
         missing = [key for key in _NPZ_REQUIRED if key not in arrays]
         if missing:
             raise DataFormatError(

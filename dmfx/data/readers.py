@@ -9,6 +9,13 @@ was expected; the slow path therefore only runs on bad input.
 Every reader accepts gzip-compressed input transparently (detected by the
 gzip magic bytes, not by the file name).  Fields are split on the separator
 only: quoted fields are not supported, as no supported format uses them.
+
+Every problem with a file's contents, a truncated or corrupt gzip or zip
+stream included, is a :class:`DataFormatError` whose one-line message starts
+with the file name (and the line, where there is one).  Ratings must be finite
+and >= 0: the losses use rating / largest rating as a target in [0, 1].
+Ratings that look like counts (see :func:`read_file`) are kept as they
+are, with a ``UserWarning``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import math
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import BinaryIO, Literal, TextIO
 
 import numpy as np
@@ -48,6 +57,11 @@ _ML_CSV_HEADER = "userId,movieId,rating,timestamp"
 _UNIT_SEPARATOR = "\x1f"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
+_INT64 = np.iinfo(np.int64)
+# Counts rather than ratings: whole numbers, the largest above any common rating
+# scale (1-5, 1-10), and a heavy tail (the median at most a tenth of the largest).
+_RATING_SCALE_MAX = 10
+_COUNT_TAIL = 10
 
 
 def _magic(path: PathLike) -> bytes:
@@ -66,20 +80,57 @@ def _open_text(path: PathLike) -> TextIO:
     return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig")
 
 
-def _describe(columns: Sequence[Column], sep: str) -> str:
-    return f"{len(columns)} fields separated by {sep!r}"
+@contextmanager
+def _reading(path: PathLike) -> Iterator[None]:
+    """Turn a truncated or corrupt gzip stream, met wherever the file is read, into a DataFormatError."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataFormatError(
+            f"{os.fspath(path)}: expected gzip-compressed text, got a truncated or corrupt gzip stream ({exc})"
+        ) from exc
+
+
+def _decode(path: PathLike, raw: bytes, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{os.fspath(path)}:{lineno}: expected UTF-8 text, got undecodable bytes") from None
+
+
+def _undecodable(path: PathLike) -> DataFormatError:
+    """The error for the first line that is not UTF-8, once decoding the text stream failed."""
+    with _open_binary(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                _decode(path, raw, lineno)
+            except DataFormatError as exc:
+                return exc
+    return DataFormatError(f"{os.fspath(path)}: expected UTF-8 text, got undecodable bytes")
+
+
+def _describe(columns: Sequence[Column], sep: str | None) -> str:
+    return f"{len(columns)} fields separated by {'whitespace' if sep is None else repr(sep)}"
 
 
 def _field_names(columns: Sequence[Column]) -> str:
     return ", ".join(c or "(ignored)" for c in columns)
 
 
+def _loadtxt_syntax(text: str) -> bool:
+    # Python's int() and float() also take digit-group underscores and
+    # non-ASCII digits, which np.loadtxt refuses.
+    core = text.strip()
+    return core.isascii() and "_" not in core
+
+
 def _is_int(text: str) -> bool:
+    """Whether ``text`` is an integer as np.loadtxt reads one (range not checked)."""
     try:
         int(text)
     except ValueError:
         return False
-    return True
+    return _loadtxt_syntax(text)
 
 
 def _is_float(text: str) -> bool:
@@ -87,10 +138,18 @@ def _is_float(text: str) -> bool:
         float(text)
     except ValueError:
         return False
-    return True
+    return _loadtxt_syntax(text)
 
 
-def _check_fields(fields: list[str], columns: Sequence[Column], sep: str, id_kind: IdKind) -> str | None:
+def _int_problem(text: str, what: str) -> str | None:
+    if not _is_int(text):
+        return f"expected an integer {what}, got {text!r}"
+    if not _INT64.min <= int(text) <= _INT64.max:
+        return f"expected an integer {what} in the int64 range, got {text!r}"
+    return None
+
+
+def _check_fields(fields: list[str], columns: Sequence[Column], sep: str | None, id_kind: IdKind) -> str | None:
     """What is wrong with one split line, or None; mirrors the fast path's parsing."""
     if len(fields) != len(columns):
         return (
@@ -98,21 +157,26 @@ def _check_fields(fields: list[str], columns: Sequence[Column], sep: str, id_kin
             f"(fields: {_field_names(columns)})"
         )
     for column, text in zip(columns, fields, strict=True):
+        problem = None
         if column == "rating":
             if not _is_float(text):
-                return f"expected a numeric rating, got {text!r}"
-            if not math.isfinite(float(text)):
-                return f"expected a finite rating, got {text!r}"
-        elif column == "timestamp" and not _is_int(text):
-            return f"expected an integer timestamp, got {text!r}"
-        elif column in ("user", "item") and id_kind == "int" and not _is_int(text):
-            return f"expected an integer {column} id, got {text!r}"
+                problem = f"expected a numeric rating, got {text!r}"
+            elif not math.isfinite(float(text)):
+                problem = f"expected a finite rating, got {text!r}"
+            elif float(text) < 0:
+                problem = f"expected a rating >= 0, got {text!r} (targets are rating / largest rating)"
+        elif column == "timestamp":
+            problem = _int_problem(text, "timestamp")
+        elif column in ("user", "item") and id_kind == "int":
+            problem = _int_problem(text, f"{column} id")
+        if problem is not None:
+            return problem
     return None
 
 
 def _diagnose(
     path: PathLike,
-    sep: str,
+    sep: str | None,
     columns: Sequence[Column],
     has_header: bool,
     id_kind: IdKind,
@@ -123,14 +187,14 @@ def _diagnose(
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                return DataFormatError(f"{name}:{lineno}: expected UTF-8 text, got undecodable bytes")
+                line = _decode(path, raw, lineno)
+            except DataFormatError as exc:
+                return exc
             if has_header and lineno == 1:
                 continue
             line = line.rstrip("\r\n")
-            if not line:
-                continue  # loadtxt skips empty lines too
+            if not line or (sep is None and not line.strip()):
+                continue  # loadtxt skips these too
             if not line.strip():
                 return DataFormatError(f"{name}:{lineno}: expected {_describe(columns, sep)}, got a blank line")
             problem = _check_fields(line.split(sep), columns, sep, id_kind)
@@ -158,9 +222,24 @@ def _ids(values: np.ndarray, id_kind: IdKind) -> np.ndarray:
     return text
 
 
+def _warn_if_counts(name: str, ratings: np.ndarray) -> None:
+    largest, median = float(ratings.max()), float(np.median(ratings))
+    if (
+        largest > _RATING_SCALE_MAX
+        and median * _COUNT_TAIL <= largest
+        and bool(np.all(ratings == np.round(ratings)))
+    ):
+        warnings.warn(
+            f"{name}: the ratings look like counts (whole numbers up to {largest:g}, median {median:g}); "
+            f"they are kept as ratings, so the largest count scales every target; for implicit feedback "
+            f"train on 0/1 input with --input binary --loss ce",
+            UserWarning,
+        )
+
+
 def _read_table(
     path: PathLike,
-    sep: str,
+    sep: str | None,
     columns: Sequence[Column],
     *,
     header: bool | str,
@@ -168,11 +247,12 @@ def _read_table(
 ) -> Interactions:
     """Parse a delimited file whose fields are named by ``columns``.
 
-    ``header`` is False (no header), True (skip the first line) or the exact
-    header text that the first line must carry.
+    ``sep=None`` splits on runs of whitespace.  ``header`` is False (no
+    header), True (skip the first line) or the exact header text that the
+    first line must carry.
     """
-    if not sep:
-        raise ValueError("sep must be a non-empty string")
+    if sep == "":
+        raise ValueError("sep must be a non-empty string or None (whitespace)")
     named = [c for c in columns if c is not None]
     unknown = sorted(set(named) - {"user", "item", "rating", "timestamp"})
     if unknown or len(named) != len(set(named)) or "user" not in named or "item" not in named:
@@ -186,9 +266,12 @@ def _read_table(
     dtype = np.dtype([(f"f{k}", field_types.get(c, id_type)) for k, c in enumerate(columns)])
     first_data_line = 2 if header else 1
 
-    with _open_text(path) as f:
+    with _reading(path), _open_text(path) as f:
         if header:
-            first = f.readline()
+            try:
+                first = f.readline()
+            except UnicodeDecodeError as exc:
+                raise _undecodable(path) from exc
             if not first:
                 expected = f"header {header!r}" if isinstance(header, str) else "a header line"
                 raise DataFormatError(f"{name}:1: expected {expected}, got an empty file")
@@ -197,7 +280,7 @@ def _read_table(
                 raise DataFormatError(f"{name}:1: expected header {header!r}, got {got!r}")
         lines: Iterable[str] = f
         delimiter = sep
-        if len(sep) > 1:
+        if sep is not None and len(sep) > 1:
             lines = (line.replace(sep, _UNIT_SEPARATOR) for line in f)
             delimiter = _UNIT_SEPARATOR
         try:
@@ -215,8 +298,9 @@ def _read_table(
     field = {c: table[f"f{k}"] for k, c in enumerate(columns) if c is not None}
     if "rating" in field:
         ratings = field["rating"]
-        if not bool(np.isfinite(ratings).all()):
-            raise _diagnose(path, sep, columns, bool(header), id_kind, "non-finite rating")
+        if not bool(np.isfinite(ratings).all() and (ratings >= 0).all()):
+            raise _diagnose(path, sep, columns, bool(header), id_kind, "negative or non-finite rating")
+        _warn_if_counts(name, ratings)
     else:
         ratings = np.ones(len(table), dtype=np.float32)
     return Interactions.from_arrays(
@@ -252,7 +336,7 @@ def read_amazon_csv(path: PathLike) -> Interactions:
 
 def read_delimited(
     path: PathLike,
-    sep: str,
+    sep: str | None,
     columns: Sequence[Column] = _UIRT,
     header: bool = False,
 ) -> Interactions:
@@ -260,10 +344,11 @@ def read_delimited(
 
     Each entry of ``columns`` is ``"user"``, ``"item"``, ``"rating"``,
     ``"timestamp"`` or None for a field to ignore; every line must have
-    exactly ``len(columns)`` fields.  Without a rating column every rating is
-    1.0 (implicit feedback); without a timestamp column ``timestamps`` is
-    None.  Ids become int64 when every id is a canonical integer, else
-    strings.  ``header=True`` skips the first line.
+    exactly ``len(columns)`` fields, split on ``sep`` (None: runs of
+    whitespace).  Without a rating column every rating is 1.0 (implicit
+    feedback); without a timestamp column ``timestamps`` is None.  Ids become
+    int64 when every id is a canonical integer, else strings.  ``header=True``
+    skips the first line.
     """
     return _read_table(path, sep, tuple(columns), header=header, id_kind="auto")
 
@@ -281,17 +366,44 @@ _UNDERSTOOD = (
     ".npz from Interactions.save_npz; MovieLens u.data (user item rating timestamp, tab-separated); "
     "MovieLens ratings.dat (user::item::rating::timestamp); MovieLens ratings.csv (header "
     "userId,movieId,rating,timestamp); Amazon ratings CSV (user,item,rating,timestamp, no header); "
+    "user item rating[ timestamp] separated by tabs, commas or spaces, optionally after a header line; "
     "any of the text formats gzip-compressed"
 )
+# Separators tried, in this order, for the generic ``user item rating [timestamp]``
+# layout; None is runs of whitespace.
+_GENERIC_SEPS = ("\t", ",", None)
 
 
-def _first_line(path: PathLike) -> tuple[int, str]:
-    """1-based number and text of the first non-blank line; (0, "") for an empty file."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                return lineno, line.rstrip("\r\n")
-    return 0, ""
+def _head(path: PathLike, count: int) -> list[tuple[int, str]]:
+    """1-based numbers and texts of the first ``count`` non-blank lines (fewer in a shorter file)."""
+    head: list[tuple[int, str]] = []
+    with _reading(path), _open_text(path) as f:
+        try:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    head.append((lineno, line.rstrip("\r\n")))
+                    if len(head) == count:
+                        break
+        except UnicodeDecodeError as exc:
+            raise _undecodable(path) from exc
+    return head
+
+
+def _generic_layout(head: list[tuple[int, str]]) -> tuple[str | None, int, bool] | None:
+    """(sep, number of fields, header) of a ``user item rating [timestamp]`` file, or None.
+
+    The first line has 3 or 4 fields and a numeric third one; or it is a
+    header and the second line is such a line.
+    """
+    for sep in _GENERIC_SEPS:
+        first, *rest = (line.split(sep) for _, line in head)
+        if len(first) not in (3, 4):
+            continue
+        if _is_float(first[2]):
+            return sep, len(first), False
+        if rest and len(rest[0]) == len(first) and _is_float(rest[0][2]):
+            return sep, len(first), True
+    return None
 
 
 def _read_sniffed(path: PathLike, sep: str) -> Interactions:
@@ -300,10 +412,11 @@ def _read_sniffed(path: PathLike, sep: str) -> Interactions:
     2, 3 or 4 fields mean user,item[,rating[,timestamp]]; a first line whose
     rating field is not a number is taken as a header.
     """
-    lineno, line = _first_line(path)
+    head = _head(path, 1)
     name = os.fspath(path)
-    if not lineno:
+    if not head:
         raise DataFormatError(f"{name}:1: expected user{sep}item[{sep}rating[{sep}timestamp]], got an empty file")
+    lineno, line = head[0]
     fields = line.split(sep)
     if not 2 <= len(fields) <= 4:
         raise DataFormatError(
@@ -322,9 +435,19 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None) ->
     :meth:`Interactions.save_npz`; a first line containing ``::`` is a
     MovieLens ``ratings.dat``; a ``userId,movieId`` header a MovieLens
     ``ratings.csv``; four tab-separated integers a MovieLens ``u.data``; four
-    comma-separated fields with a numeric third one an Amazon ratings CSV.
-    ``fmt`` names one of :data:`FORMATS` explicitly; ``sep`` reads any
-    delimited ``user,item[,rating[,timestamp]]`` file.
+    comma-separated fields with a numeric third one an Amazon ratings CSV;
+    otherwise 3 or 4 fields separated by tabs, commas or runs of whitespace,
+    the third numeric, are ``user item rating [timestamp]`` (a header line
+    before them is skipped).  ``fmt`` names one of :data:`FORMATS`
+    explicitly; ``sep`` reads any delimited ``user,item[,rating[,timestamp]]``
+    file.
+
+    Implicit feedback counts (plays, clicks) are read as ratings, unchanged.
+    When the ratings look like counts (whole numbers, the largest above 10
+    and at least ten times the median) a ``UserWarning`` says so: the nce
+    loss divides every rating by the largest, which leaves all but the heaviest
+    pairs with targets near 0.  Such data is usually trained as 0/1 input
+    (``--input binary``: each observed pair is 1) with the ``ce`` loss.
     """
     name = os.fspath(path)
     if fmt is not None:
@@ -336,19 +459,23 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None) ->
     if sep is not None:
         return _read_sniffed(path, sep)
     if _magic(path) == _ZIP_MAGIC:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.namelist()
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.namelist()
+        except (zipfile.BadZipFile, NotImplementedError) as exc:
+            raise DataFormatError(f"{name}: expected a zip archive, got a truncated or corrupt one ({exc})") from exc
         if "users.npy" in members:
             return read_npz(path)
         raise DataFormatError(
             f"{name}: a zip archive that is not an Interactions .npz; extract its ratings file, "
             f"or use load_dataset(name, data=PATH) for a registered data set"
         )
-    lineno, line = _first_line(path)
-    if not lineno:
+    head = _head(path, 2)
+    if not head:
         raise DataFormatError(
             f"{name}:1: expected a ratings file, got an empty file; understood formats: {_UNDERSTOOD}"
         )
+    lineno, line = head[0]
     tab_fields = line.split("\t")
     comma_fields = line.split(",")
     if "::" in line:
@@ -359,6 +486,10 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None) ->
         return read_movielens_100k(path)
     if len(comma_fields) == 4 and _is_float(comma_fields[2]):
         return read_amazon_csv(path)
+    layout = _generic_layout(head)
+    if layout is not None:
+        generic_sep, width, header = layout
+        return read_delimited(path, generic_sep, _UIRT[:width], header=header)
     raise DataFormatError(
         f"{name}:{lineno}: cannot tell the format from {line[:80]!r}; understood formats: "
         f"{_UNDERSTOOD}; for any other delimited user,item[,rating[,timestamp]] file pass sep="

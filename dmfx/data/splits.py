@@ -3,12 +3,15 @@
 The paper holds out each user's latest interaction as the test item and ranks
 it against 100 items the user never interacted with (HR@K / NDCG@K).  This
 module builds that split, plus an optional validation item per user chosen at
-random among the remaining interactions, reproducibly from a seed.
+random among the remaining interactions, reproducibly from a seed.  Data
+without timestamps has no latest interaction; there the test item is drawn at
+random too (see :func:`leave_one_out`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -26,6 +29,8 @@ _DENSE_SHARE = 0.5
 # Candidate-matrix entries per chunk of rows (bounds temporary memory).
 _CHUNK_ENTRIES = 1 << 22
 
+Holdout = Literal["latest", "random"]
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Split:
@@ -34,7 +39,10 @@ class Split:
     ``train`` has the same id maps as the input (all users and items keep
     their indices).  ``test_users[k]``'s held-out item is ``test_items[k]``,
     to be ranked against ``test_negatives[k]`` (likewise for validation).
-    Without validation the ``valid_*`` arrays are empty.
+    Without validation the ``valid_*`` arrays are empty.  ``holdout`` is the
+    rule that chose the test items: ``"latest"`` (each user's latest
+    interaction by timestamp, the DMF protocol) or ``"random"`` (a random
+    one, for data without timestamps).
     """
 
     train: Interactions
@@ -44,11 +52,13 @@ class Split:
     test_items: np.ndarray
     valid_negatives: np.ndarray
     test_negatives: np.ndarray
+    holdout: Holdout = "latest"
 
     def __repr__(self) -> str:
         return (
             f"Split(train={self.train!r}, valid_users={len(self.valid_users)}, "
-            f"test_users={len(self.test_users)}, num_negatives={self.test_negatives.shape[1]})"
+            f"test_users={len(self.test_users)}, num_negatives={self.test_negatives.shape[1]}, "
+            f"holdout={self.holdout!r})"
         )
 
 
@@ -142,18 +152,24 @@ def leave_one_out(
 ) -> Split:
     """Hold out each user's latest interaction (and a random other one for validation).
 
-    * Test item: the user's latest interaction by timestamp; among equal
-      timestamps (44% of MovieLens-100K users rate several movies in their
-      last second) the one stored last, i.e. last in file order, wins.  That
-      is what a stable sort by timestamp gives, as common re-implementations
-      do; a rule on item ids instead would bias the test towards whatever
-      the id order means (in MovieLens, obscure movies have large ids).
-      Without timestamps it is the user's last interaction in file order.
+    * Test item (``split.holdout == "latest"``): the user's latest
+      interaction by timestamp; among equal timestamps (44% of
+      MovieLens-100K users rate several movies in their last second) the one
+      stored last, i.e. last in file order, wins.  That is what a stable sort
+      by timestamp gives, as common re-implementations do; a rule on item
+      ids instead would bias the test towards whatever the id order means
+      (in MovieLens, obscure movies have large ids).
+    * Without timestamps (``split.holdout == "random"``): one of the user's
+      interactions chosen uniformly at random.  File order would be no
+      better than an id rule: files without timestamps are often sorted by
+      item within each user, which makes every test item the user's largest
+      item id.
     * Validation item (``valid=True``): one of the user's other interactions,
       chosen uniformly at random.
     * Users with fewer than ``min_interactions`` interactions (default 3: one
       each for train, validation and test) stay entirely in ``train`` and are
-      not evaluated.
+      not evaluated.  Data where no user has that many is an error, as
+      there would be nothing to evaluate.
     * Negatives: for every evaluated user, ``num_negatives`` distinct items
       the user never interacted with in any split, drawn independently for
       validation and test.  A user with fewer unseen items is an error
@@ -170,13 +186,26 @@ def leave_one_out(
         raise ValueError(f"min_interactions must be >= {lowest} when valid={valid}, got {min_interactions}")
     users, items = interactions.users, interactions.items
     num_items = interactions.num_items
-    if interactions.timestamps is None:
-        order = np.argsort(users, kind="stable")
-    else:
-        order = np.lexsort((np.arange(interactions.nnz), interactions.timestamps, users))
     counts = np.bincount(users, minlength=interactions.num_users)
-    ends = np.cumsum(counts)
     evaluated = np.flatnonzero(counts >= min_interactions)
+    if not len(evaluated):
+        raise ValueError(
+            f"no user can be evaluated: leave-one-out holds out a test{' and a validation' if valid else ''} "
+            f"item only for users with at least min_interactions={min_interactions} interactions, but the "
+            f"most any of the {interactions.num_users} users has is {counts.max(initial=0)}"
+        )
+    # A fourth stream, so that the first three draw as they did before it existed.
+    pick_stream, valid_stream, test_stream, holdout_stream = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
+    if interactions.timestamps is None:
+        holdout: Holdout = "random"
+        # Users' blocks in random order inside: the last one is a uniform pick.
+        order = np.lexsort((holdout_stream.random(interactions.nnz), users))
+    else:
+        holdout = "latest"
+        order = np.lexsort((np.arange(interactions.nnz), interactions.timestamps, users))
+    ends = np.cumsum(counts)
 
     short = evaluated[num_items - counts[evaluated] < num_negatives]
     if len(short):
@@ -187,9 +216,6 @@ def leave_one_out(
             f"({len(short)} such users); lower num_negatives or filter these users out"
         )
 
-    pick_stream, valid_stream, test_stream = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
-    )
     seen_keys = np.sort(users * num_items + items)
     seen_counts = counts[evaluated]
     held_out = np.zeros(interactions.nnz, dtype=bool)
@@ -215,4 +241,5 @@ def leave_one_out(
         test_items=items[test_pos],
         valid_negatives=valid_negatives,
         test_negatives=test_negatives,
+        holdout=holdout,
     )
