@@ -20,6 +20,12 @@ TORCH_LIBRARY(dmfx, m) {
       "cosine_nce_loss_backward(Tensor grad, Tensor p, Tensor q, Tensor target, float mu, "
       "str reduction) -> (Tensor, Tensor)");
   m.def(
+      "hybrid_bce_loss(Tensor logits, Tensor implicit_target, Tensor explicit_target, float eta, "
+      "str reduction=\"mean\", bool validate=True) -> Tensor");
+  m.def(
+      "hybrid_bce_loss_backward(Tensor grad, Tensor logits, Tensor implicit_target, "
+      "Tensor explicit_target, float eta, str reduction) -> Tensor");
+  m.def(
       "sample_negatives(Tensor indptr, Tensor indices, Tensor users, int num_items, "
       "int num_negatives, int seed, bool validate=True) -> Tensor");
   m.def(

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from . import _C
 
-__all__ = ["sparse_rows_matmul", "cosine_nce_loss", "sample_negatives", "row_sparse_adam_",
-           "batch_entries", "cuda_enabled"]
+__all__ = ["sparse_rows_matmul", "cosine_nce_loss", "hybrid_bce_loss", "sample_negatives",
+           "row_sparse_adam_", "batch_entries", "cuda_enabled"]
 
 
 def cuda_enabled() -> bool:
@@ -218,6 +218,70 @@ def _cosine_nce_loss_fake(p, q, target, mu=1e-6, reduction="mean", validate=True
 def _cosine_nce_loss_backward_fake(grad, p, q, target, mu, reduction):
     _check_one_device("cosine_nce_loss", "p", p, q=q, target=target, grad=grad)
     return torch.empty_like(p), torch.empty_like(q)
+
+
+# ------------------------------------------------------------------------------ hybrid_bce_loss
+
+
+def hybrid_bce_loss(
+    logits: Tensor,
+    implicit_target: Tensor,
+    explicit_target: Tensor,
+    eta: float,
+    reduction: str = "mean",
+    *,
+    validate: bool = True,
+) -> Tensor:
+    """EINMF's hybrid explicit-implicit loss (Eqs. 14-16), fused, from logits.
+
+    With ``yhat = sigmoid(logits)`` and ``bce(yhat, t) = -(t log yhat + (1 - t) log(1 - yhat))``,
+    ``loss_b = eta * bce(yhat_b, ir_b) + (1 - eta) * bce(yhat_b, e_b)``: ``ir`` the implicit
+    target (1 observed, 0 sampled negative), ``e`` the explicit one (rating / max rating, 0 for
+    negatives). ``eta = 1`` is pure implicit feedback, ``eta = 0`` pure explicit.
+
+    Cross-entropy is linear in its target, so this is one
+    ``F.binary_cross_entropy_with_logits(logits, t)`` against the blended target
+    ``t = eta * ir + (1 - eta) * e``, and the kernels compute it so, in one pass over the batch
+    forward and one backward (gradient ``(sigmoid(logits) - t) * upstream``, ``/ B`` for the
+    mean). They work from the logits (``log yhat = -softplus(-x)``,
+    ``log(1 - yhat) = -softplus(x)``), so any finite logit, however large (``1e4``, ``-1e30``),
+    gives a finite loss and gradient: no ``log(0)``, and no ``-100`` clamp as
+    ``F.binary_cross_entropy`` on probabilities has.
+
+    NaN is never hidden: a NaN logit gives a NaN loss (and gradient) for its element, as in
+    :func:`dmfx.reference.hybrid_bce_loss`. A target outside [0, 1] or NaN raises with
+    ``validate=True``; without validation it is used as it is (a NaN target gives a NaN loss).
+
+    Args:
+        logits: float32/float64 ``[B]`` scores before the sigmoid.
+        implicit_target, explicit_target: ``[B]`` targets in [0, 1], in the dtype of ``logits``.
+        eta: the weight of the implicit loss, in [0, 1] (checked on every call: a host value).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``. The mean of an empty batch is NaN, as in
+            torch and :func:`cosine_nce_loss`; its sum is 0.
+        validate: raise when a target lies outside [0, 1] or is NaN (on CUDA: one sync).
+
+    Returns:
+        A scalar, or ``[B]`` for ``reduction="none"``. Differentiable in ``logits`` and, as in
+        :func:`cosine_nce_loss`, in both targets (``d loss / d ir = -eta * logits``,
+        ``d loss / d e = -(1 - eta) * logits``, per element and upstream gradient).
+    """
+    return torch.ops.dmfx.hybrid_bce_loss(logits, implicit_target, explicit_target, eta,
+                                          reduction, validate)
+
+
+@torch.library.register_fake("dmfx::hybrid_bce_loss")
+def _hybrid_bce_loss_fake(logits, implicit_target, explicit_target, eta, reduction="mean",
+                          validate=True):
+    _check_one_device("hybrid_bce_loss", "logits", logits, implicit_target=implicit_target,
+                      explicit_target=explicit_target)
+    return logits.new_empty((logits.shape[0],) if reduction == "none" else ())
+
+
+@torch.library.register_fake("dmfx::hybrid_bce_loss_backward")
+def _hybrid_bce_loss_backward_fake(grad, logits, implicit_target, explicit_target, eta, reduction):
+    _check_one_device("hybrid_bce_loss", "logits", logits, implicit_target=implicit_target,
+                      explicit_target=explicit_target, grad=grad)
+    return torch.empty_like(logits)
 
 
 # ----------------------------------------------------------------------------- sample_negatives

@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["sparse_rows_matmul", "clamped_cosine", "cosine_nce_loss", "sample_negatives",
-           "row_sparse_adam_"]
+__all__ = ["sparse_rows_matmul", "clamped_cosine", "cosine_nce_loss", "hybrid_bce_loss",
+           "sample_negatives", "row_sparse_adam_"]
 
 
 def _row_gather(indptr: Tensor, rows: Tensor):
@@ -61,6 +61,30 @@ def cosine_nce_loss(
     yhat = clamped_cosine(p, q, mu)
     target = target.to(p.dtype)
     loss = -(target * torch.log(yhat) + (1 - target) * torch.log1p(-yhat))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+def hybrid_bce_loss(
+    logits: Tensor,
+    implicit_target: Tensor,
+    explicit_target: Tensor,
+    eta: float,
+    reduction: str = "mean",
+) -> Tensor:
+    """EINMF's hybrid loss (Eq. 16) as the paper writes it: ``eta * L_I + (1 - eta) * L_E``,
+    two cross-entropies of ``yhat = sigmoid(logits)``, in the stable log-sigmoid form
+    (``log yhat = logsigmoid(x)``, ``log(1 - yhat) = logsigmoid(-x)``)."""
+    log_yhat = torch.nn.functional.logsigmoid(logits)
+    log_not_yhat = torch.nn.functional.logsigmoid(-logits)
+    implicit = -(implicit_target * log_yhat + (1 - implicit_target) * log_not_yhat)  # Eq. 15
+    explicit = -(explicit_target * log_yhat + (1 - explicit_target) * log_not_yhat)  # Eq. 14
+    loss = eta * implicit + (1 - eta) * explicit
     if reduction == "none":
         return loss
     if reduction == "sum":

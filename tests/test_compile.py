@@ -100,6 +100,8 @@ def test_fake_kernels_refuse_tensors_on_two_devices():
         target = torch.zeros(2, dtype=torch.float64, device="cuda")
         with pytest.raises(ValueError, match="target is on cuda:0 but p is on cpu"):
             ops.cosine_nce_loss(p, p, target)
+        with pytest.raises(ValueError, match="explicit_target is on cuda:0 but logits is on cpu"):
+            ops.hybrid_bce_loss(p[:, 0], p[:, 1], target, 0.6)
         with pytest.raises(ValueError, match="users is on cuda:0 but indptr is on cpu"):
             ops.sample_negatives(indptr, indices, rows, 14, 2, seed=0)
         state = [torch.zeros(14, 4, dtype=torch.float64) for _ in range(3)]

@@ -10,8 +10,10 @@
 #include "common/complement.h"
 #include "common/cosine_nce.h"
 #include "common/error.h"
+#include "common/hybrid_bce.h"
 #include "common/philox.h"
 #include "cpu/cosine_nce_loss_cpu.h"
+#include "cpu/hybrid_bce_loss_cpu.h"
 #include "cpu/row_sparse_adam_cpu.h"
 #include "cpu/sample_negatives_cpu.h"
 #include "cpu/sparse_rows_matmul_cpu.h"
@@ -188,6 +190,88 @@ void test_cosine_nce_matches_finite_differences() {
   EXPECT(error[0] == dmfx::kOk);
 }
 
+// The CPU kernel (SIMD exp / log1p of its own) against the shared scalar math over libm, on 11
+// elements: a full vector and a padded tail for float (8 lanes), two and a tail for double (4).
+template <typename T>
+void test_hybrid_bce_matches_scalar_math() {
+  const std::vector<T> x{0, 0.3, -2.5, 17, -30, 30, -1e4, 1e-7, 0.7, -0.9, 100};
+  const std::vector<T> it{1, 0, 1, 1, 0, 1, 1, 0, 1, 0, 1};
+  const std::vector<T> et{0.6, 0, 1, 0.2, 0, 1, 0.8, 0, 0.4, 0, 1};
+  const double eta = 0.6;
+  const T wi = static_cast<T>(eta), we = T(1) - wi;
+  const double tol = sizeof(T) == 4 ? 1e-6 : 1e-14;
+  std::vector<T> loss(11), grad(11), upstream(11);
+  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  const double total = dmfx::cpu::hybrid_bce_loss_forward(x.data(), it.data(), et.data(), eta,
+                                                          loss.data(), 0, 11, error);
+  for (int b = 0; b < 11; ++b) upstream[b] = T(0.5) + T(b);
+  dmfx::cpu::hybrid_bce_loss_backward(upstream.data(), 1, 2.0, x.data(), it.data(), et.data(), eta,
+                                      grad.data(), 0, 11);
+  bool all = true;
+  double sum = 0;
+  for (int b = 0; b < 11; ++b) {
+    const T t = dmfx::blended_target(it[b], et[b], wi, we);
+    all &= close(loss[b], dmfx::bce_with_logits<T>(x[b], t), tol);
+    all &= close(grad[b], 2 * upstream[b] * dmfx::bce_with_logits_grad<T>(x[b], t), tol);
+    sum += loss[b];
+  }
+  EXPECT(all);
+  EXPECT(close(total, sum));
+  EXPECT(error[0] == dmfx::kOk);
+  // A confident right answer keeps its tiny loss, log1p(e^-30) and log1p(e^-100), not 0.
+  EXPECT(std::fabs(loss[5] / std::exp(-30.0) - 1) < 1e-5 && loss[10] > 0);
+  // One scalar upstream gradient (stride 0), as for reduction "sum" / "mean".
+  const T one = 1;
+  std::vector<T> grad_sum(11);
+  dmfx::cpu::hybrid_bce_loss_backward(&one, 0, 1.0, x.data(), it.data(), et.data(), eta,
+                                      grad_sum.data(), 0, 11);
+  all = true;
+  for (int b = 0; b < 11; ++b) all &= close(grad_sum[b] * 2 * upstream[b], grad[b], tol);
+  EXPECT(all);
+}
+
+void test_hybrid_bce_gradient_matches_finite_differences() {
+  const std::vector<double> x{0.4, -1.3, 2.2}, it{1, 0, 1}, et{0.6, 0, 0.2};
+  const double one = 1;
+  std::vector<double> grad(3);
+  dmfx::cpu::hybrid_bce_loss_backward(&one, 0, 1.0, x.data(), it.data(), et.data(), 0.3,
+                                      grad.data(), 0, 3);
+  for (int b = 0; b < 3; ++b) {
+    std::vector<double> xp = x, xm = x;
+    xp[b] += 1e-6;
+    xm[b] -= 1e-6;
+    const double fp = dmfx::cpu::hybrid_bce_loss_forward(xp.data(), it.data(), et.data(), 0.3,
+                                                         static_cast<double*>(nullptr), 0, 3,
+                                                         nullptr);
+    const double fm = dmfx::cpu::hybrid_bce_loss_forward(xm.data(), it.data(), et.data(), 0.3,
+                                                         static_cast<double*>(nullptr), 0, 3,
+                                                         nullptr);
+    EXPECT(close(grad[b], (fp - fm) / 2e-6, 1e-6));
+  }
+}
+
+void test_hybrid_bce_reports_bad_targets() {
+  std::vector<double> x(13, 0.5), it(13, 0), et(13, 0);
+  it[9] = 2;  // in the vector body (double: elements 8-11)
+  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  dmfx::cpu::hybrid_bce_loss_forward(x.data(), it.data(), et.data(), 0.5,
+                                     static_cast<double*>(nullptr), 0, 13, error);
+  EXPECT(error[0] == dmfx::kTargetOutOfRange && error[1] == 9 &&
+         error[2] == dmfx::kImplicitTarget);
+  it[9] = 0;
+  et[12] = std::nan("");  // in the padded tail
+  int64_t error2[dmfx::kErrorRecordSize] = {0, 0, 0};
+  dmfx::cpu::hybrid_bce_loss_forward(x.data(), it.data(), et.data(), 0.5,
+                                     static_cast<double*>(nullptr), 0, 13, error2);
+  EXPECT(error2[0] == dmfx::kTargetOutOfRange && error2[1] == 12 &&
+         error2[2] == dmfx::kExplicitTarget);
+  // A null record skips the check; the NaN target still gives a NaN loss.
+  std::vector<double> loss(13);
+  dmfx::cpu::hybrid_bce_loss_forward(x.data(), it.data(), et.data(), 0.5, loss.data(), 0, 13,
+                                     nullptr);
+  EXPECT(std::isnan(loss[12]) && !std::isnan(loss[11]));
+}
+
 void test_row_sparse_adam_moves_only_named_rows() {
   // 3 x 2 table, one step on row 2 (and an out-of-range row 7, skipped).
   std::vector<double> w{1, 1, 1, 1, 1, 1}, m(6, 0), v(6, 0);
@@ -235,6 +319,10 @@ int main() {
   test_row_sparse_adam_moves_only_named_rows();
   test_sparse_rows_matmul_reports_bad_input_without_reading_it();
   test_cosine_nce_matches_finite_differences();
+  test_hybrid_bce_matches_scalar_math<float>();
+  test_hybrid_bce_matches_scalar_math<double>();
+  test_hybrid_bce_gradient_matches_finite_differences();
+  test_hybrid_bce_reports_bad_targets();
   test_sample_negatives_never_positive_and_reports_full_rows();
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
