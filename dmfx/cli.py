@@ -79,7 +79,7 @@ TRAIN_FLAGS = {
     "resample": ("resample", str, "redraw negatives every epoch, or once before training (the "
                  "DMF paper's Algorithm 1): epoch or once"),
     "loss": ("loss", str, "nce: target rating / max rating; ce: target 1 for observed pairs; "
-             "bpr: pairwise"),
+             "bpr: pairwise; hybrid: EINMF's eta-weighted implicit + explicit targets"),
     "optimizer": ("optimizer", str, "adam, or sgd (NeuMF-p fine-tuning)"),
     "patience": ("patience", int, "stop after this many epochs without a better validation "
                  "NDCG@10 (0: never)"),

@@ -41,7 +41,8 @@ class TrainConfig:
     lr: float = 1e-4
     num_negatives: int = 7
     resample: str = "epoch"  # "epoch" or "once"
-    # "nce" (t = rating / max rating), "ce" (t = 1), "bpr" (pairwise: observed vs sampled item)
+    # "nce" (t = rating / max rating), "ce" (t = 1), "bpr" (pairwise: observed vs sampled item),
+    # "hybrid" (EINMF: two targets per pair, implicit 1 and explicit rating / max rating)
     loss: str = "nce"
     optimizer: str = "adam"  # "adam" or "sgd" (NeuMF fine-tuned from pre-trained parts)
     patience: int = 5  # epochs without a better validation NDCG@topk before stopping; 0: never
@@ -51,7 +52,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        choices = {"resample": ("epoch", "once"), "loss": ("nce", "ce", "bpr"),
+        choices = {"resample": ("epoch", "once"), "loss": ("nce", "ce", "bpr", "hybrid"),
                    "optimizer": ("adam", "sgd")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -131,8 +132,9 @@ def derive_seed(*parts: int) -> int:
 class EpochPairs:
     """The training pairs of one epoch, built on the training device.
 
-    Pointwise losses (nce, ce): every observed pair (target rating / max rating, or 1) and
-    ``num_negatives`` sampled pairs per observed one (target 0), shuffled together. Pairwise (bpr):
+    Pointwise losses (nce, ce, hybrid): every observed pair (target rating / max rating, or 1, or
+    both as ``[1, rating / max rating]`` for hybrid) and ``num_negatives`` sampled pairs per
+    observed one (target 0), shuffled together. Pairwise (bpr):
     every observed pair ``num_negatives`` times, each with one sampled item, shuffled.
     """
 
@@ -144,13 +146,15 @@ class EpochPairs:
         self.users = torch.from_numpy(train.users).to(device)
         self.items = torch.from_numpy(train.items).to(device)
         ratings = torch.from_numpy(train.ratings).to(device)
-        if config.loss == "nce" and (train.nnz == 0 or train.ratings.min() < 0
-                                                  or train.max_rating <= 0):
+        scaled = config.loss in ("nce", "hybrid")
+        if scaled and (train.nnz == 0 or train.ratings.min() < 0 or train.max_rating <= 0):
             low, high = (train.ratings.min(), train.max_rating) if train.nnz else (None, None)
             raise ValueError(f"the {config.loss} loss's target rating / max rating needs ratings "
                              f">= 0 with a positive maximum, got ratings in [{low}, {high}]")
         if config.loss == "nce":
             self.targets = ratings / float(train.max_rating)
+        elif config.loss == "hybrid":
+            self.targets = torch.stack([torch.ones_like(ratings), ratings / float(train.max_rating)], 1)
         else:
             self.targets = torch.ones_like(ratings)
         self.fixed_negatives = None
@@ -177,7 +181,8 @@ class EpochPairs:
         else:
             users = torch.cat([self.users, self.users.repeat_interleave(k)])
             items = torch.cat([self.items, negatives.flatten()])
-            targets = torch.cat([self.targets, self.targets.new_zeros(negatives.numel())])
+            zeros = self.targets.new_zeros((negatives.numel(), *self.targets.shape[1:]))
+            targets = torch.cat([self.targets, zeros])
         g = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch, 2))
         order = torch.randperm(users.numel(), generator=g).to(self.device)
         return users, items, targets, order

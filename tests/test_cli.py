@@ -87,6 +87,7 @@ MODEL_FLAGS = {
     "mlp": ["--layers", "16,8", "--epochs", "1"],
     "neumf": ["--factors", "8", "--layers", "16,8", "--epochs", "1"],
     "bpr": ["--factors", "8", "--epochs", "1"],
+    "einmf": ["--factors", "8", "--layers", "8,4", "--epochs", "2", "--lr", "0.003"],
 }
 
 

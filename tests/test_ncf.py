@@ -92,7 +92,8 @@ def test_mlp_scoring_paths_agree(split, layers):
     # Scoring in blocks of a few pairs gives the same scores as in one block.
     users, h, b = torch.arange(0, 200, 9), model.predict.weight[0], model.predict.bias[0]
     with torch.no_grad():
-        whole, tiny = MLPScorer(model.mlp, h, b), MLPScorer(model.mlp, h, b, block=3 * max(layers))
+        whole = model.mlp.scorer(h, b)
+        tiny = MLPScorer(model.mlp.head, *model.mlp.halves(), max(layers), h, b, block=3 * max(layers))
     torch.testing.assert_close(tiny.all_items(users), whole.all_items(users))
     items = torch.randint(split.train.num_items, (len(users), 11))
     torch.testing.assert_close(tiny.candidates(users, items), whole.candidates(users, items))

@@ -190,7 +190,7 @@ def test_nce_targets_need_a_positive_rating_scale(ratings):
     from dmfx.data import Interactions
 
     data = Interactions([0, 1], [0, 1, 2], [0, 0, 1, 1], [0, 1, 1, 2], ratings)
-    for loss in ("nce",):
+    for loss in ("nce", "hybrid"):
         with pytest.raises(ValueError, match="needs ratings >= 0 with a positive maximum"):
             EpochPairs(SimpleNamespace(train=data), TrainConfig(loss=loss, progress=False),
                        torch.device("cpu"))

@@ -109,21 +109,24 @@ class MLPPart(nn.Module):
         return x
 
     def scorer(self, weight: Tensor, bias: Tensor | None = None) -> "MLPScorer":
-        return MLPScorer(self, weight, bias)
+        return MLPScorer(self.head, *self.halves(), max(self.widths), weight, bias)
 
 
 class MLPScorer:
-    """Scores weight . mlp(u, i) (+ bias) from the first layer's user and item halves computed
-    once, in blocks of at most ``block`` elements of the widest activation."""
+    """Scores weight . head(user_half + item_half) (+ bias) of an MLP over [user ; item] from
+    its first layer's user and item halves computed once (rows of ``user_halves`` and
+    ``item_halves``), in blocks of at most ``block`` elements of the widest activation
+    (``width`` per pair)."""
 
-    def __init__(self, part: MLPPart, weight: Tensor, bias: Tensor | None = None, block: int = BLOCK):
-        self.part, self.weight, self.bias = part, weight, bias
-        self.users, self.items = part.halves()
-        self.per_pair = max(part.widths)  # activation elements per (user, item) pair
+    def __init__(self, head, user_halves: Tensor, item_halves: Tensor, width: int, weight: Tensor,
+                 bias: Tensor | None = None, block: int = BLOCK):
+        self.head, self.weight, self.bias = head, weight, bias
+        self.users, self.items = user_halves, item_halves
+        self.per_pair = width  # activation elements per (user, item) pair
         self.block = block
 
     def _score(self, user_half: Tensor, item_half: Tensor) -> Tensor:
-        scores = self.part.head(user_half, item_half) @ self.weight
+        scores = self.head(user_half, item_half) @ self.weight
         return scores if self.bias is None else scores + self.bias
 
     def candidates(self, users: Tensor, items: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from .base import Recommender
 from .bpr import BPR
 from .dmf import ACTIVATIONS, DMF, LFM, SCORES
 from .eals import EALS
+from .einmf import EINMF, INPUTS as EINMF_INPUTS
 from .itemknn import NEIGHBOURHOODS, ItemKNN
 from .itempop import ItemPop
 from .ncf import GMF, MLP, NeuMF
@@ -144,6 +145,17 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
                   reg=Param(1e-5, "L2 regularisation of the batch's embeddings"),
               ), train=dict(lr=1e-3, batch_size=256, num_negatives=1, loss="bpr", epochs=100,
                             patience=5)),
+    ModelSpec("einmf", EINMF, "EINMF (2022): explicit + implicit latent vectors, a GMF and an MLP "
+              "branch, the eta-weighted hybrid loss", dict(
+                  factors=Param(64, "size of the latent vectors P_u and Q_i"),
+                  layers=Param([64, 32, 16], "MLP branch widths after [P_u ; Q_i]", parse_widths),
+                  dropout=Param(0.2, "dropout after each ReLU of the MLP branch"),
+                  eta=Param(0.6, "weight of the implicit loss (1 - eta: the explicit one)"),
+                  input=Param("rows", "rows: P_u = R_u* W_E + IR_u* W_I from the rating rows (DMF's "
+                              "reading of the paper); ids: two embeddings per id",
+                              choices=EINMF_INPUTS),
+              ), train=dict(lr=1e-4, batch_size=1024, num_negatives=4, loss="hybrid", epochs=100,
+                            patience=10)),
 ]}
 
 
