@@ -16,6 +16,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import ops
@@ -64,10 +65,51 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="sampled items each held-out item is ranked against (paper: 100)")
 
 
+def _add_split_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("protocol")
+    g.add_argument("--split", default="loo", metavar="PROTOCOL",
+                   help="loo: each user's latest interaction is the test item, a random other the "
+                        "validation item (the DMF paper); random: --split-ratios of all "
+                        "interactions at random, every held-out one ranked on its own (the EINMF "
+                        "paper). Default loo")
+    g.add_argument("--split-ratios", default="0.8,0.1,0.1", metavar="TRAIN,VALID,TEST",
+                   help="shares of --split random (default 0.8,0.1,0.1)")
+    g.add_argument("--topk", default="10", metavar="K[,K...]",
+                   help="cut-offs of the reported HR and NDCG, e.g. 5,10,20 (default 10; early "
+                        "stopping watches NDCG@10)")
+    _add_per_user_arg(g)
+
+
+def _add_per_user_arg(g) -> None:
+    g.add_argument("--per-user", default=None, choices=("unseen", "all"),
+                   help="also report user_hr@K / user_ndcg@K: each user's top K of all items "
+                        "against the set of their held-out items (EINMF paper, Eq. 17-18), "
+                        "ranking the items the user did not train on (unseen) or every item (all)")
+
+
+def _cutoffs(text: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in str(text).split(",")})
+    except ValueError:
+        ks = []
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--topk: expected positive cut-offs like 5,10,20, got {text!r}")
+    return ks
+
+
+def _ratios(text: str) -> tuple:
+    try:
+        return tuple(float(r) for r in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"--split-ratios: expected three shares like 0.8,0.1,0.1, got {text!r}") from None
+
+
 def _data_spec(args) -> DataSpec:
     dataset = args.dataset if args.dataset or args.data else "ml-100k"
+    protocol = {"protocol": args.split, "ratios": _ratios(args.split_ratios)} \
+        if hasattr(args, "split") else {}
     return DataSpec(dataset=dataset, data=args.data, sep=args.sep, seed=args.split_seed,
-                    eval_negatives=args.eval_negatives)
+                    eval_negatives=args.eval_negatives, **protocol)
 
 
 # Training settings: flag -> (TrainConfig field, type, help). Their defaults come from the model.
@@ -194,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "random other is the validation item (early stopping). "
                        "Writes OUTPUT/metrics.json and OUTPUT/checkpoint.pt (every epoch).")
     _add_data_args(t)
+    _add_split_args(t)
     _add_model_args(t)
     o = t.add_argument_group("run")
     o.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
@@ -209,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--full-ranking", action="store_true", help="also rank among all items")
     e.add_argument("--device", default="auto")
+    e.add_argument("--topk", default="10", metavar="K[,K...]",
+                   help="cut-offs of HR and NDCG, e.g. 5,10,20 (default 10)")
+    _add_per_user_arg(e)
     _add_restore_args(e)
     e.set_defaults(handler=cmd_evaluate)
 
@@ -263,6 +309,7 @@ def cmd_train(args) -> int:
 def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
               config: TrainConfig) -> int:
     """The run of ``dmfx train`` in the folder ``out``, whose lock the caller holds."""
+    ks = _cutoffs(args.topk)
     checkpoint = out / "checkpoint.pt"
     if args.resume and not checkpoint.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
@@ -273,11 +320,12 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     start = time.perf_counter()
     data = spec.load()
     split = spec.split(data)
-    held_out = ("each user's latest interaction" if split.holdout == "latest" else
-                "a random interaction per user (the data has no timestamps)")
+    held_out = {"latest": "test item: each user's latest interaction",
+                "random": "test item: a random interaction per user (the data has no timestamps)",
+                "ratio": f"{len(np.unique(split.test_users)):,} users; random split "
+                         f"{'/'.join(f'{r:g}' for r in spec.ratios)}"}[split.holdout]
     _log(args, f"data: {spec.name}: {data.num_users:,} users x {data.num_items:,} items, "
-               f"{data.nnz:,} interactions; {len(split.test_users):,} users evaluated; test "
-               f"item: {held_out}")
+               f"{data.nnz:,} interactions; {len(split.test_users):,} evaluated; {held_out}")
     torch.manual_seed(args.seed)
     model = build_model(name, split.train, params, device)
     extra = {"data": data_record(spec, data), "model": {"kind": name, "config": model.config()}}
@@ -291,8 +339,10 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
 
     state = model.fit(split, config, checkpoint=checkpoint, resume=args.resume, extra=extra,
                       on_epoch_end=report)
-    test = evaluate(model, split, "test", full_ranking=args.full_ranking)
-    valid = evaluate(model, split, "valid") if len(split.valid_users) else {}
+    test = evaluate(model, split, "test", ks=ks, full_ranking=args.full_ranking,
+                    per_user=args.per_user)
+    valid = evaluate(model, split, "valid", ks=ks, per_user=args.per_user) \
+        if len(split.valid_users) else {}
     metrics = {
         "test": test, "valid": valid,
         "config": {"data": extra["data"], "holdout": split.holdout, "model": name, "model_config": model.config(),
@@ -310,9 +360,12 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
 def cmd_evaluate(args) -> int:
     model, _, split = restore(args.checkpoint, _device(args.device), data=args.data,
                               allow_data_change=args.allow_data_change)
-    result = {"test": evaluate(model, split, "test", full_ranking=args.full_ranking)}
+    ks = _cutoffs(args.topk)
+    result = {"test": evaluate(model, split, "test", ks=ks, full_ranking=args.full_ranking,
+                               per_user=args.per_user)}
     if len(split.valid_users):
-        result["valid"] = evaluate(model, split, "valid", full_ranking=args.full_ranking)
+        result["valid"] = evaluate(model, split, "valid", ks=ks, full_ranking=args.full_ranking,
+                                   per_user=args.per_user)
     print(json_text(result), end="")
     return 0
 

@@ -21,7 +21,8 @@ from torch import Tensor
 from .data import Interactions, Split
 from .models import Recommender
 
-__all__ = ["ranks_from_scores", "metrics_from_ranks", "evaluate_sampled", "evaluate_full", "evaluate"]
+__all__ = ["ranks_from_scores", "metrics_from_ranks", "evaluate_sampled", "evaluate_full",
+           "evaluate_per_user", "evaluate"]
 
 
 def ranks_from_scores(target: Tensor, others: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -82,13 +83,52 @@ def evaluate_full(model: Recommender, users: np.ndarray, items: np.ndarray, excl
 
 
 @torch.no_grad()
+def evaluate_per_user(model: Recommender, users: np.ndarray, items: np.ndarray, exclude,
+                      ks: Sequence[int] = (10,), seed: int = 0, scorer=None) -> dict:
+    """Per-user top-K over all items against the set of each user's held-out items (rows
+    ``(users[n], items[n])``; a user may have many): HR@K is the share of users with at least
+    one held-out item in their top K, NDCG@K = DCG@K / the ideal DCG@K of min(K, held-out
+    count) hits (EINMF paper, Eq. 17-18). ``exclude``: a CSR of items to leave out of each
+    user's list (None: rank every item, the user's training items included)."""
+    k = max(ks)
+    ids, inverse = np.unique(users, return_inverse=True)
+    if not len(ids):
+        return {f"user_{m}@{c}": float("nan") for c in ks for m in ("hr", "ndcg")}
+    generator = torch.Generator().manual_seed(seed)
+    top, _ = model.recommend(torch.as_tensor(ids), k, exclude_seen=False, exclude=exclude,
+                             generator=generator, scorer=scorer)
+    top = top.cpu().numpy()
+    rows = np.arange(len(ids))[:, None]
+    keys = np.unique(inverse * model.num_items + np.asarray(items))  # (row, item) of each held-out
+    hits = torch.from_numpy(np.isin(rows * model.num_items + top, keys) & (top >= 0))
+    counts = torch.from_numpy(np.bincount(keys // model.num_items, minlength=len(ids)))
+    discount = 1 / torch.log2(torch.arange(k, dtype=torch.float64) + 2)
+    out = {}
+    for c in ks:
+        dcg = (hits[:, :c].double() * discount[:c]).sum(1)
+        ideal = torch.cumsum(discount[:c], 0)[counts.clamp(max=c) - 1]
+        out[f"user_hr@{c}"] = hits[:, :c].any(1).double().mean().item()
+        out[f"user_ndcg@{c}"] = (dcg / ideal).mean().item()
+    return out
+
+
+@torch.no_grad()
 def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence[int] = (10,),
-             full_ranking: bool = False, device=None, scorer=None) -> dict:
+             full_ranking: bool = False, per_user: str | None = None, device=None,
+             scorer=None) -> dict:
     """Metrics of ``model`` on the ``"test"`` or ``"valid"`` part of ``split``.
+
+    Always the sampled protocol (each held-out item among its sampled negatives: ``hr@K``,
+    ``ndcg@K``); ``full_ranking`` adds each held-out item ranked among all items
+    (``full_*@K``); ``per_user`` adds :func:`evaluate_per_user` (``user_*@K``), ranking all items
+    but the user's training (and, for test, validation) items with ``"unseen"``, or every item
+    with ``"all"``.
 
     The tower outputs of every user and item are computed once (``model.scorer()``), then
     candidates are scored in batches on ``device`` (the model's by default).
     """
+    if per_user not in (None, "unseen", "all"):
+        raise ValueError(f"per_user must be None, 'unseen' or 'all', got {per_user!r}")
     if which not in ("test", "valid"):
         raise ValueError(f"which must be 'test' or 'valid', got {which!r}")
     was_training = model.training
@@ -100,12 +140,16 @@ def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence
         users = getattr(split, f"{which}_users")
         items = getattr(split, f"{which}_items")
         out = evaluate_sampled(scorer, users, items, getattr(split, f"{which}_negatives"), ks, device)
-        if full_ranking:
+        if full_ranking or per_user == "unseen":
             seen = split.train
             if which == "test" and len(split.valid_users):
                 seen = _with_pairs(seen, split.valid_users, split.valid_items)
-            out.update(evaluate_full(model, users, items, seen.csr("binary", device=device), ks,
-                                     scorer=scorer))
+            seen = seen.csr("binary", device=device)
+        if full_ranking:
+            out.update(evaluate_full(model, users, items, seen, ks, scorer=scorer))
+        if per_user is not None:
+            out.update(evaluate_per_user(model, users, items, seen if per_user == "unseen" else None,
+                                         ks, scorer=scorer))
         return out
     finally:
         model.train(was_training)

@@ -12,24 +12,34 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .data import Interactions, Split, leave_one_out, load_dataset, read_file
+from .data import Interactions, Split, leave_one_out, load_dataset, ratio_split, read_file
 from .models import Recommender, build_model
 
 __all__ = ["DataSpec", "fingerprint", "file_digest", "data_record", "restore"]
 
 
+PROTOCOLS = ("loo", "random")
+
+
 @dataclass
 class DataSpec:
     """A data set by name (``dataset``, optionally read from a local copy ``data``) or any
-    ratings file (``data`` alone, with ``sep``), split leave-one-out with ``seed``."""
+    ratings file (``data`` alone, with ``sep``), split with ``seed`` by ``protocol``:
+    ``"loo"`` (leave-one-out, the DMF paper's) or ``"random"`` (``ratios`` of all interactions
+    for train, validation and test, the EINMF paper's)."""
 
     dataset: Optional[str] = "ml-100k"
     data: Optional[str] = None
     sep: Optional[str] = None
     seed: int = 0
     eval_negatives: int = 100
+    protocol: str = "loo"
+    ratios: tuple = (0.8, 0.1, 0.1)
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"split must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        self.ratios = tuple(float(r) for r in self.ratios)
         # Absolute, so a checkpoint's data is found from any working directory.
         if self.data is not None:
             self.data = str(Path(self.data).expanduser().resolve())
@@ -43,6 +53,8 @@ class DataSpec:
 
     def split(self, interactions: Interactions | None = None) -> Split:
         data = interactions if interactions is not None else self.load()
+        if self.protocol == "random":
+            return ratio_split(data, self.ratios, num_negatives=self.eval_negatives, seed=self.seed)
         return leave_one_out(data, num_negatives=self.eval_negatives, seed=self.seed)
 
     @property

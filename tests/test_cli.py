@@ -189,3 +189,24 @@ def test_data_without_timestamps_is_held_out_at_random_and_says_so(tmp_path, cap
     warning = [line for line in err.splitlines() if "look like counts" in line]
     assert len(warning) == 1 and warning[0].startswith("dmfx: warning:")
     assert json.loads((out / "metrics.json").read_text())["config"]["holdout"] == "random"
+
+
+def test_random_split_with_cutoffs_and_per_user_metrics(data_file, tmp_path, capsys):
+    out = tmp_path / "random"
+    assert main(["train", "--data", str(data_file), "--model", "itempop", "--split", "random",
+                 "--split-ratios", "0.7,0.1,0.2", "--topk", "5,10", "--per-user", "all",
+                 "--eval-negatives", "20", "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["holdout"] == "ratio"
+    assert metrics["config"]["data"]["spec"]["ratios"] == [0.7, 0.1, 0.2]
+    assert set(metrics["test"]) == {f"{p}{m}@{k}" for p in ("", "user_") for m in ("hr", "ndcg")
+                                    for k in (5, 10)}
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--topk", "5,10", "--per-user", "all"]) == 0
+    assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(metrics["test"])
+    for flags, message in [(["--split", "kfold"], "split must be one of loo, random"),
+                           (["--split", "random", "--split-ratios", "0.8,0.2"], "ratios must be three"),
+                           (["--topk", "5,x"], "--topk: expected positive cut-offs")]:
+        assert main(["train", "--data", str(data_file), "--model", "itempop", *flags,
+                     "--output", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err

@@ -254,3 +254,47 @@ def test_synthetic_validates_arguments() -> None:
     assert synthetic(10, 10, 0).nnz == 0
     small = synthetic(10, 20, 5, seed=0)  # fewer pairs than ids: no coverage promise
     assert small.nnz == 5 and len(pair_keys(small)) == 5
+
+
+def test_ratio_split_invariants():
+    from dmfx.data import ratio_split
+
+    data = synthetic(120, 200, 3000, seed=4)
+    split = ratio_split(data, (0.8, 0.1, 0.1), num_negatives=20, seed=3)
+    train_keys = set(zip(split.train.users.tolist(), split.train.items.tolist()))
+    valid_keys = set(zip(split.valid_users.tolist(), split.valid_items.tolist()))
+    test_keys = set(zip(split.test_users.tolist(), split.test_items.tolist()))
+    every = set(zip(data.users.tolist(), data.items.tolist()))
+    # disjoint, and together the whole data set
+    assert not (train_keys & valid_keys or train_keys & test_keys or valid_keys & test_keys)
+    assert train_keys | valid_keys | test_keys == every
+    assert len(split.valid_users) == len(valid_keys) and len(split.test_users) == len(test_keys)
+    # the shares, up to the users moved back to train
+    assert abs(len(test_keys) - 300) <= 15 and abs(len(valid_keys) - 300) <= 15
+    # every evaluated user has training data
+    trained = set(split.train.users.tolist())
+    assert set(split.test_users.tolist()) <= trained and set(split.valid_users.tolist()) <= trained
+    # negatives: never an item the user interacted with anywhere, distinct per row
+    for users, negatives in ((split.test_users, split.test_negatives), (split.valid_users, split.valid_negatives)):
+        assert negatives.shape == (len(users), 20)
+        for u, row in zip(users.tolist(), negatives.tolist()):
+            assert len(set(row)) == 20 and not any((u, i) in every for i in row)
+    assert split.holdout == "ratio"
+    again = ratio_split(data, (0.8, 0.1, 0.1), num_negatives=20, seed=3)
+    assert np.array_equal(again.test_items, split.test_items)
+    assert np.array_equal(again.test_negatives, split.test_negatives)
+
+
+def test_ratio_split_keeps_a_training_interaction_per_user_and_checks_ratios():
+    from dmfx.data import Interactions, ratio_split
+
+    # users with 1 or 2 interactions: a random split often holds out all of them
+    data = Interactions(np.arange(30), np.arange(40), np.repeat(np.arange(30), 2),
+                        (np.arange(60) * 7) % 40, np.ones(60))
+    split = ratio_split(data, (0.5, 0.0, 0.5), num_negatives=5, seed=0)
+    assert set(split.train.users.tolist()) == set(range(30)) and len(split.valid_users) == 0
+    for ratios in [(0.8, 0.1), (0.8, 0.3, 0.1), (0.0, 0.5, 0.5), (0.9, 0.1, 0.0), (1.2, -0.1, -0.1)]:
+        with pytest.raises(ValueError, match="ratios"):
+            ratio_split(data, ratios)
+    with pytest.raises(ValueError, match="num_negatives=39"):
+        ratio_split(data, num_negatives=39)

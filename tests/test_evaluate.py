@@ -7,7 +7,8 @@ import torch
 
 from dmfx.models import Recommender
 from dmfx.data import CSR, Interactions
-from dmfx.evaluate import evaluate_full, evaluate_sampled, metrics_from_ranks, ranks_from_scores
+from dmfx.evaluate import (evaluate_full, evaluate_per_user, evaluate_sampled, metrics_from_ranks,
+                           ranks_from_scores)
 
 
 class TableScorer:
@@ -88,3 +89,40 @@ def test_full_ranking_breaks_ties_at_random():
     m = evaluate_full(model, users, np.full(4000, 3), nothing, ks=(1, 2))
     assert m["full_hr@1"] == pytest.approx(0.2, abs=0.03)
     assert m["full_hr@2"] == pytest.approx(0.4, abs=0.03)
+
+
+def test_per_user_metrics_by_hand():
+    # user 0 ranks items 0..5 in order; user 1 in reverse. Held out: user 0 {1, 4}, user 1 {0}.
+    model = TableModel([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+    users, items = np.array([0, 1, 0]), np.array([1, 0, 4])
+    m = evaluate_per_user(model, users, items, None, ks=(2, 5))
+    d = [1 / math.log2(r + 2) for r in range(6)]
+    # user 0: hits at positions 1 and 4; ideal: 2 hits at positions 0, 1. user 1: item 0 is last.
+    assert m["user_hr@2"] == pytest.approx(0.5) and m["user_hr@5"] == pytest.approx(0.5)
+    assert m["user_ndcg@2"] == pytest.approx((d[1] / (d[0] + d[1])) / 2)
+    assert m["user_ndcg@5"] == pytest.approx(((d[1] + d[4]) / (d[0] + d[1])) / 2)
+    # leaving out items 0 and 2 of user 0 moves item 1 to the top and item 4 to position 2
+    exclude = CSR(torch.tensor([0, 2, 2]), torch.tensor([0, 2]), torch.ones(2), (2, 6))
+    m = evaluate_per_user(model, users, items, exclude, ks=(3,))
+    assert m["user_ndcg@3"] == pytest.approx(((d[0] + d[2]) / (d[0] + d[1]) + 0) / 2)
+
+
+def test_per_user_metrics_of_a_random_split_against_brute_force():
+    from dmfx.data import ratio_split, synthetic
+    from dmfx.evaluate import evaluate
+    from dmfx.models import ItemPop
+    from dmfx.train import TrainConfig
+
+    split = ratio_split(synthetic(60, 80, 1500, seed=1), num_negatives=10, seed=0)
+    pop = ItemPop(split.train)
+    pop.fit(split, TrainConfig(progress=False))
+    m = evaluate(pop, split, "test", ks=(10,), per_user="all")
+    counts = np.bincount(split.train.items, minlength=80)
+    top = list(np.argsort(-counts, kind="stable")[:10])  # ItemPop's list (ties aside)
+    held = {}
+    for u, i in zip(split.test_users, split.test_items):
+        held.setdefault(u, set()).add(i)
+    assert counts[top[-1]] > np.sort(counts)[-11]  # the top-10 set is unique on this data
+    hr = np.mean([any(i in s for i in top) for s in held.values()])
+    assert m["user_hr@10"] == pytest.approx(hr)
+    assert 0 < m["user_ndcg@10"] <= m["user_hr@10"] <= 1

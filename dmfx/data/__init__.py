@@ -21,7 +21,7 @@ from .readers import (
     read_movielens_csv,
     read_movielens_dat,
 )
-from .splits import Split, leave_one_out
+from .splits import Split, leave_one_out, ratio_split
 from .synthetic import synthetic
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "default_cache_dir",
     "kcore",
     "leave_one_out",
+    "ratio_split",
     "load_dataset",
     "read_amazon_csv",
     "read_delimited",

@@ -29,7 +29,7 @@ _DENSE_SHARE = 0.5
 # Candidate-matrix entries per chunk of rows (bounds temporary memory).
 _CHUNK_ENTRIES = 1 << 22
 
-Holdout = Literal["latest", "random"]
+Holdout = Literal["latest", "random", "ratio"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -41,8 +41,9 @@ class Split:
     to be ranked against ``test_negatives[k]`` (likewise for validation).
     Without validation the ``valid_*`` arrays are empty.  ``holdout`` is the
     rule that chose the test items: ``"latest"`` (each user's latest
-    interaction by timestamp, the DMF protocol) or ``"random"`` (a random
-    one, for data without timestamps).
+    interaction by timestamp, the DMF protocol), ``"random"`` (a random
+    one, for data without timestamps) or ``"ratio"`` (a random share of all
+    interactions, :func:`ratio_split`; a user then has several rows).
     """
 
     train: Interactions
@@ -242,4 +243,74 @@ def leave_one_out(
         valid_negatives=valid_negatives,
         test_negatives=test_negatives,
         holdout=holdout,
+    )
+
+
+def ratio_split(
+    interactions: Interactions,
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    num_negatives: int = 100,
+    seed: int = 0,
+) -> Split:
+    """Split the interactions at random into train, validation and test shares (the EINMF
+    paper's protocol: ratios 0.8, 0.1, 0.1 of all ratings).
+
+    * Every held-out interaction is a row of its own (``test_users`` repeats a user once per
+      test interaction), ranked against ``num_negatives`` items the user never interacted with
+      in any split, drawn independently per row.
+    * A user whose interactions all fall in validation or test keeps one of them (at random) in
+      train, so that every evaluated user has training data; items may still be held out
+      without any training interaction (cold items), as a random split of ratings makes them.
+    * ``ratios[1] == 0`` gives no validation rows. Everything is fixed by ``seed``.
+    """
+    shares = np.asarray(ratios, dtype=np.float64)
+    if shares.shape != (3,) or not np.all(np.isfinite(shares)) or shares.min() < 0 \
+            or shares[0] <= 0 or shares[2] <= 0 or abs(shares.sum() - 1) > 1e-6:
+        raise ValueError(f"ratios must be three shares (train, validation, test) that sum to 1, "
+                         f"train and test above 0, got {tuple(ratios)}")
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    n, users, items = interactions.nnz, interactions.users, interactions.items
+    num_items = interactions.num_items
+    split_stream, keep_stream, valid_stream, test_stream = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
+    order = split_stream.permutation(n)
+    bounds = np.round(np.cumsum(shares[:2]) * n).astype(np.int64)
+    part = np.empty(n, dtype=np.int8)  # 0 train, 1 validation, 2 test
+    part[order[:bounds[0]]], part[order[bounds[0]:bounds[1]]], part[order[bounds[1]:]] = 0, 1, 2
+    counts = np.bincount(users, minlength=interactions.num_users)
+    in_train = np.bincount(users[part == 0], minlength=interactions.num_users)
+    lacking = keep_stream.permutation(np.flatnonzero(in_train[users] == 0))
+    _, first = np.unique(users[lacking], return_index=True)  # one at random per such user
+    part[lacking[first]] = 0
+    if not np.any(part == 2):
+        raise ValueError(f"no interaction is left for testing: {n} interactions are too few for "
+                         f"ratios {tuple(ratios)} once every user keeps one in train")
+    evaluated = np.unique(users[part != 0])
+    short = evaluated[num_items - counts[evaluated] < num_negatives]
+    if len(short):
+        user = short[0]
+        raise ValueError(
+            f"user {interactions.user_ids[user].item()!r} interacted with {counts[user]} of {num_items} items, "
+            f"leaving fewer than num_negatives={num_negatives} unseen items to sample "
+            f"({len(short)} such users); lower num_negatives or filter these users out"
+        )
+    seen_keys = np.sort(users * num_items + items)
+    rows = {}
+    for which, code, stream in (("valid", 1, valid_stream), ("test", 2, test_stream)):
+        pos = np.flatnonzero(part == code)
+        pos = pos[np.argsort(users[pos], kind="stable")]  # ascending users: cache-friendly sampling
+        rows[which] = (users[pos], items[pos],
+                       _sample_negatives(stream, users[pos], seen_keys, counts[users[pos]],
+                                         num_items, num_negatives))
+    return Split(
+        train=interactions.select(part == 0),
+        valid_users=rows["valid"][0],
+        valid_items=rows["valid"][1],
+        test_users=rows["test"][0],
+        test_items=rows["test"][1],
+        valid_negatives=rows["valid"][2],
+        test_negatives=rows["test"][2],
+        holdout="ratio",
     )
