@@ -50,7 +50,7 @@ class Row:
     label: str
     model: str
     grid: Union[Sequence[Args], Callable[[dict], Sequence[Args]]]
-    paper: dict = field(default_factory=dict)  # dataset -> (HR@10, NDCG@10)
+    paper: dict = field(default_factory=dict)  # dataset -> {metric: value}
     needs: tuple = ()
 
 
@@ -60,6 +60,9 @@ class Table:
     title: str
     rows: list
     curves: bool = False  # also draw test HR/NDCG@10 per epoch of each row (Figure 2)
+    chart: bool = False  # a bar chart of the rows beside the paper's values
+    # test metrics reported (keys of metrics.json "test"); the first is compared with the paper
+    metrics: tuple = ("hr@10", "ndcg@10")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ _DATASETS = ("ml-100k", "ml-1m", "amazon-music", "amazon-movies")
 
 def _paper(*pairs) -> dict:
     """``_paper((hr, ndcg) for ml-100k, ml-1m, amazon-music, amazon-movies)``."""
-    return {name: pair for name, pair in zip(_DATASETS, pairs) if pair is not None}
+    return {name: {"hr@10": pair[0], "ndcg@10": pair[1]}
+            for name, pair in zip(_DATASETS, pairs) if pair is not None}
 
 
 _TABLE2 = {  # Table 2 prints NDCG above HR; stored here as (HR, NDCG)
@@ -158,7 +162,7 @@ def _dmf_paper(quick: bool) -> list:
     curve = ("--track-test", "--patience", "0", "--epochs", curve_epochs)
 
     return [
-        Table("table2", "Table 2: HR@10 and NDCG@10 of the methods", [
+        Table("table2", "Table 2: HR@10 and NDCG@10 of the methods", chart=True, rows=[
             Row("ItemPop", "itempop", [()], _TABLE2["ItemPop"]),
             Row("ItemKNN", "itemknn", knn, _TABLE2["ItemKNN"]),
             Row("eALS", "eals", eals, _TABLE2["eALS"]),
@@ -217,6 +221,97 @@ def _dmf_variants(quick: bool) -> list:
                   rows, curves=True)]
 
 
+# --------------------------------------------------------------------------- the EINMF paper
+
+_CUTOFFS = (5, 10, 20)
+_PER_USER = tuple(f"user_{m}@{k}" for m in ("hr", "ndcg") for k in _CUTOFFS)
+
+
+def _einmf_values(hr: tuple, ndcg: tuple) -> dict:
+    return {**{f"user_hr@{k}": v for k, v in zip(_CUTOFFS, hr)},
+            **{f"user_ndcg@{k}": v for k, v in zip(_CUTOFFS, ndcg)}}
+
+
+# Table 3 of the EINMF paper: HR@5/10/20 and NDCG@5/10/20 by data set. Its ml-1m Pop NDCG row
+# repeats the ml-100k one digit for digit (kept as printed).
+_EINMF_TABLE3 = {
+    "Pop": {"ml-100k": _einmf_values((0.2031, 0.3712, 0.4761), (0.0718, 0.0786, 0.0863)),
+            "ml-1m": _einmf_values((0.2015, 0.2983, 0.4228), (0.0718, 0.0786, 0.0863))},
+    "Item-KNN": {"ml-100k": _einmf_values((0.3160, 0.4730, 0.5758), (0.0976, 0.1067, 0.1185)),
+                 "ml-1m": _einmf_values((0.2237, 0.3371, 0.4874), (0.0677, 0.0714, 0.0817))},
+    "BPR-MF": {"ml-100k": _einmf_values((0.2874, 0.4380, 0.5822), (0.0971, 0.1088, 0.1277)),
+               "ml-1m": _einmf_values((0.3340, 0.4804, 0.6267), (0.1135, 0.1206, 0.1409))},
+    "NCF": {"ml-100k": _einmf_values((0.6002, 0.7540, 0.8367), (0.2662, 0.2641, 0.2890)),
+            "ml-1m": _einmf_values((0.603, 0.7278, 0.8268), (0.2608, 0.2497, 0.2525))},
+    "DMF": {"ml-100k": _einmf_values((0.6458, 0.7667, 0.8738), (0.2672, 0.2692, 0.2835)),
+            "ml-1m": _einmf_values((0.5892, 0.7197, 0.8257), (0.2401, 0.2354, 0.2413))},
+    "EINMF": {"ml-100k": _einmf_values((0.6978, 0.8038, 0.8887), (0.3163, 0.3092, 0.3179)),
+              "ml-1m": _einmf_values((0.6540, 0.7781, 0.8618), (0.2880, 0.2728, 0.2825))},
+}
+
+
+def _einmf_paper(quick: bool) -> list:
+    # Section 4.3.1: batch 1024, at most 100 epochs, early stopping after 10 without a better
+    # validation result, embedding size 64 for every embedding model.
+    size = 8 if quick else 64
+    train = ("--batch-size", "1024", *(("--epochs", "2", "--patience", "0") if quick
+                                       else ("--epochs", "100", "--patience", "10")))
+    random = ("--split", "random", "--topk", ",".join(map(str, _CUTOFFS)), "--per-user", "all")
+
+    def grid(full, small):
+        return small if quick else full
+
+    def models(protocol: tuple, factors: int = size, negatives: Optional[int] = None) -> dict:
+        """(model, grid) of each method of Table 3 under ``protocol``."""
+        neg = lambda k: ("--negatives", str(negatives if negatives is not None else k))  # noqa: E731
+        knn = [(*protocol, "--neighbours", str(k)) for k in grid((10, 20, 50, 100, 200, 400), (20,))]
+        return {
+            "Pop": ("itempop", [protocol]),
+            "Item-KNN": ("itemknn", knn),
+            "BPR-MF": ("bpr", [(*protocol, *train, "--factors", str(factors), "--lr", "1e-3",
+                                *neg(4))]),
+            # NCF at EINMF's size: the same embeddings, hidden layers and predictor
+            "NCF": ("neumf", [(*protocol, *train, "--factors", str(factors), "--layers",
+                               _widths(2 * factors, factors, factors // 2, factors // 4),
+                               "--lr", "1e-3", *neg(4))]),
+            # DMF: lr 1e-3 on ml-100k and 5e-4 on ml-1m in the paper: chosen on validation here
+            "DMF": ("dmf", [(*protocol, *train, "--user-layers", _widths(4 * factors, factors),
+                             "--item-layers", _widths(4 * factors, factors), "--lr", lr, *neg(2))
+                            for lr in grid(("1e-3", "5e-4"), ("1e-3",))]),
+            "EINMF": ("einmf", [(*protocol, *train, "--factors", str(factors), *neg(4))]),
+        }
+
+    def rows(protocol: tuple, suffix: str = "", paper: bool = True) -> list:
+        return [Row(label + suffix, model, g, _EINMF_TABLE3[label] if paper else {})
+                for label, (model, g) in models(protocol).items()]
+
+    einmf = models(random)["EINMF"][1][0]
+    sizes = grid((8, 16, 32, 64, 128), (4, 8))
+    return [
+        Table("table3", "Table 3: HR@N and NDCG@N of the methods (random 0.8/0.1/0.1 split; each "
+              "user's top N of all items against the user's test items, Eq. 17-18)",
+              rows(random), chart=True, metrics=_PER_USER),
+        Table("loo", "The same methods under the DMF paper's protocol (leave-one-out, the test "
+              "item among 100 sampled items)", rows(("--split", "loo"), " (loo)", paper=False),
+              chart=True),
+        Table("figure2", "Figure 2: HR@10 and NDCG@10 by embedding size (random split, per user)",
+              [Row(f"{label} {f}", model, [g[0]] if label != "DMF" else g)
+               for label in ("BPR-MF", "NCF", "DMF", "EINMF")
+               for f in sizes
+               for model, g in [models(random, factors=f)[label]]],
+              chart=True, metrics=("user_hr@10", "user_ndcg@10")),
+        Table("figure3", "Figure 3: EINMF by negatives per observed pair (random split, per user)",
+              [Row(f"EINMF neg-{k}", "einmf", [models(random, negatives=k)["EINMF"][1][0]])
+               for k in grid(range(1, 10), (1, 2))],
+              chart=True, metrics=("user_hr@10", "user_ndcg@10")),
+        Table("figure4", "Figure 4: EINMF by eta, the weight of the implicit loss (random split, "
+              "per user)",
+              [Row(f"EINMF eta {eta}", "einmf", [(*einmf, "--eta", eta)])
+               for eta in grid(tuple(f"{k / 10:.1f}" for k in range(1, 11)), ("0.1", "1.0"))],
+              chart=True, metrics=("user_hr@10", "user_ndcg@10")),
+    ]
+
+
 EXPERIMENTS = {
     "dmf-paper": Experiment(
         "dmf-paper", "Xue et al., Deep Matrix Factorization Models for Recommender Systems, "
@@ -232,6 +327,17 @@ EXPERIMENTS = {
               "\"peak test\" is the best test HR@10 over the epochs: selection on the test item, "
               "as code that reports the best test iteration does -- shown only to measure that "
               "effect, never used to choose."),
+    "einmf-paper": Experiment(
+        "einmf-paper", "Neural matrix factorization recommendation based on explicit-implicit "
+        "feedback (EINMF), Computational Intelligence and Neuroscience 2022", _einmf_paper,
+        notes="HR@N / NDCG@N of Table 3 and the figures are per user (the paper's Eq. 17-18): "
+              "each user's top N of all items, training items included, against the set of the "
+              "user's test items; that reading is the one under which Pop lands near the "
+              "paper's Pop (leaving training items out would double Pop's HR). Every model is "
+              "chosen and stopped on validation NDCG@10 of the held-out interactions ranked "
+              "among 100 sampled items. EINMF reads its latent vectors from the rating rows "
+              "(--input rows); NCF is NeuMF without pre-training at EINMF's sizes. The figures' "
+              "values are not printed in the paper, so those rows have no paper column."),
 }
 
 
@@ -316,8 +422,9 @@ def _mean_std(values: list) -> tuple:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list) -> dict:
-    """The row's candidates with their mean validation NDCG@10; the chosen one's test metrics."""
+def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list, metrics_shown: tuple) -> dict:
+    """The row's candidates with their mean validation NDCG@10; the chosen one's test metrics
+    (``metrics_shown``, and HR/NDCG@10)."""
     candidates = []
     for args in grid:
         runs = [jobs_of[(args, s)] for s in seeds]
@@ -336,11 +443,11 @@ def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list) -> dict:
         return out
     best = max(complete, key=lambda c: c["valid_ndcg@10"])
     metrics = best["metrics"]
+    shown = dict.fromkeys(("hr@10", "ndcg@10", *metrics_shown))
     out.update({
         "args": best["args"], "folders": best["folders"],
-        "test": {m: _mean_std([r["test"][m] for r in metrics]) for m in ("hr@10", "ndcg@10")},
-        "valid": {m: _mean_std([r["valid"].get(m, float("nan")) for r in metrics])
-                  for m in ("hr@10", "ndcg@10")},
+        "test": {m: _mean_std([r["test"][m] for r in metrics]) for m in shown},
+        "valid": {m: _mean_std([r["valid"].get(m, float("nan")) for r in metrics]) for m in shown},
         "per_seed": [{"seed": s, "test": r["test"], "valid": r["valid"],
                       "best_epoch": r["best_epoch"], "epochs": len(r["history"]),
                       "seconds": r["seconds"]} for s, r in zip(seeds, metrics)],
@@ -355,17 +462,23 @@ def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list) -> dict:
 
 def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output: Path,
               jobs: int = 1, quick: bool = False, log: Callable[[str], None] = print,
-              command: str = "") -> dict:
-    """Runs experiment ``name`` and writes its results under ``output``; returns results.json.
-    ``data_args`` are the ``dmfx train`` data arguments; ``command`` is recorded as the way the
-    results were made."""
+              command: str = "", only: Sequence[str] = ()) -> dict:
+    """Runs experiment ``name`` (its tables named in ``only``, or all) and writes its results
+    under ``output``; returns results.json. ``data_args`` are the ``dmfx train`` data
+    arguments; ``command`` is recorded as the way the results were made."""
     experiment = EXPERIMENTS[name]
     tables = experiment.tables(quick)
+    unknown = sorted(set(only) - {t.key for t in tables})
+    if unknown:
+        raise ValueError(f"--only: experiment {name} has no table {', '.join(unknown)} (it has "
+                         f"{', '.join(t.key for t in tables)})")
+    tables = [t for t in tables if not only or t.key in only]
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     chosen: dict = {}  # row label -> the chosen setting's arguments
     summaries: dict = {}
     failed_all = []
+    table_of = {row.label: table for table in tables for row in table.rows}
     pending = [row for table in tables for row in table.rows]
     labels = {row.label for row in pending}
     if len(labels) != len(pending):
@@ -400,7 +513,7 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
         for row in ready:
             summary = _summarise(row, grids[row.label],
                                  {(a, s): jobs_of[(row.label, a, s)] for a in grids[row.label]
-                                  for s in seeds}, seeds)
+                                  for s in seeds}, seeds, table_of[row.label].metrics)
             summary["paper"] = row.paper.get(dataset_name)
             summaries[row.label] = summary
             if "args" in summary:
@@ -408,11 +521,12 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
 
     results = {
         "experiment": name, "paper": experiment.paper, "dataset": dataset_name, "seeds": seeds,
-        "quick": quick, "notes": experiment.notes,
+        "quick": quick, "only": list(only), "notes": experiment.notes,
         "command": command or f"dmfx reproduce {name} {' '.join(data_args)} --seeds "
                               f"{' '.join(map(str, seeds))}{' --quick' if quick else ''}",
-        "tables": [{"key": t.key, "title": t.title, "curves": t.curves,
-                    "rows": [summaries[row.label] for row in t.rows]} for t in tables],
+        "tables": [{"key": t.key, "title": t.title, "curves": t.curves, "chart": t.chart,
+                    "metrics": list(t.metrics), "rows": [summaries[row.label] for row in t.rows]}
+                   for t in tables],
         "failed": [{"model": j.model, "args": list(j.args), "seed": j.seed, "error": e}
                    for j, e in failed_all],
     }
@@ -431,7 +545,8 @@ def _timing(results: dict, output: Path, seconds: float) -> dict:
         previous = json.loads((output / "results.json").read_text())
     except (OSError, ValueError):
         previous = {}
-    same = all(previous.get(k) == results[k] for k in ("experiment", "dataset", "seeds", "quick"))
+    same = (all(previous.get(k) == results[k] for k in ("experiment", "dataset", "seeds", "quick"))
+            and previous.get("only", []) == results["only"])
     metrics = {folder: json.loads((Path(folder) / "metrics.json").read_text())
                for table in results["tables"] for row in table["rows"]
                for candidate in row["candidates"] for folder in candidate.get("folders", [])}
@@ -486,19 +601,26 @@ def _span(values: list) -> str:
     return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
 
 
+def _name(metric: str) -> str:
+    """``"hr@10"`` -> ``"HR@10"``; per-user metrics (``user_hr@10``) keep the same name, their
+    table says which protocol it is."""
+    return metric.removeprefix("user_").upper()
+
+
 def _table_rows(table: dict) -> list:
     out = []
+    metrics, first = table["metrics"], table["metrics"][0]
     for row in table["rows"]:
-        paper = row.get("paper")
+        paper = row.get("paper") or {}
         test = row.get("test")
         seeds = row.get("per_seed", [])
-        out.append({
-            "method": row["label"],
-            "HR@10": _cell(test["hr@10"]) if test else "—",
-            "NDCG@10": _cell(test["ndcg@10"]) if test else "—",
-            "paper HR@10": f"{paper[0]:.3f}" if paper else "—",
-            "paper NDCG@10": f"{paper[1]:.3f}" if paper else "—",
-            "HR@10 − paper": f"{test['hr@10'][0] - paper[0]:+.3f}" if paper and test else "—",
+        out.append({"method": row["label"]})
+        out[-1].update({_name(m): _cell(test[m]) if test else "—" for m in metrics})
+        out[-1].update({f"paper {_name(m)}": f"{paper[m]:.3f}" if m in paper else "—"
+                        for m in metrics})
+        out[-1].update({
+            f"{_name(first)} − paper": f"{test[first][0] - paper[first]:+.3f}"
+            if first in paper and test else "—",
             "valid NDCG@10": _cell(row["valid"]["ndcg@10"]) if test else "—",
             "best epoch": _span([s["best_epoch"] for s in seeds]) if seeds else "—",
             "epochs run": _span([s["epochs"] for s in seeds]) if seeds else "—",
@@ -593,21 +715,22 @@ def _figures(results: dict, output: Path, log: Callable[[str], None]) -> dict:
             handles, labels = axes[1].get_legend_handles_labels()
             fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
             fig.suptitle(f"{results['dataset']}: test metrics per epoch, mean over seeds")
-        elif table["key"] == "table2":
+        elif table["chart"]:
             rows = [r for r in table["rows"] if r.get("test")]
             fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
             x = range(len(rows))
-            for ax, metric, index in zip(axes, ("hr@10", "ndcg@10"), (0, 1)):
+            shown = [m for m in table["metrics"] if m.endswith("@10")][:2] or table["metrics"][:2]
+            for ax, metric in zip(axes, shown):
                 ours = [r["test"][metric][0] for r in rows]
                 err = [r["test"][metric][1] or 0.0 for r in rows]
-                paper = [r["paper"][index] if r.get("paper") else 0 for r in rows]
+                paper = [(r.get("paper") or {}).get(metric, 0) for r in rows]
                 ax.bar([i - 0.2 for i in x], ours, 0.4, yerr=err, label="dmfx", capsize=2)
                 ax.bar([i + 0.2 for i in x], paper, 0.4, label="paper", alpha=0.6)
                 ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, ha="right")
-                ax.set_ylabel(f"test {metric.upper()}")
+                ax.set_ylabel(f"test {_name(metric)}")
                 ax.grid(axis="y", alpha=0.3)
             axes[0].legend()
-            fig.suptitle(f"{results['dataset']}: Table 2")
+            fig.suptitle(f"{results['dataset']}: {table['title'].split(':')[0]}")
         else:
             continue
         fig.tight_layout()
@@ -652,6 +775,8 @@ def add_parser(sub, add_data_args: Callable) -> None:
     p.add_argument("--output", default=None, help="folder (default runs/EXPERIMENT-DATASET)")
     p.add_argument("--quick", action="store_true",
                    help="a small smoke version: tiny models, two epochs, one setting per grid")
+    p.add_argument("--only", nargs="+", default=[], metavar="TABLE",
+                   help="run only these tables (keys as in the output: table2, figure2, ...)")
     p.add_argument("--readme", default=None,
                    help="also replace this file's block <!-- reproduce:EXPERIMENT:DATASET --> "
                         "... <!-- /reproduce:EXPERIMENT:DATASET --> by the report")
@@ -680,11 +805,12 @@ def cmd_reproduce(args) -> int:
              f"--data {args.data}" if args.data else "",
              f"--split-seed {args.split_seed}" if args.split_seed != 0 else "",
              f"--eval-negatives {args.eval_negatives}" if args.eval_negatives != 100 else "",
-             "--seeds " + " ".join(map(str, args.seeds)), "--quick" if args.quick else ""]
+             "--seeds " + " ".join(map(str, args.seeds)), "--quick" if args.quick else "",
+             "--only " + " ".join(args.only) if args.only else ""]
     command = " ".join(["dmfx reproduce", args.experiment, *filter(None, shown)])
     results = reproduce(args.experiment, data_args, spec.name, args.seeds, output, args.jobs,
                         args.quick, log=lambda text: print(text, file=sys.stderr, flush=True),
-                        command=command)
+                        command=command, only=args.only)
     print((output / "report.md").read_text())
     if args.readme:
         readme = Path(args.readme)

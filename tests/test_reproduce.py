@@ -96,10 +96,10 @@ def test_readme_block_is_replaced(reproduced, data_file, tmp_path):
 def test_paper_values_and_the_full_grids():
     tables = {t.key: t for t in EXPERIMENTS["dmf-paper"].tables(False)}
     rows = {r.label: r for t in tables.values() for r in t.rows}
-    assert rows["DMF-2-nce"].paper["ml-100k"] == (0.687, 0.409)
-    assert rows["NeuMF-p"].paper["ml-1m"] == (0.722, 0.440)
-    assert rows["eALS"].paper["amazon-movies"] == (0.693, 0.455)
-    assert rows["DMF-1-nce"].paper["amazon-music"] == (0.572, 0.389)
+    assert rows["DMF-2-nce"].paper["ml-100k"] == {"hr@10": 0.687, "ndcg@10": 0.409}
+    assert rows["NeuMF-p"].paper["ml-1m"] == {"hr@10": 0.722, "ndcg@10": 0.440}
+    assert rows["eALS"].paper["amazon-movies"] == {"hr@10": 0.693, "ndcg@10": 0.455}
+    assert rows["DMF-1-nce"].paper["amazon-music"] == {"hr@10": 0.572, "ndcg@10": 0.389}
     assert [r.label for r in tables["table4"].rows] == ["neg-1", "neg-2", "neg-5", "neg-9", "neg-10"]
     assert [r.label for r in tables["table5"].rows] == [f"{f} factors" for f in (8, 16, 32, 64, 128)]
     assert len(tables["figure2"].rows) == 4 and tables["figure2"].curves
@@ -115,3 +115,34 @@ def test_bad_input_gives_one_line(argv, message, capsys):
     assert main(["reproduce", "dmf-paper", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dmfx: error:") and message in err and "\n" not in err
+
+
+def test_einmf_paper_quick_end_to_end(data_file, tmp_path):
+    out = tmp_path / "einmf-paper"
+    assert main(["reproduce", "einmf-paper", "--data", str(data_file), "--quick", "--seeds", "0",
+                 "--eval-negatives", "20", "--only", "table3", "figure4", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [t["key"] for t in results["tables"]] == ["table3", "figure4"] and not results["failed"]
+    table3 = results["tables"][0]
+    assert [r["label"] for r in table3["rows"]] == ["Pop", "Item-KNN", "BPR-MF", "NCF", "DMF", "EINMF"]
+    for row in table3["rows"]:
+        assert set(row["test"]) >= {f"user_{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10, 20)}
+        assert all(0 <= row["test"][m][0] <= 1 for m in row["test"])
+    markdown = (out / "table3.md").read_text()
+    assert "paper HR@5" in markdown and "paper NDCG@20" in markdown
+    assert (out / "table3.png").is_file() and (out / "figure4.png").is_file()
+    # every run used the random split and reported the per-user metrics of every cut-off
+    run = json.loads(next((out / "runs").glob("einmf-*/seed0/metrics.json")).read_text())
+    assert run["config"]["holdout"] == "ratio"
+
+
+def test_einmf_paper_tables_and_values(capsys):
+    tables = {t.key: t for t in EXPERIMENTS["einmf-paper"].tables(False)}
+    assert list(tables) == ["table3", "loo", "figure2", "figure3", "figure4"]
+    rows = {r.label: r for r in tables["table3"].rows}
+    assert rows["EINMF"].paper["ml-100k"]["user_hr@10"] == 0.8038
+    assert rows["NCF"].paper["ml-1m"]["user_ndcg@5"] == 0.2608
+    assert [r.label for r in tables["figure4"].rows][-1] == "EINMF eta 1.0"
+    assert len(tables["figure3"].rows) == 9 and len(tables["figure2"].rows) == 20
+    assert main(["reproduce", "einmf-paper", "--only", "table9"]) == 2
+    assert "--only: experiment einmf-paper has no table table9" in capsys.readouterr().err
