@@ -7,6 +7,7 @@
 
 #include "checks.h"
 #include "dispatch.h"
+#include "reduction.h"
 #include "output_alloc.h"
 #include "cpu/cosine_nce_loss_cpu.h"
 #ifdef WITH_CUDA
@@ -22,16 +23,6 @@ namespace dmfx {
 namespace {
 
 constexpr const char* kOp = "dmfx.cosine_nce_loss";
-
-enum class Reduction { kNone, kMean, kSum };
-
-Reduction parse_reduction(c10::string_view reduction) {
-  if (reduction == "none") return Reduction::kNone;
-  if (reduction == "mean") return Reduction::kMean;
-  if (reduction == "sum") return Reduction::kSum;
-  TORCH_CHECK_VALUE(false, kOp, ": reduction must be 'none', 'mean' or 'sum', got '",
-                    std::string(reduction), "'");
-}
 
 // Checks p, q, target and mu; returns target contiguous and in p's dtype.
 at::Tensor check_inputs(const at::Tensor& p, const at::Tensor& q, const at::Tensor& target,
@@ -56,7 +47,7 @@ at::Tensor check_inputs(const at::Tensor& p, const at::Tensor& q, const at::Tens
 at::Tensor forward(const at::Tensor& p_, const at::Tensor& q_, const at::Tensor& target_,
                    double mu, c10::string_view reduction_name, bool validate) {
   const at::Tensor target = check_inputs(p_, q_, target_, mu);
-  const Reduction reduction = parse_reduction(reduction_name);
+  const Reduction reduction = parse_reduction(kOp, reduction_name);
   const at::Tensor p = p_.contiguous(), q = q_.contiguous();
   const int64_t batch = p.size(0), dim = p.size(1);
   at::Tensor error = new_error_record(p.device());
@@ -105,21 +96,15 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_, const at::T
                                             const at::Tensor& q_, const at::Tensor& target_,
                                             double mu, c10::string_view reduction_name) {
   const at::Tensor target = check_inputs(p_, q_, target_, mu);
-  const Reduction reduction = parse_reduction(reduction_name);
+  const Reduction reduction = parse_reduction(kOp, reduction_name);
   const at::Tensor p = p_.contiguous(), q = q_.contiguous();
   const int64_t batch = p.size(0), dim = p.size(1);
   check_same_device(kOp, "grad", grad_, "p", p);
-  const at::Tensor grad = grad_.to(p.scalar_type()).contiguous();
-  if (reduction == Reduction::kNone) {
-    TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == batch, kOp,
-                      ": grad must have shape [", batch, "] for reduction 'none', got ",
-                      grad.sizes());
-  } else {
-    TORCH_CHECK_VALUE(grad.numel() == 1, kOp, ": grad must be a scalar for reduction '",
-                      std::string(reduction_name), "', got shape ", grad.sizes());
-  }
-  const int64_t grad_stride = reduction == Reduction::kNone ? 1 : 0;
-  const double grad_scale = reduction == Reduction::kMean ? 1.0 / std::max<int64_t>(1, batch) : 1.0;
+  const UpstreamGrad upstream =
+      upstream_grad(kOp, grad_, p.scalar_type(), batch, reduction, reduction_name);
+  const at::Tensor& grad = upstream.grad;
+  const int64_t grad_stride = upstream.stride;
+  const double grad_scale = upstream.scale;
   at::Tensor grad_p = empty_output(p.sizes(), p.options());
   at::Tensor grad_q = empty_output(q.sizes(), q.options());
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "cosine_nce_loss_backward", [&] {

@@ -8,6 +8,7 @@
 #include "checks.h"
 #include "common/hybrid_bce.h"
 #include "dispatch.h"
+#include "reduction.h"
 #include "output_alloc.h"
 #include "cpu/hybrid_bce_loss_cpu.h"
 #ifdef WITH_CUDA
@@ -29,16 +30,6 @@ constexpr const char* kOp = "dmfx.hybrid_bce_loss";
 // runs for several microseconds, well above the cost of waking a thread.
 constexpr int64_t kForwardGrain = at::internal::GRAIN_SIZE / 8;
 constexpr int64_t kBackwardGrain = at::internal::GRAIN_SIZE / 4;
-
-enum class Reduction { kNone, kMean, kSum };
-
-Reduction parse_reduction(c10::string_view reduction) {
-  if (reduction == "none") return Reduction::kNone;
-  if (reduction == "mean") return Reduction::kMean;
-  if (reduction == "sum") return Reduction::kSum;
-  TORCH_CHECK_VALUE(false, kOp, ": reduction must be 'none', 'mean' or 'sum', got '",
-                    std::string(reduction), "'");
-}
 
 void check_inputs(const at::Tensor& logits, const at::Tensor& implicit_target,
                   const at::Tensor& explicit_target, double eta) {
@@ -81,7 +72,7 @@ at::Tensor forward(const at::Tensor& logits_, const at::Tensor& implicit_target_
                    const at::Tensor& explicit_target_, double eta,
                    c10::string_view reduction_name, bool validate) {
   check_inputs(logits_, implicit_target_, explicit_target_, eta);
-  const Reduction reduction = parse_reduction(reduction_name);
+  const Reduction reduction = parse_reduction(kOp, reduction_name);
   const at::Tensor logits = logits_.contiguous();
   const at::Tensor implicit_target = implicit_target_.contiguous();
   const at::Tensor explicit_target = explicit_target_.contiguous();
@@ -140,23 +131,17 @@ at::Tensor backward(const at::Tensor& grad_, const at::Tensor& logits_,
                     const at::Tensor& implicit_target_, const at::Tensor& explicit_target_,
                     double eta, c10::string_view reduction_name) {
   check_inputs(logits_, implicit_target_, explicit_target_, eta);
-  const Reduction reduction = parse_reduction(reduction_name);
+  const Reduction reduction = parse_reduction(kOp, reduction_name);
   const at::Tensor logits = logits_.contiguous();
   const at::Tensor implicit_target = implicit_target_.contiguous();
   const at::Tensor explicit_target = explicit_target_.contiguous();
   const int64_t batch = logits.size(0);
   check_same_device(kOp, "grad", grad_, "logits", logits);
-  const at::Tensor grad = grad_.to(logits.scalar_type()).contiguous();
-  if (reduction == Reduction::kNone) {
-    TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == batch, kOp,
-                      ": grad must have shape [", batch, "] for reduction 'none', got ",
-                      grad.sizes());
-  } else {
-    TORCH_CHECK_VALUE(grad.numel() == 1, kOp, ": grad must be a scalar for reduction '",
-                      std::string(reduction_name), "', got shape ", grad.sizes());
-  }
-  const int64_t grad_stride = reduction == Reduction::kNone ? 1 : 0;
-  const double grad_scale = reduction == Reduction::kMean ? 1.0 / std::max<int64_t>(1, batch) : 1.0;
+  const UpstreamGrad upstream =
+      upstream_grad(kOp, grad_, logits.scalar_type(), batch, reduction, reduction_name);
+  const at::Tensor& grad = upstream.grad;
+  const int64_t grad_stride = upstream.stride;
+  const double grad_scale = upstream.scale;
   at::Tensor grad_logits = empty_output(logits.sizes(), logits.options());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "hybrid_bce_loss_backward", [&] {
     const scalar_t* gp = grad.data_ptr<scalar_t>();

@@ -61,6 +61,10 @@ def cosine_nce_loss(
     yhat = clamped_cosine(p, q, mu)
     target = target.to(p.dtype)
     loss = -(target * torch.log(yhat) + (1 - target) * torch.log1p(-yhat))
+    return _reduce(loss, reduction)
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -85,13 +89,7 @@ def hybrid_bce_loss(
     implicit = -(implicit_target * log_yhat + (1 - implicit_target) * log_not_yhat)  # Eq. 15
     explicit = -(explicit_target * log_yhat + (1 - explicit_target) * log_not_yhat)  # Eq. 14
     loss = eta * implicit + (1 - eta) * explicit
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.mean()
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return _reduce(loss, reduction)
 
 
 def sample_negatives(

@@ -73,6 +73,20 @@ def _exact_negatives(
     return rng.choice(unseen, size=k, replace=False)
 
 
+def _check_unseen(interactions: Interactions, evaluated: np.ndarray, counts: np.ndarray,
+                  num_negatives: int) -> None:
+    """Every evaluated user must leave ``num_negatives`` items unseen to sample."""
+    short = evaluated[interactions.num_items - counts[evaluated] < num_negatives]
+    if len(short):
+        user = short[0]
+        raise ValueError(
+            f"user {interactions.user_ids[user].item()!r} interacted with {counts[user]} of "
+            f"{interactions.num_items} items, leaving fewer than num_negatives={num_negatives} "
+            f"unseen items to sample ({len(short)} such users); lower num_negatives or filter "
+            "these users out"
+        )
+
+
 def _sample_negatives(
     rng: np.random.Generator,
     users: np.ndarray,
@@ -208,14 +222,7 @@ def leave_one_out(
         order = np.lexsort((np.arange(interactions.nnz), interactions.timestamps, users))
     ends = np.cumsum(counts)
 
-    short = evaluated[num_items - counts[evaluated] < num_negatives]
-    if len(short):
-        user = short[0]
-        raise ValueError(
-            f"user {interactions.user_ids[user].item()!r} interacted with {counts[user]} of {num_items} items, "
-            f"leaving fewer than num_negatives={num_negatives} unseen items to sample "
-            f"({len(short)} such users); lower num_negatives or filter these users out"
-        )
+    _check_unseen(interactions, evaluated, counts, num_negatives)
 
     seen_keys = np.sort(users * num_items + items)
     seen_counts = counts[evaluated]
@@ -288,14 +295,7 @@ def ratio_split(
         raise ValueError(f"no interaction is left for testing: {n} interactions are too few for "
                          f"ratios {tuple(ratios)} once every user keeps one in train")
     evaluated = np.unique(users[part != 0])
-    short = evaluated[num_items - counts[evaluated] < num_negatives]
-    if len(short):
-        user = short[0]
-        raise ValueError(
-            f"user {interactions.user_ids[user].item()!r} interacted with {counts[user]} of {num_items} items, "
-            f"leaving fewer than num_negatives={num_negatives} unseen items to sample "
-            f"({len(short)} such users); lower num_negatives or filter these users out"
-        )
+    _check_unseen(interactions, evaluated, counts, num_negatives)
     seen_keys = np.sort(users * num_items + items)
     rows = {}
     for which, code, stream in (("valid", 1, valid_stream), ("test", 2, test_stream)):
