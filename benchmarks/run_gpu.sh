@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark run: one command, from the repository root of a CUDA machine where the
-# dmfx extension is already built with its CUDA kernels. Builds nothing.
+# dmfx extension is already built with its CUDA kernels. Builds nothing. `bash tools/check_gpu.sh
+# bench` runs it under a time limit (after `bash tools/check_gpu.sh build`) and adds one line per
+# table (dmfx's median and each peer's ratio to it) to that script's summary.
 #
 #   bash benchmarks/run_gpu.sh                    # DESIGN.md section 2 shapes (~3-5 min on an H100)
 #   DMFX_BENCH_BIG=1 bash benchmarks/run_gpu.sh   # + 2M users x 1M items x 50M ratings (+~2 min)

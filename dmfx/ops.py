@@ -23,7 +23,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _C
+try:
+    from . import _C
+except ImportError as error:  # not built, or built against another torch / Python
+    raise ImportError(
+        f"dmfx's ops need the compiled extension dmfx._C, which did not load ({error}). "
+        "Build it from the repository root with `make setup`, or in an environment that "
+        "already has torch with `pip install --no-build-isolation -e .` (or "
+        "`python setup.py build_ext --inplace`). dmfx.data and dmfx.reference work without it."
+    ) from error
 
 __all__ = ["sparse_rows_matmul", "cosine_nce_loss", "hybrid_bce_loss", "sample_negatives",
            "row_sparse_adam_", "batch_entries", "cuda_enabled"]
