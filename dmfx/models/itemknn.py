@@ -90,6 +90,9 @@ def cosine_knn(matrix, neighbours: int, chunk_entries: int = _CHUNK_ENTRIES
     return ids, sims
 
 
+BATCH_ENTRIES = 1 << 22  # product entries scored at once (~30 bytes each while summing)
+
+
 class ItemKNNScorer:
     """Scores ``Y_u S`` of a batch of users: the sparse product of their binary training rows
     with ``S = S_k`` (``"history"``) or ``S_k^T`` (``"target"``), held as a CSR without its zero
@@ -108,6 +111,25 @@ class ItemKNNScorer:
         self.s_indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         self.s_indices = cols[order]
         self.s_values = neighbour_sims[keep][order].double()
+        # Entries of a user's product (the S rows of their items), to bound each batch's memory.
+        seen_items = seen.indices.long()
+        owner = torch.repeat_interleave(torch.arange(seen.shape[0], device=seen_items.device),
+                                        seen.indptr.long().diff())
+        self.user_cost = torch.zeros(seen.shape[0], dtype=torch.long, device=seen_items.device)
+        self.user_cost.index_add_(0, owner, counts[seen_items])
+
+    def _batches(self, users: Tensor):
+        """Consecutive slices of ``users`` whose products hold at most ``BATCH_ENTRIES``
+        entries together (one user at least): a batch of heavy users (many items with many
+        neighbours) would otherwise take gigabytes."""
+        ends = torch.cumsum(self.user_cost[users.to(self.user_cost.device)], 0)
+        start = 0
+        while start < len(users):
+            base = ends[start - 1] if start else 0
+            stop = int(torch.searchsorted(ends, base + BATCH_ENTRIES, right=True))
+            stop = max(stop, start + 1)
+            yield slice(start, stop)
+            start = stop
 
     def _product(self, users: Tensor) -> tuple[Tensor, Tensor]:
         """Sorted keys ``row * num_items + item`` of the nonzero scores of ``users`` and the
@@ -121,12 +143,19 @@ class ItemKNNScorer:
         return unique, sums.float()
 
     def all_items(self, users: Tensor) -> Tensor:
-        keys, values = self._product(users)
-        scores = torch.zeros(len(users) * self.num_items, device=values.device)
-        scores[keys] = values
-        return scores.view(len(users), self.num_items)
+        scores = torch.zeros(len(users), self.num_items, device=self.s_values.device)
+        for batch in self._batches(users):
+            keys, values = self._product(users[batch])
+            scores[batch].view(-1)[keys] = values
+        return scores
 
     def candidates(self, users: Tensor, items: Tensor) -> Tensor:
+        scores = torch.zeros(items.shape, device=items.device)
+        for batch in self._batches(users):
+            scores[batch] = self._candidates(users[batch], items[batch])
+        return scores
+
+    def _candidates(self, users: Tensor, items: Tensor) -> Tensor:
         keys, values = self._product(users)
         query = torch.arange(len(users), device=items.device).unsqueeze(1) * self.num_items + items
         if keys.numel() == 0:
