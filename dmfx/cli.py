@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from . import ops
-from .data import DATASETS, DataFormatError, DatasetUnavailableError
 from .checkpoint import RunFolderBusy, RunLock, json_text, write_json
+from .data import DATASETS, DataFormatError, DatasetUnavailableError
 from .evaluate import evaluate
 from .experiment import DataSpec, data_record, restore
 from .models import MODELS, build_model, train_config
@@ -231,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and evaluate it (leave-one-out, HR/NDCG@10)",
-                       description="Train on a leave-one-out split: each user's latest interaction "
-                       "(a random one where the data has no timestamps) is the test item, one "
-                       "random other is the validation item (early stopping). "
+                       description="Train on a leave-one-out split (each user's latest interaction, "
+                       "a random one where the data has no timestamps, is the test item, one "
+                       "random other the validation item for early stopping) or, with --split "
+                       "random, on random shares of all interactions. "
                        "Writes OUTPUT/metrics.json and OUTPUT/checkpoint.pt (every epoch).")
     _add_data_args(t)
     _add_split_args(t)
