@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("ops", "reference")
+_SUBMODULES = ("ops", "reference", "nn")
 _OPS = ("sparse_rows_matmul", "cosine_nce_loss", "hybrid_bce_loss", "sample_negatives",
         "row_sparse_adam_", "cuda_enabled")
 
 __all__ = [
     "ops",
     "reference",
+    "nn",
     "sparse_rows_matmul",
     "cosine_nce_loss",
     "hybrid_bce_loss",
@@ -40,6 +41,6 @@ def __dir__():
 
 
 if _TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily above
-    from . import ops, reference
+    from . import nn, ops, reference
     from .ops import (cosine_nce_loss, cuda_enabled, hybrid_bce_loss, row_sparse_adam_,
                       sample_negatives, sparse_rows_matmul)

@@ -1,0 +1,429 @@
+"""dmfx's ops as ``torch.nn`` modules, to drop into an existing PyTorch recommender.
+
+* :class:`SparseRowLinear`: ``matrix[rows] @ W`` for a sparse ``matrix`` (a user's rating row
+  times the first layer of a tower), reading only the stored entries. It replaces
+  ``nn.Linear(in_features, out_features, bias=False)`` applied to dense rows and
+  ``nn.EmbeddingBag(mode="sum")`` with ``per_sample_weights``; ``from_linear`` and
+  ``from_embedding_bag`` convert a trained layer.
+* :class:`CosineNCELoss`: cosine + mu-clamp + normalized cross-entropy (DMF, Eqs. 8, 12-13).
+* :class:`HybridBCELoss`: EINMF's hybrid explicit-implicit loss (Eqs. 14-16), from logits.
+
+Example::
+
+    from dmfx import nn as dnn
+    Y = train.csr("rating")                           # users x items, dmfx.data.CSR
+    first = dnn.SparseRowLinear(Y.shape[1], 256)      # was nn.Linear(num_items, 256, bias=False)
+    h = first(Y, users)                               # [B, 256] == Linear(Y_dense[users])
+    loss = dnn.CosineNCELoss(mu=1e-6)(p, q, target)
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+
+__all__ = ["SparseRowLinear", "CosineNCELoss", "HybridBCELoss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ------------------------------------------------------------------------ argument checks
+
+
+def _check_size(owner: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{owner}: {name} must be >= 0, got {value}")
+    return int(value)
+
+
+def _check_flag(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a bool, got {value!r}")
+    return value
+
+
+def _check_real(owner: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _check_reduction(owner: str, reduction: Any) -> str:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{owner}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduction
+
+
+# ------------------------------------------------------------------------- SparseRowLinear
+
+
+def _unpack(matrix: Any, in_features: int):
+    """``(indptr, indices, values, shape or None)`` of a dmfx CSR-like object or a torch
+    sparse CSR tensor, checking its width against ``in_features`` where it is known."""
+    if isinstance(matrix, Tensor):
+        if matrix.layout != torch.sparse_csr:
+            raise TypeError(
+                "SparseRowLinear: matrix must be a dmfx.data.CSR (or any object with indptr, "
+                "indices and values) or a torch sparse CSR tensor, got a tensor with layout "
+                f"{matrix.layout} (for dense rows use nn.Linear, or convert with "
+                ".to_sparse_csr())")
+        if matrix.dim() != 2:
+            raise ValueError("SparseRowLinear: matrix must be 2-D, got shape "
+                             f"{tuple(matrix.shape)}")
+        indptr, indices, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+        shape = tuple(matrix.shape)
+    else:
+        try:
+            indptr, indices, values = matrix.indptr, matrix.indices, matrix.values
+        except AttributeError:
+            raise TypeError(
+                "SparseRowLinear: matrix must be a dmfx.data.CSR (or any object with indptr, "
+                f"indices and values) or a torch sparse CSR tensor, got {type(matrix).__name__}"
+            ) from None
+        shape = getattr(matrix, "shape", None)
+    if shape is not None and int(shape[1]) != in_features:
+        raise ValueError(f"SparseRowLinear: matrix has {shape[1]} columns but the layer's "
+                         f"in_features is {in_features}")
+    return indptr, indices, values, shape
+
+
+class SparseRowLinear(nn.Module):
+    r"""Rows of a sparse matrix times a weight: ``y = matrix[rows] @ weight (+ bias)``.
+
+    The first layer of a DMF tower (a user's whole rating row times :math:`W_1`), computed by
+    :func:`dmfx.ops.sparse_rows_matmul`: a row costs its stored entries, not the matrix width.
+    It computes what these layers compute, on the same weights:
+
+    * ``nn.Linear(in_features, out_features, bias=False)`` on the dense rows
+      ``matrix.to_dense()[rows]`` (``bias=True`` for a Linear with bias), and
+    * ``nn.EmbeddingBag(in_features, out_features, mode="sum")`` on the batch's column ids, one
+      bag per row, with the stored values as ``per_sample_weights``.
+
+    :meth:`from_linear` and :meth:`from_embedding_bag` convert a trained layer.
+
+    Calling it. ``layer(matrix, rows)``: ``matrix`` a :class:`dmfx.data.CSR` (from
+    ``Interactions.csr()``; any object with ``indptr``, ``indices``, ``values`` and optionally
+    ``shape`` works, ``values=None`` meaning an all-ones 0/1 matrix; values in the weight's
+    dtype) or a ``torch.sparse_csr`` tensor (eager only: ``torch.compile`` takes no sparse
+    tensors, but a bound one works); ``rows`` int32/int64 ``[B]`` row ids, repeats allowed.
+    The layer holds only its parameters, as ``nn.Linear`` and ``nn.EmbeddingBag`` do, so one
+    layer serves any matrix with ``in_features`` columns: the training matrix, or at inference
+    an updated one holding a new user's row (no retraining). For the usual case of one fixed
+    matrix (Y for the user tower, Y transposed for the item tower), ``layer.bind(matrix)`` keeps
+    it in the module and the layer is then called on ids alone, ``layer(rows)``, like an
+    ``nn.Embedding``; the bound tensors are non-persistent buffers (they follow
+    ``.to()``/``.cuda()``/``.double()`` and stay out of the state_dict). Explicit wins: a bound
+    layer called as ``layer(matrix, rows)`` reads ``matrix``. Output: ``[B, out_features]``, in
+    the weight's dtype.
+
+    Weight layout. ``weight`` has shape ``[in_features, out_features]``: row ``i`` is what
+    column ``i`` of the matrix contributes, the layout the op gathers from (contiguous
+    ``out_features``-wide rows) and its row-sparse gradient is indexed by, and the layout of
+    ``nn.EmbeddingBag.weight`` and ``nn.Embedding.weight``. ``nn.Linear.weight`` is the transpose,
+    ``[out_features, in_features]``: storing that instead would cost a full transposed copy of
+    the table on every call, and a row-sparse gradient would be column-sparse. So
+    ``SparseRowLinear.weight == linear.weight.t()``, and its state_dict stores ``weight`` as
+    ``[in_features, out_features]`` (the parameter as it is, as ``state_dict`` conventions want).
+
+    Loading state dicts. ``load_state_dict`` takes this layer's own state dicts and
+    ``nn.EmbeddingBag``'s as they are, and ``nn.Linear``'s (``bias`` included, for a layer built
+    with ``bias=True``): a ``weight`` of shape ``[out_features, in_features]`` is transposed on
+    load. When ``in_features == out_features`` the two layouts have one shape, so the layer
+    relies on the state_dict's metadata, which records the module class version: a square
+    weight saved by SparseRowLinear (or one whose metadata was dropped, e.g. by safetensors)
+    loads as it is, and a square weight saved by another module raises (load it into the layer
+    it came from and convert that with :meth:`from_linear` / :meth:`from_embedding_bag`).
+
+    Args:
+        in_features: columns of the matrix (items for the user tower, users for the item one).
+        out_features: width of the output.
+        bias: add a learnt bias (default False: DMF's first layer and EmbeddingBag have none;
+            keyword-only because ``nn.Linear``'s default is True). Added after the op, so an
+            empty row gives the bias, as ``nn.Linear`` on a zero row does.
+        sparse_grad: the gradient of ``weight`` is a row-sparse COO tensor over the rows a batch
+            touches (``nn.EmbeddingBag(sparse=True)``'s behaviour): pair it with
+            :class:`dmfx.optim.RowSparseAdam` (and a dense optimizer for ``bias``). Eager
+            autograd only (not under ``torch.compile``).
+        validate: raise on out-of-range ids or a broken ``indptr`` (on CUDA one sync per call);
+            ``False`` for data checked once (see :mod:`dmfx.ops`).
+        device, dtype: of the parameters (float32 or float64).
+
+    Init. :meth:`reset_parameters` draws ``weight`` and ``bias`` from
+    ``U(-1/sqrt(in_features), 1/sqrt(in_features))``, the distribution of ``nn.Linear``'s default
+    (kaiming-uniform with ``a=sqrt(5)``, fan-in ``in_features``), so a swapped-in layer starts
+    like the one it replaces. The DMF paper's init is ``nn.init.normal_(layer.weight, 0, 0.01)``
+    (what :class:`dmfx.models.DMF` uses).
+    """
+
+    # 2: weight stored [in_features, out_features]. Recorded in state_dict metadata, it tells a
+    # square weight of this layer from a square nn.Linear one (version 1, [out, in]).
+    _version = 2
+
+    in_features: int
+    out_features: int
+    weight: Tensor
+    bias: Optional[Tensor]
+    indptr: Optional[Tensor]
+    indices: Optional[Tensor]
+    values: Optional[Tensor]
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = False,
+                 sparse_grad: bool = False, validate: bool = True, device=None, dtype=None):
+        super().__init__()
+        owner = "SparseRowLinear"
+        self.in_features = _check_size(owner, "in_features", in_features)
+        self.out_features = _check_size(owner, "out_features", out_features)
+        _check_flag(owner, "bias", bias)
+        self.sparse_grad = _check_flag(owner, "sparse_grad", sparse_grad)
+        self.validate = _check_flag(owner, "validate", validate)
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{owner}: dtype must be torch.float32 or torch.float64, got {dtype}")
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self.in_features, self.out_features, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        for name in ("indptr", "indices", "values"):
+            self.register_buffer(name, None, persistent=False)
+        self._bound_shape: Optional[tuple[int, int]] = None
+        self.reset_parameters()
+
+    # -- parameters
+
+    def reset_parameters(self) -> None:
+        """``U(-1/sqrt(in_features), 1/sqrt(in_features))`` for ``weight`` and ``bias``: the
+        distribution of ``nn.Linear``'s default init (not its exact values, which are drawn
+        in the ``[out, in]`` order)."""
+        bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    # -- the matrix
+
+    def bind(self, matrix: Any) -> "SparseRowLinear":
+        """Keep ``matrix`` in the module so that ``layer(rows)`` reads it; returns ``self``.
+
+        Its tensors become non-persistent buffers, moved to the weight's device, with values
+        cast to the weight's dtype (once, here). ``bind(None)`` forgets the matrix.
+        """
+        if matrix is None:
+            self.indptr = self.indices = self.values = None
+            self._bound_shape = None
+            return self
+        indptr, indices, values, shape = _unpack(matrix, self.in_features)
+        if shape is not None and indptr.numel() != int(shape[0]) + 1:
+            raise ValueError(f"SparseRowLinear: matrix has {shape[0]} rows but its indptr has "
+                             f"{indptr.numel()} entries")
+        device = self.weight.device
+        self.indptr = indptr.detach().to(device)
+        self.indices = indices.detach().to(device)
+        self.values = None if values is None else values.detach().to(device, self.weight.dtype)
+        self._bound_shape = (indptr.numel() - 1, self.in_features)
+        return self
+
+    @property
+    def bound(self) -> bool:
+        """Whether a matrix is bound (see :meth:`bind`)."""
+        return self.indptr is not None
+
+    def forward(self, matrix: Any, rows: Optional[Tensor] = None) -> Tensor:
+        """``layer(matrix, rows)``, or ``layer(rows)`` with a bound matrix; ``[B, out_features]``.
+        """
+        if rows is None:
+            rows = matrix
+            if self.indptr is None:
+                raise TypeError("SparseRowLinear: called with one argument, the rows, but no "
+                                "matrix is bound: call layer(matrix, rows) or bind one with "
+                                "layer.bind(matrix)")
+            if not isinstance(rows, Tensor) or rows.layout != torch.strided:
+                raise TypeError("SparseRowLinear: with a bound matrix the one argument is the "
+                                f"rows, a dense id tensor; got {type(rows).__name__}")
+            indptr, indices, values = self.indptr, self.indices, self.values
+        else:
+            indptr, indices, values, _ = _unpack(matrix, self.in_features)
+        out = ops.sparse_rows_matmul(indptr, indices, values, rows, self.weight,
+                                     validate=self.validate, sparse_grad=self.sparse_grad)
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        text = (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+        if self.sparse_grad:
+            text += ", sparse_grad=True"
+        if not self.validate:
+            text += ", validate=False"
+        if self._bound_shape is not None:
+            text += f", bound={self._bound_shape[0]}x{self._bound_shape[1]}"
+        return text
+
+    # -- conversions
+
+    @classmethod
+    def _from_weight(cls, weight: Tensor, bias: Optional[Tensor], *, sparse_grad: bool,
+                     validate: bool, requires_grad: bool) -> "SparseRowLinear":
+        """A layer around copies of ``weight`` ([in, out]) and ``bias``, without drawing an
+        init (so a conversion leaves the random number generator alone)."""
+        in_features, out_features = weight.shape
+        layer = cls(in_features, out_features, bias=bias is not None, sparse_grad=sparse_grad,
+                    validate=validate, device="meta", dtype=weight.dtype)
+        layer.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format),
+                                    requires_grad=requires_grad)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, sparse_grad: bool = False,
+                    validate: bool = True) -> "SparseRowLinear":
+        """The layer computing ``linear`` on dense rows, from a copy of its weights.
+
+        ``weight`` becomes ``linear.weight.t()`` (contiguous); a bias is kept (the layer then
+        has ``bias=True``). Device, dtype and ``requires_grad`` are kept.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"SparseRowLinear.from_linear: linear must be an nn.Linear, got "
+                            f"{type(linear).__name__}")
+        if isinstance(linear.weight, nn.parameter.UninitializedParameter):
+            raise ValueError("SparseRowLinear.from_linear: linear is a lazy layer whose weight is "
+                             "not initialized yet; run it once first")
+        return cls._from_weight(linear.weight.t(), linear.bias, sparse_grad=sparse_grad,
+                                validate=validate, requires_grad=linear.weight.requires_grad)
+
+    @classmethod
+    def from_embedding_bag(cls, bag: nn.EmbeddingBag, *, sparse_grad: Optional[bool] = None,
+                           validate: bool = True) -> "SparseRowLinear":
+        """The layer computing ``bag`` (``mode="sum"``), from a copy of its weights.
+
+        ``bag(ids, offsets, per_sample_weights=w)`` with one bag per CSR row equals
+        ``layer(matrix, rows)`` with ``matrix`` holding ``ids`` as column indices and ``w`` as
+        values (``per_sample_weights=None``: values None). ``weight`` is copied as it is (one
+        layout); ``sparse_grad`` defaults to ``bag.sparse``. A ``padding_idx`` row is copied as
+        zeros, so entries pointing at it add nothing, as in the bag (but it is an ordinary row
+        here, which trains if the matrix references it). Refused: modes other than ``"sum"``,
+        ``max_norm`` and ``scale_grad_by_freq``, which the op does not implement.
+        """
+        owner = "SparseRowLinear.from_embedding_bag"
+        if not isinstance(bag, nn.EmbeddingBag):
+            raise TypeError(f"{owner}: bag must be an nn.EmbeddingBag, got {type(bag).__name__}")
+        if bag.mode != "sum":
+            raise ValueError(f"{owner}: bag.mode must be 'sum', got {bag.mode!r}")
+        if bag.max_norm is not None:
+            raise ValueError(f"{owner}: bag.max_norm must be None (renormalising rows at lookup "
+                             f"is not supported), got {bag.max_norm}")
+        if bag.scale_grad_by_freq:
+            raise ValueError(f"{owner}: bag.scale_grad_by_freq must be False")
+        weight = bag.weight.detach()
+        if bag.padding_idx is not None:
+            weight = weight.clone()
+            weight[bag.padding_idx] = 0
+        return cls._from_weight(weight, None,
+                                sparse_grad=bag.sparse if sparse_grad is None else sparse_grad,
+                                validate=validate, requires_grad=bag.weight.requires_grad)
+
+    # -- state dicts
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "weight"
+        weight = state_dict.get(key)
+        ours = (self.in_features, self.out_features)
+        linears = (self.out_features, self.in_features)
+        rejected = False
+        if isinstance(weight, Tensor) and weight.dim() == 2 and ours != linears:
+            if tuple(weight.shape) == linears:  # nn.Linear's [out, in]
+                state_dict[key] = weight.t().contiguous()
+        elif isinstance(weight, Tensor) and tuple(weight.shape) == ours:
+            version = local_metadata.get("version")
+            if version is not None and version != self._version:
+                rejected = True
+                error_msgs.append(
+                    f"SparseRowLinear: {key} is square ({ours[0]} x {ours[1]}) and was saved by "
+                    f"another module (state_dict version {version}), so its layout cannot be "
+                    "told from its shape: nn.Linear stores [out_features, in_features], "
+                    "SparseRowLinear and nn.EmbeddingBag [in_features, out_features]. Load it "
+                    "into the layer it came from and convert that with "
+                    "SparseRowLinear.from_linear or SparseRowLinear.from_embedding_bag.")
+                del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if rejected and key in missing_keys:
+            missing_keys.remove(key)
+
+
+# ---------------------------------------------------------------------------------- losses
+
+
+class CosineNCELoss(nn.Module):
+    """DMF's loss: ``clamp(cos(p, q), mu, 1 - mu)`` and normalized cross-entropy with ``target``.
+
+    Module form of :func:`dmfx.ops.cosine_nce_loss` (fused, with its NaN and zero-vector
+    behaviour); ``forward(p, q, target)`` with ``p``, ``q`` float ``[B, k]`` and ``target``
+    ``[B]`` in [0, 1] (rating / max rating, 0 for sampled negatives) gives a scalar, or ``[B]``
+    for ``reduction="none"``.
+
+    Args:
+        mu: the clamp, in (0, 0.5) (Eq. 13).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate: raise on a target outside [0, 1] or NaN (on CUDA one sync per call).
+    """
+
+    def __init__(self, mu: float = 1e-6, reduction: str = "mean", validate: bool = True):
+        super().__init__()
+        owner = "CosineNCELoss"
+        mu = _check_real(owner, "mu", mu)
+        if not 0 < mu < 0.5:
+            raise ValueError(f"{owner}: mu must lie in (0, 0.5), got {mu}")
+        self.mu = mu
+        self.reduction = _check_reduction(owner, reduction)
+        self.validate = _check_flag(owner, "validate", validate)
+
+    def forward(self, p: Tensor, q: Tensor, target: Tensor) -> Tensor:
+        return ops.cosine_nce_loss(p, q, target, self.mu, self.reduction, validate=self.validate)
+
+    def extra_repr(self) -> str:
+        text = f"mu={self.mu}, reduction={self.reduction!r}"
+        return text if self.validate else text + ", validate=False"
+
+
+class HybridBCELoss(nn.Module):
+    """EINMF's loss: ``eta * bce(sigmoid(logits), implicit) + (1 - eta) * bce(.., explicit)``.
+
+    Module form of :func:`dmfx.ops.hybrid_bce_loss` (fused, stable for any finite logit);
+    ``forward(logits, implicit_target, explicit_target)`` with ``[B]`` tensors of one float
+    dtype gives a scalar, or ``[B]`` for ``reduction="none"``.
+
+    Args:
+        eta: the weight of the implicit loss, in [0, 1] (1: implicit only, 0: explicit only).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate: raise on a target outside [0, 1] or NaN (on CUDA one sync per call).
+    """
+
+    def __init__(self, eta: float = 0.6, reduction: str = "mean", validate: bool = True):
+        super().__init__()
+        owner = "HybridBCELoss"
+        eta = _check_real(owner, "eta", eta)
+        if not 0 <= eta <= 1:
+            raise ValueError(f"{owner}: eta must lie in [0, 1], got {eta}")
+        self.eta = eta
+        self.reduction = _check_reduction(owner, reduction)
+        self.validate = _check_flag(owner, "validate", validate)
+
+    def forward(self, logits: Tensor, implicit_target: Tensor, explicit_target: Tensor) -> Tensor:
+        return ops.hybrid_bce_loss(logits, implicit_target, explicit_target, self.eta,
+                                   self.reduction, validate=self.validate)
+
+    def extra_repr(self) -> str:
+        text = f"eta={self.eta}, reduction={self.reduction!r}"
+        return text if self.validate else text + ", validate=False"
