@@ -21,6 +21,7 @@ from .readers import (
     read_movielens_csv,
     read_movielens_dat,
 )
+from .sparse import as_csr
 from .splits import Split, leave_one_out, ratio_split
 from .synthetic import synthetic
 
@@ -32,6 +33,7 @@ __all__ = [
     "Dataset",
     "DatasetUnavailableError",
     "Interactions",
+    "as_csr",
     "Split",
     "default_cache_dir",
     "kcore",

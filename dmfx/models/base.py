@@ -9,6 +9,8 @@ A model is an ``nn.Module`` over the internal user and item ids of one data set 
 * :meth:`Recommender.score` -- scores of (user, item) pairs;
 * :meth:`Recommender.recommend` -- the top-k items of many users at once, the items each user
   interacted with in training left out;
+* :meth:`Recommender.recommend_rows` -- the same for users the model never saw, described by
+  their rating rows (models that read rating rows, DMF; and ItemPop, which needs no user);
 * :meth:`Recommender.similar_items` -- the items closest to given items.
 
 How a model learns is its :meth:`Recommender.epoch_runner`: gradient models use the default (Adam
@@ -36,7 +38,8 @@ class Scorer(Protocol):
         """``[n, c]`` scores of ``users[k]`` against ``items[k, :]``."""
 
     def all_items(self, users: Tensor) -> Tensor:
-        """``[n, num_items]`` scores of each user against every item."""
+        """``[n, num_items]`` scores of each user against every item, in a new tensor (the caller
+        may write into it: :meth:`Recommender.recommend` masks seen items in place)."""
 
 
 class VectorScorer:
@@ -59,34 +62,38 @@ class VectorScorer:
         return scores if self.item_bias is None else scores + self.item_bias
 
 
-def _order_keys(scores: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """int64 keys that order like ``scores`` (as float32); with a generator, equal scores get
-    distinct keys in a uniformly random order, so ties are broken at random, exactly."""
+def _order_keys(scores: Tensor, generator: torch.Generator) -> Tensor:
+    """int64 keys that order like ``scores`` (as float32), equal scores getting distinct keys in
+    a uniformly random order drawn from ``generator``, so ties are broken at random, exactly."""
     bits = (scores.float() + 0.0).contiguous().view(torch.int32).long()  # + 0.0: -0.0 -> +0.0
     # IEEE floats order like sign-magnitude integers: flip the magnitude bits of negatives.
     keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    if generator is None:
-        return keys
     noise = torch.randint(0, 2**31, scores.shape, generator=generator, dtype=torch.int64)
     return (keys << 31) | noise.to(scores.device)
 
 
 def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Optional[Tensor] = None,
-               generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+               generator: Optional[torch.Generator] = None, *, copy: bool = True
+               ) -> tuple[Tensor, Tensor]:
     """The ``k`` best columns of each row of ``scores`` (``[n, num_items]``), best first.
 
     ``exclude`` (a CSR over all users, indexed by ``users``) names items to leave out. Rows with
     fewer than ``k`` items left are padded with item ``-1`` and score ``-inf``. Equal scores are
     ordered by a draw from ``generator`` when given (uniformly at random, reproducibly), else in
-    an unspecified but deterministic order.
+    an unspecified but deterministic order. ``copy=False`` lets it write ``-inf`` into a float32
+    contiguous ``scores`` the caller has no further use for (saves a copy of the block).
     """
-    scores = scores.float().clone()
+    scores = scores.float()
+    if copy or not scores.is_contiguous():
+        scores = scores.clone(memory_format=torch.contiguous_format)
     if exclude is not None:
         rows, cols, _ = row_entries(exclude.indptr, exclude.indices, None,
                                     users.to(exclude.indptr.device))
         scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
     k_eff = min(k, scores.shape[1])
-    top = torch.topk(_order_keys(scores, generator), k_eff, dim=1).indices
+    # Without a generator the float scores order themselves (half the bytes of the keys).
+    keys = scores if generator is None else _order_keys(scores, generator)
+    top = torch.topk(keys, k_eff, dim=1).indices
     values = scores.gather(1, top)
     top = torch.where(torch.isneginf(values), -1, top)
     if k_eff < k:
@@ -142,6 +149,13 @@ class Recommender(nn.Module):
     def config(self) -> dict:
         """The registry parameters that rebuild this model (stored in checkpoints)."""
         raise NotImplementedError
+
+    def scorer_for_rows(self, rows) -> Scorer:
+        """A scorer of new users described by their rating rows ``rows`` (``[n, num_items]``,
+        any format :func:`dmfx.data.as_csr` reads); user ``k`` of the scorer is ``rows[k]``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} represents a user by a learned id vector, so it cannot score "
+            "a user it was not trained on; DMF reads rating rows (and ItemPop ranks alike for all)")
 
     def epoch_runner(self, split: Split, config):
         """What one training epoch does; the default takes Adam steps on :meth:`loss`."""
@@ -199,7 +213,8 @@ class Recommender(nn.Module):
     @torch.no_grad()
     def recommend(self, users: Tensor, k: int = 10, exclude_seen: bool = True, *,
                   exclude: Optional[CSR] = None, generator: Optional[torch.Generator] = None,
-                  scorer: Optional[Scorer] = None, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+                  scorer: Optional[Scorer] = None, batch_size: Optional[int] = None
+                  ) -> tuple[Tensor, Tensor]:
         """The ``k`` highest-scoring items of each user, best first.
 
         Args:
@@ -210,27 +225,52 @@ class Recommender(nn.Module):
             generator: break ties between equal scores at random from this generator (the
                 evaluator does, so a model scoring many items alike gets chance-level metrics).
             scorer: a :meth:`scorer` already computed, to save recomputing it.
-            batch_size: users scored at once (memory: ``batch_size x num_items`` scores).
+            batch_size: users scored at once (memory: about 16 bytes per ``batch_size x
+                num_items`` score); default: as many as keep that near 256 MB.
 
         Returns:
             ``(items, scores)``, each ``[n, k]``; a user with fewer than ``k`` items left gets
             item ``-1`` and score ``-inf`` in the remaining places.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
         users = self._ids(users, "users", self.num_users)
         if exclude is None and exclude_seen:
             exclude = self.seen
-        scorer = scorer if scorer is not None else self._eval_scorer()
+        return self._top(users, k, exclude, scorer if scorer is not None else self._eval_scorer(),
+                         generator, batch_size)
+
+    def _top(self, users: Tensor, k: int, exclude: Optional[CSR], scorer: Scorer,
+             generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None
+             ) -> tuple[Tensor, Tensor]:
+        """:meth:`recommend` for the users of ``scorer`` (not checked against the model's)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         items, scores = [], []
-        for chunk in users.split(batch_size):
-            top, values = topk_items(scorer.all_items(chunk), k, exclude, chunk, generator)
+        for chunk in users.split(batch_size or self.users_per_block()):
+            top, values = topk_items(scorer.all_items(chunk), k, exclude, chunk, generator,
+                                     copy=False)
             items.append(top)
             scores.append(values)
         if not items:
             return (torch.empty(0, k, dtype=torch.long, device=users.device),
                     torch.empty(0, k, device=users.device))
         return torch.cat(items), torch.cat(scores)
+
+    @torch.no_grad()
+    def recommend_rows(self, rows, k: int = 10, exclude_rated: bool = True) -> tuple[Tensor, Tensor]:
+        """The ``k`` best items for each of ``rows``' users (new users described by their
+        ratings, see :meth:`scorer_for_rows`), their rated items left out unless
+        ``exclude_rated`` is False. Returns ``(items, scores)`` as :meth:`recommend` does."""
+        from ..data import as_csr
+
+        matrix = as_csr(rows, num_cols=self.num_items, device=self.device)
+        users = torch.arange(matrix.shape[0], device=self.device)
+        return self._top(users, k, matrix if exclude_rated else None,
+                         self.scorer_for_rows(matrix))
+
+    def users_per_block(self, budget_bytes: int = 256 << 20) -> int:
+        """Users whose scores against every item fit ``budget_bytes`` in :meth:`recommend`
+        (a float32 score, its int64 sort key and a copy: about 16 bytes each)."""
+        return max(1, budget_bytes // (16 * max(1, self.num_items)))
 
     def item_vectors(self) -> Tensor:
         """``[num_items, d]`` item representations whose cosine is the item-item similarity."""

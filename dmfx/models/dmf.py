@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..data import CSR, Interactions
+from ..data import CSR, Interactions, as_csr
 from .base import Recommender, VectorScorer
 
 INIT_STD = 0.01  # the paper's N(0, 0.01) initialisation
@@ -74,6 +74,14 @@ class SparseRowTower(nn.Module):
         # On CUDA, skip the per-call validation sync: the data layer built this CSR.
         h = ops.sparse_rows_matmul(self.indptr, self.indices, values, rows, self.first,
                                    validate=not self.first.is_cuda, sparse_grad=self.sparse_grad)
+        return self.mlp(h)
+
+    def embed(self, matrix: CSR) -> Tensor:
+        """The tower's output for the rows of another matrix over the same columns (new users
+        or items described by their ratings); validated, as the rows come from outside."""
+        rows = torch.arange(matrix.shape[0], device=self.first.device)
+        h = ops.sparse_rows_matmul(matrix.indptr, matrix.indices,
+                                   None if self.binary else matrix.values, rows, self.first)
         return self.mlp(h)
 
 
@@ -176,6 +184,27 @@ class DMF(TwoTower):
 
     def config(self) -> dict:
         return dict(self._config)
+
+    @torch.no_grad()
+    def embed_users(self, rows) -> Tensor:
+        """User-tower outputs of users described by their rating rows: ``rows`` is
+        ``[n, num_items]`` (a :class:`dmfx.data.CSR`, scipy.sparse or torch sparse matrix; item
+        ids are the model's internal ones). A trained user's own training row gives back its
+        stored vector, so users the model never saw are scored without retraining."""
+        return self.user_tower.embed(as_csr(rows, num_cols=self.num_items, name="rows",
+                                            device=self.device))
+
+    @torch.no_grad()
+    def embed_items(self, columns) -> Tensor:
+        """Item-tower outputs of items described by their columns of Y: ``columns`` is
+        ``[num_users, n]``, the ratings the model's users gave each new item."""
+        return self.item_tower.embed(as_csr(columns, num_cols=self.num_users, transpose=True,
+                                            name="columns", device=self.device))
+
+    @torch.no_grad()
+    def scorer_for_rows(self, rows) -> VectorScorer:
+        items = self._eval_scorer().items
+        return VectorScorer(self.embed_users(rows), items, normalize=self.score_kind == "cosine")
 
     def sparse_grad_parameters(self) -> list[nn.Parameter]:
         if not self._config["sparse_grad"]:

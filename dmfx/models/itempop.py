@@ -18,7 +18,7 @@ class PopularityScorer:
         return self.popularity[items]
 
     def all_items(self, users: Tensor) -> Tensor:
-        return self.popularity.expand(users.numel(), -1)
+        return self.popularity.repeat(users.numel(), 1)  # a copy: callers may write into it
 
 
 class ItemPop(Recommender):
@@ -41,6 +41,9 @@ class ItemPop(Recommender):
     @torch.no_grad()
     def scorer(self) -> PopularityScorer:
         return PopularityScorer(self.popularity)
+
+    def scorer_for_rows(self, rows) -> PopularityScorer:
+        return self.scorer()  # the same ranking for every user, new ones too
 
     def item_vectors(self) -> Tensor:
         raise NotImplementedError("ItemPop has no notion of similar items: every user gets the "
