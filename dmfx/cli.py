@@ -3,8 +3,11 @@ baselines, and reproduce the papers' experiments.
 
     dmfx train --dataset ml-100k                 # DMF-2-nce on the bundled data
     dmfx train --model neumf --dataset ml-100k   # any model of `dmfx models`
-    dmfx evaluate runs/ml-100k-dmf/checkpoint.pt
-    dmfx recommend runs/ml-100k-dmf/checkpoint.pt --user 196 -k 10
+    dmfx evaluate runs/ml-100k-dmf/model.pt
+    dmfx recommend runs/ml-100k-dmf/model.pt --user 196 -k 10
+    dmfx recommend runs/ml-100k-dmf/model.pt --users-file users.txt --output recs.parquet
+    dmfx recommend runs/ml-100k-dmf/model.pt --ratings my-ratings.csv   # a new user
+    dmfx export runs/ml-100k-dmf/model.pt --output serving/
     dmfx reproduce dmf-paper --dataset ml-100k --seeds 0 1 2 --jobs 2
 """
 from __future__ import annotations
@@ -23,8 +26,8 @@ from . import ops
 from .checkpoint import RunFolderBusy, RunLock, json_text, write_json
 from .data import DATASETS, DataFormatError, DatasetUnavailableError
 from .evaluate import evaluate
-from .experiment import DataSpec, data_record, restore
-from .models import MODELS, build_model, train_config
+from .experiment import DataSpec, data_record, load_trained, save_model
+from .models import MODELS, Recommender, build_model, train_config
 from .models.registry import TRAINERS, spec_of
 from .train import TrainConfig
 
@@ -78,6 +81,10 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
                    help="cut-offs of the reported HR and NDCG, e.g. 5,10,20 (default 10; early "
                         "stopping watches NDCG@10)")
     _add_per_user_arg(g)
+    g.add_argument("--held-out-users", type=float, default=None, metavar="SHARE",
+                   help="train without this share of the evaluated users, then score them from "
+                        "their ratings alone and report new_hr@K / new_ndcg@K (models that read "
+                        "rating rows: dmf; itempop as the baseline; leave-one-out split)")
 
 
 def _add_per_user_arg(g) -> None:
@@ -217,11 +224,16 @@ def _parse(param, name: str, text: str):
 
 
 def _add_restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="a run's model.pt (self-contained), or its checkpoint.pt (re-reads the "
+                        "data file)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--data", default=None,
-                   help="the training ratings file at a new place (it must hold the same data)")
+                   help="with a checkpoint.pt: the training ratings file at a new place (it must "
+                        "hold the same data)")
     p.add_argument("--allow-data-change", action="store_true",
-                   help="use the model on its data file as it is now, even if it changed since "
-                        "training (refused by default)")
+                   help="with a checkpoint.pt: use the model on its data file as it is now, even "
+                        "if it changed since training (refused by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "a random one where the data has no timestamps, is the test item, one "
                        "random other the validation item for early stopping) or, with --split "
                        "random, on random shares of all interactions. "
-                       "Writes OUTPUT/metrics.json and OUTPUT/checkpoint.pt (every epoch).")
+                       "Writes OUTPUT/checkpoint.pt (every epoch, for --resume), then "
+                       "OUTPUT/model.pt (the best epoch with its split: evaluate, recommend and "
+                       "export need nothing else) and OUTPUT/metrics.json.")
     _add_data_args(t)
     _add_split_args(t)
     _add_model_args(t)
@@ -249,23 +263,47 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     t.set_defaults(handler=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint on its test (and validation) items")
-    e.add_argument("checkpoint")
+    e = sub.add_parser("evaluate", help="evaluate a trained model on its test (and validation) items")
+    _add_restore_args(e)
     e.add_argument("--full-ranking", action="store_true", help="also rank among all items")
-    e.add_argument("--device", default="auto")
     e.add_argument("--topk", default="10", metavar="K[,K...]",
                    help="cut-offs of HR and NDCG, e.g. 5,10,20 (default 10)")
     _add_per_user_arg(e)
-    _add_restore_args(e)
     e.set_defaults(handler=cmd_evaluate)
 
-    r = sub.add_parser("recommend", help="top-k unseen items for a user (raw ids in and out)")
-    r.add_argument("checkpoint")
-    r.add_argument("--user", required=True, help="raw user id as in the data file")
-    r.add_argument("-k", type=int, default=10, help="number of items")
-    r.add_argument("--device", default="auto")
+    r = sub.add_parser("recommend", help="top-k unseen items for users or a new user (raw ids "
+                       "in and out)", description="The k best items a user has not interacted "
+                       "with (training and held-out items left out), for one user (--user), many "
+                       "(--users-file, scored in blocks on the device) or a user the model never "
+                       "saw, from their ratings (--ratings; DMF reads rating rows, ItemPop needs "
+                       "none; id-embedding models cannot).")
     _add_restore_args(r)
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="raw user id as in the data file")
+    who.add_argument("--users-file", metavar="FILE", help="raw user ids, one per line")
+    who.add_argument("--all-users", action="store_true", help="every user of the model")
+    who.add_argument("--ratings", metavar="FILE",
+                     help="a new user's ratings: lines ITEM[,RATING] with raw item ids (items "
+                          "the model does not know are left out, with a warning)")
+    r.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+    r.add_argument("--output", default=None, metavar="FILE",
+                   help="write user,rank,item,score rows to FILE (.csv, .tsv or .parquet) "
+                        "instead of printing them")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="users scored at once (default: as many as fit about 256 MB of scores)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(handler=cmd_recommend)
+
+    x = sub.add_parser("export", help="write a model's user and item vectors, id maps and (DMF) "
+                       "towers for serving", description="Writes OUTPUT/user_vectors.npy, "
+                       "item_vectors.npy (a score is their dot product; DMF's are normalised), "
+                       "user_ids.npy, item_ids.npy, seen.npz (training interactions, scipy CSR), "
+                       "meta.json and, for DMF, user_tower.pt2 / item_tower.pt2 (torch.export "
+                       "programs that embed rating rows of new users and items; load them with "
+                       "torch.export.load after `import dmfx`).")
+    _add_restore_args(x)
+    x.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    x.set_defaults(handler=cmd_export)
 
     ms = sub.add_parser("models", help="list the models, their parameters and defaults")
     ms.set_defaults(handler=cmd_models)
@@ -311,6 +349,9 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
               config: TrainConfig) -> int:
     """The run of ``dmfx train`` in the folder ``out``, whose lock the caller holds."""
     ks = _cutoffs(args.topk)
+    if args.held_out_users is not None and spec_of(name).cls.scorer_for_rows is Recommender.scorer_for_rows:
+        raise ValueError(f"--held-out-users: {name} cannot score users it was not trained on "
+                         "(it learns a vector per user id); use dmf, or itempop as the baseline")
     checkpoint = out / "checkpoint.pt"
     if args.resume and not checkpoint.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
@@ -327,9 +368,17 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
                          f"{'/'.join(f'{r:g}' for r in spec.ratios)}"}[split.holdout]
     _log(args, f"data: {spec.name}: {data.num_users:,} users x {data.num_items:,} items, "
                f"{data.nnz:,} interactions; {len(split.test_users):,} evaluated; {held_out}")
+    new_users = None
+    if args.held_out_users is not None:
+        from .inductive import hold_out_users
+
+        split, new_users = hold_out_users(split, args.held_out_users, seed=spec.seed)
+        _log(args, f"held out: {len(new_users.users):,} users, scored from their ratings only")
     torch.manual_seed(args.seed)
     model = build_model(name, split.train, params, device)
     extra = {"data": data_record(spec, data), "model": {"kind": name, "config": model.config()}}
+    if new_users is not None:  # part of the split: a resume or a checkpoint re-read must redo it
+        extra["data"]["held_out_users"] = args.held_out_users
 
     def report(epoch, entry):
         valid = entry.get("valid", {})
@@ -340,10 +389,15 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
 
     state = model.fit(split, config, checkpoint=checkpoint, resume=args.resume, extra=extra,
                       on_epoch_end=report)
+    save_model(out / "model.pt", model, split, extra["data"])
     test = evaluate(model, split, "test", ks=ks, full_ranking=args.full_ranking,
                     per_user=args.per_user)
     valid = evaluate(model, split, "valid", ks=ks, per_user=args.per_user) \
         if len(split.valid_users) else {}
+    if new_users is not None:
+        from .inductive import evaluate_new_users
+
+        test.update({f"new_{k}": v for k, v in evaluate_new_users(model, new_users, ks).items()})
     metrics = {
         "test": test, "valid": valid,
         "config": {"data": extra["data"], "holdout": split.holdout, "model": name, "model_config": model.config(),
@@ -358,34 +412,76 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     return 0
 
 
+def _load(args):
+    return load_trained(args.model, _device(args.device), data=args.data,
+                        allow_data_change=args.allow_data_change)
+
+
 def cmd_evaluate(args) -> int:
-    model, _, split = restore(args.checkpoint, _device(args.device), data=args.data,
-                              allow_data_change=args.allow_data_change)
+    split = (trained := _load(args)).split
     ks = _cutoffs(args.topk)
-    result = {"test": evaluate(model, split, "test", ks=ks, full_ranking=args.full_ranking,
-                               per_user=args.per_user)}
+    result = {"test": evaluate(trained.model, split, "test", ks=ks,
+                               full_ranking=args.full_ranking, per_user=args.per_user)}
     if len(split.valid_users):
-        result["valid"] = evaluate(model, split, "valid", ks=ks, full_ranking=args.full_ranking,
-                                   per_user=args.per_user)
+        result["valid"] = evaluate(trained.model, split, "valid", ks=ks,
+                                   full_ranking=args.full_ranking, per_user=args.per_user)
     print(json_text(result), end="")
     return 0
 
 
 def cmd_recommend(args) -> int:
+    from .serving import read_new_user, read_user_ids, recommend_blocks, write_recommendations
+
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
-    model, data, _ = restore(args.checkpoint, _device(args.device), data=args.data,
-                             allow_data_change=args.allow_data_change)
-    try:
-        user = data.user_index(args.user)
-    except KeyError:
-        raise KeyError(f"unknown user {args.user!r} (not in the data set of this checkpoint)") from None
-    # Everything the user interacted with is left out, held-out items included.
-    items, scores = model.recommend(torch.tensor([user]), args.k,
-                                    exclude=data.csr("binary", device=model.device))
-    ranked = [(i, s) for i, s in zip(items[0].tolist(), scores[0].tolist()) if i >= 0]
-    for rank, (item, score) in enumerate(ranked, 1):
-        print(f"{rank}\t{data.item_ids[item]}\t{score:.4f}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    trained = _load(args)
+    model = trained.model
+    if args.ratings:
+        row, unknown = read_new_user(args.ratings, trained)
+        if unknown:
+            warnings.warn(f"{args.ratings}: {len(unknown)} item(s) this model does not know were "
+                          f"left out: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        items, scores = model.recommend_rows(row, args.k)
+        blocks = iter([(np.zeros(1, np.int64), items.cpu().numpy(), scores.cpu().numpy())])
+        user_ids = np.asarray(["new"])
+    else:
+        if args.user is not None:
+            try:
+                users = np.asarray([trained.user_index(args.user)])
+            except KeyError:
+                raise KeyError(f"unknown user {args.user!r} (not in the data of this model)") from None
+        elif args.users_file:
+            users = read_user_ids(args.users_file, trained)
+        else:
+            users = np.arange(model.num_users)
+        # Everything a user interacted with is left out, held-out items included.
+        blocks = recommend_blocks(trained, users, args.k,
+                                  exclude=trained.interacted(device=model.device),
+                                  block=args.batch_size,
+                                  progress=not args.quiet and sys.stderr.isatty() and len(users) > 1)
+        user_ids = trained.user_ids
+    if args.output:
+        rows = write_recommendations(args.output, blocks, trained, user_ids=user_ids)
+        print(f"{rows:,} recommendations -> {args.output}", file=sys.stderr)
+        return 0
+    single = args.user is not None or args.ratings
+    for users, items, scores in blocks:
+        for user, user_items, user_scores in zip(users, items, scores):
+            ranked = [(i, s) for i, s in zip(user_items.tolist(), user_scores.tolist()) if i >= 0]
+            for rank, (item, score) in enumerate(ranked, 1):
+                prefix = "" if single else f"{user_ids[user]}\t"
+                print(f"{prefix}{rank}\t{trained.item_ids[item]}\t{score:.4f}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .serving import export_model
+
+    meta = export_model(_load(args), args.output)
+    print(f"{meta['model']}: {meta['users']:,} users and {meta['items']:,} items, "
+          f"{meta['dim']}-d vectors -> {args.output} ({', '.join(meta['files'])})")
     return 0
 
 

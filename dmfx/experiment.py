@@ -1,21 +1,34 @@
-"""What a run is made of, kept apart from the CLI so scripts can rebuild a run from a checkpoint:
+"""What a run is made of, kept apart from the CLI so scripts can rebuild a run from its files:
 where the data comes from and how it is split, which model was trained on it, and fingerprints
-that tell whether the data read now is the data the model was trained on."""
+that tell whether the data read now is the data the model was trained on.
+
+A run folder holds two files. ``checkpoint.pt`` (rewritten every epoch) is for ``--resume``: the
+last and best weights, the optimizer state and the data *settings*; using it re-reads the data
+file. ``model.pt`` (written once training ends) is the trained model on its own: the best
+weights, the model settings and the split itself (training interactions, held-out items and
+their sampled candidates, the raw-id maps), so evaluating, recommending and exporting need no
+data file. The split is kept rather than the data file because it is what every use needs and
+it is compact: int32 ids and float32 ratings are 12 bytes per training interaction (600 MB for
+50M ratings) plus 4 bytes per sampled candidate (800 MB for 2M users x 100 candidates x 2),
+small beside the first-layer tables of such a model (3 GB at 1M + 2M rows x 256 float32).
+Timestamps are not kept: the split is already made.
+"""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .data import Interactions, Split, leave_one_out, load_dataset, ratio_split, read_file
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import CSR, Interactions, Split, leave_one_out, load_dataset, ratio_split, read_file
 from .models import Recommender, build_model
 
-__all__ = ["DataSpec", "fingerprint", "file_digest", "data_record", "restore"]
+__all__ = ["DataSpec", "Trained", "fingerprint", "file_digest", "data_record", "split_state",
+           "split_from_state", "save_model", "load_trained"]
 
 
 PROTOCOLS = ("loo", "random")
@@ -93,25 +106,133 @@ def data_record(spec: DataSpec, data: Interactions) -> dict:
             "fingerprint": fingerprint(data)}
 
 
-def restore(path: str, device: torch.device | str = "cpu", *, data: Optional[str] = None,
-            allow_data_change: bool = False) -> tuple[Recommender, Interactions, Split]:
-    """The model of a ``dmfx train`` checkpoint (its best validation epoch), with its data and
-    split rebuilt from the data settings stored in the checkpoint.
+def _array_state(array: np.ndarray):
+    """A numpy array as what ``torch.load(weights_only=True)`` reads back: string ids as a list,
+    integers as int32 where they fit (ids and indices; halves the file), the rest as is."""
+    if array.dtype.kind in "UO":
+        return array.astype(str).tolist()
+    if array.dtype.kind in "iu" and (array.size == 0 or (int(array.min()) >= -2**31
+                                                          and int(array.max()) < 2**31)):
+        array = array.astype(np.int32)
+    return torch.from_numpy(np.ascontiguousarray(array))
 
-    ``data`` reads the ratings from another path (the file was moved); it must still hold the
-    data the model was trained on. A data file whose bytes or contents differ from the recorded
-    ones is refused before it is parsed, unless ``allow_data_change`` (then the model is used on
-    the data as it is now, if its shape still fits)."""
+
+def _array_from_state(value) -> np.ndarray:
+    if isinstance(value, list):
+        return np.asarray(value, dtype=str)
+    array = value.numpy()
+    return array.astype(np.int64) if array.dtype.kind in "iu" else array
+
+
+def split_state(split: Split) -> dict:
+    """``split`` as plain tensors and lists (see the module docstring); training timestamps are
+    left out."""
+    train = split.train
+    state = {"train": {name: _array_state(getattr(train, name))
+                       for name in ("user_ids", "item_ids", "users", "items", "ratings")}}
+    for f in fields(split):
+        if f.name != "train":
+            value = getattr(split, f.name)
+            state[f.name] = _array_state(value) if isinstance(value, np.ndarray) else value
+    return state
+
+
+def split_from_state(state: dict) -> Split:
+    """The inverse of :func:`split_state`."""
+    try:
+        train = Interactions(**{k: _array_from_state(v) for k, v in state["train"].items()})
+        rest = {k: _array_from_state(v) if isinstance(v, (list, torch.Tensor)) else v
+                for k, v in state.items() if k != "train"}
+        return Split(train=train, **rest)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"the stored split is damaged ({error})") from None
+
+
+def save_model(path, model: Recommender, split: Split, data: dict,
+               state: Optional[dict] = None) -> None:
+    """Writes the self-contained model file (atomically): ``state`` (default: the model's own
+    weights), the model's settings, ``split`` and the ``data`` record of :func:`data_record`."""
+    save_checkpoint(path, {
+        "model": {"kind": model.name, "config": model.config()},
+        "model_state": state if state is not None else model.state_dict(),
+        "split": split_state(split),
+        "data": data,
+    })
+
+
+@dataclass
+class Trained:
+    """A trained model with the split it was trained and evaluated on (:func:`load_trained`)."""
+
+    model: Recommender
+    split: Split
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.split.train.user_ids
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.split.train.item_ids
+
+    def user_index(self, raw_id) -> int:
+        return self.split.train.user_index(raw_id)
+
+    def item_index(self, raw_id) -> int:
+        return self.split.train.item_index(raw_id)
+
+    def interacted(self, device=None) -> CSR:
+        """Every known (user, item) pair as a binary CSR: the training pairs and the held-out
+        ones, which a recommendation leaves out as well."""
+        s = self.split
+        users = np.concatenate([s.train.users, s.valid_users, s.test_users])
+        items = np.concatenate([s.train.items, s.valid_items, s.test_items])
+        keys = np.unique(users * s.train.num_items + items)
+        known = Interactions(s.train.user_ids, s.train.item_ids, keys // s.train.num_items,
+                             keys % s.train.num_items, np.ones(len(keys), np.float32))
+        return known.csr("binary", device=device)
+
+
+def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optional[str] = None,
+                 allow_data_change: bool = False) -> Trained:
+    """The model of a ``dmfx train`` run (its best validation epoch) with its split.
+
+    From ``model.pt`` everything comes from the file. From ``checkpoint.pt`` the data and split
+    are rebuilt from the data settings stored in it: ``data`` reads the ratings from another path
+    (the file was moved); it must still hold the data the model was trained on. A data file whose
+    bytes or contents differ from the recorded ones is refused before it is parsed, unless
+    ``allow_data_change`` (then the model is used on the data as it is now, if its shape still
+    fits)."""
     saved = load_checkpoint(path)
     if "data" not in saved or "model" not in saved:
-        raise CheckpointError(f"{path} is not a dmfx train checkpoint")
-    record = saved["data"]
+        raise CheckpointError(f"{path} is not a dmfx model file or train checkpoint")
+    if "split" in saved:
+        if data is not None or allow_data_change:
+            raise ValueError(f"{path} holds its own data; --data and --allow-data-change apply "
+                             "only to a checkpoint.pt")
+        split = split_from_state(saved["split"])
+    else:
+        split = _split_from_data(path, saved["data"], data, allow_data_change)
+    model = build_model(saved["model"]["kind"], split.train, saved["model"]["config"], device,
+                        restore=True)
+    # A checkpoint's result is its best validation epoch; model_state is the last one (--resume).
+    best = saved.get("train_state", {}).get("best_state")
+    try:
+        model.load_state_dict(best if best is not None else saved["model_state"])
+    except RuntimeError as error:
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path} does not fit the data read now ({first})") from None
+    return Trained(model, split)
+
+
+def _split_from_data(path: str, record: dict, data: Optional[str],
+                     allow_data_change: bool) -> Split:
     spec = DataSpec(**{**record["spec"], **({"data": data} if data is not None else {})})
     change = "; pass --allow-data-change to use the model on it anyway"
     if spec.data and record["file"] and not allow_data_change:
         if not Path(spec.data).exists():
             raise FileNotFoundError(f"{path} was trained on {spec.data}, which is gone; pass "
-                                    "--data with its new place")
+                                    "--data with its new place (or use the run's model.pt)")
         if file_digest(spec.data) != record["file"]:
             raise CheckpointError(f"{spec.data} is not the file {path} was trained on (its size "
                                   f"or hash differs){change}")
@@ -121,13 +242,8 @@ def restore(path: str, device: torch.device | str = "cpu", *, data: Optional[str
                               f"(was {record['fingerprint']}, now {fingerprint(interactions)})"
                               f"{change}")
     split = spec.split(interactions)
-    model = build_model(saved["model"]["kind"], split.train, saved["model"]["config"], device,
-                        restore=True)
-    # The run's result is its best validation epoch; model_state is the last one (for --resume).
-    best = saved.get("train_state", {}).get("best_state")
-    try:
-        model.load_state_dict(best if best is not None else saved["model_state"])
-    except RuntimeError as error:
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path} does not fit the data read now ({first})") from None
-    return model, interactions, split
+    if record.get("held_out_users") is not None:
+        from .inductive import hold_out_users
+
+        split, _ = hold_out_users(split, record["held_out_users"], seed=spec.seed)
+    return split

@@ -103,10 +103,11 @@ def test_every_model_trains_evaluates_and_recommends(data_file, tmp_path, model,
     assert all(isinstance(h["loss"], float) and math.isfinite(h["loss"]) for h in metrics["history"])
     assert 1 / 21 < metrics["test"]["hr@10"] <= 1 and 0 < metrics["test"]["ndcg@10"] <= 1
     capsys.readouterr()
-    assert main(["evaluate", str(out / "checkpoint.pt")]) == 0
+    # the model file alone gives the run's metrics and recommendations
+    assert main(["evaluate", str(out / "model.pt")]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["test"] == pytest.approx(metrics["test"])
-    assert main(["recommend", str(out / "checkpoint.pt"), "--user", "3", "-k", "4"]) == 0
+    assert main(["recommend", str(out / "model.pt"), "--user", "3", "-k", "4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["1", "2", "3", "4"]
 

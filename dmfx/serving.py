@@ -1,0 +1,241 @@
+"""Using a trained model: top-k lists for many users or for new users, written as CSV or
+Parquet, and an export of its vectors and towers for serving outside dmfx.
+
+Everything here reads a model file (``OUTPUT/model.pt`` of ``dmfx train``) through
+:func:`dmfx.experiment.load_trained`; no data file is needed.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from .checkpoint import atomic_write
+from .data import CSR, DataFormatError, as_csr
+from .experiment import Trained
+from .models import VectorScorer
+
+__all__ = ["read_user_ids", "read_new_user", "recommend_blocks", "write_recommendations",
+           "export_model", "RowTower"]
+
+
+def _lines(path) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{path}: not UTF-8 text") from None
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def read_user_ids(path, trained: Trained) -> np.ndarray:
+    """Internal ids of the raw user ids in ``path`` (one per line; blank lines and ``#``
+    comments skipped). An unknown id raises KeyError naming it and its line."""
+    users = []
+    for number, raw in enumerate(_lines(path), 1):
+        try:
+            users.append(trained.user_index(raw))
+        except KeyError:
+            raise KeyError(f"{path}:{number}: unknown user {raw!r} (not in this model's data)") from None
+    if not users:
+        raise ValueError(f"{path} names no user")
+    return np.asarray(users, dtype=np.int64)
+
+
+def read_new_user(path, trained: Trained) -> tuple[CSR, list]:
+    """A new user's ratings from ``path`` as one CSR row over the model's items, and the raw ids
+    of the items the model does not know (left out). Lines are ``ITEM`` or ``ITEM RATING``,
+    separated by a comma, tab or spaces; ``ITEM`` alone counts as rating 1."""
+    items, ratings, unknown = [], [], []
+    for number, line in enumerate(_lines(path), 1):
+        fields = line.replace(",", " ").replace("\t", " ").split()
+        if len(fields) > 2:
+            raise DataFormatError(f"{path}:{number}: expected ITEM or ITEM RATING, got {line!r}")
+        try:
+            rating = float(fields[1]) if len(fields) == 2 else 1.0
+        except ValueError:
+            raise DataFormatError(f"{path}:{number}: rating {fields[1]!r} is not a number") from None
+        if not np.isfinite(rating):
+            raise DataFormatError(f"{path}:{number}: rating {fields[1]!r} is not finite")
+        try:
+            items.append(trained.item_index(fields[0]))
+            ratings.append(rating)
+        except KeyError:
+            unknown.append(fields[0])
+    if not items:
+        raise ValueError(f"{path} rates no item this model knows"
+                         + (f" (unknown: {', '.join(unknown[:5])})" if unknown else ""))
+    row = sp.csr_matrix((ratings, ([0] * len(items), items)), shape=(1, len(trained.item_ids)))
+    return as_csr(row, name=str(path)), unknown
+
+
+def recommend_blocks(trained: Trained, users: np.ndarray, k: int, *, exclude: Optional[CSR],
+                     block: Optional[int] = None, progress: bool = False
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(users, items, scores)`` blocks of the top ``k`` of every user in ``users``: each block
+    is scored against all items on the model's device and reduced to its top ``k`` there, so
+    memory holds one block of scores (:meth:`Recommender.users_per_block`), never users x items.
+    Items in ``exclude`` (a CSR over all users) are left out."""
+    from tqdm.auto import tqdm
+
+    model = trained.model
+    scorer = model._eval_scorer()
+    block = block or model.users_per_block()
+    ids = torch.as_tensor(users, device=model.device)
+    with tqdm(total=len(users), unit="user", desc="recommend", disable=not progress) as bar:
+        for start in range(0, len(users), block):
+            chunk = ids[start:start + block]
+            items, scores = model.recommend(chunk, k, exclude=exclude, scorer=scorer,
+                                            batch_size=block)
+            bar.update(len(chunk))
+            yield users[start:start + block], items.cpu().numpy(), scores.cpu().numpy()
+
+
+def _long_format(blocks, user_ids: np.ndarray, item_ids: np.ndarray):
+    """Rows (user, rank, item, score) of each block, padding (item -1) dropped."""
+    for users, items, scores in blocks:
+        k = items.shape[1]
+        keep = items >= 0
+        yield (np.repeat(user_ids[users], k).reshape(-1, k)[keep],
+               np.broadcast_to(np.arange(1, k + 1), items.shape)[keep],
+               item_ids[items[keep]], scores[keep])
+
+
+def write_recommendations(path, blocks, trained: Trained, *,
+                          user_ids: Optional[np.ndarray] = None) -> int:
+    """Writes the blocks of :func:`recommend_blocks` to ``path`` with raw ids, one row per
+    (user, rank): CSV (``.csv``, ``.tsv``) or Parquet (``.parquet``, needs pyarrow). The file
+    appears whole or not at all. ``user_ids`` names the blocks' users (default: the model's raw
+    user ids). Returns the number of rows."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".tsv", ".parquet"):
+        raise ValueError(f"--output: expected a .csv, .tsv or .parquet file, got {path}")
+    user_ids = trained.user_ids if user_ids is None else user_ids
+    rows = _long_format(blocks, user_ids, trained.item_ids)
+    count = 0
+
+    if suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError("writing .parquet needs pyarrow (pip install pyarrow); or write "
+                             ".csv") from None
+
+        def write(f):
+            nonlocal count
+            writer = None
+            for users, ranks, items, scores in rows:
+                table = pa.table({"user": users, "rank": ranks.astype(np.int32), "item": items,
+                                  "score": scores.astype(np.float32)})
+                writer = writer or pq.ParquetWriter(f, table.schema)
+                writer.write_table(table)
+                count += len(users)
+            if writer is None:  # no user: an empty file with the schema
+                empty = pa.table({"user": user_ids[:0], "rank": np.zeros(0, np.int32),
+                                  "item": trained.item_ids[:0], "score": np.zeros(0, np.float32)})
+                writer = pq.ParquetWriter(f, empty.schema)
+            writer.close()
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+
+        def write(f):
+            nonlocal count
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            text.write(sep.join(("user", "rank", "item", "score")) + "\n")
+            for users, ranks, items, scores in rows:
+                text.writelines(f"{u}{sep}{r}{sep}{i}{sep}{s:.6g}\n"
+                                for u, r, i, s in zip(users.tolist(), ranks.tolist(),
+                                                      items.tolist(), scores.tolist()))
+                count += len(users)
+            text.flush()
+            text.detach()
+
+    atomic_write(path, write)
+    return count
+
+
+class RowTower(nn.Module):
+    """A DMF tower as a function of rating rows alone, for ``torch.export``: ``(indptr [n + 1],
+    indices [nnz], values [nnz])`` of n rows (int64 ids, float32 ratings; columns ascending
+    within a row) -> ``[n, d]`` normalised vectors, whose dot products are DMF's cosines."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.first, self.mlp, self.binary = tower.first, tower.mlp, tower.binary
+
+    def forward(self, indptr: Tensor, indices: Tensor, values: Tensor) -> Tensor:
+        rows = torch.arange(indptr.shape[0] - 1, device=indptr.device)
+        h = ops.sparse_rows_matmul(indptr, indices, None if self.binary else values, rows,
+                                   self.first)
+        return F.normalize(self.mlp(h), dim=1)
+
+
+def _export_tower(tower: RowTower, example: CSR, path: Path) -> None:
+    import torch.fx.experimental._config as fx_config
+
+    dynamic = torch.export.Dim.DYNAMIC
+    args = (example.indptr.long(), example.indices.long(), example.values.float())
+    # Size-oblivious guards: without them export assumes every dynamic size is >= 2, and the
+    # exported tower would refuse a batch of one row, the commonest serving call.
+    with fx_config.patch(backed_size_oblivious=True):
+        program = torch.export.export(tower, args, dynamic_shapes=({0: dynamic},) * 3)
+    torch.export.save(program, str(path))
+
+
+def export_model(trained: Trained, output) -> dict:
+    """Writes to the folder ``output``: ``user_vectors.npy`` and ``item_vectors.npy`` (float32,
+    one row per internal id; a user's score of an item is the dot product, plus
+    ``item_bias.npy`` where the model has one), ``user_ids.npy`` / ``item_ids.npy`` (raw ids of
+    the rows), ``seen.npz`` (scipy CSR of the training interactions, to leave out), and for DMF
+    ``user_tower.pt2`` / ``item_tower.pt2``: the towers as ``torch.export`` programs over rating
+    rows (load with ``torch.export.load`` after ``import dmfx``, which registers the ops), which
+    embed users and items the model never saw. Returns the ``meta.json`` it writes."""
+    model = trained.model.cpu()
+    scorer = model._eval_scorer()
+    if not isinstance(scorer, VectorScorer):
+        raise ValueError(f"{model.name} scores a pair with more than a dot product of two "
+                         "vectors, so it has no vectors to export; its model file is what "
+                         "serves it (dmfx recommend)")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_npy(name: str, array: np.ndarray) -> None:
+        atomic_write(out / name, lambda f: np.save(f, array, allow_pickle=False))
+
+    save_npy("user_vectors.npy", scorer.users.float().numpy())
+    save_npy("item_vectors.npy", scorer.items.float().numpy())
+    files = ["user_vectors.npy", "item_vectors.npy", "user_ids.npy", "item_ids.npy", "seen.npz"]
+    if scorer.item_bias is not None:
+        save_npy("item_bias.npy", scorer.item_bias.float().numpy())
+        files.append("item_bias.npy")
+    save_npy("user_ids.npy", trained.user_ids)
+    save_npy("item_ids.npy", trained.item_ids)
+    seen = trained.split.train.to_scipy("binary")
+    atomic_write(out / "seen.npz", lambda f: sp.save_npz(f, seen))
+    if hasattr(model, "embed_users"):
+        train, values = trained.split.train, model.config()["input"]
+        for side, tower in (("user", model.user_tower), ("item", model.item_tower)):
+            # A few real rows to trace with; the program takes any number of rows.
+            example = as_csr(train.to_scipy(values, transpose=side == "item")[:3], name=side)
+            _export_tower(RowTower(tower).eval(), example, out / f"{side}_tower.pt2")
+            files.append(f"{side}_tower.pt2")
+    from . import __version__
+
+    meta = {"dmfx": __version__, "model": model.name, "config": model.config(),
+            "users": model.num_users, "items": model.num_items,
+            "dim": int(scorer.users.shape[1]),
+            "score": "user_vectors[u] @ item_vectors[i]"
+                     + (" + item_bias[i]" if scorer.item_bias is not None else ""),
+            "normalised": getattr(model, "score_kind", None) == "cosine", "files": files}
+    atomic_write(out / "meta.json", lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    return meta

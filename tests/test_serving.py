@@ -1,0 +1,392 @@
+"""Using a trained model: self-contained model files, new users from their ratings, blocked
+batch recommendation, CSV/Parquet output and the export for serving."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from dmfx.checkpoint import load_checkpoint
+from dmfx.cli import main
+from dmfx.data import CSR, Interactions, as_csr, leave_one_out, synthetic
+from dmfx.experiment import Trained, load_trained, split_from_state, split_state
+from dmfx.inductive import evaluate_new_users, hold_out_users
+from dmfx.models import build_model
+from dmfx.serving import read_new_user, recommend_blocks, write_recommendations
+
+TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
+        "--batch-size", "128", "--lr", "0.003", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A DMF run whose data file is deleted once trained."""
+    root = tmp_path_factory.mktemp("serving")
+    data = root / "tiny.npz"
+    synthetic(50, 90, 1200, seed=2).save_npz(data)
+    out = root / "run"
+    assert main(["train", "--data", str(data), "--epochs", "2", "--output", str(out), *TINY]) == 0
+    kept = root / "kept.npz"
+    shutil.copy(data, kept)
+    data.unlink()
+    return out, kept
+
+
+def small_split(seed=0, string_ids=False):
+    data = synthetic(40, 60, 700, seed=seed)
+    if string_ids:
+        data = Interactions(np.array([f"u{i:03d}" for i in range(data.num_users)]),
+                            np.array([f"i{i:03d}" for i in range(data.num_items)]),
+                            data.users, data.items, data.ratings, data.timestamps)
+    return leave_one_out(data, num_negatives=10, seed=seed)
+
+
+def dmf(split, **config):
+    torch.manual_seed(0)
+    return build_model("dmf", split.train, {"user_layers": [16, 8], "item_layers": [16, 8],
+                                            **config}, "cpu")
+
+
+# -- model files -------------------------------------------------------------------------------
+
+def test_model_file_evaluates_and_recommends_without_the_data_file(run, capsys):
+    out, _ = run
+    metrics = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(metrics["test"])
+    assert main(["recommend", str(out / "model.pt"), "--user", "3", "-k", "4"]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["1", "2", "3", "4"]
+    # the resume checkpoint still points at the (now deleted) file, and says what to use instead
+    assert main(["evaluate", str(out / "checkpoint.pt")]) == 2
+    assert "model.pt" in capsys.readouterr().err
+
+
+def test_model_file_holds_the_best_weights_and_no_optimizer_state(run):
+    out, kept = run
+    model_file, checkpoint = load_checkpoint(out / "model.pt"), load_checkpoint(out / "checkpoint.pt")
+    assert "optimizer" not in model_file and "train_state" not in model_file
+    best = checkpoint["train_state"]["best_state"]
+    assert best.keys() == model_file["model_state"].keys()
+    assert all(torch.equal(best[k], model_file["model_state"][k]) for k in best)
+    # the checkpoint re-read from the moved data file gives the same model and split
+    a = load_trained(out / "model.pt")
+    b = load_trained(out / "checkpoint.pt", data=str(kept))
+    assert np.array_equal(a.split.test_negatives, b.split.test_negatives)
+    assert np.array_equal(a.interacted().indices, b.interacted().indices)
+    with pytest.raises(ValueError, match="holds its own data"):
+        load_trained(out / "model.pt", data=str(kept))
+
+
+@pytest.mark.parametrize("string_ids", [False, True], ids=["int-ids", "str-ids"])
+def test_split_state_round_trips_through_a_weights_only_load(tmp_path, string_ids):
+    split = small_split(string_ids=string_ids)
+    torch.save(split_state(split), tmp_path / "s.pt")
+    back = split_from_state(torch.load(tmp_path / "s.pt", weights_only=True))
+    for name in ("user_ids", "item_ids", "users", "items", "ratings"):
+        assert np.array_equal(getattr(back.train, name), getattr(split.train, name)), name
+    assert back.train.user_ids.dtype.kind == split.train.user_ids.dtype.kind
+    for name in ("valid_users", "valid_items", "test_users", "test_items", "valid_negatives",
+                 "test_negatives"):
+        assert np.array_equal(getattr(back, name), getattr(split, name)), name
+    assert back.holdout == split.holdout and back.train.timestamps is None
+
+
+def test_interacted_covers_training_and_held_out_pairs():
+    split = small_split()
+    known = Trained(None, split).interacted()
+    dense = torch.zeros(known.shape)
+    owner = torch.repeat_interleave(torch.arange(known.shape[0]), known.indptr.long().diff())
+    dense[owner, known.indices.long()] = 1
+    for users, items in ((split.train.users, split.train.items),
+                         (split.test_users, split.test_items), (split.valid_users, split.valid_items)):
+        assert dense[users, items].eq(1).all()
+    assert int(dense.sum()) == split.train.nnz + len(split.test_users) + len(split.valid_users)
+
+
+# -- new users from their ratings --------------------------------------------------------------
+
+@pytest.mark.parametrize("input", ["rating", "binary"])
+def test_embed_users_and_items_reproduce_the_stored_vectors(input):
+    split = small_split()
+    model = dmf(split, input=input)
+    scorer = model._eval_scorer()
+    y = split.train.to_scipy("rating")
+    users = F.normalize(model.embed_users(y), dim=1)
+    items = F.normalize(model.embed_items(y), dim=1)
+    torch.testing.assert_close(users, scorer.users, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(items, scorer.items, rtol=1e-5, atol=1e-6)
+
+
+def test_embed_users_reads_every_sparse_format_alike():
+    split = small_split()
+    model = dmf(split)
+    y = split.train.to_scipy("rating")[:6]
+    expected = model.embed_users(y)
+    coo = y.tocoo()
+    torch_coo = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, y.shape)
+    torch_csr = torch.sparse_csr_tensor(torch.from_numpy(y.indptr).long(),
+                                        torch.from_numpy(y.indices).long(),
+                                        torch.from_numpy(y.data), y.shape)
+    dmfx_csr = CSR(torch.from_numpy(y.indptr), torch.from_numpy(y.indices),
+                   torch.from_numpy(y.data), y.shape)
+    # unsorted columns with a duplicate split in two: summed and sorted on the way in
+    rows, cols, vals = coo.row, coo.col, coo.data
+    messy = sp.coo_matrix((np.r_[vals[::-1], 0.0], (np.r_[rows[::-1], 0], np.r_[cols[::-1], cols[0]])),
+                          shape=y.shape)
+    for other in (y.tocsc(), coo, torch_coo, torch_csr, dmfx_csr, messy):
+        torch.testing.assert_close(model.embed_users(other), expected)
+
+
+def test_embed_users_refuses_rows_of_the_wrong_width_or_kind():
+    model = dmf(small_split())
+    with pytest.raises(ValueError, match=f"rows must have {model.num_items} columns"):
+        model.embed_users(sp.csr_matrix((2, model.num_items + 1)))
+    with pytest.raises(TypeError, match="rows must be"):
+        model.embed_users(np.zeros((2, model.num_items)))
+    with pytest.raises(ValueError, match="non-finite"):
+        model.embed_users(sp.csr_matrix(([np.nan], ([0], [1])), shape=(1, model.num_items)))
+    with pytest.raises(ValueError, match=f"columns must have {model.num_users} rows"):
+        model.embed_items(sp.csr_matrix((model.num_users + 2, 3)))
+
+
+def test_recommend_rows_of_known_users_equals_recommend():
+    split = small_split()
+    model = dmf(split)
+    y = split.train.to_scipy("rating")
+    items, scores = model.recommend_rows(y[:7], k=5)
+    ref_items, ref_scores = model.recommend(torch.arange(7), k=5)
+    torch.testing.assert_close(scores, ref_scores)
+    assert torch.equal(items, ref_items)
+
+
+def test_recommend_rows_leaves_out_the_rated_items_and_empty_rows_work():
+    split = small_split()
+    model = dmf(split)
+    rated = [3, 17, 41]
+    row = sp.csr_matrix(([5.0, 4.0, 1.0], ([0, 0, 0], rated)), shape=(2, model.num_items))
+    items, _ = model.recommend_rows(row, k=model.num_items)
+    assert not set(rated) & set(items[0].tolist())
+    assert (items[0] == -1).sum() == len(rated)      # padded where rated items were
+    assert (items[1] >= 0).all()                      # a user with no ratings gets every item
+
+
+def test_id_models_cannot_score_new_users_and_itempop_ranks_by_popularity():
+    split = small_split()
+    bpr = build_model("bpr", split.train, {"factors": 4}, "cpu")
+    with pytest.raises(NotImplementedError, match="cannot score a user it was not trained on"):
+        bpr.recommend_rows(sp.csr_matrix((1, bpr.num_items)), k=3)
+    pop = build_model("itempop", split.train, {}, "cpu")
+    pop.fit_closed_form(split.train)
+    row = sp.csr_matrix(([1.0], ([0], [int(pop.popularity.argmax())])), shape=(1, pop.num_items))
+    items, scores = pop.recommend_rows(row, k=3)
+    expected = torch.sort(pop.popularity, descending=True).values[1:4]
+    torch.testing.assert_close(scores[0], expected)
+
+
+def test_hold_out_users_removes_them_from_training_and_keeps_their_test():
+    split = small_split()
+    kept, new = hold_out_users(split, 0.25, seed=1)
+    assert len(new.users) == round(0.25 * len(split.test_users))
+    assert not np.isin(kept.train.users, new.users).any()
+    assert not np.isin(kept.test_users, new.users).any() and not np.isin(kept.valid_users, new.users).any()
+    assert len(kept.test_users) + len(new.users) == len(split.test_users)
+    # their known ratings are exactly their training rows; their test item is not among them
+    y = split.train.to_scipy("rating")
+    assert (new.rows != y[new.users]).nnz == 0
+    at = np.searchsorted(split.test_users, new.users)
+    assert np.array_equal(new.test_items, split.test_items[at])
+    assert np.array_equal(new.test_negatives, split.test_negatives[at])
+    assert not any(new.rows[k, item] for k, item in enumerate(new.test_items))
+    with pytest.raises(ValueError, match="share"):
+        hold_out_users(split, 1.0)
+
+
+def test_new_user_metrics_equal_a_dense_reference():
+    split = small_split()
+    kept, new = hold_out_users(split, 0.3, seed=0)
+    model = dmf(kept)
+    metrics = evaluate_new_users(model, new, ks=(5, 10))
+    # reference: cosine of the towers' outputs on dense rows, computed by hand
+    dense = torch.as_tensor(new.rows.toarray(), dtype=torch.float32)
+    p = model.user_tower.mlp(dense @ model.user_tower.first)
+    q = model._eval_scorer().items
+    cands = np.concatenate([new.test_items[:, None], new.test_negatives], 1)
+    s = torch.einsum("nd,ncd->nc", F.normalize(p, dim=1), q[torch.as_tensor(cands)])
+    ranks = (s[:, 1:] > s[:, :1]).sum(1)  # continuous scores: no ties
+    assert metrics["hr@10"] == pytest.approx((ranks < 10).double().mean().item())
+    assert metrics["ndcg@5"] == pytest.approx(
+        torch.where(ranks < 5, 1 / torch.log2(ranks + 2.0), 0.0).mean().item())
+
+
+def test_train_with_held_out_users_reports_new_user_metrics(tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    synthetic(50, 90, 1200, seed=2).save_npz(data)
+    for model in ("dmf", "itempop"):
+        flags = [*TINY, "--epochs", "1"] if model == "dmf" else ["--eval-negatives", "20", "--quiet"]
+        out = tmp_path / model
+        assert main(["train", "--data", str(data), "--model", model,
+                     "--held-out-users", "0.2", "--topk", "5,10", "--output", str(out),
+                     *flags]) == 0
+        test = json.loads((out / "metrics.json").read_text())["test"]
+        assert {"new_hr@5", "new_hr@10", "new_ndcg@10"} <= set(test)
+        assert 0 <= test["new_ndcg@10"] <= test["new_hr@10"] <= 1
+        # the checkpoint, re-read from the data file, redoes the same hold-out
+        capsys.readouterr()
+        assert main(["evaluate", str(out / "checkpoint.pt"), "--topk", "5,10"]) == 0
+        assert json.loads(capsys.readouterr().out)["test"]["hr@10"] == pytest.approx(test["hr@10"])
+    assert main(["train", "--data", str(data), "--model", "bpr", "--held-out-users", "0.2",
+                 "--output", str(tmp_path / "bpr"), "--quiet"]) == 2
+    assert "cannot score users it was not trained on" in capsys.readouterr().err
+
+
+# -- batch recommendation ----------------------------------------------------------------------
+
+def tied_split():
+    """ItemPop on data with many equal popularities and a user who rated every item."""
+    rng = np.random.default_rng(0)
+    users, items = [], []
+    for u in range(12):
+        chosen = np.arange(9) if u == 4 else rng.choice(9, size=3, replace=False)
+        users += [u] * len(chosen)
+        items += list(chosen)
+    data = Interactions(np.arange(12), np.arange(9), users, items, np.ones(len(users)))
+    return leave_one_out(data, num_negatives=0, seed=0, valid=False)
+
+
+@pytest.mark.parametrize("block", [1, 5, 100])
+def test_blocked_topk_equals_a_dense_reference(block):
+    split = tied_split()
+    model = build_model("itempop", split.train, {}, "cpu")
+    model.fit_closed_form(split.train)
+    trained = Trained(model, split)
+    exclude = trained.interacted()
+    users = np.array([0, 4, 7, 11, 2])
+    got = list(recommend_blocks(trained, users, 4, exclude=exclude, block=block))
+    assert [len(b[0]) for b in got] == [min(block, 5 - s) for s in range(0, 5, block)]
+    items, scores = np.concatenate([b[1] for b in got]), np.concatenate([b[2] for b in got])
+    known = sp.csr_matrix((np.ones(len(exclude.indices)), exclude.indices.numpy(),
+                           exclude.indptr.numpy()), shape=exclude.shape).toarray() > 0
+    pop = model.popularity.numpy()
+    for row, user in enumerate(users):
+        allowed = np.flatnonzero(~known[user])
+        expected = np.sort(pop[allowed])[::-1][:4]
+        n = len(expected)
+        np.testing.assert_allclose(scores[row, :n], expected)
+        assert set(items[row, :n]) <= set(allowed) and len(set(items[row, :n])) == n
+        np.testing.assert_allclose(pop[items[row, :n]], scores[row, :n])
+        assert (items[row, n:] == -1).all() and np.isneginf(scores[row, n:]).all()
+    assert (items[1] == -1).all()  # user 4 has interacted with every item
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
+def test_written_recommendations_read_back(tmp_path, suffix):
+    split = small_split(string_ids=True)
+    model = dmf(split)
+    trained = Trained(model, split)
+    users = np.array([0, 5, 9])
+    blocks = list(recommend_blocks(trained, users, 3, exclude=trained.interacted(), block=2))
+    path = tmp_path / f"recs{suffix}"
+    assert write_recommendations(path, iter(blocks), trained) == 9
+    if suffix == ".parquet":
+        pq = pytest.importorskip("pyarrow.parquet")
+        table = pq.read_table(path).to_pydict()
+        user, rank, item, score = (table[c] for c in ("user", "rank", "item", "score"))
+    else:
+        lines = path.read_text().splitlines()
+        assert lines[0].split(suffix == ".csv" and "," or "\t") == ["user", "rank", "item", "score"]
+        cols = list(zip(*(line.split("," if suffix == ".csv" else "\t") for line in lines[1:])))
+        user, rank, item, score = cols[0], [int(r) for r in cols[1]], cols[2], [float(s) for s in cols[3]]
+    items = np.concatenate([b[1] for b in blocks])
+    assert list(user) == [split.train.user_ids[u] for u in users for _ in range(3)]
+    assert list(rank) == [1, 2, 3] * 3
+    assert list(item) == [split.train.item_ids[i] for i in items.ravel()]
+    np.testing.assert_allclose(score, np.concatenate([b[2] for b in blocks]).ravel(), rtol=1e-5)
+    with pytest.raises(ValueError, match="--output"):
+        write_recommendations(tmp_path / "recs.json", iter(blocks), trained)
+
+
+def test_recommend_command_for_many_users_and_for_a_new_user(run, tmp_path, capsys):
+    out, kept = run
+    trained = load_trained(out / "model.pt")
+    users = tmp_path / "users.txt"
+    users.write_text(f"# users\n{trained.user_ids[3]}\n\n{trained.user_ids[8]}\n")
+    capsys.readouterr()
+    assert main(["recommend", str(out / "model.pt"), "--users-file", str(users), "-k", "3",
+                 "--output", str(tmp_path / "r.csv"), "--batch-size", "1"]) == 0
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(lines) == 1 + 6 and lines[1].startswith(f"{trained.user_ids[3]},1,")
+    # a new user: the ratings of user 3 give user 3's list (its held-out items aside)
+    ratings = tmp_path / "ratings.txt"
+    row = trained.split.train.to_scipy("rating")[3]
+    ratings.write_text("".join(f"{trained.item_ids[i]},{r:g}\n" for i, r in zip(row.indices, row.data))
+                       + "no-such-item,5\n")
+    assert main(["recommend", str(out / "model.pt"), "--ratings", str(ratings), "-k", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "1 item(s) this model does not know" in captured.err
+    new_items = [line.split("\t")[1] for line in captured.out.splitlines()]
+    ref_items, _ = trained.model.recommend_rows(row, k=5)
+    assert new_items == [str(trained.item_ids[i]) for i in ref_items[0].tolist()]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no-such-item\n")
+    assert main(["recommend", str(out / "model.pt"), "--ratings", str(bad)]) == 2
+    assert "rates no item this model knows" in capsys.readouterr().err
+    users.write_text("nobody\n")
+    assert main(["recommend", str(out / "model.pt"), "--users-file", str(users)]) == 2
+    assert ":1: unknown user 'nobody'" in capsys.readouterr().err
+
+
+def test_read_new_user_parses_separators_and_refuses_garbage(run, tmp_path):
+    trained = load_trained(run[0] / "model.pt")
+    a, b = trained.item_ids[2], trained.item_ids[5]
+    path = tmp_path / "r.txt"
+    path.write_text(f"{a}\t4\n{b} 2.5\n")
+    row, unknown = read_new_user(path, trained)
+    assert row.indices.tolist() == [2, 5] and row.values.tolist() == [4.0, 2.5] and not unknown
+    path.write_text(f"{a},x\n")
+    with pytest.raises(Exception, match=r"r.txt:1: rating 'x' is not a number"):
+        read_new_user(path, trained)
+
+
+# -- export ------------------------------------------------------------------------------------
+
+def test_export_writes_vectors_that_rank_like_the_model_and_towers_that_embed(run, tmp_path, capsys):
+    out, _ = run
+    target = tmp_path / "export"
+    assert main(["export", str(out / "model.pt"), "--output", str(target)]) == 0
+    meta = json.loads((target / "meta.json").read_text())
+    assert meta["model"] == "dmf" and meta["normalised"]
+    users, items = np.load(target / "user_vectors.npy"), np.load(target / "item_vectors.npy")
+    np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1, rtol=1e-5)
+    trained = load_trained(out / "model.pt")
+    assert np.array_equal(np.load(target / "user_ids.npy"), trained.user_ids)
+    seen = sp.load_npz(target / "seen.npz").toarray() > 0
+    scores = users @ items.T
+    scores[seen] = -np.inf
+    ref_items, ref_scores = trained.model.recommend(torch.arange(5), k=3)
+    np.testing.assert_allclose(np.sort(scores[:5], 1)[:, ::-1][:, :3], ref_scores.numpy(), rtol=1e-5)
+    # the exported tower embeds rating rows, one row included
+    tower = torch.export.load(str(target / "user_tower.pt2")).module()
+    y = trained.split.train.to_scipy("rating")
+    for rows in (y[:1], y[2:7]):
+        csr = as_csr(rows)
+        got = tower(csr.indptr.long(), csr.indices.long(), csr.values)
+        torch.testing.assert_close(got, torch.from_numpy(users[: rows.shape[0]] if rows.shape[0] == 1
+                                                         else users[2:7]), rtol=1e-5, atol=1e-6)
+    item_tower = torch.export.load(str(target / "item_tower.pt2")).module()
+    cols = as_csr(y[:, :4], transpose=True)
+    torch.testing.assert_close(item_tower(cols.indptr.long(), cols.indices.long(), cols.values),
+                               torch.from_numpy(items[:4]), rtol=1e-5, atol=1e-6)
+
+
+def test_export_refuses_models_without_vectors(tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    synthetic(30, 40, 400, seed=1).save_npz(data)
+    out = tmp_path / "neumf"
+    assert main(["train", "--data", str(data), "--model", "neumf", "--factors", "4", "--layers",
+                 "8,4", "--epochs", "1", "--eval-negatives", "10", "--quiet", "--output", str(out)]) == 0
+    assert main(["export", str(out / "model.pt"), "--output", str(tmp_path / "x")]) == 2
+    assert "no vectors to export" in capsys.readouterr().err
