@@ -271,13 +271,24 @@ def batch_entries(indptr: Tensor, indices: Tensor, values: Optional[Tensor], row
 
 
 def _row_sparse_weight_grad(indptr, indices, values, rows, grad, weight_shape):
-    """d out / d weight as a coalesced COO tensor over the rows the batch touches."""
+    """d out / d weight as a coalesced COO tensor over the rows the batch touches.
+
+    The batch's entries sorted (stably) by column are the CSR of the batch's transpose, so the
+    gradient rows are the forward op over that CSR, summed in slot order as the dense gradient
+    is. On CUDA this costs the two syncs that size the result (the batch's entries, the columns
+    it touches) and no more: the dense weight gradient would size its own sort again.
+    """
     local_indptr, columns, local_values = batch_entries(indptr, indices, values, rows)
     touched, compact = torch.unique(columns, return_inverse=True)  # sorted: coalesced
-    local_rows = torch.arange(rows.numel(), device=rows.device)
-    grad_rows = torch.ops.dmfx.sparse_rows_matmul_backward_weight(
-        local_indptr, compact.to(local_indptr.dtype), local_values, local_rows, grad,
-        touched.numel(), False)
+    compact, order = torch.sort(compact, stable=True)
+    device = rows.device
+    slots = torch.repeat_interleave(torch.arange(rows.numel(), device=device),
+                                    torch.diff(local_indptr.long()), output_size=columns.numel())
+    transposed_indptr = torch.searchsorted(compact, torch.arange(touched.numel() + 1,
+                                                                 device=device))
+    grad_rows = torch.ops.dmfx.sparse_rows_matmul(
+        transposed_indptr, slots[order], None if local_values is None else local_values[order],
+        torch.arange(touched.numel(), device=device), grad, False)
     # Built sorted and duplicate-free above, so no invariant check is needed.
     return torch.sparse_coo_tensor(touched.long().unsqueeze(0), grad_rows, weight_shape,
                                    is_coalesced=True, check_invariants=False)
