@@ -39,7 +39,9 @@ DMFX_HOST_DEVICE inline void report_error(int64_t* record, uint64_t key, int64_t
   const unsigned long long rank = ~static_cast<unsigned long long>(key);
   // A lock, not a CAS on the rank alone: the winner's three payload words must not interleave
   // with a later, better report's. Taken only on the error path, and only by a report that
-  // would improve the record.
+  // would improve the record. On the GPU, lanes of one warp may contend for it: from Volta on
+  // (the builds target sm_80 and later) they are scheduled independently, so the holder
+  // finishes while the others spin.
 #if defined(__CUDA_ARCH__)
   volatile unsigned long long* v = slot;
   if (v[kRank] >= rank) return;
