@@ -36,9 +36,13 @@ def extension():
     def rel(pattern):
         return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
+    # csrc/*.cpp: schemas, autograd and autocast; csrc/cpu: the CPU kernels and their
+    # registration; csrc/cuda: the same for CUDA, in CUDA builds only.
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # No errno from math functions: lets GCC vectorise sqrt (nothing here reads errno).
-    cxx_flags = ["-O3", "-fno-math-errno"]
+    # -Wno-psabi: an ABI note about the CPU kernels' SIMD helpers that does not apply (see
+    # csrc/cpu/vec.h); per extension, as setuptools has no per-file flags.
+    cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
     link_flags = []
     # at::parallel_for is a header template: compiled without OpenMP it runs every loop on the
     # calling thread. Linked with -fopenmp, the extension shares the OpenMP runtime torch has
@@ -49,7 +53,7 @@ def extension():
     if build_with_cuda():
         return CUDAExtension(
             "dmfx._C",
-            sources + rel("csrc/cuda/*.cu"),
+            sources + rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu"),
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
             extra_link_args=link_flags,

@@ -1,7 +1,12 @@
-// The dmfx operator library: every schema in one place. Kernels and autograd are registered per
-// op in csrc/<op>.cpp; fake (meta) kernels from Python (dmfx/ops.py).
+// The dmfx operator library: every schema in one place. Each op registers one kernel per device
+// with the dispatcher: CPU in csrc/cpu/<op>_op.cpp, CUDA in csrc/cuda/<op>_op.cpp (CUDA builds
+// only); its device-independent autograd and autocast wrappers in csrc/<op>.cpp; its fake (meta)
+// kernel from Python (dmfx/ops.py).
 #include <Python.h>
+#include <ATen/core/stack.h>
 #include <torch/library.h>
+
+#include <string>
 
 TORCH_LIBRARY(dmfx, m) {
   m.def(
@@ -33,6 +38,33 @@ TORCH_LIBRARY(dmfx, m) {
       "Tensor rows, Tensor grad_rows, float lr, float beta1, float beta2, float eps, int step, "
       "bool validate=True) -> ()");
 }
+
+#ifndef WITH_CUDA
+namespace {
+
+// A build without the CUDA kernels registers this for the CUDA key of every op, so that a CUDA
+// tensor gets a message saying what is missing, not the dispatcher's generic "could not run
+// ... with arguments from the 'CUDA' backend".
+void no_cuda_kernels(const c10::OperatorHandle& op, torch::jit::Stack*) {
+  std::string name = op.schema().name();
+  name.replace(name.find("::"), 2, ".");
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      false, name, ": dmfx was built without CUDA kernels, so its ops cannot run on CUDA "
+      "tensors; rebuild it where torch has CUDA and the CUDA toolkit is found (setup.py builds "
+      "them then; FORCE_CUDA=1 on a machine without a GPU), or pass CPU tensors");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dmfx, CUDA, m) {
+  for (const char* name :
+       {"sparse_rows_matmul", "sparse_rows_matmul_backward_weight",
+        "sparse_rows_matmul_backward_values", "cosine_nce_loss", "cosine_nce_loss_backward",
+        "hybrid_bce_loss", "hybrid_bce_loss_backward", "sample_negatives", "row_sparse_adam_"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernels>());
+  }
+}
+#endif
 
 namespace {
 

@@ -1,20 +1,35 @@
 """The dmfx operators: the three hot spots of DMF as PyTorch custom ops.
 
-Each op is registered in the ``torch.ops.dmfx`` namespace by the C++ extension (CPU kernels
-always, CUDA kernels where built, autograd in C++ so a call costs no Python beyond its wrapper);
-this module adds the fake (meta) kernels, so the ops work under ``torch.compile(fullgraph=True)``,
-``torch.export`` and ``torch.library.opcheck``.
+Each op is registered in the ``torch.ops.dmfx`` namespace by the C++ extension, one kernel per
+device (CPU always; CUDA where built: a build without CUDA kernels raises ``NotImplementedError``
+"dmfx was built without CUDA kernels" for CUDA tensors), with autograd and autocast in C++ so a
+call costs no Python beyond its wrapper; this module adds the fake (meta) kernels, so the ops
+work under ``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.library.opcheck``.
 Pure-PyTorch twins of every op live in :mod:`dmfx.reference`.
 
 Validation. Kernels never read out of bounds, whatever their input: an out-of-range id or a
 broken ``indptr`` entry is skipped. With ``validate=True`` (the default) such a problem raises a
-Python exception naming the argument; on CUDA that costs one 24-byte device-to-host copy (a
-sync) per call. Hot loops over data already checked once (the trainer) pass ``validate=False``:
-no sync, and a bad entry then contributes nothing instead of raising.
+Python exception naming the argument; on CUDA that costs one small device-to-host copy (a
+sync) per call. When an input has several problems, the one named is the first a serial pass
+would meet (the ``indptr`` ends, then batch row by batch row: the row, its entries in order),
+the same on every run, thread count and device. Hot loops over data already checked once (the
+trainer) pass ``validate=False``: no checks, no sync, and a bad entry then contributes nothing
+instead of raising. (One sync remains on CUDA in the weight gradient of
+:func:`sparse_rows_matmul`: it sorts the batch's entries by column, and the sort is sized on the
+host.)
 
-Devices. All tensor arguments of a call must be on one device: a mix (a meta tensor beside CPU
-ones included) raises ``ValueError`` naming the argument, from the kernels and the fake kernels
-alike.
+Argument checks. The CPU kernels, the CUDA kernels and the fake kernels check shapes, dtypes
+and devices alike and raise the same exceptions (``TypeError`` for a dtype, ``ValueError`` for
+a shape, value or device, ``IndexError`` for an id out of range), naming the argument. All
+tensor arguments of a call must be on one device: a mix (a meta tensor beside CPU ones
+included) raises ``ValueError``.
+
+Precision. The loss ops take float16 and bfloat16 inputs too and compute (and return the loss)
+in float32; under ``torch.autocast`` (CUDA, or CPU) every op runs in float32, as torch's own
+losses do. :func:`sparse_rows_matmul` takes float32 and float64 tables.
+
+Determinism. Every op gives the same bits run after run on a device (the CUDA kernels sum in a
+fixed order, without float atomics), so ``torch.use_deterministic_algorithms(True)`` holds.
 """
 from __future__ import annotations
 
@@ -42,17 +57,108 @@ def cuda_enabled() -> bool:
     return _C.cuda_enabled()
 
 
-def _check_one_device(op: str, ref_name: str, ref: Tensor, **tensors: Optional[Tensor]) -> None:
-    """The fake kernels' twin of check_same_device (csrc/checks.h), with the same message.
+# ------------------------------------------------------------------ the fake kernels' checks
+# The fake (meta) kernels run wherever the real ones do not: under torch.compile, torch.export
+# and FakeTensorMode, and for any call with a meta tensor (Meta outranks CPU in the dispatcher,
+# whatever the devices of the other tensors). They repeat the real kernels' argument checks
+# (csrc/checks.h and csrc/<op>.h), in the same order, with the same messages and exception types,
+# so a traced program fails where an eager one would, and a meta tensor beside CPU ones is
+# refused instead of yielding an uninitialised CPU result.
 
-    The dispatcher sends a call with any meta tensor to the fake kernel (Meta outranks CPU),
-    whatever the devices of the other tensors, and tracing sends every call there; unchecked,
-    a meta tensor beside CPU ones gets an uninitialised CPU result.
-    """
-    for name, t in tensors.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(f"dmfx.{op}: {name} is on {t.device} but {ref_name} is on "
-                             f"{ref.device}; all tensors must be on one device")
+_INDEX_DTYPES = (torch.int32, torch.int64)
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+_LOSS_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INT32_MAX = 2**31 - 1
+# Dtype names as the C++ checks print them (c10::ScalarType).
+_C10_NAMES = {
+    torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float",
+    torch.float64: "Double", torch.int8: "Char", torch.uint8: "Byte", torch.int16: "Short",
+    torch.int32: "Int", torch.int64: "Long", torch.bool: "Bool",
+    torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}
+
+
+def _name(dtype: torch.dtype) -> str:
+    return _C10_NAMES.get(dtype, str(dtype))
+
+
+def _num(x: float) -> str:
+    """A float as the C++ checks print it (ostream's default, %g)."""
+    return f"{x:g}"
+
+
+def _shape(t: Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def _check_index_vector(op: str, name: str, t: Tensor) -> None:
+    torch._check_type(t.dtype in _INDEX_DTYPES,
+                      lambda: f"{op}: {name} must be an int32 or int64 tensor, got {_name(t.dtype)}")
+    torch._check_value(t.dim() == 1, lambda: f"{op}: {name} must be 1-D, got shape {_shape(t)}")
+
+
+def _check_floating(op: str, name: str, t: Tensor) -> None:
+    torch._check_type(t.dtype in _FLOAT_DTYPES,
+                      lambda: f"{op}: {name} must be float32 or float64, got {_name(t.dtype)}")
+
+
+def _check_loss_floating(op: str, name: str, t: Tensor) -> None:
+    torch._check_type(t.dtype in _LOSS_DTYPES,
+                      lambda: f"{op}: {name} must be float16, bfloat16, float32 or float64, got "
+                              f"{_name(t.dtype)}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a loss is computed and returned in (csrc/checks.h compute_dtype)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _check_same_dtype(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    torch._check_type(t.dtype == ref.dtype,
+                      lambda: f"{op}: {name} ({_name(t.dtype)}) must have the dtype of {ref_name} "
+                              f"({_name(ref.dtype)})")
+
+
+def _check_same_device(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+                         "all tensors must be on one device")
+
+
+def _check_csr(op, indptr, indices, rows, rows_name, num_rows_name, ref, ref_name):
+    """csrc/checks.h CsrArgs."""
+    _check_index_vector(op, "indptr", indptr)
+    _check_index_vector(op, "indices", indices)
+    _check_index_vector(op, rows_name, rows)
+    torch._check_type(indices.dtype == indptr.dtype,
+                      lambda: f"{op}: indices and indptr must share one index dtype, got "
+                              f"{_name(indices.dtype)} and {_name(indptr.dtype)}")
+    torch._check_value(indptr.shape[0] >= 1,
+                       lambda: f"{op}: indptr must have {num_rows_name} + 1 >= 1 entries, got an "
+                               "empty tensor")
+    if ref is not indptr:
+        _check_same_device(op, "indptr", indptr, ref_name, ref)
+    _check_same_device(op, "indices", indices, ref_name, ref)
+    _check_same_device(op, rows_name, rows, ref_name, ref)
+    torch._check_value(rows.shape[0] <= _INT32_MAX,
+                       lambda: f"{op}: at most 2^31 - 1 {rows_name} per call, got {rows.shape[0]}")
+
+
+def _check_reduction(op: str, reduction: str) -> None:
+    torch._check_value(reduction in ("none", "mean", "sum"),
+                       lambda: f"{op}: reduction must be 'none', 'mean' or 'sum', got '{reduction}'")
+
+
+def _check_upstream_grad(op: str, grad: Tensor, batch, reduction: str) -> None:
+    """csrc/reduction.h upstream_grad."""
+    if reduction == "none":
+        torch._check_value(grad.dim() == 1 and grad.shape[0] == batch,
+                           lambda: f"{op}: grad must have shape [{batch}] for reduction 'none', "
+                                   f"got {_shape(grad)}")
+    else:
+        torch._check_value(grad.numel() == 1,
+                           lambda: f"{op}: grad must be a scalar for reduction '{reduction}', got "
+                                   f"shape {_shape(grad)}")
 
 
 # --------------------------------------------------------------------------- sparse_rows_matmul
@@ -86,7 +192,8 @@ def sparse_rows_matmul(
             rows the batch touches (the columns of its CSR rows), as ``nn.Embedding(sparse=True)``
             gives; pair it with :class:`dmfx.optim.RowSparseAdam`. A backward then costs the batch's
             nnz, not ``weight.size(0) * H``: for tables far larger than a batch touches. Costs a
-            sort of the batch's column ids (and one sync on CUDA). Eager autograd only.
+            sort of the batch's column ids (and a few syncs on CUDA, to size the sparse
+            gradient). Eager autograd only.
 
     Returns:
         ``[B, H]`` tensor. Differentiable with respect to ``weight`` and ``values``.
@@ -96,11 +203,26 @@ def sparse_rows_matmul(
     return torch.ops.dmfx.sparse_rows_matmul(indptr, indices, values, rows, weight, validate)
 
 
+_SRM = "dmfx.sparse_rows_matmul"
+
+
+def _check_sparse_rows_matmul(indptr, indices, values, rows, dense, dense_name):
+    """csrc/sparse_rows_matmul.h Args."""
+    _check_csr(_SRM, indptr, indices, rows, "rows", "num_rows", dense, dense_name)
+    _check_floating(_SRM, dense_name, dense)
+    torch._check_value(dense.dim() == 2,
+                       lambda: f"{_SRM}: {dense_name} must be 2-D, got shape {_shape(dense)}")
+    if values is not None:
+        _check_same_dtype(_SRM, "values", values, dense_name, dense)
+        _check_same_device(_SRM, "values", values, dense_name, dense)
+        torch._check_value(values.dim() == 1 and values.shape[0] == indices.shape[0],
+                           lambda: f"{_SRM}: values must be 1-D with one entry per index "
+                                   f"({indices.shape[0]}), got shape {_shape(values)}")
+
+
 @torch.library.register_fake("dmfx::sparse_rows_matmul")
 def _sparse_rows_matmul_fake(indptr, indices, values, rows, weight, validate=True):
-    _check_one_device("sparse_rows_matmul", "weight", weight, indptr=indptr, indices=indices,
-                      rows=rows, values=values)
-    torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
+    _check_sparse_rows_matmul(indptr, indices, values, rows, weight, "weight")
     return weight.new_empty((rows.shape[0], weight.shape[1]))
 
 
@@ -108,15 +230,25 @@ def _sparse_rows_matmul_fake(indptr, indices, values, rows, weight, validate=Tru
 def _sparse_rows_matmul_backward_weight_fake(
     indptr, indices, values, rows, grad_out, num_weight_rows, validate=True
 ):
-    _check_one_device("sparse_rows_matmul", "grad_out", grad_out, indptr=indptr,
-                      indices=indices, rows=rows, values=values)
+    _check_sparse_rows_matmul(indptr, indices, values, rows, grad_out, "grad_out")
+    torch._check_value(grad_out.shape[0] == rows.shape[0],
+                       lambda: f"{_SRM}: grad_out has {grad_out.shape[0]} rows but rows has "
+                               f"{rows.shape[0]} entries")
+    torch._check_value(num_weight_rows >= 0,
+                       lambda: f"{_SRM}: num_weight_rows must be >= 0, got {num_weight_rows}")
     return grad_out.new_empty((num_weight_rows, grad_out.shape[1]))
 
 
 @torch.library.register_fake("dmfx::sparse_rows_matmul_backward_values")
 def _sparse_rows_matmul_backward_values_fake(indptr, indices, rows, weight, grad_out, validate=True):
-    _check_one_device("sparse_rows_matmul", "weight", weight, indptr=indptr, indices=indices,
-                      rows=rows, grad_out=grad_out)
+    _check_sparse_rows_matmul(indptr, indices, None, rows, weight, "weight")
+    _check_same_dtype(_SRM, "grad_out", grad_out, "weight", weight)
+    _check_same_device(_SRM, "grad_out", grad_out, "weight", weight)
+    torch._check_value(
+        grad_out.dim() == 2 and grad_out.shape[0] == rows.shape[0]
+        and grad_out.shape[1] == weight.shape[1],
+        lambda: f"{_SRM}: grad_out must have shape [{rows.shape[0]}, {weight.shape[1]}], got "
+                f"{_shape(grad_out)}")
     return weight.new_empty((indices.shape[0],))
 
 
@@ -139,13 +271,24 @@ def batch_entries(indptr: Tensor, indices: Tensor, values: Optional[Tensor], row
 
 
 def _row_sparse_weight_grad(indptr, indices, values, rows, grad, weight_shape):
-    """d out / d weight as a coalesced COO tensor over the rows the batch touches."""
+    """d out / d weight as a coalesced COO tensor over the rows the batch touches.
+
+    The batch's entries sorted (stably) by column are the CSR of the batch's transpose, so the
+    gradient rows are the forward op over that CSR, summed in slot order as the dense gradient
+    is. On CUDA this costs the two syncs that size the result (the batch's entries, the columns
+    it touches) and no more: the dense weight gradient would size its own sort again.
+    """
     local_indptr, columns, local_values = batch_entries(indptr, indices, values, rows)
     touched, compact = torch.unique(columns, return_inverse=True)  # sorted: coalesced
-    local_rows = torch.arange(rows.numel(), device=rows.device)
-    grad_rows = torch.ops.dmfx.sparse_rows_matmul_backward_weight(
-        local_indptr, compact.to(local_indptr.dtype), local_values, local_rows, grad,
-        touched.numel(), False)
+    compact, order = torch.sort(compact, stable=True)
+    device = rows.device
+    slots = torch.repeat_interleave(torch.arange(rows.numel(), device=device),
+                                    torch.diff(local_indptr.long()), output_size=columns.numel())
+    transposed_indptr = torch.searchsorted(compact, torch.arange(touched.numel() + 1,
+                                                                 device=device))
+    grad_rows = torch.ops.dmfx.sparse_rows_matmul(
+        transposed_indptr, slots[order], None if local_values is None else local_values[order],
+        torch.arange(touched.numel(), device=device), grad, False)
     # Built sorted and duplicate-free above, so no invariant check is needed.
     return torch.sparse_coo_tensor(touched.long().unsqueeze(0), grad_rows, weight_shape,
                                    is_coalesced=True, check_invariants=False)
@@ -202,7 +345,8 @@ def cosine_nce_loss(
     the row's gradients, unless the clamp is active there).
 
     Args:
-        p, q: float32/float64 ``[B, k]`` tower outputs.
+        p, q: ``[B, k]`` tower outputs, one dtype: float32 or float64, or float16 / bfloat16
+            (computed in float32; the loss is float32).
         target: ``[B]`` targets in [0, 1].
         mu: the clamp, in (0, 0.5).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``. The mean of an empty batch is NaN, as in
@@ -216,15 +360,41 @@ def cosine_nce_loss(
     return torch.ops.dmfx.cosine_nce_loss(p, q, target, mu, reduction, validate)
 
 
+_CNL = "dmfx.cosine_nce_loss"
+
+
+def _check_cosine_nce_loss(p, q, target, mu, reduction):
+    """csrc/cosine_nce_loss.h Inputs."""
+    _check_loss_floating(_CNL, "p", p)
+    _check_same_dtype(_CNL, "q", q, "p", p)
+    torch._check_type(target.dtype.is_floating_point,
+                      lambda: f"{_CNL}: target must be a floating tensor, got {_name(target.dtype)}")
+    _check_same_device(_CNL, "q", q, "p", p)
+    _check_same_device(_CNL, "target", target, "p", p)
+    torch._check_value(p.dim() == 2,
+                       lambda: f"{_CNL}: p must be 2-D [batch, dim], got shape {_shape(p)}")
+    torch._check_value(q.shape == p.shape,
+                       lambda: f"{_CNL}: q must have the shape of p {_shape(p)}, got {_shape(q)}")
+    torch._check_value(target.dim() == 1 and target.shape[0] == p.shape[0],
+                       lambda: f"{_CNL}: target must be 1-D with one entry per row of p "
+                               f"({p.shape[0]}), got shape {_shape(target)}")
+    torch._check_value(0 < mu < 0.5,
+                       lambda: f"{_CNL}: mu must lie in (0, 0.5) so that mu < 1 - mu, got {_num(mu)}")
+    _check_reduction(_CNL, reduction)
+
+
 @torch.library.register_fake("dmfx::cosine_nce_loss")
 def _cosine_nce_loss_fake(p, q, target, mu=1e-6, reduction="mean", validate=True):
-    _check_one_device("cosine_nce_loss", "p", p, q=q, target=target)
-    return p.new_empty((p.shape[0],) if reduction == "none" else ())
+    _check_cosine_nce_loss(p, q, target, mu, reduction)
+    return p.new_empty((p.shape[0],) if reduction == "none" else (),
+                       dtype=_compute_dtype(p.dtype))
 
 
 @torch.library.register_fake("dmfx::cosine_nce_loss_backward")
 def _cosine_nce_loss_backward_fake(grad, p, q, target, mu, reduction):
-    _check_one_device("cosine_nce_loss", "p", p, q=q, target=target, grad=grad)
+    _check_cosine_nce_loss(p, q, target, mu, reduction)
+    _check_same_device(_CNL, "grad", grad, "p", p)
+    _check_upstream_grad(_CNL, grad, p.shape[0], reduction)
     return torch.empty_like(p), torch.empty_like(q)
 
 
@@ -261,7 +431,8 @@ def hybrid_bce_loss(
     ``validate=True``; without validation it is used as it is (a NaN target gives a NaN loss).
 
     Args:
-        logits: float32/float64 ``[B]`` scores before the sigmoid.
+        logits: ``[B]`` scores before the sigmoid: float32 or float64, or float16 / bfloat16
+            (computed in float32; the loss is float32).
         implicit_target, explicit_target: ``[B]`` targets in [0, 1], in the dtype of ``logits``.
         eta: the weight of the implicit loss, in [0, 1] (checked on every call: a host value).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``. The mean of an empty batch is NaN, as in
@@ -277,18 +448,39 @@ def hybrid_bce_loss(
                                           reduction, validate)
 
 
+_HBL = "dmfx.hybrid_bce_loss"
+
+
+def _check_hybrid_bce_loss(logits, implicit_target, explicit_target, eta, reduction):
+    """csrc/hybrid_bce_loss.h Inputs."""
+    _check_loss_floating(_HBL, "logits", logits)
+    _check_same_dtype(_HBL, "implicit_target", implicit_target, "logits", logits)
+    _check_same_dtype(_HBL, "explicit_target", explicit_target, "logits", logits)
+    _check_same_device(_HBL, "implicit_target", implicit_target, "logits", logits)
+    _check_same_device(_HBL, "explicit_target", explicit_target, "logits", logits)
+    torch._check_value(logits.dim() == 1,
+                       lambda: f"{_HBL}: logits must be 1-D [batch], got shape {_shape(logits)}")
+    for name, t in (("implicit_target", implicit_target), ("explicit_target", explicit_target)):
+        torch._check_value(t.shape == logits.shape,
+                           lambda: f"{_HBL}: {name} must have the shape of logits "
+                                   f"{_shape(logits)}, got {_shape(t)}")
+    torch._check_value(0 <= eta <= 1, lambda: f"{_HBL}: eta must lie in [0, 1], got {_num(eta)}")
+    _check_reduction(_HBL, reduction)
+
+
 @torch.library.register_fake("dmfx::hybrid_bce_loss")
 def _hybrid_bce_loss_fake(logits, implicit_target, explicit_target, eta, reduction="mean",
                           validate=True):
-    _check_one_device("hybrid_bce_loss", "logits", logits, implicit_target=implicit_target,
-                      explicit_target=explicit_target)
-    return logits.new_empty((logits.shape[0],) if reduction == "none" else ())
+    _check_hybrid_bce_loss(logits, implicit_target, explicit_target, eta, reduction)
+    return logits.new_empty((logits.shape[0],) if reduction == "none" else (),
+                            dtype=_compute_dtype(logits.dtype))
 
 
 @torch.library.register_fake("dmfx::hybrid_bce_loss_backward")
 def _hybrid_bce_loss_backward_fake(grad, logits, implicit_target, explicit_target, eta, reduction):
-    _check_one_device("hybrid_bce_loss", "logits", logits, implicit_target=implicit_target,
-                      explicit_target=explicit_target, grad=grad)
+    _check_hybrid_bce_loss(logits, implicit_target, explicit_target, eta, reduction)
+    _check_same_device(_HBL, "grad", grad, "logits", logits)
+    _check_upstream_grad(_HBL, grad, logits.shape[0], reduction)
     return torch.empty_like(logits)
 
 
@@ -341,7 +533,11 @@ def sample_negatives(
 
 @torch.library.register_fake("dmfx::sample_negatives")
 def _sample_negatives_fake(indptr, indices, users, num_items, num_negatives, seed, validate=True):
-    _check_one_device("sample_negatives", "indptr", indptr, indices=indices, users=users)
+    op = "dmfx.sample_negatives"
+    _check_csr(op, indptr, indices, users, "users", "num_users", indptr, "indptr")
+    torch._check_value(num_items > 0, lambda: f"{op}: num_items must be positive, got {num_items}")
+    torch._check_value(num_negatives >= 0,
+                       lambda: f"{op}: num_negatives must be >= 0, got {num_negatives}")
     return users.new_empty((users.shape[0], num_negatives), dtype=torch.int64)
 
 
@@ -394,5 +590,32 @@ def row_sparse_adam_(
 @torch.library.register_fake("dmfx::row_sparse_adam_")
 def _row_sparse_adam_fake(weight, exp_avg, exp_avg_sq, rows, grad_rows, lr, beta1, beta2, eps,
                           step, validate=True):
-    _check_one_device("row_sparse_adam_", "weight", weight, exp_avg=exp_avg,
-                      exp_avg_sq=exp_avg_sq, rows=rows, grad_rows=grad_rows)
+    """csrc/row_sparse_adam.h Args, but for the checks of values (validate) and of memory overlap,
+    which need real data."""
+    op = "dmfx.row_sparse_adam_"
+    _check_floating(op, "weight", weight)
+    torch._check_value(weight.dim() == 2,
+                       lambda: f"{op}: weight must be 2-D, got shape {_shape(weight)}")
+    for name, t in (("weight", weight), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        _check_same_dtype(op, name, t, "weight", weight)
+        _check_same_device(op, name, t, "weight", weight)
+        torch._check_value(t.shape == weight.shape,
+                           lambda: f"{op}: {name} must have the shape of weight "
+                                   f"{_shape(weight)}, got {_shape(t)}")
+        torch._check_value(t.is_contiguous(),
+                           lambda: f"{op}: {name} must be contiguous (it is updated in place)")
+    _check_index_vector(op, "rows", rows)
+    _check_same_device(op, "rows", rows, "weight", weight)
+    _check_same_dtype(op, "grad_rows", grad_rows, "weight", weight)
+    _check_same_device(op, "grad_rows", grad_rows, "weight", weight)
+    n, width = rows.shape[0], weight.shape[1]
+    torch._check_value(
+        grad_rows.dim() == 2 and grad_rows.shape[0] == n and grad_rows.shape[1] == width,
+        lambda: f"{op}: grad_rows must have shape [{n}, {width}] (one row per entry of rows), "
+                f"got {_shape(grad_rows)}")
+    torch._check_value(lr >= 0, lambda: f"{op}: lr must be >= 0, got {_num(lr)}")
+    torch._check_value(0 <= beta1 < 1 and 0 <= beta2 < 1,
+                       lambda: f"{op}: beta1 and beta2 must lie in [0, 1), got {_num(beta1)} and {_num(beta2)}")
+    torch._check_value(eps > 0, lambda: f"{op}: eps must be > 0, got {_num(eps)}")
+    torch._check_value(step >= 1, lambda: f"{op}: step must be >= 1 (the count including this "
+                                          f"update), got {step}")

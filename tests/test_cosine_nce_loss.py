@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dmfx import ops, reference
+from conftest import CUDA_READY
 
 
 def make_case(device, batch=33, dim=7, seed=0, dtype=torch.float64):
@@ -204,7 +205,7 @@ def test_shape_and_dtype_errors_name_the_argument(case):
         ops.cosine_nce_loss(p, q, target[:-1])
     with pytest.raises(ValueError, match=r"p must be 2-D"):
         ops.cosine_nce_loss(p[0], q[0], target)
-    with pytest.raises(TypeError, match="p must be float32 or float64"):
+    with pytest.raises(TypeError, match="p must be float16, bfloat16, float32 or float64"):
         ops.cosine_nce_loss(p.long(), q.long(), target)
     with pytest.raises(TypeError, match=r"q \(Float\) must have the dtype of p"):
         ops.cosine_nce_loss(p, q.float(), target)
@@ -239,3 +240,45 @@ def test_backward_grad_on_meta_names_the_argument():
     with pytest.raises(ValueError, match="grad is on meta but p is on cpu"):
         torch.ops.dmfx.cosine_nce_loss_backward(torch.ones((), dtype=p.dtype, device="meta"),
                                                 p, q, target, 1e-6, "mean")
+
+
+def test_the_first_bad_target_is_named_whatever_the_threads():
+    p, q, target = make_case("cpu", batch=50000, dim=2)
+    target[[31000, 47000, 2000]] = 2.0
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for reduction in ("none", "mean"):
+                with pytest.raises(ValueError, match=r"target\[2000\] is not in \[0, 1\]"):
+                    ops.cosine_nce_loss(p, q, target, reduction=reduction)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs CUDA")
+def test_cuda_names_the_bad_target_cpu_names():
+    p, q, target = make_case("cpu", batch=50000, dim=2)
+    target[[31000, 47000, 2000]] = 2.0
+    for _ in range(3):
+        with pytest.raises(ValueError, match=r"target\[2000\] is not in \[0, 1\]"):
+            ops.cosine_nce_loss(p.cuda(), q.cuda(), target.cuda())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_compute_in_float32(device, dtype):
+    """Half-precision towers: the loss is computed (and returned) in float32, the gradients come
+    back in the towers' dtype; against the float64 reference on the same (rounded) inputs."""
+    p, q, target = make_case(device, batch=64, dim=16)
+    p, q = p.to(dtype).requires_grad_(), q.to(dtype).requires_grad_()
+    loss = ops.cosine_nce_loss(p, q, target)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert p.grad.dtype == dtype and q.grad.dtype == dtype
+    rp, rq = p.detach().double().requires_grad_(), q.detach().double().requires_grad_()
+    ref = reference.cosine_nce_loss(rp, rq, target)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    torch.testing.assert_close(p.grad.double(), rp.grad, rtol=tol, atol=tol * 1e-2)
+    torch.testing.assert_close(q.grad.double(), rq.grad, rtol=tol, atol=tol * 1e-2)

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from dmfx import ops, reference
+from conftest import CUDA_READY
 
 ETA = 0.6  # the EINMF paper's best weight
 
@@ -343,10 +344,8 @@ def test_shape_and_dtype_errors_name_the_argument(case):
         ops.hybrid_bce_loss(logits, implicit, explicit[:, None], ETA)
     with pytest.raises(ValueError, match=r"logits must be 1-D \[batch\]"):
         ops.hybrid_bce_loss(logits[:, None], implicit[:, None], explicit[:, None], ETA)
-    with pytest.raises(TypeError, match="logits must be float32 or float64"):
+    with pytest.raises(TypeError, match="logits must be float16, bfloat16, float32 or float64"):
         ops.hybrid_bce_loss(logits.long(), implicit.long(), explicit.long(), ETA)
-    with pytest.raises(TypeError, match="logits must be float32 or float64"):
-        ops.hybrid_bce_loss(logits.half(), implicit.half(), explicit.half(), ETA)
     with pytest.raises(TypeError, match=r"implicit_target \(Float\) must have the dtype of logits"):
         ops.hybrid_bce_loss(logits, implicit.float(), explicit, ETA)
     with pytest.raises(TypeError, match=r"explicit_target \(Long\) must have the dtype of logits"):
@@ -395,3 +394,48 @@ def test_all_meta_gives_the_output_shape():
     logits, implicit, explicit = (t.to("meta") for t in make_case("cpu", batch=6))
     assert ops.hybrid_bce_loss(logits, implicit, explicit, ETA).shape == ()
     assert ops.hybrid_bce_loss(logits, implicit, explicit, ETA, reduction="none").shape == (6,)
+
+
+def several_bad_targets(device):
+    logits, implicit, explicit = make_case(device, batch=300000)
+    implicit[250000] = 2.0
+    explicit[90000] = -1.0
+    implicit[290000] = float("nan")
+    return logits, implicit, explicit
+
+
+def test_the_first_bad_target_is_named_whatever_the_threads():
+    case = several_bad_targets("cpu")
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for reduction in ("none", "sum"):
+                with pytest.raises(ValueError, match=r"explicit_target\[90000\] = -1"):
+                    ops.hybrid_bce_loss(*case, ETA, reduction)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs CUDA")
+def test_cuda_names_the_bad_target_cpu_names():
+    case = several_bad_targets("cuda")
+    for _ in range(3):
+        with pytest.raises(ValueError, match=r"explicit_target\[90000\] = -1"):
+            ops.hybrid_bce_loss(*case, ETA)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_logits_compute_in_float32(device, dtype):
+    logits, implicit, explicit = (t.to(dtype) for t in make_case(device, batch=100))
+    x = logits.clone().requires_grad_()
+    loss = ops.hybrid_bce_loss(x, implicit, explicit, ETA)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert x.grad.dtype == dtype
+    rx = logits.double().requires_grad_()
+    ref = reference.hybrid_bce_loss(rx, implicit.double(), explicit.double(), ETA)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    torch.testing.assert_close(x.grad.double(), rx.grad, rtol=tol, atol=tol * 1e-2)

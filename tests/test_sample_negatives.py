@@ -162,3 +162,62 @@ def test_meta_mixed_with_cpu_names_the_argument(name):
                else f"{name} is on meta but indptr is on cpu")
     with pytest.raises(ValueError, match=message):
         ops.sample_negatives(*args.values(), 25, 4, seed=0)
+
+
+# ------------------------------------------------------------- which error, when there are several
+
+
+def several_errors_case(device, first):
+    """Threads split a large batch; an unsorted row is read at one slot and a user with every
+    item at another: the error named is the one a serial pass meets first."""
+    sorted_slot, full_slot = (100, 9000) if first == "unsorted" else (9000, 100)
+    csr = random_csr(300, 25, density=0.3, seed=2)  # row 3 has every item
+    g = torch.Generator().manual_seed(5)
+    users = torch.randint(4, 299, (10000,), generator=g)
+    users[sorted_slot], users[full_slot] = 299, 3
+    indices = csr.indices.clone()
+    begin, end = int(csr.indptr[299]), int(csr.indptr[300])
+    indices[begin:end] = indices[begin:end].flip(0)
+    message = ("indices of CSR row 299 are not strictly ascending" if first == "unsorted"
+               else r"user 3 \(users\[100\]\) has interacted with all 25 items")
+    return (csr.indptr.to(device), indices.to(device), users.to(device)), message
+
+
+@pytest.mark.parametrize("first", ["unsorted", "full"])
+def test_the_first_error_in_serial_order_is_named_whatever_the_threads(first):
+    (indptr, indices, users), message = several_errors_case("cpu", first)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            with pytest.raises(ValueError, match=message):
+                ops.sample_negatives(indptr, indices, users, 25, 2, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs CUDA")
+@pytest.mark.parametrize("first", ["unsorted", "full"])
+def test_cuda_names_the_error_cpu_names(first):
+    cpu_args, _ = several_errors_case("cpu", first)
+    cuda_args, _ = several_errors_case("cuda", first)
+    with pytest.raises(ValueError) as on_cpu:
+        ops.sample_negatives(*cpu_args, 25, 2, seed=0)
+    for _ in range(3):
+        with pytest.raises(ValueError) as on_cuda:
+            ops.sample_negatives(*cuda_args, 25, 2, seed=0)
+        assert str(on_cuda.value) == str(on_cpu.value)
+
+
+def test_empty_outputs_still_validate(case):
+    """No sample to draw (no negatives, or no users) is no reason to skip the checks: the same
+    errors on every device."""
+    csr, users = case
+    bad_users = users.clone()
+    bad_users[2] = 30
+    with pytest.raises(IndexError, match=r"users\[2\] = 30 is out of range"):
+        sample(csr, bad_users, num_negatives=0)
+    with pytest.raises(ValueError, match=r"user 3 \(users\[0\]\) has interacted with all"):
+        sample(csr, torch.full_like(users[:1], 3), num_negatives=0)
+    with pytest.raises(ValueError, match=r"indptr\[30\] = \d+ but must be"):
+        sample(csr._replace(indices=csr.indices[:-1]), users[:0])

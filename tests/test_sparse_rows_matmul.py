@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dmfx import ops, reference
-from conftest import random_csr
+from conftest import CUDA_READY, random_csr
 
 
 def make_case(device, index_dtype, width=7, num_rows=12, num_cols=9, batch=20, seed=0,
@@ -38,7 +38,7 @@ def test_matches_reference_forward_and_backward(device, index_dtype, width, with
 
 @pytest.mark.parametrize("width", [70, 130, 300])
 def test_cpu_thread_tiles_agree(width):
-    """Threads split the work into column x row tiles (csrc/sparse_rows_matmul.cpp); every
+    """Threads split the work into column x row tiles (csrc/cpu/parallel.h); every
     thread count must give the reference's result, bit for bit the same across counts."""
     csr, rows, weight = make_case("cpu", torch.int64, width=width, num_rows=300, num_cols=500,
                                   batch=600, seed=width, dtype=torch.float32)
@@ -339,3 +339,162 @@ def test_sparse_grad_of_values_and_empty_batch(device):
                            sparse_grad=True).sum().backward()
     assert w.grad.layout == torch.sparse_coo and w.grad._nnz() == 0
     assert out.shape == (rows.numel(), 5)
+
+
+# ------------------------------------------------------------- which error, when there are several
+
+
+def several_errors_case(device, first):
+    """A batch large enough for threads to split it, with two problems far apart: a bad column
+    id in CSR row 299 (read only by slot `index_slot`) and an out-of-range row id at slot
+    `row_slot`. The error named must be the one a serial pass meets first."""
+    index_slot, row_slot = (100, 9000) if first == "index" else (9000, 100)
+    csr = random_csr(300, 40, density=0.1, seed=3)
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randint(299, (10000,), generator=g)
+    rows[index_slot] = 299
+    rows[row_slot] = 300
+    indices = csr.indices.clone()
+    bad_k = int(csr.indptr[299]) + 1  # the row's second entry
+    indices[bad_k] = -5
+    weight = torch.randn(40, 4, dtype=torch.float64, generator=g)
+    grad = torch.randn(10000, 4, dtype=torch.float64, generator=g)
+    args = [t.to(device) for t in (csr.indptr, indices, csr.values, rows, weight, grad)]
+    message = (rf"indices\[{bad_k}\] = -5 is out of range" if first == "index"
+               else r"rows\[100\] = 300 is out of range")
+    return args, IndexError, message
+
+
+def raise_all_three(indptr, indices, values, rows, weight, grad):
+    """The forward and both backward ops, each asked to validate."""
+    yield lambda: ops.sparse_rows_matmul(indptr, indices, values, rows, weight)
+    yield lambda: torch.ops.dmfx.sparse_rows_matmul_backward_weight(
+        indptr, indices, values, rows, grad, weight.shape[0], True)
+    yield lambda: torch.ops.dmfx.sparse_rows_matmul_backward_values(
+        indptr, indices, rows, weight, grad, True)
+
+
+@pytest.mark.parametrize("first", ["index", "row"])
+def test_the_first_error_in_serial_order_is_named_whatever_the_threads(first):
+    args, error, message = several_errors_case("cpu", first)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for call in raise_all_three(*args):
+                with pytest.raises(error, match=message):
+                    call()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_indptr_ends_come_before_any_row(case):
+    """indices[:-1]: indptr[12] no longer matches nnz, and row 11 runs past the end too; the ends
+    are checked first, on every device."""
+    csr, rows, weight = case
+    bad = csr._replace(indices=csr.indices[:-1], values=csr.values[:-1])
+    grad = torch.randn(rows.numel(), weight.shape[1], dtype=weight.dtype, device=weight.device)
+    for call in raise_all_three(bad.indptr, bad.indices, bad.values, rows, weight, grad):
+        with pytest.raises(ValueError, match=r"indptr\[12\] = \d+ but must be \d+"):
+            call()
+
+
+def test_empty_batch_still_checks_the_indptr_ends(case):
+    csr, rows, weight = case
+    bad = csr._replace(indices=csr.indices[:-1], values=csr.values[:-1])
+    with pytest.raises(ValueError, match=r"indptr\[12\] = \d+ but must be \d+"):
+        call(bad, rows[:0], weight)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs CUDA")
+@pytest.mark.parametrize("first", ["index", "row"])
+def test_cuda_names_the_error_cpu_names(first):
+    cpu_args, error, message = several_errors_case("cpu", first)
+    cuda_args, _, _ = several_errors_case("cuda", first)
+    for cpu_call, cuda_call in zip(raise_all_three(*cpu_args), raise_all_three(*cuda_args)):
+        with pytest.raises(error) as on_cpu:
+            cpu_call()
+        for _ in range(3):  # block scheduling varies from run to run; the error must not
+            with pytest.raises(error) as on_cuda:
+                cuda_call()
+            assert str(on_cuda.value) == str(on_cpu.value)
+
+
+# -------------------------------------------------------------------------------- determinism
+
+
+def popular_case(device, dtype=torch.float32, width=64):
+    """Power-law columns (a few columns in most rows), long and repeated rows: the gradient rows
+    of popular columns sum thousands of terms, where the order of a float sum shows."""
+    g = torch.Generator().manual_seed(8)
+    num_rows, num_cols = 400, 300
+    lengths = (torch.rand(num_rows, generator=g) ** 3 * num_cols).long().clamp(min=1)
+    cols = [torch.sort(torch.multinomial(1.0 / torch.arange(1, num_cols + 1).double(), int(n),
+                                         generator=g)).values for n in lengths]
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    indices = torch.cat(cols)
+    values = torch.rand(indices.numel(), generator=g, dtype=dtype)
+    rows = torch.randint(num_rows, (4096,), generator=g)
+    weight = torch.randn(num_cols, width, generator=g, dtype=dtype)
+    grad = torch.randn(rows.numel(), width, generator=g, dtype=dtype)
+    return [t.to(device) for t in (indptr, indices, values, rows, weight, grad)]
+
+
+def gradients(indptr, indices, values, rows, weight, grad):
+    v, w = values.clone().requires_grad_(), weight.clone().requires_grad_()
+    ops.sparse_rows_matmul(indptr, indices, v, rows, w).backward(grad)
+    return v.grad, w.grad
+
+
+def test_cpu_gradients_are_bitwise_reproducible():
+    args = popular_case("cpu")
+    first = gradients(*args)
+    for got, want in zip(gradients(*args), first):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs CUDA")
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic_algorithms"])
+def test_cuda_gradients_are_bitwise_reproducible(deterministic):
+    args = popular_case("cuda")
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        first = gradients(*args)
+        for _ in range(3):
+            for got, want in zip(gradients(*args), first):
+                assert torch.equal(got, want)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    ref = [t.cpu().double() if t.is_floating_point() else t.cpu() for t in args]
+    for got, want in zip(first, gradients(*ref)):
+        torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs CUDA")
+@pytest.mark.parametrize("width", [64, 520])
+def test_row_with_a_million_entries_on_the_gpu(width):
+    """One row the whole GPU must share (the top item of a power-law matrix), beside short
+    rows, against the float64 reference; a width over 512 takes two column passes. Named
+    without "cuda" so that the sanitizer steps of tools/check_gpu.sh (-k cuda) leave out its
+    gigabytes; the CUDA determinism test covers the same code paths at a size they can run."""
+    g = torch.Generator().manual_seed(9)
+    num_cols = long_row = 1_000_000
+    short = [torch.sort(torch.randperm(num_cols, generator=g)[:n]).values for n in (0, 3, 17)]
+    indices = torch.cat([torch.arange(num_cols), *short])
+    lengths = torch.tensor([long_row, 0, 3, 17])
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    values = torch.rand(indices.numel(), generator=g, dtype=torch.float64)
+    rows = torch.tensor([0, 2, 0, 1, 3])
+    weight = torch.randn(num_cols, width, generator=g, dtype=torch.float64) / 1000
+    grad = torch.randn(rows.numel(), width, generator=g, dtype=torch.float64)
+    args = [t.cuda() for t in (indptr, indices, values, rows, weight, grad)]
+    out = ops.sparse_rows_matmul(*args[:5])
+    ref = reference.sparse_rows_matmul(indptr, indices, values, rows, weight)
+    torch.testing.assert_close(out.cpu(), ref)
+    v, w = args[2].clone().requires_grad_(), args[4].clone().requires_grad_()
+    ops.sparse_rows_matmul(args[0], args[1], v, args[3], w).backward(args[5])
+    rv, rw = values.clone().requires_grad_(), weight.clone().requires_grad_()
+    reference.sparse_rows_matmul(indptr, indices, rv, rows, rw).backward(grad)
+    torch.testing.assert_close(v.grad.cpu(), rv.grad)
+    torch.testing.assert_close(w.grad.cpu(), rw.grad)

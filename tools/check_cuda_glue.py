@@ -1,6 +1,7 @@
-"""Type-checks the CUDA branches of the op glue (csrc/*.cpp with WITH_CUDA) without a GPU.
+"""Type-checks the CUDA op glue without a GPU: csrc/cuda/*.cpp (the CUDA kernels' registration
+with torch) and csrc/*.cpp, all with WITH_CUDA.
 
-A CPU-only torch build never compiles those branches, so this compiles each file with
+A CPU-only torch build never compiles these, so this compiles each file with
 `g++ -fsyntax-only -DWITH_CUDA` against torch's headers and the CUDA toolkit's headers.
 """
 import glob
@@ -54,7 +55,8 @@ def check_all(generated: str) -> int:
         f"-I{sysconfig.get_paths()['include']}",
         f"-I{os.path.join(ROOT, 'csrc')}",
     ]
-    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) +
+                     glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(lambda s: check(s, flags), sources))
     failed = [r for r in results if r[1] != 0]

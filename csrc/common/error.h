@@ -1,7 +1,12 @@
 #pragma once
-// Kernels never throw and never read out of bounds: a bad entry is skipped and the first
-// problem is recorded in a 3 x int64 record {code, position, value}. The torch glue turns the
+// Kernels never throw and never read out of bounds: a bad entry is skipped and a problem is
+// recorded in a 5 x int64 record {rank, code, position, value, lock}. The torch glue turns the
 // record into a Python exception that names the argument (see csrc/checks.h).
+//
+// Many threads (CPU) or blocks (CUDA) may find problems at once, in any order. The record keeps
+// the problem a serial pass over the input would meet first: each report carries a key, its place
+// in that serial order, and the smallest key wins. So one bad input names one error, the same on
+// every run, thread count and device.
 #include <cstdint>
 
 #include "macros.h"
@@ -15,31 +20,66 @@ enum ErrorCode : int64_t {
   kIndexOutOfRange = 3,   // position: nnz slot, value: the column id
   kRowNotSorted = 4,      // position: CSR row, value: nnz slot where order breaks
   kNoNegativeLeft = 5,    // position: batch slot, value: the user id
-  kTargetOutOfRange = 6,  // position: batch slot, value: unused
+  kTargetOutOfRange = 6,  // position: batch slot, value: op-specific
   kIndptrEnds = 7,        // position: 0 or num_rows, value: indptr there
 };
 
-constexpr int kErrorRecordSize = 3;
+constexpr int kErrorRecordSize = 5;
+// Slots of the record. kRank holds ~key, so that a zeroed record means "no error" and a larger
+// rank a problem met earlier.
+enum ErrorSlot : int { kRank = 0, kCode = 1, kPosition = 2, kValue = 3, kLock = 4 };
 
-// A null record ignores the report: lets all threads of a CUDA block walk the same row while only
-// one of them reports.
-DMFX_HOST_DEVICE inline void report_error(int64_t* record, int64_t code, int64_t position,
-                                          int64_t value) {
+// Records the problem with serial-order key `key` unless one with a smaller key is already
+// recorded. A null record ignores the report (validation off, or a thread that is not the one
+// reporting for its group).
+DMFX_HOST_DEVICE inline void report_error(int64_t* record, uint64_t key, int64_t code,
+                                          int64_t position, int64_t value) {
   if (record == nullptr) return;
-#if defined(__CUDA_ARCH__)
   auto* slot = reinterpret_cast<unsigned long long*>(record);
-  if (atomicCAS(slot, 0ull, static_cast<unsigned long long>(code)) == 0ull) {
-    record[1] = position;
-    record[2] = value;
+  const unsigned long long rank = ~static_cast<unsigned long long>(key);
+  // A lock, not a CAS on the rank alone: the winner's three payload words must not interleave
+  // with a later, better report's. Taken only on the error path, and only by a report that
+  // would improve the record. On the GPU, lanes of one warp may contend for it: from Volta on
+  // (the builds target sm_80 and later) they are scheduled independently, so the holder
+  // finishes while the others spin.
+#if defined(__CUDA_ARCH__)
+  volatile unsigned long long* v = slot;
+  if (v[kRank] >= rank) return;
+  while (atomicCAS(slot + kLock, 0ull, 1ull) != 0ull) {
   }
+  __threadfence();
+  if (v[kRank] < rank) {
+    v[kCode] = static_cast<unsigned long long>(code);
+    v[kPosition] = static_cast<unsigned long long>(position);
+    v[kValue] = static_cast<unsigned long long>(value);
+    v[kRank] = rank;
+  }
+  __threadfence();
+  atomicExch(slot + kLock, 0ull);
 #else
-  int64_t expected = 0;
-  if (__atomic_compare_exchange_n(record, &expected, code, false, __ATOMIC_RELAXED,
-                                  __ATOMIC_RELAXED)) {
-    record[1] = position;
-    record[2] = value;
+  if (__atomic_load_n(slot + kRank, __ATOMIC_ACQUIRE) >= rank) return;
+  while (__atomic_exchange_n(slot + kLock, 1ull, __ATOMIC_ACQUIRE) != 0ull) {
   }
+  if (__atomic_load_n(slot + kRank, __ATOMIC_RELAXED) < rank) {
+    slot[kCode] = static_cast<unsigned long long>(code);
+    slot[kPosition] = static_cast<unsigned long long>(position);
+    slot[kValue] = static_cast<unsigned long long>(value);
+    __atomic_store_n(slot + kRank, rank, __ATOMIC_RELAXED);
+  }
+  __atomic_store_n(slot + kLock, 0ull, __ATOMIC_RELEASE);
 #endif
 }
+
+// Keys of the CSR-reading ops, in the order a serial pass checks: the indptr ends first, then
+// batch slot by batch slot the row itself (offset -1), its entries in order, and last what needs
+// the whole row (kAfterRow). Needs slot < 2^31 (the glue checks the batch size); offsets past
+// 2^32 - 3 in one row share a key.
+constexpr int64_t kAfterRow = INT64_MAX;
+DMFX_HOST_DEVICE inline uint64_t csr_key(int64_t slot, int64_t offset) {
+  constexpr int64_t kLast = (int64_t(1) << 32) - 1;
+  const int64_t o = offset == kAfterRow ? kLast : (offset + 1 < kLast ? offset + 1 : kLast - 1);
+  return (static_cast<uint64_t>(slot + 1) << 32) | static_cast<uint64_t>(o);
+}
+constexpr uint64_t kIndptrEndsKey = 0;
 
 }  // namespace dmfx

@@ -61,7 +61,7 @@ DMFX_CPU_CLONES double cosine_nce_loss_forward(const scalar_t* p, const scalar_t
   for (int64_t b = b_begin; b < b_end; ++b) {
     const auto s = row_sums(p + b * dim, q + b * dim, dim);
     const scalar_t t = target[b];
-    if (!(t >= scalar_t(0) && t <= scalar_t(1))) report_error(error, kTargetOutOfRange, b, 0);
+    if (!(t >= scalar_t(0) && t <= scalar_t(1))) report_error(error, b, kTargetOutOfRange, b, 0);
     const scalar_t cos = cosine_from_sums<scalar_t>(s.dot, s.pp, s.qq);
     const scalar_t l = nce_loss<scalar_t>(cos, t, static_cast<scalar_t>(mu));
     if (loss) loss[b] = l;

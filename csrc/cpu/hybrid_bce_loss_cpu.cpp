@@ -215,11 +215,11 @@ void report_bad_targets(const scalar_t* implicit_target, const scalar_t* explici
                         int64_t begin, int64_t end, int64_t* error) {
   for (int64_t b = begin; b < end; ++b) {
     if (!in_unit_interval(implicit_target[b])) {
-      report_error(error, kTargetOutOfRange, b, kImplicitTarget);
+      report_error(error, b, kTargetOutOfRange, b, kImplicitTarget);
       return;
     }
     if (!in_unit_interval(explicit_target[b])) {
-      report_error(error, kTargetOutOfRange, b, kExplicitTarget);
+      report_error(error, b, kTargetOutOfRange, b, kExplicitTarget);
       return;
     }
   }

@@ -12,16 +12,15 @@ void sample_negatives(const index_t* indptr, const index_t* indices, int64_t num
                       int64_t nnz, const int64_t* users, int64_t num_items, int64_t num_negatives,
                       uint64_t seed, bool check_sorted, int64_t* out, int64_t b_begin,
                       int64_t b_end, int64_t* error) {
-  if (b_begin == 0) check_indptr_ends(indptr, num_users, nnz, error);
   for (int64_t b = b_begin; b < b_end; ++b) {
     int64_t* o = out + b * num_negatives;
     int64_t begin, end;
     const bool ok = checked_row_range(indptr, num_users, nnz, users[b], b, error, &begin, &end);
     // An unsorted row only makes the samples wrong (they stay in range), so it is reported
     // without changing the output; that keeps the CPU and CUDA results identical.
-    if (ok && check_sorted) check_row_sorted(indices, begin, end, num_items, users[b], error);
+    if (ok && check_sorted) check_row_sorted(indices, begin, end, num_items, users[b], b, error);
     const int64_t free_items = ok ? num_items - (end - begin) : 0;
-    if (ok && free_items <= 0) report_error(error, kNoNegativeLeft, b, users[b]);
+    if (ok && free_items <= 0) report_error(error, csr_key(b, kAfterRow), kNoNegativeLeft, b, users[b]);
     for (int64_t n = 0; n < num_negatives; ++n) {
       if (free_items <= 0) {
         o[n] = -1;

@@ -6,6 +6,7 @@
 namespace dmfx {
 namespace cpu {
 
+// The caller checks the indptr ends (check_indptr_ends) once per call.
 // Fills rows [b_begin, b_end) of out (batch x num_negatives). Sample (b, n) depends only on
 // (seed, b * num_negatives + n). With check_sorted, each row is verified strictly ascending and
 // inside [0, num_items) (O(degree)). A user with no item left gets -1 and an error.

@@ -106,11 +106,11 @@ DMFX_VEC_INLINE void gather_rows(const id_t* ids, const scalar_t* vals, Bounds b
 // First out-of-range id of a row, recorded; the row then takes the slow path that skips it.
 template <typename index_t>
 inline bool row_ids_in_range(const index_t* indices, int64_t begin, int64_t end, int64_t limit,
-                             int64_t* error) {
+                             int64_t slot, int64_t* error) {
   for (int64_t k = begin; k < end; ++k) {
     const int64_t c = indices[k];
     if (c < 0 || c >= limit) {
-      report_error(error, kIndexOutOfRange, k, c);
+      report_bad_index(error, slot, begin, k, c);
       return false;
     }
   }
@@ -125,7 +125,6 @@ DMFX_CPU_CLONES void sparse_rows_matmul_forward(const CsrBatch<scalar_t, index_t
                                                 int64_t width, scalar_t* out, int64_t b_begin,
                                                 int64_t b_end, int64_t h_begin, int64_t h_end,
                                                 int64_t* error) {
-  if (b_begin == 0) check_indptr_ends(csr.indptr, csr.num_rows, csr.nnz, error);
   // Checked bounds of every row first; an unusable row (recorded in `error`) gets the empty range
   // (zeros), and one with an out-of-range id is redone below without that id.
   std::vector<std::pair<int64_t, int64_t>> bounds(b_end - b_begin, {0, 0});
@@ -136,7 +135,7 @@ DMFX_CPU_CLONES void sparse_rows_matmul_forward(const CsrBatch<scalar_t, index_t
                            &end)) {
       continue;
     }
-    if (row_ids_in_range(csr.indices, begin, end, weight_rows, error)) {
+    if (row_ids_in_range(csr.indices, begin, end, weight_rows, b, error)) {
       bounds[b - b_begin] = {begin, end};
     } else {
       rows_with_bad_ids.push_back(b);
@@ -168,7 +167,7 @@ int64_t batch_transpose_counts(const CsrBatch<scalar_t, index_t>& csr, int64_t w
     for (int64_t k = begin; k < end; ++k) {
       const int64_t c = csr.indices[k];
       if (c < 0 || c >= weight_rows) {
-        report_error(error, kIndexOutOfRange, k, c);
+        report_bad_index(error, b, begin, k, c);
         continue;
       }
       ++col_ptr[c + 1];
@@ -185,8 +184,8 @@ void batch_transpose_fill(const CsrBatch<scalar_t, index_t>& csr, int64_t weight
   std::copy(col_ptr, col_ptr + weight_rows, cursor);
   for (int64_t b = 0; b < csr.batch; ++b) {
     int64_t begin, end;
-    int64_t ignored[kErrorRecordSize] = {kOk, 0, 0};  // already recorded by the counting pass
-    if (!checked_row_range(csr.indptr, csr.num_rows, csr.nnz, csr.rows[b], b, ignored, &begin,
+    // Problems were recorded by the counting pass.
+    if (!checked_row_range(csr.indptr, csr.num_rows, csr.nnz, csr.rows[b], b, nullptr, &begin,
                            &end)) {
       continue;
     }
@@ -229,7 +228,7 @@ void sparse_rows_matmul_backward_values(const CsrBatch<scalar_t, index_t>& csr,
     for (int64_t k = std::max(begin, k_begin); k < std::min(end, k_end); ++k) {
       const int64_t c = csr.indices[k];
       if (c < 0 || c >= weight_rows) {
-        report_error(error, kIndexOutOfRange, k, c);
+        report_bad_index(error, b, begin, k, c);
         continue;
       }
       const scalar_t* __restrict__ w = weight + c * width;

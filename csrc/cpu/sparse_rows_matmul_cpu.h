@@ -9,6 +9,9 @@
 namespace dmfx {
 namespace cpu {
 
+// The caller checks the indptr ends (check_indptr_ends) once per call; the functions below check
+// the rows they read.
+//
 // Writes out[b][h_begin, h_end) for b in [b_begin, b_end); out is batch x width, weight is
 // weight_rows x width. Any column range works; one starting at a multiple of 32 bytes keeps the
 // SIMD vectors whole. Slicing columns as well as rows lets threads split a small batch by columns: each then reads

@@ -45,7 +45,9 @@ __global__ void forward_kernel(const scalar_t* __restrict__ p, const scalar_t* _
   const auto s = warp_row_sums(p + b * dim, q + b * dim, dim, lane);
   if (lane == 0) {
     const scalar_t t = target[b];
-    if (!(t >= scalar_t(0) && t <= scalar_t(1))) report_error(error, kTargetOutOfRange, b, 0);
+    if (error != nullptr && !(t >= scalar_t(0) && t <= scalar_t(1))) {
+      report_error(error, b, kTargetOutOfRange, b, 0);
+    }
     loss[b] = nce_loss<scalar_t>(cosine_from_sums<scalar_t>(s.dot, s.pp, s.qq), t, mu);
   }
 }

@@ -8,7 +8,8 @@
 namespace dmfx {
 namespace cuda {
 
-// Per-row losses into loss (batch). One pass over p, q and target.
+// Per-row losses into loss (batch). One pass over p, q and target. A non-null error records a
+// target outside [0, 1] (as the CPU kernel does); a null one skips the check.
 template <typename scalar_t>
 cudaError_t cosine_nce_loss_forward(const scalar_t* p, const scalar_t* q, const scalar_t* target,
                                     int64_t batch, int64_t dim, double mu, scalar_t* loss,

@@ -52,9 +52,9 @@ __global__ void forward_kernel(const scalar_t* __restrict__ logits,
     const scalar_t it = implicit_target[b], et = explicit_target[b];
     if (error != nullptr) {
       if (!in_unit_interval(it)) {
-        report_error(error, kTargetOutOfRange, b, kImplicitTarget);
+        report_error(error, b, kTargetOutOfRange, b, kImplicitTarget);
       } else if (!in_unit_interval(et)) {
-        report_error(error, kTargetOutOfRange, b, kExplicitTarget);
+        report_error(error, b, kTargetOutOfRange, b, kExplicitTarget);
       }
     }
     const scalar_t l =

@@ -81,12 +81,12 @@ struct Fixture {
 void test_sparse_rows_matmul_forward_and_backward() {
   Fixture f;
   std::vector<double> out(4 * 3, -1);
-  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error);
   // row 2 = 3 * w[1] + 4 * w[3]; row 0 = w[0] + 2 * w[2]; row 1 empty.
   const std::vector<double> expected{52, 59, 66, 15, 18, 21, 0, 0, 0, 52, 59, 66};
   EXPECT(out == expected);
-  EXPECT(error[0] == dmfx::kOk);
+  EXPECT(error[dmfx::kCode] == dmfx::kOk);
   // Tiles (rows x columns), as threads split the work, write the same output.
   std::vector<double> tiled(4 * 3, -1);
   dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, tiled.data(), 0, 2, 0, 2,
@@ -132,34 +132,54 @@ void test_sparse_rows_matmul_forward_and_backward() {
   // k=0: <g[1], w[0]> = 2; k=1: <g[1], w[2]> = 8; k=2: <g[0]+g[3], w[1]> = 4+6; k=3: 10+12.
   const std::vector<double> expected_gv{2, 8, 10, 22};
   EXPECT(grad_values == expected_gv);
-  EXPECT(error[0] == dmfx::kOk);
+  EXPECT(error[dmfx::kCode] == dmfx::kOk);
 }
 
 void test_sparse_rows_matmul_reports_bad_input_without_reading_it() {
   Fixture f;
   std::vector<double> out(12, -1);
   f.indices[3] = 99;
-  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::sparse_rows_matmul_forward(f.csr(), f.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error);
-  EXPECT(error[0] == dmfx::kIndexOutOfRange && error[1] == 3 && error[2] == 99);
+  EXPECT(error[dmfx::kCode] == dmfx::kIndexOutOfRange && error[dmfx::kPosition] == 3 && error[dmfx::kValue] == 99);
   // The backward's transpose skips the bad entry (row 2 sits twice in the batch) and records it.
   std::vector<int64_t> col_ptr(5, 0);
-  int64_t error_t[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error_t[dmfx::kErrorRecordSize] = {};
   EXPECT(dmfx::cpu::batch_transpose_counts(f.csr(), 4, col_ptr.data(), error_t) == 4);
-  EXPECT(error_t[0] == dmfx::kIndexOutOfRange && error_t[1] == 3 && error_t[2] == 99);
+  EXPECT(error_t[dmfx::kCode] == dmfx::kIndexOutOfRange && error_t[dmfx::kPosition] == 3 && error_t[dmfx::kValue] == 99);
 
   Fixture g;
   g.rows[1] = 3;
-  int64_t error2[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error2[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::sparse_rows_matmul_forward(g.csr(), g.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error2);
-  EXPECT(error2[0] == dmfx::kRowOutOfRange && error2[1] == 1 && error2[2] == 3);
+  EXPECT(error2[dmfx::kCode] == dmfx::kRowOutOfRange && error2[dmfx::kPosition] == 1 && error2[dmfx::kValue] == 3);
   EXPECT(out[3] == 0 && out[4] == 0 && out[5] == 0);
 
   Fixture h;
   h.indptr[2] = 1;  // row 2 would start before row 1 ends
-  int64_t error3[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error3[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::sparse_rows_matmul_forward(h.csr(), h.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error3);
-  EXPECT(error3[0] == dmfx::kBadIndptr);
+  EXPECT(error3[dmfx::kCode] == dmfx::kBadIndptr);
+}
+
+void test_error_record_keeps_the_first_problem_in_serial_order() {
+  // Reports arrive in any order (threads, blocks); the record keeps the smallest key's.
+  int64_t error[dmfx::kErrorRecordSize] = {};
+  dmfx::report_error(error, dmfx::csr_key(5, 2), dmfx::kIndexOutOfRange, 40, 9);
+  dmfx::report_error(error, dmfx::csr_key(2, dmfx::kAfterRow), dmfx::kNoNegativeLeft, 2, 7);
+  dmfx::report_error(error, dmfx::csr_key(2, 0), dmfx::kIndexOutOfRange, 11, -1);
+  dmfx::report_error(error, dmfx::csr_key(3, -1), dmfx::kRowOutOfRange, 3, 99);
+  EXPECT(error[dmfx::kCode] == dmfx::kIndexOutOfRange && error[dmfx::kPosition] == 11 &&
+         error[dmfx::kValue] == -1);
+  dmfx::report_error(error, dmfx::kIndptrEndsKey, dmfx::kIndptrEnds, 0, 1);
+  EXPECT(error[dmfx::kCode] == dmfx::kIndptrEnds);
+  // Within a slot: the row itself, then its entries in order, then what needs the whole row.
+  EXPECT(dmfx::csr_key(0, -1) < dmfx::csr_key(0, 0));
+  EXPECT(dmfx::csr_key(0, 1) < dmfx::csr_key(0, dmfx::kAfterRow));
+  EXPECT(dmfx::csr_key(0, dmfx::kAfterRow) < dmfx::csr_key(1, -1));
+  EXPECT(dmfx::kIndptrEndsKey < dmfx::csr_key(0, -1));
+  // A null record ignores reports.
+  dmfx::report_error(nullptr, 0, dmfx::kIndptrEnds, 0, 0);
 }
 
 void test_cosine_nce_matches_finite_differences() {
@@ -167,7 +187,7 @@ void test_cosine_nce_matches_finite_differences() {
   const std::vector<double> target{0.8, 1.0};
   const double mu = 1e-6;
   std::vector<double> loss(2);
-  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error[dmfx::kErrorRecordSize] = {};
   const double total = dmfx::cpu::cosine_nce_loss_forward(p.data(), q.data(), target.data(), 3,
                                                           mu, loss.data(), 0, 2, error);
   EXPECT(close(total, loss[0] + loss[1]));
@@ -187,7 +207,7 @@ void test_cosine_nce_matches_finite_differences() {
     EXPECT(close(gp[d], (fp - fm) / 2e-6, 1e-5));
   }
   EXPECT(gp[3] == 0 && gp[4] == 0 && gp[5] == 0 && gq[3] == 0);
-  EXPECT(error[0] == dmfx::kOk);
+  EXPECT(error[dmfx::kCode] == dmfx::kOk);
 }
 
 // The CPU kernel (SIMD exp / log1p of its own) against the shared scalar math over libm, on 11
@@ -201,7 +221,7 @@ void test_hybrid_bce_matches_scalar_math() {
   const T wi = static_cast<T>(eta), we = T(1) - wi;
   const double tol = sizeof(T) == 4 ? 1e-6 : 1e-14;
   std::vector<T> loss(11), grad(11), upstream(11);
-  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error[dmfx::kErrorRecordSize] = {};
   const double total = dmfx::cpu::hybrid_bce_loss_forward(x.data(), it.data(), et.data(), eta,
                                                           loss.data(), 0, 11, error);
   for (int b = 0; b < 11; ++b) upstream[b] = T(0.5) + T(b);
@@ -217,7 +237,7 @@ void test_hybrid_bce_matches_scalar_math() {
   }
   EXPECT(all);
   EXPECT(close(total, sum));
-  EXPECT(error[0] == dmfx::kOk);
+  EXPECT(error[dmfx::kCode] == dmfx::kOk);
   // A confident right answer keeps its tiny loss, log1p(e^-30) and log1p(e^-100), not 0.
   EXPECT(std::fabs(loss[5] / std::exp(-30.0) - 1) < 1e-5 && loss[10] > 0);
   // One scalar upstream gradient (stride 0), as for reduction "sum" / "mean".
@@ -253,18 +273,18 @@ void test_hybrid_bce_gradient_matches_finite_differences() {
 void test_hybrid_bce_reports_bad_targets() {
   std::vector<double> x(13, 0.5), it(13, 0), et(13, 0);
   it[9] = 2;  // in the vector body (double: elements 8-11)
-  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::hybrid_bce_loss_forward(x.data(), it.data(), et.data(), 0.5,
                                      static_cast<double*>(nullptr), 0, 13, error);
-  EXPECT(error[0] == dmfx::kTargetOutOfRange && error[1] == 9 &&
-         error[2] == dmfx::kImplicitTarget);
+  EXPECT(error[dmfx::kCode] == dmfx::kTargetOutOfRange && error[dmfx::kPosition] == 9 &&
+         error[dmfx::kValue] == dmfx::kImplicitTarget);
   it[9] = 0;
   et[12] = std::nan("");  // in the padded tail
-  int64_t error2[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error2[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::hybrid_bce_loss_forward(x.data(), it.data(), et.data(), 0.5,
                                      static_cast<double*>(nullptr), 0, 13, error2);
-  EXPECT(error2[0] == dmfx::kTargetOutOfRange && error2[1] == 12 &&
-         error2[2] == dmfx::kExplicitTarget);
+  EXPECT(error2[dmfx::kCode] == dmfx::kTargetOutOfRange && error2[dmfx::kPosition] == 12 &&
+         error2[dmfx::kValue] == dmfx::kExplicitTarget);
   // A null record skips the check; the NaN target still gives a NaN loss.
   std::vector<double> loss(13);
   dmfx::cpu::hybrid_bce_loss_forward(x.data(), it.data(), et.data(), 0.5, loss.data(), 0, 13,
@@ -289,7 +309,7 @@ void test_sample_negatives_never_positive_and_reports_full_rows() {
   // user 0 has items {1, 3}; user 1 has every item of 4.
   const std::vector<int64_t> indptr{0, 2, 6}, indices{1, 3, 0, 1, 2, 3}, users{0, 1};
   std::vector<int64_t> out(2 * 50);
-  int64_t error[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::sample_negatives(indptr.data(), indices.data(), 2, 6, users.data(), 4, 50, 123,
                               true, out.data(), 0, 2, error);
   bool ok = true;
@@ -301,13 +321,13 @@ void test_sample_negatives_never_positive_and_reports_full_rows() {
   }
   EXPECT(ok);
   EXPECT(zeros > 10 && zeros < 40);
-  EXPECT(error[0] == dmfx::kNoNegativeLeft && error[1] == 1 && error[2] == 1);
+  EXPECT(error[dmfx::kCode] == dmfx::kNoNegativeLeft && error[dmfx::kPosition] == 1 && error[dmfx::kValue] == 1);
 
   const std::vector<int64_t> unsorted{3, 1};
-  int64_t error2[dmfx::kErrorRecordSize] = {0, 0, 0};
+  int64_t error2[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::sample_negatives(indptr.data(), unsorted.data(), 1, 2, users.data(), 4, 5, 1, true,
                               out.data(), 0, 1, error2);
-  EXPECT(error2[0] == dmfx::kRowNotSorted);
+  EXPECT(error2[dmfx::kCode] == dmfx::kRowNotSorted);
 }
 
 }  // namespace
@@ -316,6 +336,7 @@ int main() {
   test_nth_absent_matches_brute_force();
   test_philox_is_deterministic_and_uniform();
   test_sparse_rows_matmul_forward_and_backward();
+  test_error_record_keeps_the_first_problem_in_serial_order();
   test_row_sparse_adam_moves_only_named_rows();
   test_sparse_rows_matmul_reports_bad_input_without_reading_it();
   test_cosine_nce_matches_finite_differences();
