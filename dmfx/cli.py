@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from . import ops
-from .checkpoint import RunFolderBusy, RunLock, atomic_write, json_text, load_checkpoint, write_json
+from .checkpoint import (RunFolderBusy, RunLock, atomic_write, json_text, load_checkpoint,
+                         write_json)
 from .config import file_flags, options, toml_text
 from .data import DATASETS, DataFormatError, DatasetUnavailableError
 from .evaluate import evaluate

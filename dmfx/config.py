@@ -68,7 +68,8 @@ def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def _text(value) -> str:
-    """A scalar or a list as the flag's text; lists join with commas (``[512, 64]`` -> ``512,64``)."""
+    """A scalar or a list as the flag's text; a list joins with commas: ``[512, 64]`` ->
+    ``512,64``."""
     if isinstance(value, list):
         return ",".join(_text(v) for v in value)
     return str(value)
@@ -118,8 +119,8 @@ def file_flags(path: str | Path, parser: argparse.ArgumentParser) -> list[str]:
             try:
                 action.type(text)
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: {key}: expected {getattr(action.type, '__name__', 'a value')}"
-                                 f", got {value!r}") from None
+                kind = getattr(action.type, "__name__", "a value")
+                raise ValueError(f"{path}: {key}: expected {kind}, got {value!r}") from None
         if action.choices is not None and text not in action.choices:
             raise ValueError(f"{path}: {key}: expected one of {', '.join(map(str, action.choices))}"
                              f", got {value!r}")
