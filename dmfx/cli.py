@@ -3,6 +3,7 @@ baselines, and reproduce the papers' experiments.
 
     dmfx train --dataset ml-100k                 # DMF-2-nce on the bundled data
     dmfx train --model neumf --dataset ml-100k   # any model of `dmfx models`
+    dmfx train --config runs/ml-100k-dmf-seed0/config.toml --output runs/again   # repeat a run
     dmfx evaluate runs/ml-100k-dmf/model.pt
     dmfx recommend runs/ml-100k-dmf/model.pt --user 196 -k 10
     dmfx recommend runs/ml-100k-dmf/model.pt --users-file users.txt --output recs.parquet
@@ -23,13 +24,16 @@ import numpy as np
 import torch
 
 from . import ops
-from .checkpoint import RunFolderBusy, RunLock, json_text, write_json
+from .checkpoint import (RunFolderBusy, RunLock, atomic_write, json_text, load_checkpoint,
+                         write_json)
+from .config import file_flags, options, toml_text
 from .data import DATASETS, DataFormatError, DatasetUnavailableError
 from .evaluate import evaluate
 from .experiment import DataSpec, data_record, load_trained, save_model
 from .models import MODELS, Recommender, build_model, train_config
 from .models.registry import TRAINERS, spec_of
-from .train import TrainConfig
+from .provenance import EpochLog, environment
+from .train import TrainConfig, _check_resumable
 
 # OSError covers what the file system refuses: a missing file, --output under a file, a full disk.
 USER_ERRORS = (ValueError, KeyError, OSError, DataFormatError, DatasetUnavailableError,
@@ -247,9 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "a random one where the data has no timestamps, is the test item, one "
                        "random other the validation item for early stopping) or, with --split "
                        "random, on random shares of all interactions. "
-                       "Writes OUTPUT/checkpoint.pt (every epoch, for --resume), then "
+                       "Writes OUTPUT/config.toml (every setting of the run; --config "
+                       "OUTPUT/config.toml repeats it) at the start, OUTPUT/checkpoint.pt (for "
+                       "--resume) and a line of OUTPUT/epochs.jsonl after every epoch, then "
                        "OUTPUT/model.pt (the best epoch with its split: evaluate, recommend and "
-                       "export need nothing else) and OUTPUT/metrics.json.")
+                       "export need nothing else) and OUTPUT/metrics.json (results, settings, "
+                       "software and machine).")
     _add_data_args(t)
     _add_split_args(t)
     _add_model_args(t)
@@ -259,9 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--full-ranking", action="store_true",
                    help="also rank the test item among all items (HR/NDCG/Recall@10)")
     o.add_argument("--output", default=None, help="run folder (default runs/DATASET-MODEL-seedSEED)")
-    o.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    o.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT/checkpoint.pt (OUTPUT/epochs.jsonl is first made to "
+                        "hold exactly the checkpoint's epochs, then appended to)")
     o.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    t.set_defaults(handler=cmd_train)
+    o.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a TOML file (YAML: .yaml or .yml, needs PyYAML) whose keys "
+                        "are these flags' names: model = \"dmf\", epochs = 20, user-layers = "
+                        "\"512,64\" or [512, 64], track-test = true (a run's OUTPUT/config.toml "
+                        "is one); a flag given on the command line overrides the file")
+    # The parser rides along so that main can check a --config file against its flags and
+    # _train_in can write every one of them to OUTPUT/config.toml.
+    t.set_defaults(handler=cmd_train, parser=t)
 
     e = sub.add_parser("evaluate", help="evaluate a trained model on its test (and validation) items")
     _add_restore_args(e)
@@ -379,8 +395,22 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     extra = {"data": data_record(spec, data), "model": {"kind": name, "config": model.config()}}
     if new_users is not None:  # part of the split: a resume or a checkpoint re-read must redo it
         extra["data"]["held_out_users"] = args.held_out_users
+    history = []
+    if args.resume:
+        # Refused here as in fit, before config.toml and the log of the run are touched.
+        saved = load_checkpoint(checkpoint)
+        _check_resumable(checkpoint, saved, config, extra)
+        history = saved.get("train_state", {}).get("history", [])
+    settings = _settings(args, device, name, params, spec, config)
+    text = toml_text(settings, "Every setting of a dmfx train run: `dmfx train --config "
+                     "config.toml --output OTHER` repeats it\n(a flag given beside --config "
+                     "overrides the setting here).")
+    atomic_write(out / "config.toml", lambda f: f.write(text.encode()))
+    # A resumed run's log starts from the epochs of the checkpoint it continues (EpochLog).
+    log = EpochLog(out / "epochs.jsonl", history)
 
     def report(epoch, entry):
+        log.append(entry)
         valid = entry.get("valid", {})
         speed = f", {entry['pairs_per_s']:,.0f} pairs/s" if "pairs_per_s" in entry else ""
         _log(args, f"epoch {epoch:3d}  loss {entry['loss']:.4f}  {_fmt(valid)}  "
@@ -401,7 +431,8 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     metrics = {
         "test": test, "valid": valid,
         "config": {"data": extra["data"], "holdout": split.holdout, "model": name, "model_config": model.config(),
-                   "train": asdict(config), "device": str(device), "torch": torch.__version__},
+                   "train": asdict(config), "device": str(device), "settings": settings},
+        "environment": environment(device),
         "history": state.history,
         "best_epoch": state.best_epoch,
         "seconds": time.perf_counter() - start,
@@ -415,6 +446,32 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
 def _load(args):
     return load_trained(args.model, _device(args.device), data=args.data,
                         allow_data_change=args.allow_data_change)
+
+
+# Flags that say where and how a run is shown, not what it computes: left out of config.toml.
+_NOT_SAVED = ("output", "resume", "quiet")
+
+
+def _settings(args, device, name: str, params: dict, spec: DataSpec, config: TrainConfig) -> dict:
+    """Every flag of ``dmfx train`` that shapes the run, by name, at its effective value: the
+    model's parameters and training settings with the registry's defaults filled in, the data
+    file's absolute path, the device and thread count chosen. Flags that are unset (None) or do
+    not apply to the model are left out."""
+    model_spec = spec_of(name)
+    effective = {**model_spec.defaults(), **params,
+                 **{flag.replace("-", "_"): getattr(config, field_name)
+                    for flag, (field_name, _, _) in TRAIN_FLAGS.items()
+                    if field_name in TRAINERS[model_spec.trainer]},
+                 "model": name, "dataset": spec.dataset, "data": spec.data, "device": str(device),
+                 "threads": torch.get_num_threads()}
+    settings = {}
+    for key, action in options(args.parser).items():
+        if key in _NOT_SAVED:
+            continue
+        value = effective.get(action.dest, getattr(args, action.dest))
+        if value is not None:
+            settings[key] = value
+    return settings
 
 
 def cmd_evaluate(args) -> int:
@@ -514,10 +571,23 @@ def _warn_in_one_line(message, category, filename, lineno, file=None, line=None)
     print(f"dmfx: warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments of the command line ``argv`` (default ``sys.argv[1:]``); for ``train
+    --config FILE``, the file's settings as flags, overridden by those of the command line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        # The file's flags go right after the command, before the command line's own, which
+        # argparse applies later: a flag given on the command line wins.
+        args = parser.parse_args([argv[0], *file_flags(args.config, args.parser), *argv[1:]])
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line
     try:
+        args = parse_args(argv)
         return args.handler(args)
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -189,7 +189,8 @@ def test_a_full_disk_is_one_line(data_file, tmp_path, monkeypatch, capsys):
     out = tmp_path / "full"
     assert main(["train", "--data", str(data_file), "--epochs", "1", "--output", str(out), *TINY]) == 2
     one_line_error(capsys, "No space left on device")
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    # The settings and the (empty) epoch log are written before training; no torn file is left.
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.toml", "epochs.jsonl"]
 
 
 def test_evaluate_refuses_changed_data_unless_allowed(trained, data_file, capsys):

@@ -1,0 +1,201 @@
+"""Settings files (dmfx train --config), the config.toml and epochs.jsonl of a run, and the
+provenance in its metrics.json."""
+import argparse
+import importlib.util
+import json
+import tomllib
+
+import pytest
+
+from dmfx.cli import main, parse_args
+from dmfx.config import file_flags, read_settings, toml_text
+from dmfx.data import synthetic
+
+TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
+        "--batch-size", "128", "--lr", "0.003", "--quiet"]
+
+
+def train_parser() -> argparse.ArgumentParser:
+    return parse_args(["train"]).parser
+
+
+def write(tmp_path, text, name="run.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_toml_text_round_trips_through_tomllib():
+    settings = {"model": "dmf", "epochs": 20, "lr": 1e-4, "mu": 1e-06, "w0": 512.0,
+                "track-test": True, "sparse-grad": False, "user-layers": [512, 64],
+                "sep": "\t", "data": 'C:\\ratings "new"\x7f.csv', "name": "日本"}
+    text = toml_text(settings, "first line\nsecond line")
+    assert text.startswith("# first line\n# second line\n")
+    assert tomllib.loads(text) == settings
+
+
+def test_file_flags_are_the_equivalent_flags(tmp_path):
+    path = write(tmp_path, 'model = "dmf"\nepochs = 3\nuser-layers = [32, 8]\n'
+                           'item_layers = "32,8"\nlr = 0.003\ntrack-test = true\n'
+                           'full-ranking = false\nsep = ","\n')
+    assert file_flags(path, train_parser()) == [
+        "--model=dmf", "--epochs=3", "--user-layers=32,8", "--item-layers=32,8", "--lr=0.003",
+        "--track-test", "--sep=,"]
+
+
+def test_config_parses_to_the_same_settings_as_the_flags(tmp_path):
+    flags = ["--model", "dmf", "--epochs", "3", "--user-layers", "32,8", "--lr", "0.003",
+             "--track-test", "--split", "random", "--split-ratios", "0.7,0.1,0.2"]
+    path = write(tmp_path, 'model = "dmf"\nepochs = 3\nuser-layers = [32, 8]\nlr = 0.003\n'
+                           'track-test = true\nsplit = "random"\nsplit-ratios = [0.7, 0.1, 0.2]\n')
+    by_flags = vars(parse_args(["train", *flags]))
+    by_file = vars(parse_args(["train", "--config", str(path)]))
+    assert by_file.pop("config") == str(path) and by_flags.pop("config") is None
+    del by_file["parser"], by_flags["parser"]  # one parser object per parse
+    assert by_file == by_flags
+    assert by_file["epochs"] == 3 and by_file["user_layers"] == "32,8" and by_file["track_test"]
+
+
+def test_flags_on_the_command_line_override_the_file(tmp_path):
+    path = write(tmp_path, "epochs = 3\nseed = 4\nlr = 0.003\n")
+    # Given before or after --config, and even at the parser's default (seed 0), a flag wins.
+    args = parse_args(["train", "--seed", "0", "--config", str(path), "--epochs", "5"])
+    assert (args.epochs, args.seed, args.lr) == (5, 0, 0.003)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs = 3\nlayer-sizes = [1]\n", "unknown setting 'layer-sizes'"),
+    ('config = "other.toml"\n', "unknown setting 'config'"),
+    ('epochs = "many"\n', "epochs: expected int, got 'many'"),
+    ("epochs = true\n", "epochs: expected a value like the flag's, got true/false"),
+    ("track-test = 1\n", "track-test: expected true or false, got 1"),
+    ('per-user = "some"\n', "per-user: expected one of unseen, all, got 'some'"),
+    ("[model]\nlr = 1\n", "model: expected a value like the flag's, got a table"),
+    ("user-layers = [[1, 2]]\n", "user-layers: expected a value like the flag's, got a list"),
+    ("epochs = 3\nepochs = 4\n", "not valid TOML"),
+    ('user-layers = "8"\nuser_layers = "8"\n', "'user_layers' and 'user-layers' are the same"),
+])
+def test_a_bad_config_is_a_one_line_error_naming_the_key(tmp_path, capsys, text, message):
+    path = write(tmp_path, text)
+    assert main(["train", "--config", str(path), "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dmfx: error: {path}: ") and message in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_missing_config_is_a_one_line_error(tmp_path, capsys):
+    missing = tmp_path / "none.toml"
+    assert main(["train", "--config", str(missing)]) == 2
+    assert capsys.readouterr().err == f"dmfx: error: --config: no file at {missing}\n"
+
+
+def test_yaml_settings(tmp_path):
+    path = write(tmp_path, "epochs: 3\nuser-layers: [32, 8]\ntrack-test: true\n", "run.yaml")
+    if importlib.util.find_spec("yaml") is None:
+        with pytest.raises(ValueError, match=r"run.yaml: reading YAML needs PyYAML"):
+            read_settings(path)
+    else:
+        assert file_flags(path, train_parser()) == ["--epochs=3", "--user-layers=32,8",
+                                                    "--track-test"]
+
+
+def test_train_help_documents_config_and_the_run_files():
+    text = " ".join(train_parser().format_help().split())
+    assert "--config FILE settings from a TOML file" in text
+    assert "OUTPUT/config.toml" in text and "OUTPUT/epochs.jsonl" in text
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    synthetic(50, 90, 1200, seed=2).save_npz(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "flags"
+    assert main(["train", "--data", str(data_file), "--epochs", "2", "--output", str(out),
+                 *TINY]) == 0
+    return out
+
+
+def metrics(folder):
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def results(folder):
+    """What a run computed: everything of metrics.json but timings and memory."""
+    m = metrics(folder)
+    history = [{k: v for k, v in e.items() if k not in ("seconds", "pairs_per_s", "peak_memory_mb")}
+               for e in m["history"]]
+    return m["test"], m["valid"], m["best_epoch"], history
+
+
+def test_config_toml_holds_every_effective_setting(run, data_file):
+    saved = tomllib.loads((run / "config.toml").read_text())
+    # the model's defaults and training settings filled in, the data file absolute
+    assert saved["data"] == str(data_file.resolve()) and "dataset" not in saved
+    assert saved["model"] == "dmf" and saved["user-layers"] == [16, 8]
+    assert saved["activation"] == "eq6" and saved["sparse-grad"] is False
+    assert (saved["epochs"], saved["lr"], saved["negatives"], saved["patience"]) == (2, 0.003, 7, 5)
+    assert saved["device"] == "cpu" and saved["threads"] >= 1
+    assert not {"output", "resume", "quiet", "config", "neighbours", "factors"} & set(saved)
+    assert metrics(run)["config"]["settings"] == saved
+
+
+def test_a_saved_config_reproduces_the_run(run, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.toml"), "--output", str(again),
+                 "--quiet"]) == 0
+    assert results(again) == results(run)
+    assert (again / "config.toml").read_text() == (run / "config.toml").read_text()
+    # a flag beside --config overrides the saved setting
+    shorter = tmp_path / "shorter"
+    assert main(["train", "--config", str(run / "config.toml"), "--epochs", "1", "--output",
+                 str(shorter), "--quiet"]) == 0
+    assert [e["epoch"] for e in metrics(shorter)["history"]] == [1]
+    assert results(shorter)[3][0] == results(run)[3][0]
+
+
+def test_metrics_record_the_environment(run):
+    m = metrics(run)
+    env = m["environment"]
+    assert env["device"] == "cpu" and env["torch"] and env["numpy"] and env["python"]
+    assert env["build"]["cpu_kernels"] is True and env["dmfx"]["version"]
+    assert len(m["config"]["data"]["fingerprint"]["sha256"]) == 64
+    assert m["config"]["train"]["lr"] == 0.003
+    assert m["config"]["model_config"]["user_layers"] == [16, 8]
+
+
+def test_epochs_jsonl_is_the_history(run):
+    logged = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+    assert logged == metrics(run)["history"]
+    assert [e["epoch"] for e in logged] == [1, 2]
+    assert set(logged[0]) >= {"loss", "valid", "seconds", "pairs_per_s", "peak_memory_mb"}
+
+
+def test_a_resumed_run_continues_its_log(data_file, tmp_path):
+    out = tmp_path / "resumed"
+    argv = ["train", "--data", str(data_file), "--output", str(out), *TINY]
+    assert main(argv + ["--epochs", "2"]) == 0
+    log = out / "epochs.jsonl"
+    # killed after the checkpoint of epoch 2 and before its line
+    log.write_text(log.read_text().splitlines(keepends=True)[0])
+    assert main(argv + ["--epochs", "3", "--resume"]) == 0
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["epoch"] for e in logged] == [1, 2, 3]
+    assert logged == metrics(out)["history"]
+    assert tomllib.loads((out / "config.toml").read_text())["epochs"] == 3
+
+
+def test_a_refused_resume_leaves_the_run_files_alone(run, capsys):
+    before = {name: (run / name).read_text() for name in ("config.toml", "epochs.jsonl")}
+    assert main(["train", "--config", str(run / "config.toml"), "--output", str(run),
+                 "--resume", "--lr", "0.01", "--quiet"]) == 2
+    assert "lr 0.003 -> 0.01" in capsys.readouterr().err
+    assert {name: (run / name).read_text() for name in before} == before
