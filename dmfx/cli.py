@@ -21,7 +21,7 @@ import torch
 
 from . import ops
 from .checkpoint import RunFolderBusy, RunLock, json_text, write_json
-from .data import DATASETS, DataFormatError, DatasetUnavailableError
+from .data import DATASETS, DataFormatError, DatasetUnavailableError, write_atomic
 from .evaluate import PREFIX, Ranking, evaluate, parse_protocol, save_ranks
 from .experiment import DataSpec, data_record, restore
 from .models import MODELS, build_model, train_config
@@ -77,6 +77,13 @@ _TOPK_HELP = ("cut-offs of the reported HR, NDCG, Recall, Precision, MRR, MAP an
 
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:
+    g = _add_holdout_args(p)
+    g.add_argument("--topk", default="10", metavar="K[,K...]", help=_TOPK_HELP + " (early "
+                   "stopping watches NDCG@10)")
+    _add_per_user_arg(g)
+
+
+def _add_holdout_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("protocol")
     g.add_argument("--split", default="loo", metavar="PROTOCOL",
                    help="loo: each user's latest interaction is the test item, a random other the "
@@ -85,9 +92,7 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
                         "paper). Default loo")
     g.add_argument("--split-ratios", default="0.8,0.1,0.1", metavar="TRAIN,VALID,TEST",
                    help="shares of --split random (default 0.8,0.1,0.1)")
-    g.add_argument("--topk", default="10", metavar="K[,K...]", help=_TOPK_HELP + " (early "
-                   "stopping watches NDCG@10)")
-    _add_per_user_arg(g)
+    return g
 
 
 def _add_per_user_arg(g) -> None:
@@ -302,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_restore_args(r)
     r.set_defaults(handler=cmd_recommend)
 
+    sp = sub.add_parser(
+        "split", help="write a split in RecBole's atomic-file layout",
+        description="Write the split `dmfx train` would make from the same data flags to "
+        "OUTPUT/NAME/: NAME.train.inter, NAME.valid.inter, NAME.test.inter (RecBole's typed "
+        "headers), NAME.user and NAME.item (the id order), NAME.valid.neg and NAME.test.neg "
+        "(the sampled protocol's items per held-out row) and NAME.dmfx.json. RecBole runs on it "
+        "with data_path: OUTPUT, dataset: NAME, benchmark_filename: [train, valid, test]; "
+        "dmfx.data.read_atomic reads it back into the identical split.")
+    _add_data_args(sp)
+    _add_holdout_args(sp)
+    sp.add_argument("--output", required=True, help="folder that receives NAME/")
+    sp.add_argument("--name", default=None, help="RecBole dataset name (default: the data set's)")
+    sp.set_defaults(handler=cmd_split)
+
     ms = sub.add_parser("models", help="list the models, their parameters and defaults")
     ms.set_defaults(handler=cmd_models)
 
@@ -437,6 +456,17 @@ def cmd_recommend(args) -> int:
     ranked = [(i, s) for i, s in zip(items[0].tolist(), scores[0].tolist()) if i >= 0]
     for rank, (item, score) in enumerate(ranked, 1):
         print(f"{rank}\t{data.item_ids[item]}\t{score:.4f}")
+    return 0
+
+
+def cmd_split(args) -> int:
+    spec = _data_spec(args)
+    data = spec.load()
+    split = spec.split(data)
+    folder = write_atomic(data, split, args.output, args.name or spec.name)
+    print(f"{spec.name}: {split.train.nnz:,} train, {len(split.valid_users):,} validation, "
+          f"{len(split.test_users):,} test rows, {split.test_negatives.shape[1]} sampled items "
+          f"each (split seed {spec.seed}) -> {folder}")
     return 0
 
 
