@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "a random one where the data has no timestamps, is the test item, one "
                        "random other the validation item for early stopping) or, with --split "
                        "random, on random shares of all interactions. "
-                       "Writes OUTPUT/metrics.json and OUTPUT/checkpoint.pt (every epoch).")
+                       "Writes OUTPUT/metrics.json, OUTPUT/ranks.npz (every held-out row's rank "
+                       "under each protocol, for paired tests: dmfx.evaluate.load_ranks) and "
+                       "OUTPUT/checkpoint.pt (every epoch).")
     _add_data_args(t)
     _add_split_args(t)
     _add_model_args(t)

@@ -45,7 +45,8 @@ class TrainConfig:
     # "hybrid" (EINMF: two targets per pair, implicit 1 and explicit rating / max rating)
     loss: str = "nce"
     optimizer: str = "adam"  # "adam" or "sgd" (NeuMF fine-tuned from pre-trained parts)
-    patience: int = 5  # epochs without a better validation NDCG@topk before stopping; 0: never
+    # epochs without a better validation NDCG@topk (under `protocol`) before stopping; 0: never
+    patience: int = 5
     topk: int = 10
     # validation protocol of early stopping: "sampled" (the split's negatives) or "full" (all
     # items, the training items masked); see dmfx.evaluate
