@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,8 @@ from . import ops
 from .checkpoint import (RunFolderBusy, RunLock, atomic_write, json_text, load_checkpoint,
                          write_json)
 from .config import file_flags, options, toml_text
-from .data import DATASETS, DataFormatError, DatasetUnavailableError
-from .evaluate import evaluate
+from .data import DATASETS, DataFormatError, DatasetUnavailableError, write_atomic
+from .evaluate import PREFIX, Ranking, evaluate, parse_protocol, save_ranks
 from .experiment import DataSpec, data_record, load_trained, save_model
 from .models import MODELS, Recommender, build_model, train_config
 from .models.registry import TRAINERS, spec_of
@@ -68,11 +68,33 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "any delimited file) or, with --dataset, a local copy of that data set")
     g.add_argument("--sep", default=None, help="field separator of --data when not detected")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the leave-one-out split")
-    g.add_argument("--eval-negatives", type=int, default=100,
-                   help="sampled items each held-out item is ranked against (paper: 100)")
+    g.add_argument("--protocol", default=None, metavar="sampled:N|full",
+                   help="evaluation protocol of early stopping (validation NDCG@10) and of the "
+                        "headline metrics: sampled:N ranks each held-out item among N items the "
+                        "user never interacted with, drawn with the split (the DMF paper: "
+                        "sampled:100, the default); full ranks it among all items but the user's "
+                        "training items (and, for test, validation items). Full-ranking metrics "
+                        "(full_*) are reported under either")
+    g.add_argument("--eval-negatives", type=int, default=None, metavar="N",
+                   help="older spelling of --protocol sampled:N")
+
+
+_TOPK_HELP = ("cut-offs of the reported HR, NDCG, Recall, Precision, MRR, MAP and (full ranking) "
+             "item coverage, e.g. 5,10,20 (default 10)")
 
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:
+    g = _add_holdout_args(p)
+    g.add_argument("--topk", default="10", metavar="K[,K...]", help=_TOPK_HELP + " (early "
+                   "stopping watches NDCG@10)")
+    _add_per_user_arg(g)
+    g.add_argument("--held-out-users", type=float, default=None, metavar="SHARE",
+                   help="train without this share of the evaluated users, then score them from "
+                        "their ratings alone and report new_hr@K / new_ndcg@K (models that read "
+                        "rating rows: dmf; itempop as the baseline; leave-one-out split)")
+
+
+def _add_holdout_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("protocol")
     g.add_argument("--split", default="loo", metavar="PROTOCOL",
                    help="loo: each user's latest interaction is the test item, a random other the "
@@ -81,14 +103,7 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
                         "paper). Default loo")
     g.add_argument("--split-ratios", default="0.8,0.1,0.1", metavar="TRAIN,VALID,TEST",
                    help="shares of --split random (default 0.8,0.1,0.1)")
-    g.add_argument("--topk", default="10", metavar="K[,K...]",
-                   help="cut-offs of the reported HR and NDCG, e.g. 5,10,20 (default 10; early "
-                        "stopping watches NDCG@10)")
-    _add_per_user_arg(g)
-    g.add_argument("--held-out-users", type=float, default=None, metavar="SHARE",
-                   help="train without this share of the evaluated users, then score them from "
-                        "their ratings alone and report new_hr@K / new_ndcg@K (models that read "
-                        "rating rows: dmf; itempop as the baseline; leave-one-out split)")
+    return g
 
 
 def _add_per_user_arg(g) -> None:
@@ -96,6 +111,29 @@ def _add_per_user_arg(g) -> None:
                    help="also report user_hr@K / user_ndcg@K: each user's top K of all items "
                         "against the set of their held-out items (EINMF paper, Eq. 17-18), "
                         "ranking the items the user did not train on (unseen) or every item (all)")
+
+
+def _protocol(args) -> tuple[str, int]:
+    """``(kind, sampled items)`` of ``--protocol`` or its older spelling ``--eval-negatives``."""
+    if getattr(args, "full_ranking", False):
+        warnings.warn("--full-ranking is no longer needed: full-ranking metrics are always reported")
+    if args.eval_negatives is None:
+        try:
+            return parse_protocol(args.protocol or "sampled:100")
+        except ValueError as error:
+            raise ValueError(f"--protocol: {error}") from None
+    if args.eval_negatives < 1:
+        raise ValueError(f"--eval-negatives must be >= 1, got {args.eval_negatives}")
+    if args.protocol is not None and args.protocol != f"sampled:{args.eval_negatives}":
+        raise ValueError(f"--eval-negatives {args.eval_negatives} contradicts --protocol "
+                         f"{args.protocol}; give --protocol alone")
+    return "sampled", args.eval_negatives
+
+
+def _headline(metrics: dict, kind: str) -> dict:
+    """HR@K and NDCG@K of protocol ``kind``: what a one-line summary shows."""
+    return {k: v for k, v in metrics.items()
+            if k.startswith((f"{PREFIX[kind]}hr@", f"{PREFIX[kind]}ndcg@"))}
 
 
 def _cutoffs(text: str) -> list[int]:
@@ -120,7 +158,7 @@ def _data_spec(args) -> DataSpec:
     protocol = {"protocol": args.split, "ratios": _ratios(args.split_ratios)} \
         if hasattr(args, "split") else {}
     return DataSpec(dataset=dataset, data=args.data, sep=args.sep, seed=args.split_seed,
-                    eval_negatives=args.eval_negatives, **protocol)
+                    eval_negatives=_protocol(args)[1], **protocol)
 
 
 # Training settings: flag -> (TrainConfig field, type, help). Their defaults come from the model.
@@ -255,16 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUTPUT/config.toml repeats it) at the start, OUTPUT/checkpoint.pt (for "
                        "--resume) and a line of OUTPUT/epochs.jsonl after every epoch, then "
                        "OUTPUT/model.pt (the best epoch with its split: evaluate, recommend and "
-                       "export need nothing else) and OUTPUT/metrics.json (results, settings, "
-                       "software and machine).")
+                       "export need nothing else), OUTPUT/ranks.npz (every held-out row's rank "
+                       "under each protocol, for paired tests: dmfx.evaluate.load_ranks) and "
+                       "OUTPUT/metrics.json (results, settings, software and machine).")
     _add_data_args(t)
     _add_split_args(t)
     _add_model_args(t)
     o = t.add_argument_group("run")
     o.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     o.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    o.add_argument("--full-ranking", action="store_true",
-                   help="also rank the test item among all items (HR/NDCG/Recall@10)")
+    o.add_argument("--full-ranking", action="store_true", help=argparse.SUPPRESS)  # always now
     o.add_argument("--output", default=None, help="run folder (default runs/DATASET-MODEL-seedSEED)")
     o.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT/checkpoint.pt (OUTPUT/epochs.jsonl is first made to "
@@ -281,9 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a trained model on its test (and validation) items")
     _add_restore_args(e)
-    e.add_argument("--full-ranking", action="store_true", help="also rank among all items")
-    e.add_argument("--topk", default="10", metavar="K[,K...]",
-                   help="cut-offs of HR and NDCG, e.g. 5,10,20 (default 10)")
+    e.add_argument("--full-ranking", action="store_true", help=argparse.SUPPRESS)  # always now
+    e.add_argument("--protocol", default=None, metavar="sampled:N|full",
+                   help="full: full-ranking metrics only; sampled:N: also the sampled ones (N "
+                        "must be the model's). Default: the protocols the model was trained with")
+    e.add_argument("--eval-negatives", type=int, default=None, help=argparse.SUPPRESS)
+    e.add_argument("--topk", default="10", metavar="K[,K...]", help=_TOPK_HELP)
     _add_per_user_arg(e)
     e.set_defaults(handler=cmd_evaluate)
 
@@ -321,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--output", required=True, metavar="DIR", help="folder to write")
     x.set_defaults(handler=cmd_export)
 
+    sp = sub.add_parser(
+        "split", help="write a split in RecBole's atomic-file layout",
+        description="Write the split `dmfx train` would make from the same data flags to "
+        "OUTPUT/NAME/: NAME.train.inter, NAME.valid.inter, NAME.test.inter (RecBole's typed "
+        "headers), NAME.user and NAME.item (the id order), NAME.valid.neg and NAME.test.neg "
+        "(the sampled protocol's items per held-out row) and NAME.dmfx.json. RecBole runs on it "
+        "with data_path: OUTPUT, dataset: NAME, benchmark_filename: [train, valid, test]; "
+        "dmfx.data.read_atomic reads it back into the identical split.")
+    _add_data_args(sp)
+    _add_holdout_args(sp)
+    sp.add_argument("--output", required=True, help="folder that receives NAME/")
+    sp.add_argument("--name", default=None, help="RecBole dataset name (default: the data set's)")
+    sp.set_defaults(handler=cmd_split)
+
     ms = sub.add_parser("models", help="list the models, their parameters and defaults")
     ms.set_defaults(handler=cmd_models)
 
@@ -356,6 +411,7 @@ def cmd_train(args) -> int:
     config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
                           # bars on a terminal only: a log file gets the per-epoch lines
                           progress=not args.quiet and sys.stderr.isatty())
+    config = replace(config, protocol=_protocol(args)[0])
     out = Path(args.output or f"runs/{spec.name}-{name}-seed{args.seed}")
     with RunLock(out):
         return _train_in(out, args, device, name, params, spec, config)
@@ -420,10 +476,12 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     state = model.fit(split, config, checkpoint=checkpoint, resume=args.resume, extra=extra,
                       on_epoch_end=report)
     save_model(out / "model.pt", model, split, extra["data"])
-    test = evaluate(model, split, "test", ks=ks, full_ranking=args.full_ranking,
-                    per_user=args.per_user)
-    valid = evaluate(model, split, "valid", ks=ks, per_user=args.per_user) \
-        if len(split.valid_users) else {}
+    rankings: dict[str, dict[str, Ranking]] = {"test": {}, "valid": {}}
+    test = evaluate(model, split, "test", ks=ks, per_user=args.per_user, rankings=rankings["test"])
+    valid = evaluate(model, split, "valid", ks=ks, per_user=args.per_user,
+                     rankings=rankings["valid"]) if len(split.valid_users) else {}
+    save_ranks(out / "ranks.npz", {(part, p): r for part, done in rankings.items()
+                                   for p, r in done.items()}, data.user_ids, data.item_ids)
     if new_users is not None:
         from .inductive import evaluate_new_users
 
@@ -438,7 +496,7 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
         "seconds": time.perf_counter() - start,
     }
     write_json(out / "metrics.json", metrics)
-    print(f"{name} on {spec.name}: test {_fmt(test)}  (best epoch {metrics['best_epoch']}, "
+    print(f"{name} on {spec.name}: test {_fmt(_headline(test, config.protocol))}  (best epoch {metrics['best_epoch']}, "
           f"{metrics['seconds']:.0f}s) -> {out / 'metrics.json'}")
     return 0
 
@@ -477,13 +535,26 @@ def _settings(args, device, name: str, params: dict, spec: DataSpec, config: Tra
 def cmd_evaluate(args) -> int:
     split = (trained := _load(args)).split
     ks = _cutoffs(args.topk)
-    result = {"test": evaluate(trained.model, split, "test", ks=ks,
-                               full_ranking=args.full_ranking, per_user=args.per_user)}
+    protocols = _evaluated(args, split)
+    result = {"test": evaluate(trained.model, split, "test", ks=ks, protocols=protocols,
+                               per_user=args.per_user)}
     if len(split.valid_users):
-        result["valid"] = evaluate(trained.model, split, "valid", ks=ks,
-                                   full_ranking=args.full_ranking, per_user=args.per_user)
+        result["valid"] = evaluate(trained.model, split, "valid", ks=ks, protocols=protocols,
+                                   per_user=args.per_user)
     print(json_text(result), end="")
     return 0
+
+
+def _evaluated(args, split) -> tuple:
+    """The protocols ``dmfx evaluate`` reports: those of training, or ``--protocol``'s."""
+    have = split.test_negatives.shape[1]
+    kind, count = _protocol(args)
+    if args.protocol is None and args.eval_negatives is None:
+        return ("sampled", "full") if have else ("full",)
+    if kind == "sampled" and count != have:
+        raise ValueError(f"--protocol sampled:{count}: this model's split has {have} sampled "
+                         f"items per held-out item{' (none: trained under full)' if not have else ''}")
+    return ("sampled", "full") if kind == "sampled" else ("full",)
 
 
 def cmd_recommend(args) -> int:
@@ -539,6 +610,17 @@ def cmd_export(args) -> int:
     meta = export_model(_load(args), args.output)
     print(f"{meta['model']}: {meta['users']:,} users and {meta['items']:,} items, "
           f"{meta['dim']}-d vectors -> {args.output} ({', '.join(meta['files'])})")
+    return 0
+
+
+def cmd_split(args) -> int:
+    spec = _data_spec(args)
+    data = spec.load()
+    split = spec.split(data)
+    folder = write_atomic(data, split, args.output, args.name or spec.name)
+    print(f"{spec.name}: {split.train.nnz:,} train, {len(split.valid_users):,} validation, "
+          f"{len(split.test_users):,} test rows, {split.test_negatives.shape[1]} sampled items "
+          f"each (split seed {spec.seed}) -> {folder}")
     return 0
 
 

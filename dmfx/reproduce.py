@@ -3,19 +3,31 @@
     dmfx reproduce dmf-paper --dataset ml-100k --seeds 0 1 2 --jobs 2 --output runs/dmf-paper
 
 An experiment is a list of tables; a table is a list of rows; a row is one method (a model and
-its ``dmfx train`` arguments) run once per seed. Where a row lists several settings (a grid), the
-one with the best mean validation NDCG@10 over the seeds is reported -- the test item is never
-used to choose. Every run is an ordinary ``dmfx train`` run folder under ``OUTPUT/runs``; a run
-that finished is not run again, a run that was interrupted resumes from its checkpoint.
+its ``dmfx train`` arguments) run once per seed. Seed s also splits the data: it trains on split
+seed s (``--split-seed N`` fixes one split for every seed instead), so the spread over seeds
+holds the split's variance as well as the training's. Where a row lists several settings (a
+grid), the one with the best mean validation NDCG@10 over the seeds is reported -- the test item
+is never used to choose. Every run is an ordinary ``dmfx train`` run folder under
+``OUTPUT/runs/MODEL-HASH/seedS[-splitT]`` (the hash is of the row's arguments; the split seed T is
+named unless it is 0, the split of every run made before split seeds varied, so those runs keep
+their folders); a run that finished is not run again, a run that was interrupted resumes from its
+checkpoint, and a finished run without full-ranking metrics (made before they were always
+recorded) is resumed only to evaluate them.
 
 Writes ``OUTPUT/results.json`` (every run and every row's choice), one CSV and one Markdown file
-per table with the paper's values beside ours (mean ± std over seeds), ``OUTPUT/report.md`` (all
-tables and figures), and PNG figures (needs matplotlib). ``--readme FILE`` replaces the block
+per table with the paper's values beside ours, ``OUTPUT/report.md`` (all tables and figures), and
+PNG figures (needs matplotlib). A cell is the mean over seeds ± the half-width of its 95 %
+confidence interval (Student's t with seeds - 1 degrees of freedom: t * std / sqrt(seeds)). Each
+table also holds, for its first metric under both protocols, the difference of every row to the
+table's reference row and the two-sided p-value of a paired t-test over seeds (row and reference
+at seed s share split s; :func:`paired_t_test`). The sampled protocol's columns are the paper's;
+``full`` columns rank the held-out item among all items (:mod:`dmfx.evaluate`). ``--readme FILE`` replaces the block
 between ``<!-- reproduce:NAME:DATASET -->`` and ``<!-- /reproduce:NAME:DATASET -->`` in FILE by
 the report, so a README's tables come from this output, never by hand.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -63,6 +75,8 @@ class Table:
     chart: bool = False  # a bar chart of the rows beside the paper's values
     # test metrics reported (keys of metrics.json "test"); the first is compared with the paper
     metrics: tuple = ("hr@10", "ndcg@10")
+    # the row every other row is tested against (paired over seeds); default the first row
+    reference: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,8 @@ def _dmf_paper(quick: bool) -> list:
     curve = ("--track-test", "--patience", "0", "--epochs", curve_epochs)
 
     return [
-        Table("table2", "Table 2: HR@10 and NDCG@10 of the methods", chart=True, rows=[
+        Table("table2", "Table 2: HR@10 and NDCG@10 of the methods", chart=True,
+              reference="DMF-2-nce", rows=[
             Row("ItemPop", "itempop", [()], _TABLE2["ItemPop"]),
             Row("ItemKNN", "itemknn", knn, _TABLE2["ItemKNN"]),
             Row("eALS", "eals", eals, _TABLE2["eALS"]),
@@ -174,7 +189,7 @@ def _dmf_paper(quick: bool) -> list:
             Row("DMF-2-nce", "dmf", [dmf()], _TABLE2["DMF-2-nce"]),
         ]),
         Table("table3", "Table 3: the rating rows as input (DMF-1-nce) vs free embeddings (LFM-nce), "
-              "one layer each", [
+              "one layer each", reference="DMF-1-nce", rows=[
                   Row("LFM-nce", "lfm", [("--user-layers", _widths(8 if quick else 64),
                                           "--item-layers", _widths(8 if quick else 64), *short)],
                       _TABLE3["LFM-nce"]),
@@ -291,10 +306,10 @@ def _einmf_paper(quick: bool) -> list:
         Table("table3", "Table 3: HR@N and NDCG@N of the methods (random 0.8/0.1/0.1 split; each "
               "user's top N of the items they did not train on against the user's test items, "
               "Eq. 17-18)",
-              rows(random), chart=True, metrics=_PER_USER),
+              rows(random), chart=True, metrics=_PER_USER, reference="EINMF"),
         Table("loo", "The same methods under the DMF paper's protocol (leave-one-out, the test "
               "item among 100 sampled items)", rows(("--split", "loo"), " (loo)", paper=False),
-              chart=True),
+              chart=True, reference="EINMF (loo)"),
         Table("figure2", "Figure 2: HR@10 and NDCG@10 by embedding size (random split, per user)",
               [Row(f"{label} {f}", model, [g[0]] if label != "DMF" else g)
                for label in ("BPR-MF", "NCF", "DMF", "EINMF")
@@ -349,16 +364,23 @@ def _run_key(model: str, args: Args) -> str:
     return f"{model}-{digest}"
 
 
+def _seed_folder(seed: int, split_seed: int) -> str:
+    """``seedS``, or ``seedS-splitT`` for split seed T != 0: runs made when every run used split 0
+    keep their folders (and their identity), runs on other splits get their own."""
+    return f"seed{seed}" + (f"-split{split_seed}" if split_seed else "")
+
+
 @dataclass
 class Job:
     model: str
     args: Args
     seed: int
+    split_seed: int
     folder: Path
 
     def argv(self, data_args: list, threads: Optional[int]) -> list:
         argv = ["train", "--model", self.model, *self.args, *data_args, "--seed", str(self.seed),
-                "--output", str(self.folder)]
+                "--split-seed", str(self.split_seed), "--output", str(self.folder)]
         if threads:
             argv += ["--threads", str(threads)]
         if (self.folder / "checkpoint.pt").is_file():
@@ -367,7 +389,10 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return (self.folder / "metrics.json").is_file()
+        """Finished, with the full-ranking metrics the tables show (a run finished before they
+        were always recorded resumes from its checkpoint to add them, without training)."""
+        path = self.folder / "metrics.json"
+        return path.is_file() and "full_hr@10" in json.loads(path.read_text())["test"]
 
     def metrics(self) -> dict:
         return json.loads((self.folder / "metrics.json").read_text())
@@ -383,7 +408,8 @@ def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], Non
     def one(job: Job):
         job.folder.mkdir(parents=True, exist_ok=True)
         (job.folder / "args.json").write_text(json.dumps(
-            {"model": job.model, "args": list(job.args), "seed": job.seed}) + "\n")
+            {"model": job.model, "args": list(job.args), "seed": job.seed,
+             "split_seed": job.split_seed}) + "\n")
         log_file = job.folder / "train.log"
         if workers == 1:
             from .cli import main
@@ -415,6 +441,41 @@ def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], Non
     return failed
 
 
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> Optional[float]:
+    """Half-width of the t-based confidence interval of the mean of ``values`` (independent
+    seeds): ``t_{(1 + level) / 2, n - 1} * std / sqrt(n)`` with the sample std; None below two
+    values."""
+    if len(values) < 2:
+        return None
+    return _half_width(statistics.stdev(values), len(values), level)
+
+
+def _half_width(std: float, n: int, level: float = 0.95) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf((1 + level) / 2, n - 1) * std / n ** 0.5)
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, Optional[float]]:
+    """``(mean of a - b, two-sided p-value)`` of the paired t-test of ``a[s]`` against ``b[s]``
+    (one pair per seed): t = mean(d) / (std(d) / sqrt(n)) with n - 1 degrees of freedom. The
+    p-value is None below two pairs or when every difference is the same (no spread to test)."""
+    from scipy import stats
+
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = statistics.mean(d)
+    if len(d) < 2 or statistics.stdev(d) == 0:
+        return mean, None
+    t = mean / (statistics.stdev(d) / len(d) ** 0.5)
+    return mean, float(2 * stats.t.sf(abs(t), len(d) - 1))
+
+
+def _with_full(metrics: Sequence[str]) -> list:
+    """``metrics`` and the full-ranking counterpart of each sampled one (per-user metrics are
+    full ranking already)."""
+    return [*metrics, *(f"full_{m}" for m in metrics if not m.startswith("user_"))]
+
+
 def _mean_std(values: list) -> tuple:
     """(mean, sample std); the std is None for a single value."""
     if not values:
@@ -443,11 +504,13 @@ def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list, metrics_shown: 
         return out
     best = max(complete, key=lambda c: c["valid_ndcg@10"])
     metrics = best["metrics"]
-    shown = dict.fromkeys(("hr@10", "ndcg@10", *metrics_shown))
+    shown = dict.fromkeys(_with_full(("hr@10", "ndcg@10", *metrics_shown)))
     out.update({
         "args": best["args"], "folders": best["folders"],
         "test": {m: _mean_std([r["test"][m] for r in metrics]) for m in shown},
+        "test_ci95": {m: confidence_interval([r["test"][m] for r in metrics]) for m in shown},
         "valid": {m: _mean_std([r["valid"].get(m, float("nan")) for r in metrics]) for m in shown},
+        "split_seeds": [r["config"]["data"]["spec"]["seed"] for r in metrics],
         "per_seed": [{"seed": s, "test": r["test"], "valid": r["valid"],
                       "best_epoch": r["best_epoch"], "epochs": len(r["history"]),
                       "seconds": r["seconds"]} for s, r in zip(seeds, metrics)],
@@ -462,10 +525,12 @@ def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list, metrics_shown: 
 
 def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output: Path,
               jobs: int = 1, quick: bool = False, log: Callable[[str], None] = print,
-              command: str = "", only: Sequence[str] = ()) -> dict:
+              command: str = "", only: Sequence[str] = (), split_seed: Optional[int] = None) -> dict:
     """Runs experiment ``name`` (its tables named in ``only``, or all) and writes its results
     under ``output``; returns results.json. ``data_args`` are the ``dmfx train`` data
-    arguments; ``command`` is recorded as the way the results were made."""
+    arguments but the split seed: seed s uses split seed s, or ``split_seed`` for every seed
+    when given; ``command`` is recorded as the way the results were made."""
+    split_of = {seed: seed if split_seed is None else split_seed for seed in seeds}
     experiment = EXPERIMENTS[name]
     tables = experiment.tables(quick)
     unknown = sorted(set(only) - {t.key for t in tables})
@@ -502,9 +567,11 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
         for row in ready:
             for args in grids[row.label]:
                 for seed in seeds:
-                    resolved = tuple(_resolve(a, summaries, seed) for a in args)
-                    folder = output / "runs" / _run_key(row.model, resolved) / f"seed{seed}"
-                    jobs_of[(row.label, args, seed)] = Job(row.model, resolved, seed, folder)
+                    resolved = tuple(_resolve(a, summaries, seeds.index(seed)) for a in args)
+                    folder = (output / "runs" / _run_key(row.model, resolved)
+                              / _seed_folder(seed, split_of[seed]))
+                    jobs_of[(row.label, args, seed)] = Job(row.model, resolved, seed,
+                                                           split_of[seed], folder)
         unique = {job.folder: job for job in jobs_of.values()}
         if unique:
             log(f"{len(unique)} runs for {', '.join(r.label for r in ready)} "
@@ -521,11 +588,13 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
 
     results = {
         "experiment": name, "paper": experiment.paper, "dataset": dataset_name, "seeds": seeds,
+        "split_seeds": [split_of[seed] for seed in seeds],
         "quick": quick, "only": list(only), "notes": experiment.notes,
         "command": command or f"dmfx reproduce {name} {' '.join(data_args)} --seeds "
                               f"{' '.join(map(str, seeds))}{' --quick' if quick else ''}",
         "tables": [{"key": t.key, "title": t.title, "curves": t.curves, "chart": t.chart,
-                    "metrics": list(t.metrics), "rows": [summaries[row.label] for row in t.rows]}
+                    "metrics": list(t.metrics), "reference": t.reference or t.rows[0].label,
+                    "rows": [summaries[row.label] for row in t.rows]}
                    for t in tables],
         "failed": [{"model": j.model, "args": list(j.args), "seed": j.seed, "error": e}
                    for j, e in failed_all],
@@ -561,24 +630,40 @@ def _timing(results: dict, output: Path, seconds: float) -> dict:
     }
 
 
-def _resolve(arg: str, summaries: dict, seed: int) -> str:
-    """``{ROW:dir}`` -> the run folder of ROW's chosen setting for ``seed``."""
+def _resolve(arg: str, summaries: dict, index: int) -> str:
+    """``{ROW:dir}`` -> the run folder of ROW's chosen setting for the ``index``-th seed."""
     for label, summary in summaries.items():
         token = "{" + label + ":dir}"
         if token in arg and "folders" in summary:
-            folder = next(f for f in summary["folders"] if f.endswith(f"seed{seed}"))
-            arg = arg.replace(token, folder)
+            arg = arg.replace(token, summary["folders"][index])
     return arg
 
 
 # --------------------------------------------------------------------------- reporting
 
 
-def _cell(pair) -> str:
+def _cell(pair, n: int) -> str:
+    """``mean ± half-width of the 95 % interval`` from ``(mean, std)`` over ``n`` seeds."""
     mean, std = pair if pair else (None, None)
     if mean is None:
         return "—"
-    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {_half_width(std, n):.3f}"
+
+
+def _paired_cell(row: dict, reference: Optional[dict], metric: str) -> str:
+    """``difference (p-value)`` of ``row`` against ``reference`` on ``metric``, seed by seed."""
+    if reference is None or not row.get("per_seed") or not reference.get("per_seed"):
+        return "—"
+    if row is reference:
+        return "reference"
+    ours = {s["seed"]: s["test"][metric] for s in row["per_seed"]}
+    theirs = {s["seed"]: s["test"][metric] for s in reference["per_seed"]}
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        return "—"
+    diff, p = paired_t_test([ours[s] for s in common], [theirs[s] for s in common])
+    shown = "" if p is None else " (p < 0.001)" if p < 0.001 else f" (p {p:.3f})"
+    return f"{diff:+.3f}{shown}"
 
 
 def _setting(row: dict) -> str:
@@ -602,33 +687,39 @@ def _span(values: list) -> str:
 
 
 def _name(metric: str) -> str:
-    """``"hr@10"`` -> ``"HR@10"``; per-user metrics (``user_hr@10``) keep the same name, their
-    table says which protocol it is."""
+    """``"hr@10"`` -> ``"HR@10"``, ``"full_hr@10"`` -> ``"full HR@10"``; per-user metrics
+    (``user_hr@10``) keep the same name, their table says which protocol it is."""
+    if metric.startswith("full_"):
+        return "full " + metric.removeprefix("full_").upper()
     return metric.removeprefix("user_").upper()
 
 
 def _table_rows(table: dict) -> list:
     out = []
     metrics, first = table["metrics"], table["metrics"][0]
+    reference = next((r for r in table["rows"] if r["label"] == table["reference"]), None)
     for row in table["rows"]:
         paper = row.get("paper") or {}
         test = row.get("test")
         seeds = row.get("per_seed", [])
+        n = len(seeds)
         out.append({"method": row["label"]})
-        out[-1].update({_name(m): _cell(test[m]) if test else "—" for m in metrics})
+        out[-1].update({_name(m): _cell(test[m], n) if test else "—" for m in _with_full(metrics)})
         out[-1].update({f"paper {_name(m)}": f"{paper[m]:.3f}" if m in paper else "—"
                         for m in metrics})
+        out[-1][f"{_name(first)} − paper"] = f"{test[first][0] - paper[first]:+.3f}" \
+            if first in paper and test else "—"
+        out[-1].update({f"{_name(m)} vs {table['reference']}": _paired_cell(row, reference, m)
+                        for m in _with_full([first])})
         out[-1].update({
-            f"{_name(first)} − paper": f"{test[first][0] - paper[first]:+.3f}"
-            if first in paper and test else "—",
-            "valid NDCG@10": _cell(row["valid"]["ndcg@10"]) if test else "—",
+            "valid NDCG@10": _cell(row["valid"]["ndcg@10"], n) if test else "—",
             "best epoch": _span([s["best_epoch"] for s in seeds]) if seeds else "—",
             "epochs run": _span([s["epochs"] for s in seeds]) if seeds else "—",
             "setting": _setting(row),
         })
         if table["curves"]:
             peak = row.get("peak_test")
-            out[-1]["peak test HR@10"] = _cell(peak["hr@10"]) if peak else "—"
+            out[-1]["peak test HR@10"] = _cell(peak["hr@10"], n) if peak else "—"
     return out
 
 
@@ -646,8 +737,13 @@ def _write_outputs(results: dict, output: Path, log: Callable[[str], None]) -> N
     seeds = results["seeds"]
     shown = {m for table in results["tables"] for m in table["metrics"]}
     what = "HR@10 / NDCG@10" if shown <= {"hr@10", "ndcg@10"} else "HR@N / NDCG@N"
-    parts = [f"Test {what} on {results['dataset']}, mean ± std over seeds "
-             f"{', '.join(map(str, seeds))}; where a row had several settings, the one with the "
+    splits = ("seed s on split seed s" if results["split_seeds"] == seeds
+              else f"split seed {results['split_seeds'][0]} for every seed")
+    parts = [f"Test {what} on {results['dataset']}, mean ± 95 % confidence interval (t over "
+             f"seeds {', '.join(map(str, seeds))}; {splits}); \"full\" columns rank the held-out "
+             f"item among all items, the others among the sampled ones. \"vs\" columns: the "
+             f"difference to the table's reference row and the p-value of a paired t-test over "
+             f"seeds. Where a row had several settings, the one with the "
              f"best mean validation NDCG@10 is shown. Paper: {results['paper']}. Generated by "
              f"`{results['command']}` on {results['date']} ({', '.join(results['devices'])}, "
              f"{results['cpus']} CPU cores, torch {results['torch']}): "
@@ -724,7 +820,7 @@ def _figures(results: dict, output: Path, log: Callable[[str], None]) -> dict:
             shown = [m for m in table["metrics"] if m.endswith("@10")][:2] or table["metrics"][:2]
             for ax, metric in zip(axes, shown):
                 ours = [r["test"][metric][0] for r in rows]
-                err = [r["test"][metric][1] or 0.0 for r in rows]
+                err = [r["test_ci95"][metric] or 0.0 for r in rows]
                 paper = [(r.get("paper") or {}).get(metric, 0) for r in rows]
                 ax.bar([i - 0.2 for i in x], ours, 0.4, yerr=err, label="dmfx", capsize=2)
                 ax.bar([i + 0.2 for i in x], paper, 0.4, label="paper", alpha=0.6)
@@ -770,8 +866,9 @@ def add_parser(sub, add_data_args: Callable) -> None:
     p.add_argument("experiment", choices=list(EXPERIMENTS), help="which paper's experiments")
     add_data_args(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="training seeds (initialisation, negatives, order); the split is fixed "
-                        "by --split-seed")
+                   help="seeds (initialisation, negatives, order); seed s also trains on split "
+                        "seed s unless --split-seed fixes one split for all")
+    p.set_defaults(split_seed=None)  # None: the split seed follows the seed
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, one CPU thread each (1: in this process, torch's threads)")
     p.add_argument("--output", default=None, help="folder (default runs/EXPERIMENT-DATASET)")
@@ -788,31 +885,36 @@ def add_parser(sub, add_data_args: Callable) -> None:
 
 
 def cmd_reproduce(args) -> int:
-    from .cli import _data_spec
+    from .cli import _data_spec, _protocol
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds repeats a seed: {args.seeds}")
-    spec = _data_spec(args)
+    kind, negatives = _protocol(args)
+    if kind != "sampled":
+        raise ValueError("--protocol: the tables compare with the papers' sampled protocol (and "
+                         "every run records full ranking too); give sampled:N")
+    first_split = args.seeds[0] if args.split_seed is None else args.split_seed
+    spec = _data_spec(argparse.Namespace(**{**vars(args), "split_seed": first_split}))
     data_args = ["--dataset", spec.dataset] if spec.dataset else []
     if args.data:
         data_args += ["--data", args.data]
     if args.sep:
         data_args += ["--sep", args.sep]
-    data_args += ["--split-seed", str(args.split_seed), "--eval-negatives", str(args.eval_negatives)]
+    data_args += ["--protocol", f"sampled:{negatives}"]
     spec.split()  # fails here, once, on data that cannot be read or split
     output = Path(args.output or f"runs/{args.experiment}-{spec.name}{'-quick' if args.quick else ''}")
     shown = [f"--dataset {spec.dataset}" if spec.dataset else "",
              f"--data {args.data}" if args.data else "",
-             f"--split-seed {args.split_seed}" if args.split_seed != 0 else "",
-             f"--eval-negatives {args.eval_negatives}" if args.eval_negatives != 100 else "",
+             f"--split-seed {args.split_seed}" if args.split_seed is not None else "",
+             f"--protocol sampled:{negatives}" if negatives != 100 else "",
              "--seeds " + " ".join(map(str, args.seeds)), "--quick" if args.quick else "",
              "--only " + " ".join(args.only) if args.only else ""]
     command = " ".join(["dmfx reproduce", args.experiment, *filter(None, shown)])
     results = reproduce(args.experiment, data_args, spec.name, args.seeds, output, args.jobs,
                         args.quick, log=lambda text: print(text, file=sys.stderr, flush=True),
-                        command=command, only=args.only)
+                        command=command, only=args.only, split_seed=args.split_seed)
     print((output / "report.md").read_text())
     if args.readme:
         readme = Path(args.readme)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import ops
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Split
-from .evaluate import evaluate
+from .evaluate import PREFIX, PROTOCOLS, evaluate
 from .models import Recommender
 from .optim import RowSparseAdam
 
@@ -45,15 +45,19 @@ class TrainConfig:
     # "hybrid" (EINMF: two targets per pair, implicit 1 and explicit rating / max rating)
     loss: str = "nce"
     optimizer: str = "adam"  # "adam" or "sgd" (NeuMF fine-tuned from pre-trained parts)
-    patience: int = 5  # epochs without a better validation NDCG@topk before stopping; 0: never
+    # epochs without a better validation NDCG@topk (under `protocol`) before stopping; 0: never
+    patience: int = 5
     topk: int = 10
+    # validation protocol of early stopping: "sampled" (the split's negatives) or "full" (all
+    # items, the training items masked); see dmfx.evaluate
+    protocol: str = "sampled"
     seed: int = 0
     track_test: bool = False  # also record test metrics per epoch (for curves; never for selection)
     progress: bool = True
 
     def __post_init__(self):
         choices = {"resample": ("epoch", "once"), "loss": ("nce", "ce", "bpr", "hybrid"),
-                   "optimizer": ("adam", "sgd")}
+                   "optimizer": ("adam", "sgd"), "protocol": PROTOCOLS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -245,6 +249,8 @@ RESUMABLE_CHANGES = ("epochs", "patience", "track_test", "progress")
 def _check_resumable(path, saved: dict, config: TrainConfig, extra: dict) -> None:
     """Refuses to continue a run under other settings than those it was started with."""
     before = saved.get("train_config", {})
+    # A setting added after the checkpoint was written had its default then.
+    before = {**asdict(TrainConfig()), **before}
     changed = [f"{name} {before.get(name)!r} -> {value!r}" for name, value in asdict(config).items()
                if name not in RESUMABLE_CHANGES and before.get(name) != value]
     for key, value in extra.items():
@@ -302,13 +308,14 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         stats = runner.run(epoch)
         entry = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start,
                  "peak_memory_mb": peak_memory_mb(device)}
+        watched = (config.protocol,)
         if has_valid:
-            entry["valid"] = evaluate(model, split, "valid", ks=(config.topk,))
-            metric = entry["valid"][f"ndcg@{config.topk}"]
+            entry["valid"] = evaluate(model, split, "valid", ks=(config.topk,), protocols=watched)
+            metric = entry["valid"][f"{PREFIX[config.protocol]}ndcg@{config.topk}"]
         else:
             metric = -stats["loss"]
         if config.track_test:
-            entry["test"] = evaluate(model, split, "test", ks=(config.topk,))
+            entry["test"] = evaluate(model, split, "test", ks=(config.topk,), protocols=watched)
         state.history.append(entry)
         state.epoch = epoch
         if metric > state.best_metric:

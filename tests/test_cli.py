@@ -41,11 +41,41 @@ def test_train_writes_metrics_and_checkpoint(trained):
 
 
 def test_evaluate_reproduces_the_test_metrics(trained, capsys):
-    assert main(["evaluate", str(trained / "checkpoint.pt"), "--full-ranking"]) == 0
+    assert main(["evaluate", str(trained / "checkpoint.pt")]) == 0
     result = json.loads(capsys.readouterr().out)
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert result["test"]["hr@10"] == pytest.approx(metrics["test"]["hr@10"])
-    assert set(result["test"]) >= {"full_hr@10", "full_ndcg@10", "full_recall@10"}
+    for part in ("test", "valid"):
+        assert result[part] == pytest.approx(metrics[part])
+    assert set(result["test"]) >= {"full_hr@10", "full_ndcg@10", "full_recall@10",
+                                   "full_coverage@10", "mrr@10", "map@10", "precision@10"}
+    assert main(["evaluate", str(trained / "checkpoint.pt"), "--protocol", "full"]) == 0
+    full = json.loads(capsys.readouterr().out)["test"]
+    assert full == pytest.approx({k: v for k, v in metrics["test"].items() if k.startswith("full_")})
+    assert main(["evaluate", str(trained / "checkpoint.pt"), "--protocol", "sampled:100"]) == 2
+    assert "--protocol sampled:100: this model's split has 20 sampled items" in capsys.readouterr().err
+    # the older flag still runs, and says it is no longer needed
+    assert main(["evaluate", str(trained / "checkpoint.pt"), "--full-ranking"]) == 0
+    assert "dmfx: warning: --full-ranking is no longer needed" in capsys.readouterr().err
+
+
+def test_ranks_are_saved_beside_the_metrics(trained, data_file):
+    from dmfx.data import leave_one_out, read_npz
+    from dmfx.evaluate import load_ranks, metrics_from_ranks
+
+    rankings, user_ids, item_ids = load_ranks(trained / "ranks.npz")
+    assert sorted(rankings) == [(part, protocol) for part in ("test", "valid")
+                                for protocol in ("full", "sampled")]
+    split = leave_one_out(read_npz(data_file), num_negatives=20, seed=0)
+    test = json.loads((trained / "metrics.json").read_text())["test"]
+    for protocol, prefix in (("sampled", ""), ("full", "full_")):
+        ranking = rankings[("test", protocol)]
+        assert ranking.users.tolist() == split.test_users.tolist()
+        assert ranking.items.tolist() == split.test_items.tolist()
+        assert metrics_from_ranks(ranking.ranks, (10,), prefix)[f"{prefix}ndcg@10"] == \
+            pytest.approx(test[f"{prefix}ndcg@10"])
+    assert (rankings[("test", "sampled")].candidates == 21).all()
+    assert user_ids.tolist() == read_npz(data_file).user_ids.tolist()
+    assert item_ids.tolist() == read_npz(data_file).item_ids.tolist()
 
 
 def test_recommend_gives_unseen_raw_ids(trained, data_file, capsys):
@@ -200,14 +230,37 @@ def test_random_split_with_cutoffs_and_per_user_metrics(data_file, tmp_path, cap
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["holdout"] == "ratio"
     assert metrics["config"]["data"]["spec"]["ratios"] == [0.7, 0.1, 0.2]
-    assert set(metrics["test"]) == {f"{p}{m}@{k}" for p in ("", "user_") for m in ("hr", "ndcg")
-                                    for k in (5, 10)}
+    ranked = ("hr", "ndcg", "recall", "precision", "mrr", "map")
+    assert set(metrics["test"]) == {f"{m}@{k}" for m in ranked for k in (5, 10)} | \
+        {f"full_{m}@{k}" for m in (*ranked, "coverage") for k in (5, 10)} | \
+        {f"user_{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10)}
     capsys.readouterr()
     assert main(["evaluate", str(out / "checkpoint.pt"), "--topk", "5,10", "--per-user", "all"]) == 0
     assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(metrics["test"])
     for flags, message in [(["--split", "kfold"], "split must be one of loo, random"),
                            (["--split", "random", "--split-ratios", "0.8,0.2"], "ratios must be three"),
-                           (["--topk", "5,x"], "--topk: expected positive cut-offs")]:
+                           (["--topk", "5,x"], "--topk: expected positive cut-offs"),
+                           (["--topk", "0"], "--topk: expected positive cut-offs"),
+                           (["--protocol", "sampled:0"], "--protocol: expected sampled:N with N >= 1"),
+                           (["--protocol", "all"], "--protocol: expected sampled:N or full"),
+                           (["--eval-negatives", "0"], "--eval-negatives must be >= 1"),
+                           (["--eval-negatives", "5", "--protocol", "full"],
+                            "--eval-negatives 5 contradicts --protocol full")]:
         assert main(["train", "--data", str(data_file), "--model", "itempop", *flags,
                      "--output", str(tmp_path / "bad")]) == 2
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_full_protocol_stops_on_full_ranking(data_file, tmp_path, capsys):
+    out = tmp_path / "full"
+    assert main(["train", "--data", str(data_file), "--protocol", "full", "--epochs", "2",
+                 "--output", str(out), *[a for a in TINY if a not in ("--eval-negatives", "20")]]) == 0
+    assert "test FULL_HR@10" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["train"]["protocol"] == "full"
+    assert metrics["config"]["data"]["spec"]["eval_negatives"] == 0  # no sampled items drawn
+    assert all(set(h["valid"]) == {f"full_{m}@10" for m in ("hr", "ndcg", "recall", "precision",
+                                                           "mrr", "map", "coverage")}
+               for h in metrics["history"])
+    assert not any(k.startswith(("hr@", "ndcg@")) for k in metrics["test"])

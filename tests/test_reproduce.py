@@ -1,11 +1,13 @@
 """`dmfx reproduce`: the smoke version end to end on a tiny data set, the paper's values, reuse."""
 import json
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from conftest import clustered
 from dmfx.cli import main
-from dmfx.reproduce import EXPERIMENTS
+from dmfx.reproduce import EXPERIMENTS, confidence_interval, paired_t_test
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,12 +40,16 @@ def test_every_table_and_figure_is_written(reproduced):
         assert (reproduced / f"{table['key']}.csv").is_file()
         markdown = (reproduced / f"{table['key']}.md").read_text()
         assert "paper HR@10" in markdown
+        assert "full HR@10" in markdown and "full NDCG@10" in markdown
         for row in table["rows"]:
             hr, std = row["test"]["hr@10"]
             assert 0 <= hr <= 1 and std is not None  # mean ± std over the two seeds
+            assert 0 <= row["test"]["full_hr@10"][0] <= hr  # all items rank above fewer
             assert [s["seed"] for s in row["per_seed"]] == [0, 1]
+            assert row["split_seeds"] == [0, 1]  # seed s trains on split s
     report = (reproduced / "report.md").read_text()
     assert "dmfx reproduce dmf-paper" in report and "Table 4" in report
+    assert "seed s on split seed s" in report and results["split_seeds"] == [0, 1]
     for png in ("table2.png", "figure2.png"):
         pytest.importorskip("matplotlib")
         assert (reproduced / png).stat().st_size > 1000 and f"]({png})" in report
@@ -64,7 +70,8 @@ def test_neumf_p_starts_from_the_chosen_gmf_and_mlp_runs(reproduced):
         args = json.loads((reproduced.parent / folder / "args.json").read_text())["args"]
         for part in ("gmf", "mlp"):
             run = args[args.index(f"--{part}-checkpoint") + 1].rsplit("/", 1)[0]
-            assert run == rows[part.upper()]["folders"][seed] and run.endswith(f"seed{seed}")
+            assert run == rows[part.upper()]["folders"][seed]
+            assert run.endswith("seed0" if seed == 0 else f"seed{seed}-split{seed}")
 
 
 def test_finished_runs_are_not_repeated(reproduced, data_file):
@@ -77,6 +84,58 @@ def test_finished_runs_are_not_repeated(reproduced, data_file):
     assert again["invocations"] == first["invocations"] + 1
     assert again["wall_seconds_total"] == pytest.approx(first["wall_seconds_total"] + again["wall_seconds"])
     assert again["run_seconds"] == pytest.approx(first["run_seconds"])  # the same runs
+
+
+def test_cells_are_confidence_intervals_and_paired_tests(reproduced):
+    results = json.loads((reproduced / "results.json").read_text())
+    table = results["tables"][0]
+    rows = {r["label"]: r for r in table["rows"]}
+    assert table["reference"] == "DMF-2-nce"
+    lines = (reproduced / "table2.md").read_text().splitlines()
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in lines[2:]}
+    values = [s["test"]["hr@10"] for s in rows["ItemKNN"]["per_seed"]]
+    mean, half = np.mean(values), stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / np.sqrt(2)
+    assert cells["ItemKNN"][header.index("HR@10")] == f"{mean:.3f} ± {half:.3f}"
+    assert rows["ItemKNN"]["test_ci95"]["hr@10"] == pytest.approx(half)
+    reference = [s["test"]["full_hr@10"] for s in rows["DMF-2-nce"]["per_seed"]]
+    ours = [s["test"]["full_hr@10"] for s in rows["ItemKNN"]["per_seed"]]
+    shown = cells["ItemKNN"][header.index("full HR@10 vs DMF-2-nce")]
+    assert shown.startswith(f"{np.mean(ours) - np.mean(reference):+.3f}")
+    p = stats.ttest_rel(ours, reference).pvalue
+    if np.isnan(p):  # no spread in the differences: no test
+        assert "(p" not in shown
+    else:
+        assert (f"(p {p:.3f})" if p >= 0.001 else "(p < 0.001)") in shown
+    assert cells["DMF-2-nce"][header.index("HR@10 vs DMF-2-nce")] == "reference"
+
+
+def test_statistics_against_scipy():
+    a, b = [0.61, 0.64, 0.60, 0.66, 0.63], [0.58, 0.63, 0.61, 0.60, 0.59]
+    diff, p = paired_t_test(a, b)
+    assert diff == pytest.approx(np.mean(np.subtract(a, b)))
+    assert p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    low, high = stats.t.interval(0.95, len(a) - 1, loc=np.mean(a), scale=stats.sem(a))
+    assert confidence_interval(a) == pytest.approx((high - low) / 2)
+    assert confidence_interval([0.5]) is None and paired_t_test([0.5], [0.4]) == (pytest.approx(0.1), None)
+    assert paired_t_test([0.5, 0.6], [0.4, 0.5])[1] is None  # every difference alike: no test
+
+
+def test_runs_finished_before_full_ranking_only_add_it(reproduced, data_file):
+    run = next(reproduced.glob("runs/itempop-*/seed0"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    old = {part: {k: v for k, v in metrics[part].items() if not k.startswith("full_")}
+           for part in ("test", "valid")}
+    (run / "metrics.json").write_text(json.dumps({**metrics, **old}))
+    others = {p: p.stat().st_mtime_ns for p in reproduced.glob("runs/*/*/metrics.json")
+              if p.parent != run}
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
+                 "--output", str(reproduced), "--only", "table2"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["test"] == pytest.approx(metrics["test"])  # the same model, evaluated again
+    assert again["history"] == metrics["history"]  # no epoch was trained
+    assert {p: p.stat().st_mtime_ns for p in others} == others
 
 
 def test_readme_block_is_replaced(reproduced, data_file, tmp_path):
@@ -108,6 +167,8 @@ def test_paper_values_and_the_full_grids():
 
 @pytest.mark.parametrize("argv, message", [
     (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--protocol", "full"], "--protocol: the tables compare with the papers' sampled protocol"),
+    (["--protocol", "sampled:0"], "--protocol: expected sampled:N with N >= 1"),
     (["--seeds", "1", "1"], "repeats a seed"),
     (["--dataset", "no-such-set"], "unknown data set"),
 ])

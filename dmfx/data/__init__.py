@@ -8,6 +8,7 @@ Everything a training script needs is re-exported here::
     Y = split.train.csr(values="rating")      # CSR of the user x item matrix
 """
 
+from .atomic import read_atomic, write_atomic
 from .datasets import DATASETS, Dataset, default_cache_dir, load_dataset
 from .errors import DataFormatError, DatasetUnavailableError
 from .filters import kcore
@@ -46,6 +47,8 @@ __all__ = [
     "read_movielens_100k",
     "read_movielens_csv",
     "read_movielens_dat",
+    "read_atomic",
     "read_npz",
     "synthetic",
+    "write_atomic",
 ]

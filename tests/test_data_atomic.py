@@ -1,0 +1,129 @@
+"""Splits written and read in RecBole's atomic-file layout."""
+import json
+
+import numpy as np
+import pytest
+
+from dmfx.data import (Interactions, leave_one_out, load_dataset, ratio_split, read_atomic,
+                       synthetic, write_atomic)
+
+
+def assert_same_split(a, b):
+    for name in ("user_ids", "item_ids", "users", "items", "ratings", "timestamps"):
+        x, y = getattr(a.train, name), getattr(b.train, name)
+        if x is None or y is None:
+            assert x is None and y is None, name
+            continue
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    for name in ("valid_users", "valid_items", "test_users", "test_items", "valid_negatives",
+                 "test_negatives"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert getattr(a, name).shape == getattr(b, name).shape, name
+    assert a.holdout == b.holdout
+
+
+def test_ml100k_round_trip(tmp_path):
+    data = load_dataset("ml-100k")
+    split = leave_one_out(data, num_negatives=100, seed=3)
+    folder = write_atomic(data, split, tmp_path, "ml-100k")
+    assert folder == tmp_path / "ml-100k"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ml-100k.dmfx.json", "ml-100k.item", "ml-100k.test.inter", "ml-100k.test.neg",
+        "ml-100k.train.inter", "ml-100k.user", "ml-100k.valid.inter", "ml-100k.valid.neg"]
+    lines = (folder / "ml-100k.test.inter").read_text().splitlines()
+    assert lines[0] == "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+    user, item, rating, time = lines[1].split("\t")
+    raw = (data.user_ids[split.test_users[0]], data.item_ids[split.test_items[0]])
+    assert (int(user), int(item)) == raw
+    row = np.flatnonzero((data.users == split.test_users[0]) & (data.items == split.test_items[0]))
+    assert float(rating) == data.ratings[row[0]] and int(time) == data.timestamps[row[0]]
+    assert len(lines) == 1 + len(split.test_users)
+    everything, back = read_atomic(tmp_path, "ml-100k")
+    assert_same_split(split, back)
+    assert everything.nnz == data.nnz and np.array_equal(everything.user_ids, data.user_ids)
+
+
+def test_string_ids_random_split_without_timestamps(tmp_path):
+    rng = np.random.default_rng(0)
+    users = rng.choice(np.array(["007", "42", "u 1", "x"]), 200)
+    items = rng.choice(np.array([f"i{k}" for k in range(40)] + ["13", "0013"]), 200)
+    data = Interactions.from_arrays(users, items, rng.integers(1, 6, 200) / 2)
+    split = ratio_split(data, (0.6, 0.2, 0.2), num_negatives=5, seed=1)
+    write_atomic(data, split, tmp_path, "strings")
+    header = (tmp_path / "strings" / "strings.train.inter").read_text().splitlines()[0]
+    assert header == "user_id:token\titem_id:token\trating:float"
+    _, back = read_atomic(tmp_path, "strings")
+    assert_same_split(split, back)
+    assert back.train.user_ids.dtype.kind == "U" and "007" in back.train.user_ids
+
+
+def test_full_protocol_split_has_no_negative_files(tmp_path):
+    data = synthetic(50, 90, 1200, seed=2)
+    with_lists = leave_one_out(data, num_negatives=10, seed=0)
+    write_atomic(data, with_lists, tmp_path, "d")
+    bare = leave_one_out(data, num_negatives=0, seed=0)
+    folder = write_atomic(data, bare, tmp_path, "d")  # over the earlier export
+    assert not list(folder.glob("*.neg"))
+    assert json.loads((folder / "d.dmfx.json").read_text())["num_negatives"] == 0
+    _, back = read_atomic(tmp_path, "d")
+    assert_same_split(bare, back)
+
+
+def test_another_tools_files_draw_the_negatives_from_the_seed(tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    head = "user_id:token\titem_id:token\trating:float\n"
+    train = [(u, i) for u in range(1, 6) for i in range(1, 30) if (u + i) % 3]
+    (folder / "plain.train.inter").write_text(head + "".join(f"{u}\t{i}\t1\n" for u, i in train))
+    (folder / "plain.valid.inter").write_text(head + "".join(f"{u}\t{30 + u}\t4\n" for u in range(1, 6)))
+    (folder / "plain.test.inter").write_text(head + "1\t40\t5\n1\t41\t5\n2\t40\t3\n")
+    data, split = read_atomic(tmp_path, "plain", num_negatives=4, seed=7)
+    assert data.user_ids.tolist() == [1, 2, 3, 4, 5]  # plain integers: integer ids
+    assert split.holdout == "ratio" and split.test_negatives.shape == (3, 4)
+    assert split.train.timestamps is None and split.train.nnz == len(train)
+    seen = set(zip(data.users.tolist(), data.items.tolist()))
+    for part in ("valid", "test"):
+        users, negatives = getattr(split, f"{part}_users"), getattr(split, f"{part}_negatives")
+        assert not any((u, i) in seen for u, row in zip(users, negatives) for i in row)
+    _, again = read_atomic(tmp_path, "plain", num_negatives=4, seed=7)
+    assert np.array_equal(again.test_negatives, split.test_negatives)
+    _, other = read_atomic(tmp_path, "plain", num_negatives=4, seed=8)
+    assert not np.array_equal(other.valid_negatives, split.valid_negatives)
+
+
+def test_mistakes_are_one_clear_error(tmp_path):
+    data = Interactions.from_arrays(["a\tb", "c", "c", "c"], ["x", "y", "z", "x"], [1, 2, 3, 4])
+    split = leave_one_out(data, num_negatives=0, seed=0, valid=False, min_interactions=2)
+    with pytest.raises(ValueError, match="user id 'a\\\\tb' cannot be written"):
+        write_atomic(data, split, tmp_path, "bad")
+    with pytest.raises(ValueError, match="name must be a plain file name"):
+        write_atomic(data, split, tmp_path, "a/b")
+    with pytest.raises(FileNotFoundError, match="no split nothing in"):
+        read_atomic(tmp_path, "nothing")
+    folder = write_atomic(*leave_one_out_pair(), tmp_path, "ok")
+    neg = folder / "ok.test.neg"
+    lines = neg.read_text().splitlines()
+    user, item, lists = lines[1].split("\t")
+    lines[1] = "\t".join([user, item, " ".join(["99999", *lists.split(" ")[1:]])])
+    neg.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="item id 99999 is not in the item list"):
+        read_atomic(tmp_path, "ok")
+
+
+def leave_one_out_pair():
+    data = synthetic(30, 60, 600, seed=1)
+    return data, leave_one_out(data, num_negatives=3, seed=0)
+
+
+def test_dmfx_split_writes_what_train_would_use(tmp_path, capsys):
+    from dmfx.cli import main
+    from dmfx.data import read_npz
+
+    data = synthetic(40, 70, 900, seed=4)
+    data.save_npz(tmp_path / "d.npz")
+    assert main(["split", "--data", str(tmp_path / "d.npz"), "--split", "random",
+                 "--protocol", "sampled:7", "--split-seed", "3", "--output", str(tmp_path / "out"),
+                 "--name", "mine"]) == 0
+    assert "7 sampled items each (split seed 3)" in capsys.readouterr().out
+    _, back = read_atomic(tmp_path / "out", "mine")
+    assert_same_split(ratio_split(read_npz(tmp_path / "d.npz"), num_negatives=7, seed=3), back)
