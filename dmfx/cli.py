@@ -485,7 +485,9 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     if new_users is not None:
         from .inductive import evaluate_new_users
 
-        test.update({f"new_{k}": v for k, v in evaluate_new_users(model, new_users, ks).items()})
+        for key, value in evaluate_new_users(model, new_users, ks).items():  # full_new_hr@10, ...
+            full = key.startswith("full_")
+            test[f"{'full_' if full else ''}new_{key.removeprefix('full_')}"] = value
     metrics = {
         "test": test, "valid": valid,
         "config": {"data": extra["data"], "holdout": split.holdout, "model": name, "model_config": model.config(),

@@ -5,7 +5,7 @@ the training data can be scored as soon as their ratings are known, without retr
 :func:`hold_out_users` measures it: a share of the users of a leave-one-out split is removed
 from training entirely; after training, each of them is embedded from their remaining ratings
 (:meth:`Recommender.scorer_for_rows`) and their test item is ranked among the same sampled
-candidates as usual (:func:`evaluate_new_users`).
+candidates as usual and among all items they did not rate (:func:`evaluate_new_users`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import scipy.sparse as sp
 import torch
 
 from .data import Split
-from .evaluate import metrics_from_ranks, ranks_from_scores
+from .data.sparse import as_csr
+from .evaluate import metrics_from_ranks, rank_full, ranks_from_scores
 from .models import Recommender
 
 __all__ = ["NewUsers", "hold_out_users", "evaluate_new_users", "scores_new_users"]
@@ -27,12 +28,14 @@ __all__ = ["NewUsers", "hold_out_users", "evaluate_new_users", "scores_new_users
 class NewUsers:
     """Held-out users: ``rows[k]`` (``[m, num_items]`` scipy CSR of ratings) are the known
     ratings of user ``users[k]``, whose ``test_items[k]`` is ranked against
-    ``test_negatives[k, :]``."""
+    ``test_negatives[k, :]`` (sampled) or all items but the known ones and the validation item
+    ``valid_items[k]`` (full; -1: none)."""
 
     users: np.ndarray
     rows: sp.csr_matrix
     test_items: np.ndarray
     test_negatives: np.ndarray
+    valid_items: np.ndarray
 
 
 def hold_out_users(split: Split, fraction: float, seed: int = 0) -> tuple[Split, NewUsers]:
@@ -60,24 +63,42 @@ def hold_out_users(split: Split, fraction: float, seed: int = 0) -> tuple[Split,
            for side in ("valid", "test") for what in ("users", "items", "negatives")})
     order = np.argsort(test_users, kind="stable")
     at = order[np.searchsorted(test_users[order], picked)]
-    new = NewUsers(picked, new_rows.tocsr(), split.test_items[at], split.test_negatives[at])
+    valid = np.full(count, -1, dtype=np.int64)
+    has_valid = np.isin(split.valid_users, picked)
+    valid[np.searchsorted(picked, split.valid_users[has_valid])] = split.valid_items[has_valid]
+    new = NewUsers(picked, new_rows.tocsr(), split.test_items[at], split.test_negatives[at], valid)
     return kept, new
 
 
 @torch.no_grad()
-def scores_new_users(model: Recommender, new: NewUsers) -> torch.Tensor:
+def scores_new_users(model: Recommender, new: NewUsers, scorer=None) -> torch.Tensor:
     """``[m, 1 + c]`` scores of each new user's test item and its sampled candidates."""
-    scorer = model.scorer_for_rows(new.rows)
+    scorer = model.scorer_for_rows(new.rows) if scorer is None else scorer
     users = torch.arange(len(new.users), device=model.device)
     candidates = torch.as_tensor(np.concatenate([new.test_items[:, None], new.test_negatives], 1),
                                  device=model.device)
     return scorer.candidates(users, candidates)
 
 
+def _known(new: NewUsers) -> sp.csr_matrix:
+    """Each new user's rated items and validation item: what full ranking leaves out."""
+    has = new.valid_items >= 0
+    valid = sp.csr_matrix((np.ones(int(has.sum())), (np.flatnonzero(has), new.valid_items[has])),
+                          shape=new.rows.shape)
+    return ((new.rows != 0).astype(np.float32) + valid).tocsr()
+
+
+@torch.no_grad()
 def evaluate_new_users(model: Recommender, new: NewUsers, ks: Sequence[int] = (10,),
                        seed: int = 0) -> dict:
-    """HR@K / NDCG@K of the new users' test items (ties broken at random, as the evaluator
-    does), keyed ``hr@K`` / ``ndcg@K``."""
-    scores = scores_new_users(model, new).float().cpu()
+    """The new users' test items ranked among their sampled candidates (``hr@K``, ``ndcg@K``;
+    ties broken at random, as the evaluator does) and among all items they did not rate
+    (``full_hr@K``, ... as :class:`dmfx.evaluate.Ranking` reports them)."""
+    scorer = model.scorer_for_rows(new.rows)
+    scores = scores_new_users(model, new, scorer).float().cpu()
     ranks = ranks_from_scores(scores[:, 0], scores[:, 1:], torch.Generator().manual_seed(seed))
-    return metrics_from_ranks(ranks, ks)
+    out = metrics_from_ranks(ranks, ks)
+    num_items = new.rows.shape[1]
+    full = rank_full(scorer, np.arange(len(new.users)), new.test_items, as_csr(_known(new)),
+                     num_items, k=max(ks), device=model.device, seed=seed)
+    return {**out, **full.metrics(ks, num_items)}

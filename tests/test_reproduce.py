@@ -207,3 +207,23 @@ def test_einmf_paper_tables_and_values(capsys):
     assert len(tables["figure3"].rows) == 9 and len(tables["figure2"].rows) == 20
     assert main(["reproduce", "einmf-paper", "--only", "table9"]) == 2
     assert "--only: experiment einmf-paper has no table table9" in capsys.readouterr().err
+
+
+def test_dmf_new_users_quick_end_to_end(data_file, tmp_path):
+    out = tmp_path / "dmf-new-users"
+    assert main(["reproduce", "dmf-new-users", "--data", str(data_file), *QUICK,
+                 "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (table,) = results["tables"]
+    assert [r["label"] for r in table["rows"]] == ["ItemPop", "DMF-2-nce"] and not results["failed"]
+    for row in table["rows"]:
+        for metric in ("new_hr@10", "full_new_hr@10", "hr@10", "full_hr@10"):
+            assert 0 <= row["test"][metric][0] <= 1, (row["label"], metric)
+    markdown = (out / "new-users.md").read_text()
+    assert "| new HR@10 |" in markdown and "full new NDCG@10" in markdown
+    assert "paper" not in markdown.split("\n")[0]  # no paper values: no empty paper columns
+    # each seed held out its own tenth of the users: the run records the share
+    for seed in (0, 1):
+        folder = next((out / "runs").glob(f"dmf-*/seed{seed}*"))
+        run = json.loads((folder / "metrics.json").read_text())
+        assert run["config"]["data"]["held_out_users"] == 0.1

@@ -201,6 +201,9 @@ def test_hold_out_users_removes_them_from_training_and_keeps_their_test():
     assert np.array_equal(new.test_items, split.test_items[at])
     assert np.array_equal(new.test_negatives, split.test_negatives[at])
     assert not any(new.rows[k, item] for k, item in enumerate(new.test_items))
+    assert not any(new.rows[k, item] for k, item in enumerate(new.valid_items) if item >= 0)
+    at = np.searchsorted(split.valid_users, new.users)
+    assert np.array_equal(new.valid_items, split.valid_items[at])
     with pytest.raises(ValueError, match="share"):
         hold_out_users(split, 1.0)
 
@@ -220,6 +223,16 @@ def test_new_user_metrics_equal_a_dense_reference():
     assert metrics["hr@10"] == pytest.approx((ranks < 10).double().mean().item())
     assert metrics["ndcg@5"] == pytest.approx(
         torch.where(ranks < 5, 1 / torch.log2(ranks + 2.0), 0.0).mean().item())
+    # full ranking: every item but the user's rated ones and validation item competes
+    s_all = F.normalize(p, dim=1) @ q.T
+    known = torch.as_tensor(new.rows.toarray() != 0)
+    has = torch.as_tensor(new.valid_items >= 0)
+    known[has.nonzero().squeeze(1), torch.as_tensor(new.valid_items)[has]] = True
+    target = s_all[torch.arange(len(new.users)), torch.as_tensor(new.test_items)]
+    full = ((s_all > target[:, None]) & ~known).sum(1)
+    assert metrics["full_hr@10"] == pytest.approx((full < 10).double().mean().item())
+    assert metrics["full_mrr@10"] == pytest.approx(
+        torch.where(full < 10, 1 / (full + 1.0), 0.0).mean().item())
 
 
 def test_train_with_held_out_users_reports_new_user_metrics(tmp_path, capsys):
