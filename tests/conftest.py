@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dmfx
-from dmfx.data import Interactions, leave_one_out
+from dmfx.data import Interactions, leave_one_out, synthetic
 
 CUDA_READY = torch.cuda.is_available() and dmfx.cuda_enabled()
 CUDA_SKIP_REASON = (
@@ -100,3 +100,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory):
+    """A tiny ratings file (50 users, 90 items) for command-line runs; read, never changed."""
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    synthetic(50, 90, 1200, seed=2).save_npz(path)
+    return path

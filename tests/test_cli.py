@@ -9,18 +9,10 @@ import torch
 
 from dmfx.checkpoint import load_checkpoint
 from dmfx.cli import main
-from dmfx.data import synthetic
 from dmfx.train import peak_memory_mb
 
 TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
         "--batch-size", "128", "--lr", "0.003", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    synthetic(50, 90, 1200, seed=2).save_npz(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 
 from dmfx.cli import main, parse_args
 from dmfx.config import file_flags, read_settings, toml_text
-from dmfx.data import synthetic
 
 TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
         "--batch-size", "128", "--lr", "0.003", "--quiet"]
@@ -107,13 +106,6 @@ def test_train_help_documents_config_and_the_run_files():
 
 
 # ------------------------------------------------------------------------------ runs
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    synthetic(50, 90, 1200, seed=2).save_npz(path)
-    return path
 
 
 @pytest.fixture(scope="module")
