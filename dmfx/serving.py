@@ -82,14 +82,15 @@ def recommend_blocks(trained: Trained, users: np.ndarray, k: int, *, exclude: Op
                      block: Optional[int] = None, progress: bool = False
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``(users, items, scores)`` blocks of the top ``k`` of every user in ``users``: each block
-    is scored against all items on the model's device and reduced to its top ``k`` there, so
-    memory holds one block of scores (:meth:`Recommender.users_per_block`), never users x items.
+    (:meth:`Recommender.users_per_block`) is scored on the model's device and reduced to its top
+    ``k`` there -- against a tile of items at a time for vector models, else against all items
+    -- so memory holds about 256 MB of scores, never users x items.
     Items in ``exclude`` (a CSR over all users) are left out."""
     from tqdm.auto import tqdm
 
     model = trained.model
     scorer = model._eval_scorer()
-    block = block or model.users_per_block()
+    block = block or model.users_per_block(scorer=scorer)
     ids = torch.as_tensor(users, device=model.device)
     with tqdm(total=len(users), unit="user", desc="recommend", disable=not progress) as bar:
         for start in range(0, len(users), block):

@@ -15,6 +15,7 @@ from dmfx.data import CSR, Interactions, as_csr, leave_one_out, synthetic
 from dmfx.experiment import Trained, load_trained, split_from_state, split_state
 from dmfx.inductive import evaluate_new_users, hold_out_users
 from dmfx.models import build_model
+from dmfx.models.base import TILE_USERS, VectorScorer, topk_items, topk_items_tiled
 from dmfx.serving import read_new_user, recommend_blocks, write_recommendations
 
 TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
@@ -293,6 +294,46 @@ def test_blocked_topk_equals_a_dense_reference(block):
         np.testing.assert_allclose(pop[items[row, :n]], scores[row, :n])
         assert (items[row, n:] == -1).all() and np.isneginf(scores[row, n:]).all()
     assert (items[1] == -1).all()  # user 4 has interacted with every item
+
+
+@pytest.mark.parametrize("tile", [1, 3, 4, 7, 50])
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_item_tiled_topk_equals_a_dense_reference(tile, k):
+    """Small integer vectors (many exact ties), items excluded in several tiles, a user with
+    every item excluded and one with fewer than k left."""
+    gen = torch.Generator().manual_seed(tile * 10 + k)
+    users_v = torch.randint(-2, 3, (6, 3), generator=gen).float()
+    items_v = torch.randint(-2, 3, (8, 3), generator=gen).float()
+    bias = torch.randint(0, 2, (8,), generator=gen).float()
+    scorer = VectorScorer(users_v, items_v, item_bias=bias)
+    known = torch.rand(6, 8, generator=gen) < 0.3
+    known[2] = True  # nothing left
+    known[5, 2:] = True  # two items left
+    exclude = as_csr(sp.csr_matrix(known.numpy().astype(np.float32)))
+    users = torch.tensor([5, 0, 2, 1, 3, 4])
+    top, values = topk_items_tiled(scorer, users, k, 8, tile, exclude)
+    dense = (users_v @ items_v.T + bias).masked_fill(known, -torch.inf)[users]
+    expected = torch.sort(dense, dim=1, descending=True).values[:, :k]
+    torch.testing.assert_close(values, F.pad(expected, (0, max(0, k - 8)), value=-torch.inf))
+    for row, user in enumerate(users.tolist()):
+        chosen = top[row][top[row] >= 0]
+        assert len(set(chosen.tolist())) == len(chosen)  # distinct items
+        assert not known[user, chosen].any()
+        torch.testing.assert_close(dense[row, chosen], values[row, :len(chosen)])
+        assert len(chosen) == min(k, int((~known[user]).sum()))
+    assert (top[2] == -1).all() and torch.isneginf(values[2]).all()
+
+
+def test_recommend_takes_the_tiled_path_and_agrees_with_full_blocks():
+    split = small_split()
+    model = dmf(split)
+    scorer = model._eval_scorer()
+    users = torch.arange(split.train.num_users)
+    tiled = model.recommend(users, k=5)
+    full = topk_items(scorer.all_items(users), 5, model.seen, users)
+    assert torch.equal(tiled[0], full[0])  # continuous scores: no ties to order differently
+    torch.testing.assert_close(tiled[1], full[1])
+    assert model.users_per_block(scorer=scorer) >= TILE_USERS
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..data import CSR, Interactions, Split
 
-__all__ = ["Recommender", "Scorer", "VectorScorer", "topk_items", "row_entries"]
+__all__ = ["Recommender", "Scorer", "VectorScorer", "topk_items", "topk_items_tiled", "row_entries"]
 
 
 class Scorer(Protocol):
@@ -60,6 +60,57 @@ class VectorScorer:
     def all_items(self, users: Tensor) -> Tensor:
         scores = self.users[users] @ self.items.T
         return scores if self.item_bias is None else scores + self.item_bias
+
+    def item_range(self, users: Tensor, start: int, stop: int) -> Tensor:
+        """``[n, stop - start]`` scores of ``users`` against items ``start .. stop - 1``, in a new
+        tensor: lets :meth:`Recommender.recommend` score a tile of items at a time."""
+        scores = self.users[users] @ self.items[start:stop].T
+        return scores if self.item_bias is None else scores + self.item_bias[start:stop]
+
+
+# Users scored at once by the item-tiled top-k (scorers with ``item_range``): enough rows for
+# the block's matmul to reuse each tile of item vectors from cache; the memory budget then
+# bounds the tile of items instead of the users.
+TILE_USERS = 1024
+
+
+def _merge_top(best: Optional[tuple], values: Tensor, items: Tensor, k: int) -> tuple:
+    """The ``k`` best of the running ``best`` ``(values, items)`` and a tile's candidates."""
+    if best is None:
+        return values, items
+    values, items = torch.cat([best[0], values], 1), torch.cat([best[1], items], 1)
+    values, at = torch.topk(values, min(k, values.shape[1]), dim=1)  # also sorts
+    return values, items.gather(1, at)
+
+
+def topk_items_tiled(scorer, users: Tensor, k: int, num_items: int, tile: int,
+                     exclude: Optional[CSR] = None) -> tuple[Tensor, Tensor]:
+    """:func:`topk_items` of ``scorer``'s scores without the ``[n, num_items]`` block: items are
+    scored ``tile`` at a time (``scorer.item_range``) and a running top-``k`` is kept. Ties are
+    ordered in an unspecified but deterministic way, as :func:`topk_items` without a
+    generator."""
+    k_eff = min(k, num_items)
+    if exclude is not None:
+        rows, cols, _ = row_entries(exclude.indptr, exclude.indices, None,
+                                    users.to(exclude.indptr.device))
+        cols, order = torch.sort(cols.to(users.device))
+        rows = rows.to(users.device)[order]
+        edges = torch.searchsorted(cols, torch.arange(0, num_items + tile, tile,
+                                                      device=cols.device)).tolist()
+    best = None
+    for t, start in enumerate(range(0, num_items, tile)):
+        scores = scorer.item_range(users, start, min(start + tile, num_items)).float()
+        if exclude is not None and edges[t] < edges[t + 1]:
+            part = slice(edges[t], edges[t + 1])
+            scores[rows[part], cols[part] - start] = -torch.inf
+        values, items = torch.topk(scores, min(k_eff, scores.shape[1]), dim=1)
+        best = _merge_top(best, values, items + start, k_eff)
+    values, top = best
+    top = torch.where(torch.isneginf(values), -1, top)
+    if k_eff < k:
+        top = F.pad(top, (0, k - k_eff), value=-1)
+        values = F.pad(values, (0, k - k_eff), value=-torch.inf)
+    return top, values
 
 
 def _order_keys(scores: Tensor, generator: torch.Generator) -> Tensor:
@@ -241,13 +292,21 @@ class Recommender(nn.Module):
     def _top(self, users: Tensor, k: int, exclude: Optional[CSR], scorer: Scorer,
              generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None
              ) -> tuple[Tensor, Tensor]:
-        """:meth:`recommend` for the users of ``scorer`` (not checked against the model's)."""
+        """:meth:`recommend` for the users of ``scorer`` (not checked against the model's).
+        Without a generator, scorers with ``item_range`` are reduced a tile of items at a time
+        (:func:`topk_items_tiled`); otherwise each block of users is scored against all items."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        tiled = generator is None and hasattr(scorer, "item_range")
+        block = batch_size or self.users_per_block(scorer=scorer if tiled else None)
+        tile = max(k, (256 << 20) // (16 * block))
         items, scores = [], []
-        for chunk in users.split(batch_size or self.users_per_block()):
-            top, values = topk_items(scorer.all_items(chunk), k, exclude, chunk, generator,
-                                     copy=False)
+        for chunk in users.split(block):
+            if tiled:
+                top, values = topk_items_tiled(scorer, chunk, k, self.num_items, tile, exclude)
+            else:
+                top, values = topk_items(scorer.all_items(chunk), k, exclude, chunk, generator,
+                                         copy=False)
             items.append(top)
             scores.append(values)
         if not items:
@@ -267,10 +326,13 @@ class Recommender(nn.Module):
         return self._top(users, k, matrix if exclude_rated else None,
                          self.scorer_for_rows(matrix))
 
-    def users_per_block(self, budget_bytes: int = 256 << 20) -> int:
-        """Users whose scores against every item fit ``budget_bytes`` in :meth:`recommend`
-        (a float32 score, its int64 sort key and a copy: about 16 bytes each)."""
-        return max(1, budget_bytes // (16 * max(1, self.num_items)))
+    def users_per_block(self, budget_bytes: int = 256 << 20, scorer: Optional[Scorer] = None) -> int:
+        """Users :meth:`recommend` scores at once: as many as fit their scores against every item
+        in ``budget_bytes`` (a float32 score, its int64 sort key and a copy: about 16 bytes
+        each), or, for a ``scorer`` that scores a tile of items at a time (``item_range``),
+        :data:`TILE_USERS` or as many as fit all items if more."""
+        dense = max(1, budget_bytes // (16 * max(1, self.num_items)))
+        return max(dense, TILE_USERS) if hasattr(scorer, "item_range") else dense
 
     def item_vectors(self) -> Tensor:
         """``[num_items, d]`` item representations whose cosine is the item-item similarity."""
