@@ -100,7 +100,8 @@ def _add_holdout_args(p: argparse.ArgumentParser):
                    help="loo: each user's latest interaction is the test item, a random other the "
                         "validation item (the DMF paper); random: --split-ratios of all "
                         "interactions at random, every held-out one ranked on its own (the EINMF "
-                        "paper). Default loo")
+                        "paper); atomic: the split already made in the folder --data FOLDER/NAME "
+                        "(RecBole's atomic files, as `dmfx split` writes them). Default loo")
     g.add_argument("--split-ratios", default="0.8,0.1,0.1", metavar="TRAIN,VALID,TEST",
                    help="shares of --split random (default 0.8,0.1,0.1)")
     return g

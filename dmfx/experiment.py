@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import CSR, Interactions, Split, leave_one_out, load_dataset, ratio_split, read_file
+from .data import (CSR, Interactions, Split, leave_one_out, load_dataset, ratio_split, read_atomic,
+                   read_file)
 from .models import Recommender, build_model
 
 __all__ = ["DataSpec", "Trained", "fingerprint", "file_digest", "data_record", "split_state",
            "split_from_state", "save_model", "load_trained"]
 
 
-PROTOCOLS = ("loo", "random")
+PROTOCOLS = ("loo", "random", "atomic")
 
 
 @dataclass
@@ -39,7 +40,10 @@ class DataSpec:
     """A data set by name (``dataset``, optionally read from a local copy ``data``) or any
     ratings file (``data`` alone, with ``sep``), split with ``seed`` by ``protocol``:
     ``"loo"`` (leave-one-out, the DMF paper's) or ``"random"`` (``ratios`` of all interactions
-    for train, validation and test, the EINMF paper's)."""
+    for train, validation and test, the EINMF paper's); or ``"atomic"``: a split already made,
+    read from the folder ``data`` (``FOLDER/NAME``, RecBole's atomic files as
+    :func:`dmfx.data.write_atomic` writes them; ``seed`` and ``eval_negatives`` only draw sampled
+    items where the folder has none)."""
 
     dataset: Optional[str] = "ml-100k"
     data: Optional[str] = None
@@ -53,11 +57,23 @@ class DataSpec:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"split must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         self.ratios = tuple(float(r) for r in self.ratios)
+        if self.protocol == "atomic" and (self.data is None or self.dataset is not None):
+            raise ValueError("--split atomic reads a split folder: give it as --data FOLDER/NAME "
+                             "(what `dmfx split` wrote), without --dataset")
         # Absolute, so a checkpoint's data is found from any working directory.
         if self.data is not None:
             self.data = str(Path(self.data).expanduser().resolve())
+        self._atomic = None  # (interactions, split) once read; not a field: not recorded
+
+    def _read_atomic(self) -> tuple[Interactions, Split]:
+        if self._atomic is None:
+            folder = Path(self.data)
+            self._atomic = read_atomic(folder.parent, folder.name, self.eval_negatives, self.seed)
+        return self._atomic
 
     def load(self) -> Interactions:
+        if self.protocol == "atomic":
+            return self._read_atomic()[0]
         if self.dataset is None:
             if self.data is None:
                 raise ValueError("give a data set name (--dataset) or a ratings file (--data)")
@@ -65,6 +81,8 @@ class DataSpec:
         return load_dataset(self.dataset, data=self.data)
 
     def split(self, interactions: Interactions | None = None) -> Split:
+        if self.protocol == "atomic":
+            return self._read_atomic()[1]
         data = interactions if interactions is not None else self.load()
         if self.protocol == "random":
             return ratio_split(data, self.ratios, num_negatives=self.eval_negatives, seed=self.seed)

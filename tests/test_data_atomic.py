@@ -127,3 +127,30 @@ def test_dmfx_split_writes_what_train_would_use(tmp_path, capsys):
     assert "7 sampled items each (split seed 3)" in capsys.readouterr().out
     _, back = read_atomic(tmp_path / "out", "mine")
     assert_same_split(ratio_split(read_npz(tmp_path / "d.npz"), num_negatives=7, seed=3), back)
+
+
+def test_train_on_a_written_split_equals_training_on_the_data(tmp_path, capsys):
+    """`dmfx train --split atomic --data FOLDER/NAME` trains on exactly the split `dmfx split`
+    wrote: the same metrics as the run that split the data itself, and the model file and a
+    resume read the folder back."""
+    from dmfx.cli import main
+
+    synthetic(40, 70, 900, seed=4).save_npz(tmp_path / "d.npz")
+    tiny = ["--user-layers", "8", "--item-layers", "8", "--protocol", "sampled:9",
+            "--split-seed", "2", "--epochs", "2", "--patience", "0", "--quiet"]
+    assert main(["split", "--data", str(tmp_path / "d.npz"), "--protocol", "sampled:9",
+                 "--split-seed", "2", "--output", str(tmp_path / "splits")]) == 0
+    assert main(["train", "--data", str(tmp_path / "d.npz"), *tiny,
+                 "--output", str(tmp_path / "direct")]) == 0
+    assert main(["train", "--split", "atomic", "--data", str(tmp_path / "splits" / "d"), *tiny,
+                 "--output", str(tmp_path / "atomic")]) == 0
+    direct, atomic = (json.loads((tmp_path / run / "metrics.json").read_text())
+                      for run in ("direct", "atomic"))
+    assert atomic["test"] == direct["test"] and atomic["test"]["hr@10"] >= 0
+    assert atomic["config"]["data"]["spec"]["protocol"] == "atomic"
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "atomic" / "checkpoint.pt")]) == 0  # re-reads the folder
+    assert json.loads(capsys.readouterr().out)["test"]["hr@10"] == atomic["test"]["hr@10"]
+    with pytest.raises(ValueError, match="--data FOLDER/NAME"):
+        from dmfx.experiment import DataSpec
+        DataSpec(dataset="ml-100k", protocol="atomic")
