@@ -51,6 +51,22 @@ def test_loss_matches_reference_and_runs_each_distinct_id_once(data, monkeypatch
     assert model.user_tower.first.grad.abs().sum() > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pair_vectors_do_not_wait_for_the_gpu(data):
+    torch.manual_seed(0)
+    model = DMF(data, (8, 4), (8, 4)).cuda()
+    users = torch.tensor([0, 0, 5, 5, 5, 9], device="cuda")
+    items = torch.tensor([1, 2, 1, 1, 3, 4], device="cuda")
+    model.pair_vectors(users, items)  # first call: lazy initialisation may sync
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        p, q = model.pair_vectors(users, items)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(p.cpu(), model.cpu().user_tower(users.cpu()))
+    torch.testing.assert_close(q.cpu(), model.item_tower(items.cpu()))
+
+
 def test_init_follows_the_paper(data):
     torch.manual_seed(0)
     model = DMF(data, (64, 64), (64, 64))

@@ -111,6 +111,10 @@ class TwoTower(Recommender):
         self.mu, self.score_kind, self.eval_batch = mu, score, eval_batch
 
     def pair_vectors(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        if users.is_cuda:
+            # torch.unique waits for the GPU to learn its output size; running the towers on the
+            # repeated ids costs the GPU less than that host sync costs the step.
+            return self.user_tower(users), self.item_tower(items)
         unique_users, user_slot = torch.unique(users, return_inverse=True)
         unique_items, item_slot = torch.unique(items, return_inverse=True)
         # index_select, not [slot]: its backward is an index_add, [slot]'s sorts the ids first.
