@@ -24,6 +24,9 @@ __all__ = ["CheckpointError", "RunFolderBusy", "RunLock", "save_checkpoint", "lo
 FORMAT = "dmfx-checkpoint"
 # Bumped whenever the layout of the saved dict changes; other versions are refused by name.
 VERSION = 1
+# A training checkpoint of the first releases, saved before FORMAT and VERSION were: the same
+# layout as version 1, recognised by all of its keys.
+_TRAINING_KEYS = {"model_state", "runner", "train_state", "train_config", "data", "model"}
 
 
 class CheckpointError(ValueError):
@@ -99,6 +102,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except Exception as error:  # garbage, torn or foreign files fail in many ways inside torch
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"{path} is not a readable dmfx checkpoint ({reason})") from None
+    if isinstance(saved, dict) and "format" not in saved and _TRAINING_KEYS <= saved.keys():
+        saved = {**saved, "format": FORMAT, "version": VERSION}  # written before the header
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dmfx checkpoint")
     if saved.get("version") != VERSION:

@@ -72,6 +72,15 @@ def test_a_crafted_checkpoint_runs_no_code(trained, data_file, tmp_path, capsys)
     assert not marker.exists()
 
 
+def test_a_checkpoint_from_before_the_header_still_loads(trained, tmp_path):
+    saved = load_checkpoint(trained / "checkpoint.pt")
+    old = tmp_path / "old.pt"
+    torch.save({k: v for k, v in saved.items() if k not in ("format", "version")}, old)
+    again = load_checkpoint(old)
+    assert again.keys() == saved.keys()
+    assert again["train_state"]["history"] == saved["train_state"]["history"]
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "is not a readable dmfx checkpoint"),
     (b"\x00garbage" * 100, "is not a readable dmfx checkpoint"),
