@@ -24,8 +24,8 @@ __all__ = ["CheckpointError", "RunFolderBusy", "RunLock", "save_checkpoint", "lo
 FORMAT = "dmfx-checkpoint"
 # Bumped whenever the layout of the saved dict changes; other versions are refused by name.
 VERSION = 1
-# A training checkpoint of the first releases, saved before FORMAT and VERSION were: the same
-# layout as version 1, recognised by all of its keys.
+# A training checkpoint of the first releases, saved before FORMAT and VERSION were, recognised
+# by its keys so that it is refused as what it is, not as a foreign file.
 _TRAINING_KEYS = {"model_state", "runner", "train_state", "train_config", "data", "model"}
 
 
@@ -103,7 +103,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"{path} is not a readable dmfx checkpoint ({reason})") from None
     if isinstance(saved, dict) and "format" not in saved and _TRAINING_KEYS <= saved.keys():
-        saved = {**saved, "format": FORMAT, "version": VERSION}  # written before the header
+        raise CheckpointError(f"{path} was written by an early dmfx, before checkpoint format "
+                              f"version 1, whose data record this dmfx cannot check; train again")
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dmfx checkpoint")
     if saved.get("version") != VERSION:
