@@ -244,8 +244,10 @@ def _extract(spec: Dataset, zip_path: Path, target: Path) -> str:
             archive = stack.enter_context(zipfile.ZipFile(zip_path))
             info = _find_member(archive, spec, os.fspath(zip_path))
             src = stack.enter_context(archive.open(info))
-        # RuntimeError: a member flagged as encrypted.
-        except (OSError, RuntimeError, zipfile.BadZipFile, NotImplementedError) as exc:
+        # RuntimeError: a member flagged as encrypted; UnicodeDecodeError: a member name flagged
+        # as UTF-8 that is not.
+        except (OSError, RuntimeError, zipfile.BadZipFile, NotImplementedError,
+                UnicodeDecodeError) as exc:
             raise _corrupt_zip(zip_path, exc) from exc
 
         def copy(dst: BinaryIO) -> None:

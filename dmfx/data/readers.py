@@ -462,7 +462,8 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None) ->
         try:
             with zipfile.ZipFile(path) as archive:
                 members = archive.namelist()
-        except (zipfile.BadZipFile, NotImplementedError) as exc:
+        # UnicodeDecodeError: a member name flagged as UTF-8 that is not.
+        except (zipfile.BadZipFile, NotImplementedError, UnicodeDecodeError) as exc:
             raise DataFormatError(f"{name}: expected a zip archive, got a truncated or corrupt one ({exc})") from exc
         if "users.npy" in members:
             return read_npz(path)
