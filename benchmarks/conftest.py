@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import dmfx
-from benchmarks.harness import device_name, synchronized_timer
-from benchmarks.matrices import load_csr, to_device
+from dmfx.bench import device_name, load_csr, synchronized_timer, to_device
 
 
 def pytest_addoption(parser):
@@ -44,7 +43,7 @@ def device(pytestconfig):
 
 @pytest.fixture(scope="session")
 def matrix(device):
-    """``matrix(name)``: the named CSR of ``matrices.SHAPES`` on the benchmark device, built once
+    """``matrix(name)``: the named CSR of ``dmfx.bench.SHAPES`` on the benchmark device, built once
     per session (generating ML-1M takes ~0.5 s, the 50M-ratings one ~40 s)."""
     cache = {}
 

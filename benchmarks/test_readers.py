@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from benchmarks.harness import measure
-from benchmarks.matrices import SHAPES
+from dmfx.bench import SHAPES
 from dmfx.data import Interactions, read_movielens_100k, read_movielens_dat, synthetic
 
 NNZ = 1_000_209  # ML-1M's ratings

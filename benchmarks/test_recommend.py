@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.harness import device_name
+from dmfx.bench import device_name
 from dmfx.data import leave_one_out, synthetic
 from dmfx.experiment import Trained
 from dmfx.models import build_model

@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .reproduce import add_parser as add_reproduce_parser
 
     add_reproduce_parser(sub, _add_data_args)
+    from .bench.command import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

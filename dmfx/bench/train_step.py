@@ -1,0 +1,221 @@
+"""Whole DMF-nce training steps (forward, backward, Adam): dmfx vs PyTorch peers.
+
+Every contender starts from the same weights and takes the same ``steps`` consecutive batches of
+one epoch's pairs (each observed pair plus ``negatives`` sampled negatives, shuffled), so a call
+is a slice of a real epoch. :func:`rates` gives ``pairs_per_s`` and ``epoch_s``: the median step
+times the steps of a whole epoch (training only, no evaluation).
+
+- ``dmfx``: the trainer's step — :class:`dmfx.models.DMF` (each distinct user / item of the batch
+  once through ``sparse_rows_matmul``, fused ``cosine_nce_loss``) and fused Adam.
+- ``dmfx-sparse-grad``: the same with ``sparse_grad=True`` (``--sparse-grad``): row-sparse
+  first-layer gradients and SparseAdam, so the step no longer touches every row of the tables.
+- ``dense-input``: RecBole's DMF method — each pair's rating rows written into a dense ``B x N``
+  (and ``B x M``) tensor by ``index_put_``, a bias-free ``Linear`` first layer, no deduplication;
+  the same later layers, the eager cosine + clamp + nce, torch's default Adam.
+- ``embedding_bag``: careful eager PyTorch — distinct ids once, ``F.embedding_bag`` with the
+  ratings as ``per_sample_weights``, the eager loss, torch's default Adam.
+
+Before timing, each peer's loss on the first batch is checked against dmfx's (same weights), so
+a table never compares different models.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops, reference
+from ..data import CSR, Interactions
+from ..models import DMF
+from ..train import TrainConfig, make_optimizer
+from .core import BASELINE, DENSE_LIMIT_BYTES, Contender, Op, Unavailable, assert_agree
+from .inputs import has_negatives, to_device
+
+CONTENDERS = (BASELINE, "dmfx-sparse-grad", "dense-input", "embedding_bag")
+NEGATIVES = 7
+STEPS = 20  # steps per timed call
+
+
+@dataclass
+class Problem:
+    train: Interactions  # what DMF is built from
+    user_csr: CSR  # Y, users x items, ratings
+    item_csr: CSR  # Y transposed
+    layers: tuple  # tower widths, both towers
+    batches: list  # (users, items, targets) of up to STEPS batches
+    batch: int
+    pairs_per_epoch: int
+
+
+def problem(train: Interactions, batch: int, layers, device: torch.device,
+            negatives: int = NEGATIVES, steps: int = STEPS) -> Problem:
+    user_csr = to_device(train.csr("rating"), device)
+    item_csr = to_device(train.csr("rating", transpose=True), device)
+    counts = user_csr.indptr.diff()
+    users = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
+    sampled = users[has_negatives(user_csr)]  # a user who rated every item gets no negatives
+    drawn = ops.sample_negatives(user_csr.indptr, user_csr.indices, sampled, user_csr.shape[1],
+                                 negatives, seed=0)
+    all_users = torch.cat([users, sampled.repeat_interleave(negatives)])
+    all_items = torch.cat([user_csr.indices.long(), drawn.flatten()])
+    targets = torch.cat([user_csr.values / user_csr.values.max(),
+                         user_csr.values.new_zeros(drawn.numel())])
+    order = torch.randperm(all_users.numel(), generator=torch.Generator().manual_seed(0))
+    take = order[: steps * batch].to(device)
+    batches = list(zip(all_users[take].split(batch), all_items[take].split(batch),
+                       targets[take].split(batch)))
+    return Problem(train, user_csr, item_csr, tuple(layers), batches, batch, all_users.numel())
+
+
+def _padded_rows(csr: CSR):
+    """RecBole's history matrices: each row's ids and values padded to the longest row; the
+    padding id is one past the last column (a scratch column dropped after the scatter)."""
+    counts = csr.indptr.diff()
+    width = int(counts.max())
+    device = csr.indptr.device
+    ids = torch.full((counts.numel(), width), csr.shape[1], dtype=torch.long, device=device)
+    vals = torch.zeros((counts.numel(), width), dtype=csr.values.dtype, device=device)
+    row = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
+    col = torch.arange(csr.indices.numel(), device=device) - csr.indptr[:-1].long()[row]
+    ids[row, col] = csr.indices.long()
+    vals[row, col] = csr.values
+    return ids, vals
+
+
+class PeerDMF(nn.Module):
+    """A pure-PyTorch DMF starting from a copy of a dmfx model's weights."""
+
+    def __init__(self, model: DMF):
+        super().__init__()
+        self.mu = model.mu
+        self.user_first = nn.Parameter(model.user_tower.first.detach().clone())
+        self.item_first = nn.Parameter(model.item_tower.first.detach().clone())
+        self.user_mlp = copy.deepcopy(model.user_tower.mlp)
+        self.item_mlp = copy.deepcopy(model.item_tower.mlp)
+
+
+class DenseInputDMF(PeerDMF):
+    """DMF the way RecBole's DMF computes it: a dense B x N row per pair, then Linear."""
+
+    def __init__(self, model: DMF, user_csr: CSR, item_csr: CSR):
+        super().__init__(model)
+        self.user_history = _padded_rows(user_csr)
+        self.item_history = _padded_rows(item_csr)
+
+    @staticmethod
+    def _dense(history, ids: torch.Tensor, columns: int) -> torch.Tensor:
+        hist_ids, hist_vals = history
+        rows = torch.arange(ids.numel(), device=ids.device).repeat_interleave(hist_ids.shape[1])
+        dense = torch.zeros(ids.numel(), columns + 1, device=ids.device, dtype=hist_vals.dtype)
+        dense.index_put_((rows, hist_ids[ids].flatten()), hist_vals[ids].flatten())
+        return dense[:, :columns]
+
+    def loss(self, users, items, targets):
+        p = self.user_mlp(self._dense(self.user_history, users, self.user_first.shape[0])
+                          @ self.user_first)
+        q = self.item_mlp(self._dense(self.item_history, items, self.item_first.shape[0])
+                          @ self.item_first)
+        return reference.cosine_nce_loss(p, q, targets, self.mu)
+
+
+class EmbeddingBagDMF(PeerDMF):
+    """DMF in careful eager PyTorch: distinct ids once, first layer by F.embedding_bag."""
+
+    def __init__(self, model: DMF, user_csr: CSR, item_csr: CSR):
+        super().__init__(model)
+        self.user_csr, self.item_csr = user_csr, item_csr
+
+    @staticmethod
+    def _tower(csr: CSR, first, mlp, ids):
+        distinct, slot = torch.unique(ids, return_inverse=True)
+        starts, ends = csr.indptr[distinct].long(), csr.indptr[distinct + 1].long()
+        counts = ends - starts
+        offsets = torch.cumsum(counts, 0) - counts
+        flat = torch.arange(int(counts.sum()), device=ids.device) + torch.repeat_interleave(
+            starts - offsets, counts)
+        h = F.embedding_bag(csr.indices[flat], first, offsets, mode="sum",
+                            per_sample_weights=csr.values[flat])
+        return mlp(h)[slot]
+
+    def loss(self, users, items, targets):
+        p = self._tower(self.user_csr, self.user_first, self.user_mlp, users)
+        q = self._tower(self.item_csr, self.item_first, self.item_mlp, items)
+        return reference.cosine_nce_loss(p, q, targets, self.mu)
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_dense_size(p: Problem) -> None:
+    """The dense-input peer must be one someone would run (its per-step rows within
+    ``DENSE_LIMIT_BYTES``) and fit: its padded histories are a one-off cost, but at, say,
+    2M x 1M x 50M they alone would exhaust the device."""
+    users, items = p.user_csr.shape
+    rows = p.batch * (users + items) * 4
+    if rows > DENSE_LIMIT_BYTES:
+        raise Unavailable(f"its dense B x N + B x M rows would take {rows / 2**30:.1f} GiB a step")
+    width = int(p.user_csr.indptr.diff().max()) * users + int(p.item_csr.indptr.diff().max()) * items
+    history, free = width * (8 + 4), _free_bytes(p.user_csr.indptr.device)  # int64 ids, float32
+    if 2 * history > free:
+        raise Unavailable(f"its padded rating histories would take {history / 2**30:.1f} GiB of "
+                          f"the {free / 2**30:.1f} GiB free")
+
+
+def _model(p: Problem, sparse_grad: bool = False) -> DMF:
+    torch.manual_seed(0)  # every contender starts from these weights
+    return DMF(p.train, p.layers, p.layers, sparse_grad=sparse_grad).to(p.user_csr.indptr.device)
+
+
+def prepare(p: Problem, name: str) -> Contender:
+    model = _model(p)
+    if name == BASELINE:
+        net, check = model, "baseline"
+    else:
+        if name == "dmfx-sparse-grad":
+            net = _model(p, sparse_grad=True)
+        elif name == "dense-input":
+            _check_dense_size(p)
+            net = DenseInputDMF(model, p.user_csr, p.item_csr)
+        elif name == "embedding_bag":
+            net = EmbeddingBagDMF(model, p.user_csr, p.item_csr)
+        else:
+            raise ValueError(f"unknown train_step contender {name!r}")
+        with torch.no_grad():
+            first = p.batches[0]
+            assert_agree([net.loss(*first)], [model.loss(*first)], what=f"{name} loss vs dmfx")
+        check = "first-batch loss equals dmfx's on the same weights (rtol 1e-4)"
+    # dmfx's contenders use the trainer's optimizer (fused Adam, SparseAdam for row-sparse
+    # gradients), the peers torch's default Adam.
+    optimizer = (make_optimizer(net, TrainConfig(lr=1e-4)) if isinstance(net, DMF)
+                 else torch.optim.Adam(net.parameters(), lr=1e-4))
+
+    def fn():
+        for users, items, targets in p.batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = net.loss(users, items, targets)
+            loss.backward()
+            optimizer.step()
+        return loss
+
+    return Contender(name, fn, check)
+
+
+def describe(p: Problem) -> str:
+    users, items = p.user_csr.shape
+    return (f"{len(p.batches)} DMF training steps (forward, backward, Adam) per call: B = {p.batch} "
+            f"pairs, towers {','.join(map(str, p.layers))}, {users:,} users x {items:,} items")
+
+
+def rates(p: Problem, median_s: float) -> dict:
+    step_s = median_s / len(p.batches)
+    return {"pairs_per_s": p.batch / step_s, "epoch_s": step_s * -(-p.pairs_per_epoch // p.batch)}
+
+
+OP = Op("train_step", CONTENDERS, prepare, describe, rates)
