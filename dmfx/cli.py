@@ -421,19 +421,19 @@ def cmd_train(args) -> int:
     device = _device(args.device)
     name, params, given = _model_choice(args)
     spec = _data_spec(args)
-    world = distributed.start(args.distributed, device, args.dist_timeout, name)
-    if world is not None:
-        device = world.device
-        args.quiet = args.quiet or not world.main  # rank 0 alone prints
     config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
                           # bars on a terminal only: a log file gets the per-epoch lines
                           progress=not args.quiet and sys.stderr.isatty())
     config = replace(config, protocol=_protocol(args)[0])
     out = Path(args.output or f"runs/{spec.name}-{name}-seed{args.seed}")
+    world = distributed.start(args.distributed, device, args.dist_timeout, name)
     if world is None:
         with RunLock(out):
             return _train_in(out, args, device, name, params, spec, config)
+    # Every rank trains on world.device; `device` stays as given (cuda, not cuda:LOCAL_RANK),
+    # which is what config.toml must repeat.
     with world, world.lock(out):
+        args.quiet = args.quiet or not world.main  # rank 0 alone prints
         return _train_in(out, args, device, name, params, spec, config, world)
 
 
