@@ -1,10 +1,12 @@
 """Training on several processes with torch.distributed: ``torchrun --nproc_per_node=N -m dmfx train``.
 
-Every rank builds the epoch's training pairs exactly as one process does (same seeds, same
-order) and takes its slice of each global batch, so N ranks take the optimizer steps of one
-process on the same global batches; only the order in which partial sums are added differs.
-Each rank's loss is weighted by its share of the batch, so the summed gradients are those of
-the batch's mean loss even where the slices are unequal (the last batch). Two modes:
+Every rank builds the epoch's training pairs exactly as one process does (the sampler on the
+training device, seeded by run and epoch) and takes its slice of each global batch, so N ranks
+take the optimizer steps of one process on the same global batches; only the order in which
+partial sums are added differs. Seeds per rank would make a run depend on the number of ranks;
+shared ones cost each rank the whole epoch's pairs (generating them per batch is the next
+step). Each rank's loss is weighted by its share of the batch, so the summed gradients are
+those of the batch's mean loss even where the slices are unequal (the last batch). Two modes:
 
 ``ddp`` (data parallel)
     Every rank holds the whole model. After each backward the gradients are summed over the
@@ -398,6 +400,9 @@ class DistributedEpochs(GradientEpochs):
         shared = [p for p in model.parameters() if id(p) not in local]
         self.dense = [p for p in shared if id(p) not in rows]
         self.sparse = [p for p in shared if id(p) in rows]
+        # The loss's dtype on a rank with an empty slice: the flat all-reduce must have one
+        # dtype on every rank.
+        self.dtype = next(model.parameters()).dtype
 
     def run(self, epoch: int) -> dict:
         stats = super().run(epoch)
@@ -419,7 +424,7 @@ class DistributedEpochs(GradientEpochs):
             loss.backward()
             local = loss.detach() * size
         else:
-            local = torch.zeros((), device=users.device)
+            local = torch.zeros((), dtype=self.dtype, device=users.device)
         total = self.world.sum_gradients(self.dense, self.sparse, local)
         self.optimizer.step()
         return total
