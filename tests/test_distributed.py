@@ -193,6 +193,32 @@ def test_two_ranks_take_the_steps_of_one_process(matched, split, mode, sparse_gr
         torch.testing.assert_close(result["final"][name], x, rtol=1e-9, atol=1e-12, msg=name)
 
 
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+
+
+@pytest.mark.parametrize("sparse_grad", [False, True], ids=["dense-adam", "sparse-adam"])
+def test_each_rank_stores_its_half_of_the_tables_and_of_their_adam_state(matched, split,
+                                                                          sparse_grad):
+    items, users = split.train.num_items, split.train.num_users
+    for rank, share in enumerate((lambda n: (n + 1) // 2, lambda n: n // 2)):
+        shard = load_checkpoint(matched / f"sharded-{sparse_grad}.rank{rank}-of-2.epoch{EPOCHS}.pt")
+        state = shard["model_state"]
+        assert state["user_tower.first"].shape == (share(items), 16)  # W_U1: a row per item
+        assert state["item_tower.first"].shape == (share(users), 16)  # W_V1: a row per user
+        # Adam's two moments of each table, at the shard's size (the dense layers are 8 x 16)
+        moments = sorted(t.shape[0] for t in _tensors(shard["runner"])
+                         if t.dim() == 2 and t.shape[0] > 8)
+        assert moments == sorted([share(items)] * 2 + [share(users)] * 2)
+
+
 def test_sharded_tables_start_alike_on_any_number_of_ranks(matched, split):
     from dmfx.distributed import ShardedDMF, World, init_process_group
 
