@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ops
+from . import distributed, ops
 from .checkpoint import (RunFolderBusy, RunLock, atomic_write, json_text, load_checkpoint,
                          write_json)
 from .config import file_flags, options, toml_text
@@ -37,7 +37,7 @@ from .train import TrainConfig, _check_resumable
 
 # OSError covers what the file system refuses: a missing file, --output under a file, a full disk.
 USER_ERRORS = (ValueError, KeyError, OSError, DataFormatError, DatasetUnavailableError,
-               RunFolderBusy)
+               RunFolderBusy, distributed.DistributedError)
 
 
 def _device(name: str) -> torch.device:
@@ -309,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from OUTPUT/checkpoint.pt (OUTPUT/epochs.jsonl is first made to "
                         "hold exactly the checkpoint's epochs, then appended to)")
     o.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    o.add_argument("--distributed", default=None, metavar="ddp|sharded",
+                   help="training on several ranks, started by torchrun --nproc_per_node=N -m "
+                        "dmfx train ... (gloo on CPU, NCCL with one GPU per rank): ddp, data "
+                        "parallel, for models that fit on every device (the default under "
+                        "torchrun); sharded (dmf), each rank holds a 1/N share of the rows of the "
+                        "two first-layer tables and their Adam state. Either takes the steps of "
+                        "one process on the same global batches; --output must be a folder every "
+                        "rank sees")
+    o.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
+                   metavar="SECONDS",
+                   help="how long a rank waits for the others in a collective before every rank "
+                        "stops with an error (default %(default)g; rank 0's per-epoch evaluation "
+                        "must fit in it)")
     o.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a TOML file (YAML: .yaml or .yml, needs PyYAML) whose keys "
                         "are these flags' names: model = \"dmf\", epochs = 20, user-layers = "
@@ -417,13 +430,21 @@ def cmd_train(args) -> int:
                           progress=not args.quiet and sys.stderr.isatty())
     config = replace(config, protocol=_protocol(args)[0])
     out = Path(args.output or f"runs/{spec.name}-{name}-seed{args.seed}")
-    with RunLock(out):
-        return _train_in(out, args, device, name, params, spec, config)
+    world = distributed.start(args.distributed, device, args.dist_timeout, name)
+    if world is None:
+        with RunLock(out):
+            return _train_in(out, args, device, name, params, spec, config)
+    # Every rank trains on world.device; `device` stays as given (cuda, not cuda:LOCAL_RANK),
+    # which is what config.toml must repeat.
+    with world, world.lock(out):
+        args.quiet = args.quiet or not world.main  # rank 0 alone prints
+        return _train_in(out, args, device, name, params, spec, config, world)
 
 
 def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
-              config: TrainConfig) -> int:
-    """The run of ``dmfx train`` in the folder ``out``, whose lock the caller holds."""
+              config: TrainConfig, world: distributed.World | None = None) -> int:
+    """The run of ``dmfx train`` in the folder ``out``, whose lock the caller holds; with
+    ``world``, this rank's part (rank 0 writes the files and evaluates the gathered model)."""
     ks = _cutoffs(args.topk)
     if args.held_out_users is not None and spec_of(name).cls.scorer_for_rows is Recommender.scorer_for_rows:
         raise ValueError(f"--held-out-users: {name} cannot score users it was not trained on "
@@ -451,8 +472,11 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
         split, new_users = hold_out_users(split, args.held_out_users, seed=spec.seed)
         _log(args, f"held out: {len(new_users.users):,} users, scored from their ratings only")
     torch.manual_seed(args.seed)
-    model = build_model(name, split.train, params, device)
+    model = build_model(name, split.train, params, device) if world is None else \
+        world.build_model(name, split.train, params, args.seed)
     extra = {"data": data_record(spec, data), "model": {"kind": name, "config": model.config()}}
+    if world is not None:
+        extra.update(world.record())
     if new_users is not None:  # part of the split: a resume or a checkpoint re-read must redo it
         extra["data"]["held_out_users"] = args.held_out_users
     history = []
@@ -462,12 +486,14 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
         _check_resumable(checkpoint, saved, config, extra)
         history = saved.get("train_state", {}).get("history", [])
     settings = _settings(args, device, name, params, spec, config)
-    text = toml_text(settings, "Every setting of a dmfx train run: `dmfx train --config "
-                     "config.toml --output OTHER` repeats it\n(a flag given beside --config "
-                     "overrides the setting here).")
-    atomic_write(out / "config.toml", lambda f: f.write(text.encode()))
-    # A resumed run's log starts from the epochs of the checkpoint it continues (EpochLog).
-    log = EpochLog(out / "epochs.jsonl", history)
+    main = world is None or world.main
+    if main:
+        text = toml_text(settings, "Every setting of a dmfx train run: `dmfx train --config "
+                         "config.toml --output OTHER` repeats it\n(a flag given beside --config "
+                         "overrides the setting here).")
+        atomic_write(out / "config.toml", lambda f: f.write(text.encode()))
+        # A resumed run's log starts from the epochs of the checkpoint it continues (EpochLog).
+        log = EpochLog(out / "epochs.jsonl", history)
 
     def report(epoch, entry):
         log.append(entry)
@@ -478,7 +504,11 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
                    f"peak memory {entry['peak_memory_mb']:,.0f} MB)")
 
     state = model.fit(split, config, checkpoint=checkpoint, resume=args.resume, extra=extra,
-                      on_epoch_end=report)
+                      on_epoch_end=report if main else None, world=world)
+    if world is not None:
+        model = world.gather_model(model, split.train)
+        if model is None:  # rank 0 evaluates and writes the files alone
+            return 0
     save_model(out / "model.pt", model, split, extra["data"])
     rankings: dict[str, dict[str, Ranking]] = {"test": {}, "valid": {}}
     test = evaluate(model, split, "test", ks=ks, per_user=args.per_user, rankings=rankings["test"])
@@ -495,7 +525,8 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     metrics = {
         "test": test, "valid": valid,
         "config": {"data": extra["data"], "holdout": split.holdout, "model": name, "model_config": model.config(),
-                   "train": asdict(config), "device": str(device), "settings": settings},
+                   "train": asdict(config), "device": str(device), "settings": settings,
+                   **(world.record() if world is not None else {})},
         "environment": environment(device),
         "history": state.history,
         "best_epoch": state.best_epoch,

@@ -28,7 +28,7 @@ from .evaluate import PREFIX, PROTOCOLS, evaluate
 from .models import Recommender
 from .optim import RowSparseAdam
 
-__all__ = ["TrainConfig", "fit", "make_optimizer", "RESUMABLE_CHANGES"]
+__all__ = ["TrainConfig", "fit", "make_optimizer", "LocalRun", "RESUMABLE_CHANGES"]
 
 
 @dataclass
@@ -214,7 +214,7 @@ class GradientEpochs:
         self.optimizer.load_state_dict(state["optimizer"])
 
     def run(self, epoch: int) -> dict:
-        model, optimizer, config = self.model, self.optimizer, self.config
+        model, config = self.model, self.config
         model.train()
         start = time.perf_counter()
         users, items, targets, order = self.pairs.epoch(epoch)
@@ -227,11 +227,7 @@ class GradientEpochs:
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
                    disable=not config.progress, mininterval=0.5)
         for step, (batch_users, batch_items, batch_targets) in enumerate(bar, 1):
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(batch_users, batch_items, batch_targets)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * batch_users.numel()
+            total += self.step(loss_fn, batch_users, batch_items, batch_targets)
             if step % 100 == 0 and config.progress:  # reading the loss syncs: only now and then
                 done = step * config.batch_size
                 bar.set_postfix(loss=f"{total.item() / done:.4f}",
@@ -240,21 +236,42 @@ class GradientEpochs:
         return {"loss": total.item() / max(1, users.numel()),
                 "pairs_per_s": users.numel() / max(seconds, 1e-9)}
 
+    def step(self, loss_fn, users: torch.Tensor, items: torch.Tensor,
+             targets: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a batch; returns the batch's summed loss (detached)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(users, items, targets)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach() * users.numel()
+
 
 # Settings a resumed run may change: they decide how long it runs and what it records, not what
 # a step computes. Any other change would continue the run under settings it never had.
 RESUMABLE_CHANGES = ("epochs", "patience", "track_test", "progress")
 
 
+def _ranks_text(record) -> str:
+    return "one process" if record is None else \
+        f"{record['world_size']} rank(s) under --distributed {record['mode']}"
+
+
 def _check_resumable(path, saved: dict, config: TrainConfig, extra: dict) -> None:
     """Refuses to continue a run under other settings than those it was started with."""
+    # The shards of a checkpoint and its batch slices follow the ranks: checked first, by name.
+    before, now = saved.get("distributed"), extra.get("distributed")
+    if before != now:
+        raise CheckpointError(
+            f"{path} was written by {_ranks_text(before)}, this run has {_ranks_text(now)}: "
+            "resume with the same --distributed mode and number of ranks (torchrun "
+            "--nproc_per_node)")
     before = saved.get("train_config", {})
     # A setting added after the checkpoint was written had its default then.
     before = {**asdict(TrainConfig()), **before}
     changed = [f"{name} {before.get(name)!r} -> {value!r}" for name, value in asdict(config).items()
                if name not in RESUMABLE_CHANGES and before.get(name) != value]
     for key, value in extra.items():
-        if saved.get(key) != value:
+        if key != "distributed" and saved.get(key) != value:
             changed += _differences(key, saved.get(key), value)
     if changed:
         raise CheckpointError(
@@ -269,10 +286,35 @@ def _differences(name: str, before, after) -> list[str]:
     return [] if before == after else [f"{name} {before!r} -> {after!r}"]
 
 
+class LocalRun:
+    """Where :func:`fit` runs its epochs, evaluates and keeps its checkpoint: this process
+    alone. :class:`dmfx.distributed.World` runs the same loop on every rank of a process group."""
+
+    def record(self) -> dict:
+        """What a checkpoint notes about the processes that wrote it (nothing for one)."""
+        return {}
+
+    def epoch_runner(self, model: Recommender, split: Split, config: TrainConfig):
+        return model.epoch_runner(split, config)
+
+    def evaluate(self, model: Recommender, split: Split, which: str, **kwargs) -> dict:
+        return evaluate(model, split, which, **kwargs)
+
+    def save(self, path, model: Recommender, runner, state: TrainState, payload: dict) -> None:
+        save_checkpoint(path, {"model_state": model.state_dict(), "runner": runner.state_dict(),
+                               "train_state": asdict(state), **payload})
+
+    def restore(self, path, saved: dict, model: Recommender, runner) -> TrainState:
+        model.load_state_dict(saved["model_state"])
+        runner.load_state_dict(saved["runner"])
+        return TrainState(**saved["train_state"])
+
+
 def fit(model: Recommender, split: Split, config: TrainConfig, *,
         checkpoint: str | os.PathLike | None = None, resume: bool = False,
         extra: dict | None = None,
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainState:
+        on_epoch_end: Callable[[int, dict], None] | None = None,
+        world: LocalRun | None = None) -> TrainState:
     """Trains ``model`` on ``split.train`` and keeps the weights of the best validation epoch.
 
     What an epoch does is ``model.epoch_runner(split, config)``: Adam steps on sampled pairs for
@@ -284,20 +326,22 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
             existing file, training continues from it.
         extra: stored in the checkpoint as is (the CLI keeps its data and model settings there).
         on_epoch_end: called with (epoch, history entry) after each epoch.
+        world: the processes that train together (:class:`dmfx.distributed.World`); default
+            this one alone.
 
     Returns:
         The final :class:`TrainState`; the model holds the best epoch's weights.
     """
     device = model.device
+    world = world if world is not None else LocalRun()
+    extra = {**(extra or {}), **world.record()}
     state = TrainState()
-    runner = model.epoch_runner(split, config)
+    runner = world.epoch_runner(model, split, config)
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         saved = load_checkpoint(checkpoint, map_location=device)
-        _check_resumable(checkpoint, saved, config, extra or {})
+        _check_resumable(checkpoint, saved, config, extra)
         try:
-            model.load_state_dict(saved["model_state"])
-            runner.load_state_dict(saved["runner"])
-            state = TrainState(**saved["train_state"])
+            state = world.restore(checkpoint, saved, model, runner)
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             first = (str(error).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"{checkpoint} does not fit this model ({first})") from None
@@ -310,12 +354,14 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
                  "peak_memory_mb": peak_memory_mb(device)}
         watched = (config.protocol,)
         if has_valid:
-            entry["valid"] = evaluate(model, split, "valid", ks=(config.topk,), protocols=watched)
+            entry["valid"] = world.evaluate(model, split, "valid", ks=(config.topk,),
+                                            protocols=watched)
             metric = entry["valid"][f"{PREFIX[config.protocol]}ndcg@{config.topk}"]
         else:
             metric = -stats["loss"]
         if config.track_test:
-            entry["test"] = evaluate(model, split, "test", ks=(config.topk,), protocols=watched)
+            entry["test"] = world.evaluate(model, split, "test", ks=(config.topk,),
+                                           protocols=watched)
         state.history.append(entry)
         state.epoch = epoch
         if metric > state.best_metric:
@@ -325,10 +371,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
             state.bad_epochs += 1
         stop = runner.converged or config.patience > 0 and state.bad_epochs >= config.patience
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {
-                "model_state": model.state_dict(), "runner": runner.state_dict(),
-                "train_state": asdict(state), "train_config": asdict(config), **(extra or {}),
-            })
+            world.save(checkpoint, model, runner, state,
+                       {"train_config": asdict(config), **extra})
         if on_epoch_end is not None:
             on_epoch_end(epoch, entry)
         if stop:

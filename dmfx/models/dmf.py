@@ -172,13 +172,19 @@ class DMF(TwoTower):
             raise ValueError(f"input must be 'rating' or 'binary', got {input!r}")
         super().__init__(train, mu, score, store_seen=False)
         binary = input == "binary"
-        self.user_tower = SparseRowTower(train.csr(input), user_layers, binary, sparse_grad,
-                                         activation)
-        self.item_tower = SparseRowTower(train.csr(input, transpose=True), item_layers, binary,
-                                         sparse_grad, activation)
+        self.user_tower = self._tower("user", train.csr(input), user_layers, binary, sparse_grad,
+                                      activation)
+        self.item_tower = self._tower("item", train.csr(input, transpose=True), item_layers,
+                                      binary, sparse_grad, activation)
         self._config = dict(user_layers=list(user_layers), item_layers=list(item_layers),
                             input=input, activation=activation, score=score, mu=mu,
                             sparse_grad=sparse_grad)
+
+    def _tower(self, side: str, matrix: CSR, widths: Sequence[int], binary: bool,
+               sparse_grad: bool, activation: str) -> nn.Module:
+        """The ``side`` ("user" or "item") tower over ``matrix``'s rows; the sharded DMF of
+        :mod:`dmfx.distributed` builds its towers on a share of the first-layer rows instead."""
+        return SparseRowTower(matrix, widths, binary, sparse_grad, activation)
 
     @property
     def seen(self) -> CSR:
