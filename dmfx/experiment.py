@@ -224,6 +224,9 @@ def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optiona
     saved = load_checkpoint(path)
     if "data" not in saved or "model" not in saved:
         raise CheckpointError(f"{path} is not a dmfx model file or train checkpoint")
+    if "shards" in saved:  # the weights are in the ranks' files, for --resume only
+        raise CheckpointError(f"{path} is the checkpoint of a --distributed sharded run; evaluate "
+                              f"and recommend take the run's model.pt")
     if "split" in saved:
         if data is not None or allow_data_change:
             raise ValueError(f"{path} holds its own data; --data and --allow-data-change apply "

@@ -282,6 +282,9 @@ def test_torchrun_trains_sharded_and_rank_0_writes_the_run(data_file, tmp_path, 
     # model.pt is a plain DMF with the gathered tables: evaluated alone, the same metrics
     assert main(["evaluate", str(out / "model.pt")]) == 0
     assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(metrics["test"])
+    # checkpoint.pt holds no weights (they are in the ranks' files): refused by name
+    assert main(["evaluate", str(out / "checkpoint.pt")]) == 2
+    assert "checkpoint of a --distributed sharded run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [
