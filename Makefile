@@ -28,7 +28,7 @@ setup: $(INSTALL_STAMP) $(EXT_STAMP)
 $(DEPS_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install numpy scipy tqdm matplotlib pyarrow pybind11 ninja "setuptools>=64" wheel pytest pytest-benchmark
+	$(PIP) install numpy scipy tqdm matplotlib pyarrow pandas pybind11 ninja "setuptools>=64" wheel pytest pytest-benchmark
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) $(SOURCES) setup.py setup.cfg
