@@ -4,7 +4,7 @@
   times the first layer of a tower), reading only the stored entries. It replaces
   ``nn.Linear(in_features, out_features, bias=False)`` applied to dense rows and
   ``nn.EmbeddingBag(mode="sum")`` with ``per_sample_weights``; ``from_linear`` and
-  ``from_embedding_bag`` convert a trained layer.
+  ``from_embedding_bag`` convert a trained layer (``to_linear``, ``to_embedding_bag`` back).
 * :class:`CosineNCELoss`: cosine + mu-clamp + normalized cross-entropy (DMF, Eqs. 8, 12-13).
 * :class:`HybridBCELoss`: EINMF's hybrid explicit-implicit loss (Eqs. 14-16), from logits.
 
@@ -78,7 +78,8 @@ class SparseRowLinear(nn.Module):
     * ``nn.EmbeddingBag(in_features, out_features, mode="sum")`` on the batch's column ids, one
       bag per row, with the stored values as ``per_sample_weights``.
 
-    :meth:`from_linear` and :meth:`from_embedding_bag` convert a trained layer.
+    :meth:`from_linear` and :meth:`from_embedding_bag` convert a trained layer, and
+    :meth:`to_linear` and :meth:`to_embedding_bag` convert back.
 
     Calling it. ``layer(matrix, rows)``: ``matrix`` in any format :func:`dmfx.data.as_csr`
     reads -- a :class:`dmfx.data.CSR` (from ``Interactions.csr()``; any object with
@@ -323,6 +324,34 @@ class SparseRowLinear(nn.Module):
         return cls._from_weight(weight, None,
                                 sparse_grad=bag.sparse if sparse_grad is None else sparse_grad,
                                 validate=validate, requires_grad=bag.weight.requires_grad)
+
+    def to_linear(self) -> nn.Linear:
+        """The ``nn.Linear`` computing this layer on dense rows, from a copy of its weights:
+        the inverse of :meth:`from_linear` (``linear.weight`` is ``weight.t()``, contiguous;
+        the bias is kept). Device, dtype and ``requires_grad`` are kept; no init is drawn."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device="meta", dtype=self.weight.dtype)
+        linear.weight = nn.Parameter(
+            self.weight.detach().t().clone(memory_format=torch.contiguous_format),
+            requires_grad=self.weight.requires_grad)
+        if self.bias is not None:
+            linear.bias = nn.Parameter(self.bias.detach().clone(),
+                                       requires_grad=self.bias.requires_grad)
+        return linear
+
+    def to_embedding_bag(self) -> nn.EmbeddingBag:
+        """The ``nn.EmbeddingBag(mode="sum")`` computing this layer, from a copy of its
+        weights: the inverse of :meth:`from_embedding_bag` (one weight layout; ``sparse`` is
+        ``sparse_grad``). Device, dtype and ``requires_grad`` are kept; no init is drawn.
+        A layer with a bias raises ValueError: a bag has none (use :meth:`to_linear`)."""
+        if self.bias is not None:
+            raise ValueError("SparseRowLinear.to_embedding_bag: the layer has a bias, which "
+                             "nn.EmbeddingBag has not; use to_linear()")
+        bag = nn.EmbeddingBag(self.in_features, self.out_features, mode="sum",
+                              sparse=self.sparse_grad, device="meta", dtype=self.weight.dtype)
+        bag.weight = nn.Parameter(self.weight.detach().clone(),
+                                  requires_grad=self.weight.requires_grad)
+        return bag
 
     # -- state dicts
 
