@@ -4,6 +4,7 @@
 #   make test        setup, then the C++ kernel tests (ctest) and the Python tests (pytest)
 #   make bench       setup, then the CPU benchmarks (pytest-benchmark), apart from the tests
 #   make cuda-check  compile every CUDA kernel with nvcc and the CUDA paths of the op glue
+#   make dist-check  build the sdist and a wheel from it, install the wheel in a fresh venv, use it
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +20,7 @@ EXT_STAMP := $(VENV)/.dmfx-extension
 INSTALL_STAMP := $(VENV)/.dmfx-installed
 DEPS_STAMP := $(VENV)/.dmfx-deps
 
-.PHONY: setup run test test-cpp test-python bench cuda-check clean
+.PHONY: setup run test test-cpp test-python bench cuda-check dist-check clean
 
 RUN_DIR ?= runs/ml-100k-dmf
 
@@ -28,7 +29,7 @@ setup: $(INSTALL_STAMP) $(EXT_STAMP)
 $(DEPS_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install numpy scipy tqdm matplotlib pyarrow pybind11 ninja "setuptools>=64" wheel pytest pytest-benchmark
+	$(PIP) install numpy scipy tqdm matplotlib pyarrow pandas pybind11 ninja "setuptools>=77" wheel pytest pytest-benchmark
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) $(SOURCES) setup.py setup.cfg
@@ -64,6 +65,34 @@ cuda-check: $(DEPS_STAMP)
 	cmake -S . -B $(CMAKE_BUILD) -DDMFX_REQUIRE_CUDA=ON > /dev/null
 	cmake --build $(CMAKE_BUILD) -j $(JOBS) --target dmfx_kernels_cuda
 	$(PY) tools/check_cuda_glue.py
+
+# What a user of the published package gets: `python -m build` makes the sdist and, from the
+# sdist alone, the wheel (so a file missing from the sdist fails the build); the wheel goes into
+# a fresh venv holding only $(TORCH_SPEC) and its dependencies, where an op, the bundled data
+# set, the py.typed marker, the version and the `dmfx` command are tried outside the source
+# tree. Everything lives in a temporary directory. Not part of `make test`: it compiles the
+# extension once more (minutes).
+DIST_CHECK := import importlib.metadata as m, importlib.resources as r, scipy.sparse as sp, \
+	torch, dmfx, dmfx.data as d; \
+	y = sp.random(6, 9, density=0.4, format="csr", dtype="float32", random_state=0); \
+	w = torch.randn(9, 4); c = d.as_csr(y); \
+	torch.testing.assert_close(dmfx.sparse_rows_matmul(*c[:3], torch.arange(6), w), \
+	torch.from_numpy(y.toarray()) @ w); \
+	assert d.load_dataset("ml-100k").nnz == 100000; \
+	assert r.files("dmfx").joinpath("py.typed").is_file(); \
+	assert m.version("dmfx") == dmfx.__version__; \
+	print("dist-check: dmfx", dmfx.__version__, "from", dmfx.__file__)
+
+dist-check: $(DEPS_STAMP)
+	$(PY) -c "import build" 2>/dev/null || $(PIP) install build
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && set -e && \
+	MAX_JOBS=$(JOBS) $(PY) -m build --no-isolation --outdir "$$tmp/dist" . && \
+	$(PY) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/pip" install "$(TORCH_SPEC)" && \
+	"$$tmp/venv/bin/pip" install "$$tmp"/dist/dmfx-*.whl && \
+	cd "$$tmp" && "$$tmp/venv/bin/python" -c '$(DIST_CHECK)' && \
+	"$$tmp/venv/bin/dmfx" --help > /dev/null && \
+	ls -l "$$tmp/dist" && echo "dist-check: sdist and wheel build, install and run"
 
 clean:
 	rm -rf build $(CMAKE_BUILD) dmfx/_C*.so $(EXT_STAMP) $(INSTALL_STAMP)

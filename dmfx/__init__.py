@@ -7,7 +7,7 @@ a build. Without the extension, using an op raises ImportError saying how to bui
 import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _SUBMODULES = ("ops", "reference", "nn")
 _OPS = ("sparse_rows_matmul", "cosine_nce_loss", "hybrid_bce_loss", "sample_negatives",

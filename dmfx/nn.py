@@ -4,7 +4,7 @@
   times the first layer of a tower), reading only the stored entries. It replaces
   ``nn.Linear(in_features, out_features, bias=False)`` applied to dense rows and
   ``nn.EmbeddingBag(mode="sum")`` with ``per_sample_weights``; ``from_linear`` and
-  ``from_embedding_bag`` convert a trained layer.
+  ``from_embedding_bag`` convert a trained layer (``to_linear``, ``to_embedding_bag`` back).
 * :class:`CosineNCELoss`: cosine + mu-clamp + normalized cross-entropy (DMF, Eqs. 8, 12-13).
 * :class:`HybridBCELoss`: EINMF's hybrid explicit-implicit loss (Eqs. 14-16), from logits.
 
@@ -26,10 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .data.sparse import _check_parts, _csr_parts, _one_index_dtype
 
 __all__ = ["SparseRowLinear", "CosineNCELoss", "HybridBCELoss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_MATRIX = "SparseRowLinear: matrix"  # the argument's name in the converter's messages
 
 
 # ------------------------------------------------------------------------ argument checks
@@ -64,36 +66,6 @@ def _check_reduction(owner: str, reduction: Any) -> str:
 # ------------------------------------------------------------------------- SparseRowLinear
 
 
-def _unpack(matrix: Any, in_features: int):
-    """``(indptr, indices, values, shape or None)`` of a dmfx CSR-like object or a torch
-    sparse CSR tensor, checking its width against ``in_features`` where it is known."""
-    if isinstance(matrix, Tensor):
-        if matrix.layout != torch.sparse_csr:
-            raise TypeError(
-                "SparseRowLinear: matrix must be a dmfx.data.CSR (or any object with indptr, "
-                "indices and values) or a torch sparse CSR tensor, got a tensor with layout "
-                f"{matrix.layout} (for dense rows use nn.Linear, or convert with "
-                ".to_sparse_csr())")
-        if matrix.dim() != 2:
-            raise ValueError("SparseRowLinear: matrix must be 2-D, got shape "
-                             f"{tuple(matrix.shape)}")
-        indptr, indices, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
-        shape = tuple(matrix.shape)
-    else:
-        try:
-            indptr, indices, values = matrix.indptr, matrix.indices, matrix.values
-        except AttributeError:
-            raise TypeError(
-                "SparseRowLinear: matrix must be a dmfx.data.CSR (or any object with indptr, "
-                f"indices and values) or a torch sparse CSR tensor, got {type(matrix).__name__}"
-            ) from None
-        shape = getattr(matrix, "shape", None)
-    if shape is not None and int(shape[1]) != in_features:
-        raise ValueError(f"SparseRowLinear: matrix has {shape[1]} columns but the layer's "
-                         f"in_features is {in_features}")
-    return indptr, indices, values, shape
-
-
 class SparseRowLinear(nn.Module):
     r"""Rows of a sparse matrix times a weight: ``y = matrix[rows] @ weight (+ bias)``.
 
@@ -106,22 +78,27 @@ class SparseRowLinear(nn.Module):
     * ``nn.EmbeddingBag(in_features, out_features, mode="sum")`` on the batch's column ids, one
       bag per row, with the stored values as ``per_sample_weights``.
 
-    :meth:`from_linear` and :meth:`from_embedding_bag` convert a trained layer.
+    :meth:`from_linear` and :meth:`from_embedding_bag` convert a trained layer, and
+    :meth:`to_linear` and :meth:`to_embedding_bag` convert back.
 
-    Calling it. ``layer(matrix, rows)``: ``matrix`` a :class:`dmfx.data.CSR` (from
-    ``Interactions.csr()``; any object with ``indptr``, ``indices``, ``values`` and optionally
-    ``shape`` works, ``values=None`` meaning an all-ones 0/1 matrix; values in the weight's
-    dtype) or a ``torch.sparse_csr`` tensor (eager only: ``torch.compile`` takes no sparse
-    tensors, but a bound one works); ``rows`` int32/int64 ``[B]`` row ids, repeats allowed.
-    The layer holds only its parameters, as ``nn.Linear`` and ``nn.EmbeddingBag`` do, so one
-    layer serves any matrix with ``in_features`` columns: the training matrix, or at inference
-    an updated one holding a new user's row (no retraining). For the usual case of one fixed
-    matrix (Y for the user tower, Y transposed for the item tower), ``layer.bind(matrix)`` keeps
-    it in the module and the layer is then called on ids alone, ``layer(rows)``, like an
-    ``nn.Embedding``; the bound tensors are non-persistent buffers (they follow
-    ``.to()``/``.cuda()``/``.double()`` and stay out of the state_dict). Explicit wins: a bound
-    layer called as ``layer(matrix, rows)`` reads ``matrix``. Output: ``[B, out_features]``, in
-    the weight's dtype.
+    Calling it. ``layer(matrix, rows)``: ``matrix`` in any format :func:`dmfx.data.as_csr`
+    reads -- a :class:`dmfx.data.CSR` (from ``Interactions.csr()``; any object with
+    ``indptr``, ``indices``, ``values`` tensors and optionally ``shape`` works, ``values=None``
+    meaning an all-ones 0/1 matrix), a ``scipy.sparse`` matrix, a torch sparse CSR, CSC or COO
+    tensor -- with values in the weight's dtype; ``rows`` int32/int64 ``[B]`` row ids, repeats
+    allowed. A CSR input (dmfx, scipy or torch) is read in place, at no cost beyond the rows the
+    op reads, which it checks (``validate``); the other formats are converted on every call (a
+    copy of the whole matrix, duplicates summed): convert once with :func:`dmfx.data.as_csr`, or
+    bind. Only a :class:`dmfx.data.CSR` works under ``torch.compile``, which takes no sparse
+    tensors or scipy matrices (a bound matrix works too). The layer holds only its parameters,
+    as ``nn.Linear`` and ``nn.EmbeddingBag`` do, so one layer serves any matrix with
+    ``in_features`` columns: the training matrix, or at inference an updated one holding a new
+    user's row (no retraining). For the usual case of one fixed matrix (Y for the user tower, Y
+    transposed for the item tower), ``layer.bind(matrix)`` keeps it in the module and the layer
+    is then called on ids alone, ``layer(rows)``, like an ``nn.Embedding``; the bound tensors
+    are non-persistent buffers (they follow ``.to()``/``.cuda()``/``.double()`` and stay out of
+    the state_dict). Explicit wins: a bound layer called as ``layer(matrix, rows)`` reads
+    ``matrix``. Output: ``[B, out_features]``, in the weight's dtype.
 
     Weight layout. ``weight`` has shape ``[in_features, out_features]``: row ``i`` is what
     column ``i`` of the matrix contributes, the layout the op gathers from (contiguous
@@ -213,17 +190,23 @@ class SparseRowLinear(nn.Module):
     def bind(self, matrix: Any) -> "SparseRowLinear":
         """Keep ``matrix`` in the module so that ``layer(rows)`` reads it; returns ``self``.
 
-        Its tensors become non-persistent buffers, moved to the weight's device, with values
-        cast to the weight's dtype (once, here). ``bind(None)`` forgets the matrix.
+        ``matrix``: any format :func:`dmfx.data.as_csr` reads, checked once here (``indptr``,
+        ids in range, finite values). Its CSR tensors become non-persistent buffers on the
+        weight's device with values in the weight's dtype: views of a CSR input already there
+        in that dtype (no copy; a scipy CSR's arrays included), else copies (a converted
+        format, a move, a cast). ``bind(None)`` forgets the matrix.
         """
         if matrix is None:
             self.indptr = self.indices = self.values = None
             self._bound_shape = None
             return self
-        indptr, indices, values, shape = _unpack(matrix, self.in_features)
-        if shape is not None and indptr.numel() != int(shape[0]) + 1:
-            raise ValueError(f"SparseRowLinear: matrix has {shape[0]} rows but its indptr has "
-                             f"{indptr.numel()} entries")
+        indptr, indices, values, shape = _csr_parts(matrix, _MATRIX)
+        self._check_width(shape)
+        indptr, indices = _one_index_dtype(indptr, indices, _MATRIX)
+        # Checked once here: the bound matrix is read by every call.
+        _check_parts(indptr, indices, values,
+                     (indptr.numel() - 1, self.in_features) if shape is None else shape,
+                     _MATRIX, "column")
         device = self.weight.device
         self.indptr = indptr.detach().to(device)
         self.indices = indices.detach().to(device)
@@ -250,12 +233,22 @@ class SparseRowLinear(nn.Module):
                                 f"rows, a dense id tensor; got {type(rows).__name__}")
             indptr, indices, values = self.indptr, self.indices, self.values
         else:
-            indptr, indices, values, _ = _unpack(matrix, self.in_features)
+            indptr, indices, values, shape = _csr_parts(matrix, _MATRIX)
+            self._check_width(shape)
+            if values is not None and values.dtype != self.weight.dtype:
+                raise TypeError(f"{_MATRIX} values are {values.dtype} but the layer's weight is "
+                                f"{self.weight.dtype}: cast the matrix's values, or bind it "
+                                "(bind casts once)")
         out = ops.sparse_rows_matmul(indptr, indices, values, rows, self.weight,
                                      validate=self.validate, sparse_grad=self.sparse_grad)
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    def _check_width(self, shape: Optional[tuple[int, int]]) -> None:
+        if shape is not None and shape[1] != self.in_features:
+            raise ValueError(f"{_MATRIX} has {shape[1]} columns but the layer's in_features is "
+                             f"{self.in_features}")
 
     def extra_repr(self) -> str:
         text = (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -331,6 +324,34 @@ class SparseRowLinear(nn.Module):
         return cls._from_weight(weight, None,
                                 sparse_grad=bag.sparse if sparse_grad is None else sparse_grad,
                                 validate=validate, requires_grad=bag.weight.requires_grad)
+
+    def to_linear(self) -> nn.Linear:
+        """The ``nn.Linear`` computing this layer on dense rows, from a copy of its weights:
+        the inverse of :meth:`from_linear` (``linear.weight`` is ``weight.t()``, contiguous;
+        the bias is kept). Device, dtype and ``requires_grad`` are kept; no init is drawn."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device="meta", dtype=self.weight.dtype)
+        linear.weight = nn.Parameter(
+            self.weight.detach().t().clone(memory_format=torch.contiguous_format),
+            requires_grad=self.weight.requires_grad)
+        if self.bias is not None:
+            linear.bias = nn.Parameter(self.bias.detach().clone(),
+                                       requires_grad=self.bias.requires_grad)
+        return linear
+
+    def to_embedding_bag(self) -> nn.EmbeddingBag:
+        """The ``nn.EmbeddingBag(mode="sum")`` computing this layer, from a copy of its
+        weights: the inverse of :meth:`from_embedding_bag` (one weight layout; ``sparse`` is
+        ``sparse_grad``). Device, dtype and ``requires_grad`` are kept; no init is drawn.
+        A layer with a bias raises ValueError: a bag has none (use :meth:`to_linear`)."""
+        if self.bias is not None:
+            raise ValueError("SparseRowLinear.to_embedding_bag: the layer has a bias, which "
+                             "nn.EmbeddingBag has not; use to_linear()")
+        bag = nn.EmbeddingBag(self.in_features, self.out_features, mode="sum",
+                              sparse=self.sparse_grad, device="meta", dtype=self.weight.dtype)
+        bag.weight = nn.Parameter(self.weight.detach().clone(),
+                                  requires_grad=self.weight.requires_grad)
+        return bag
 
     # -- state dicts
 

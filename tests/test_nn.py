@@ -159,6 +159,40 @@ def test_conversions_copy_and_keep_dtype_device_requires_grad():
     assert converted.weight.data_ptr() != bag.weight.data_ptr()
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_to_linear_inverts_from_linear(bias):
+    csr = make_csr(8, 9)
+    linear = nn.Linear(9, 4, bias=bias, dtype=F64)
+    layer = SparseRowLinear.from_linear(linear)
+    state = torch.random.get_rng_state()
+    back = layer.to_linear()
+    assert torch.equal(torch.random.get_rng_state(), state)  # no init drawn
+    assert type(back) is nn.Linear and back.weight.is_contiguous()
+    assert back.weight.dtype == F64 and (back.bias is not None) is bias
+    torch.testing.assert_close(back(dense(csr)[ROWS]), layer(csr, ROWS))
+    assert torch.equal(back.weight, linear.weight)
+    back.load_state_dict(linear.state_dict())  # the same state_dict layout as the original
+    with torch.no_grad():
+        layer.weight.add_(1)
+    assert torch.equal(back.weight, linear.weight)  # a copy, not a view
+    frozen = SparseRowLinear(3, 2).requires_grad_(False).to_linear()
+    assert not frozen.weight.requires_grad
+
+
+def test_to_embedding_bag_inverts_from_embedding_bag():
+    csr = make_csr(8, 12)
+    bag = nn.EmbeddingBag(12, 5, mode="sum", sparse=True, dtype=F64)
+    layer = SparseRowLinear.from_embedding_bag(bag)
+    back = layer.to_embedding_bag()
+    assert back.mode == "sum" and back.sparse and torch.equal(back.weight, bag.weight)
+    columns, offsets, values = bag_inputs(csr, ROWS)
+    torch.testing.assert_close(back(columns, offsets, per_sample_weights=values),
+                               layer(csr, ROWS))
+    assert back.weight.data_ptr() != layer.weight.data_ptr()
+    with pytest.raises(ValueError, match="bias"):
+        SparseRowLinear(3, 2, bias=True).to_embedding_bag()
+
+
 def test_conversion_type_errors():
     with pytest.raises(TypeError, match="linear"):
         SparseRowLinear.from_linear(nn.EmbeddingBag(3, 2))

@@ -5,6 +5,11 @@ A ratings data set is kept as parallel numpy arrays (one entry per observed
 found in the file and the contiguous internal indices the model uses.  The
 interaction matrix ``Y`` of the DMF paper is derived from it on demand, as a
 CSR (rows = users) or, transposed, as the CSC of ``Y`` (rows = items).
+
+Round trips with the formats other libraries hold: :meth:`Interactions.from_scipy` /
+:meth:`~Interactions.to_scipy` (a sparse matrix: indices, no raw ids),
+:meth:`Interactions.from_pandas` / :meth:`~Interactions.to_pandas` (a table of raw ids), and
+:meth:`~Interactions.csr` for the ops.
 """
 
 from __future__ import annotations
@@ -15,34 +20,30 @@ import os
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from .errors import DataFormatError
+from .sparse import CSR, as_csr
+
+if TYPE_CHECKING:  # optional: imported where it is used
+    import pandas
 
 __all__ = ["CSR", "Interactions", "read_npz"]
 
 Values = Literal["rating", "binary"]
 
-_INT32_MAX = int(np.iinfo(np.int32).max)
 _NPZ_REQUIRED = ("user_ids", "item_ids", "users", "items", "ratings")
-
-
-class CSR(NamedTuple):
-    """A compressed sparse row matrix as torch tensors.
-
-    ``indices[indptr[r]:indptr[r + 1]]`` are the column indices of row ``r``,
-    always sorted strictly ascending (no duplicates), so consumers such as the
-    negative sampler can binary-search a row.  ``values`` is float32.
-    """
-
-    indptr: torch.Tensor
-    indices: torch.Tensor
-    values: torch.Tensor
-    shape: tuple[int, int]
+# numpy dtype kinds each column of Interactions.from_pandas may hold (strings come as objects).
+_DATAFRAME_KINDS = {
+    "user": ("iuOUS", "integers or strings"),
+    "item": ("iuOUS", "integers or strings"),
+    "rating": ("iuf", "numbers"),
+    "timestamp": ("iu", "integers"),
+}
 
 
 def _as_id_array(raw: object, what: str) -> np.ndarray:
@@ -89,6 +90,17 @@ def _coerce_raw_id(raw_id: object, ids: np.ndarray) -> object | None:
         except TypeError:
             return None
     return str(raw_id)
+
+
+def _import_pandas(caller: str):
+    try:
+        import pandas
+    except ImportError as error:
+        raise ImportError(
+            f"{caller} needs pandas, which is not installed: pip install pandas "
+            "(or pip install 'dmfx[pandas]')"
+        ) from error
+    return pandas
 
 
 def _lookup(ids: np.ndarray, raw_id: object, what: str) -> int:
@@ -215,6 +227,103 @@ class Interactions:
             ts = None if ts is None else ts[keep]
         return cls(user_ids, item_ids, users, items, rat, ts)
 
+    @classmethod
+    def from_scipy(
+        cls, matrix: object, *, user_ids: object | None = None, item_ids: object | None = None
+    ) -> Interactions:
+        """Build from a users x items matrix: one interaction per stored entry, rated its value.
+
+        ``matrix`` is a ``scipy.sparse`` matrix or array of any format, or anything else
+        :func:`dmfx.data.as_csr` reads (a torch sparse CSR/CSC/COO tensor, a :class:`CSR`).
+        Entries stored twice at one (user, item) are summed, as scipy does (a COO with
+        duplicates stands for their sum; contrast :meth:`from_arrays`, where a re-rating
+        supersedes).  Explicitly stored zeros are interactions rated 0: call
+        ``matrix.eliminate_zeros()`` first to drop them.  Every row is a user and every column
+        an item, with interactions or without, so ``(num_users, num_items) == matrix.shape``;
+        ``user_ids`` / ``item_ids`` (strictly increasing, one per row / column; default
+        ``0 .. n - 1``) are their raw ids.  Interactions come in row order; the arrays are
+        copies (the matrix stays the caller's).  Bad input (not 2-D, negative ids, non-finite
+        values) raises ValueError naming ``matrix``.
+
+        Round trip: ``Interactions.from_scipy(data.to_scipy(), user_ids=data.user_ids,
+        item_ids=data.item_ids)`` has ``data``'s id maps and interactions (in row order; no
+        timestamps, which a matrix does not hold).
+        """
+        csr = as_csr(matrix, name="matrix", device="cpu", index_dtype=torch.int64)
+        num_users, num_items = csr.shape
+        ids = {}
+        for name, given, size, what in (("user_ids", user_ids, num_users, "rows"),
+                                        ("item_ids", item_ids, num_items, "columns")):
+            ids[name] = np.arange(size) if given is None else _as_id_array(given, name)
+            if len(ids[name]) != size:
+                raise ValueError(
+                    f"{name} has {len(ids[name])} entries but matrix has {size} {what}"
+                )
+        users = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(csr.indptr.numpy()))
+        return cls(ids["user_ids"], ids["item_ids"], users, csr.indices.numpy().copy(),
+                   csr.values.numpy().copy())
+
+    @classmethod
+    def from_pandas(
+        cls,
+        df: pandas.DataFrame,
+        *,
+        user: str = "user",
+        item: str = "item",
+        rating: str | None = "rating",
+        timestamp: str | None = None,
+    ) -> Interactions:
+        """Build from a pandas DataFrame with one row per interaction.
+
+        ``user`` and ``item`` name the columns of raw ids (integers or strings, mapped to
+        indices as :meth:`from_arrays` does); ``rating`` the column of ratings (None: there is
+        none, every interaction is rated 1.0, implicit feedback); ``timestamp`` an optional
+        column of integer timestamps.  Duplicated (user, item) pairs keep the latest
+        interaction, as in :meth:`from_arrays`.  The columns are read as numpy arrays and the
+        interactions built from copies.  Needs pandas (``pip install 'dmfx[pandas]'``).
+
+        Round trip: ``Interactions.from_pandas(data.to_pandas(), timestamp="timestamp")``
+        (``timestamp`` only if ``data`` has timestamps) equals ``data`` -- same id maps,
+        interactions in the same order -- when every user and item has an interaction (a
+        table has no row for one without).
+
+        Raises:
+            ImportError: pandas is not installed.
+            TypeError: ``df`` is not a DataFrame, or a column holds the wrong kind of values
+                (ids must be integers or strings, ratings numbers), naming the argument.
+            KeyError: a named column is missing, naming the argument and listing the columns.
+            ValueError: a column has missing values, or a rating is not finite.
+        """
+        pd = _import_pandas("Interactions.from_pandas")
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+        arrays: dict[str, np.ndarray] = {}
+        for argument, column in (("user", user), ("item", item), ("rating", rating),
+                                 ("timestamp", timestamp)):
+            if column is None and argument in ("rating", "timestamp"):
+                continue
+            if column not in df.columns:
+                raise KeyError(f"{argument}={column!r}: df has no column {column!r} (its "
+                               f"columns: {', '.join(map(repr, df.columns))})")
+            series = df[column]
+            if not isinstance(series, pd.Series):
+                raise ValueError(f"{argument}={column!r}: df has several columns named "
+                                 f"{column!r}")
+            missing = int(series.isna().sum())
+            if missing:
+                raise ValueError(f"{argument}={column!r}: column {column!r} has {missing} "
+                                 "missing value(s); drop or fill them first")
+            values = series.to_numpy()
+            kinds, wanted = _DATAFRAME_KINDS[argument]
+            if values.dtype.kind not in kinds:
+                raise TypeError(f"{argument}={column!r}: column {column!r} must hold {wanted}, "
+                                f"got dtype {series.dtype}")
+            arrays[argument] = values
+        if "rating" in arrays and not bool(np.isfinite(arrays["rating"]).all()):
+            raise ValueError(f"rating={rating!r}: column {rating!r} holds non-finite ratings")
+        ratings = arrays.get("rating", np.ones(len(df), dtype=np.float32))
+        return cls.from_arrays(arrays["user"], arrays["item"], ratings, arrays.get("timestamp"))
+
     @property
     def num_users(self) -> int:
         return len(self.user_ids)
@@ -247,7 +356,8 @@ class Interactions:
 
         ``values="rating"`` stores the ratings (the paper's Eq. 2),
         ``"binary"`` stores 1.0 for every observed pair (Eq. 1).  Column
-        indices are sorted ascending within each row.
+        indices are sorted ascending within each row.  :meth:`from_scipy`
+        reads it back.
         """
         if values == "rating":
             data = self.ratings
@@ -269,6 +379,22 @@ class Interactions:
             )
         return matrix
 
+    def to_pandas(self) -> pandas.DataFrame:
+        """One row per interaction: columns ``user`` and ``item`` (raw ids), ``rating``
+        (float32) and, with timestamps, ``timestamp`` -- what :meth:`from_pandas` reads.
+
+        The columns are copies.  Needs pandas (``pip install 'dmfx[pandas]'``).
+        """
+        pd = _import_pandas("Interactions.to_pandas")
+        columns = {
+            "user": self.user_ids[self.users],
+            "item": self.item_ids[self.items],
+            "rating": self.ratings.copy(),
+        }
+        if self.timestamps is not None:
+            columns["timestamp"] = self.timestamps.copy()
+        return pd.DataFrame(columns)
+
     def csr(
         self,
         values: Values = "rating",
@@ -282,26 +408,8 @@ class Interactions:
         negative sampler relies on this.  ``index_dtype`` is ``torch.int64``
         or ``torch.int32`` (the latter checked to fit).  Values are float32.
         """
-        if index_dtype == torch.int64:
-            np_index = np.int64
-        elif index_dtype == torch.int32:
-            np_index = np.int32
-        else:
-            raise ValueError(f"index_dtype must be torch.int32 or torch.int64, got {index_dtype}")
-        matrix = self.to_scipy(values, transpose)
-        rows, cols = matrix.shape
-        if np_index is np.int32 and max(matrix.nnz, rows, cols) > _INT32_MAX:
-            raise ValueError(
-                f"int32 indices cannot address nnz={matrix.nnz}, shape={matrix.shape}; use torch.int64"
-            )
-        tensors = [
-            torch.from_numpy(np.ascontiguousarray(matrix.indptr, dtype=np_index)),
-            torch.from_numpy(np.ascontiguousarray(matrix.indices, dtype=np_index)),
-            torch.from_numpy(np.ascontiguousarray(matrix.data, dtype=np.float32)),
-        ]
-        if device is not None:
-            tensors = [t.to(device) for t in tensors]
-        return CSR(tensors[0], tensors[1], tensors[2], (int(rows), int(cols)))
+        return as_csr(self.to_scipy(values, transpose), device=device, index_dtype=index_dtype,
+                      name="interactions")
 
     def select(self, mask: np.ndarray) -> Interactions:
         """The interactions where the boolean ``mask`` is True, with the same id maps.

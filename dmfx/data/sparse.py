@@ -1,65 +1,285 @@
-"""Rating rows from the sparse formats users already hold, as the CSR dmfx's ops read.
+"""Sparse matrices in the formats users already hold, as the CSR dmfx's ops read.
 
-:func:`as_csr` accepts a :class:`dmfx.data.CSR`, any ``scipy.sparse`` matrix or array (CSR, CSC,
-COO, ...) and torch sparse tensors (CSR or COO), and returns a CSR whose rows have strictly
-ascending columns (duplicates summed) and float32 values -- the invariant the kernels check.
+This module is dmfx's one converter: the data layer, the models and :mod:`dmfx.nn` all read
+their matrices through it. Accepted, as the matrix itself (the sparse formats below store no
+raw ids, so their row and column positions are the indices the ops use):
+
+* a :class:`CSR`, or any object with ``indptr``, ``indices`` and ``values`` tensors and
+  optionally ``shape`` (``values=None``: a 0/1 matrix);
+* a ``scipy.sparse`` matrix or array of any format (CSR, CSC, COO, and the rest);
+* a torch sparse tensor with layout ``torch.sparse_csr``, ``torch.sparse_csc`` or
+  ``torch.sparse_coo``.
+
+A pandas DataFrame holds raw user and item ids, which need mapping to indices: build
+:meth:`dmfx.data.Interactions.from_pandas` and take its :meth:`~Interactions.csr`.
+
+Zero copy. The tensors :func:`as_csr` returns are views of the input's storage when the input
+already holds the CSR asked for: a :class:`CSR`, a scipy CSR or a torch ``sparse_csr`` tensor
+(with ``transpose=True``: a scipy CSC or a torch ``sparse_csc`` tensor, whose arrays are the CSR
+of the transpose), with int32 or int64 ``indptr`` and ``indices`` of one dtype, contiguous
+(writable, for numpy arrays), sorted duplicate-free rows, values of the requested dtype, on the
+requested device. Anything else is copied once, in the step that needs it: another format or
+orientation is converted, mixed index dtypes become int64, values are cast, unsorted rows are
+sorted, the result is moved to ``device``.
+
+Duplicates. Entries stored twice at one (row, column) are summed, as ``scipy.sparse`` and
+``torch.Tensor.coalesce`` do: a COO with duplicates stands for their sum. Explicitly stored
+zeros are kept as entries.
 """
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import Tensor
 
-from .interactions import CSR
+__all__ = ["CSR", "as_csr"]
 
-__all__ = ["as_csr"]
-
-
-def _to_scipy(matrix, name: str) -> sp.csr_matrix:
-    if isinstance(matrix, CSR):
-        return sp.csr_matrix((matrix.values.cpu().numpy(), matrix.indices.cpu().numpy(),
-                              matrix.indptr.cpu().numpy()), shape=matrix.shape)
-    if sp.issparse(matrix):
-        return sp.csr_matrix(matrix)
-    if isinstance(matrix, torch.Tensor):
-        if matrix.layout == torch.sparse_csr:
-            return sp.csr_matrix((matrix.values().cpu().numpy(), matrix.col_indices().cpu().numpy(),
-                                  matrix.crow_indices().cpu().numpy()), shape=tuple(matrix.shape))
-        if matrix.layout == torch.sparse_coo:
-            m = matrix.coalesce()
-            rows, cols = m.indices().cpu().numpy()
-            return sp.csr_matrix((m.values().cpu().numpy(), (rows, cols)), shape=tuple(m.shape))
-    raise TypeError(f"{name} must be a dmfx.data.CSR, a scipy.sparse matrix or a torch sparse "
-                    f"CSR/COO tensor, got {type(matrix).__name__}"
-                    + (f" with layout {matrix.layout}" if isinstance(matrix, torch.Tensor) else ""))
+_INDEX_DTYPES = (torch.int32, torch.int64)
+_VALUE_DTYPES = (torch.float32, torch.float64)
+_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
-def as_csr(matrix, *, num_cols: Optional[int] = None, transpose: bool = False,
-           name: str = "rows", device=None) -> CSR:
-    """``matrix`` (or its transpose) as a canonical float32 CSR on ``device``.
+class CSR(NamedTuple):
+    """A compressed sparse row matrix as torch tensors.
 
-    ``num_cols`` is the number of columns the rows must have (e.g. the model's item count);
-    a mismatch, a non-2-D matrix or non-finite values raise ValueError naming ``name``.
+    ``indices[indptr[r]:indptr[r + 1]]`` are the column indices of row ``r``. As built by
+    :func:`as_csr` and :meth:`Interactions.csr`, they are sorted strictly ascending (no
+    duplicates), so consumers such as the negative sampler can binary-search a row, and
+    ``values`` is float32 unless another dtype was asked for.
     """
-    m = _to_scipy(matrix, name)
+
+    indptr: Tensor
+    indices: Tensor
+    values: Tensor
+    shape: tuple[int, int]
+
+
+def _accepted(name: str) -> str:
+    return (f"{name} must be a dmfx.data.CSR (or an object with indptr, indices and values "
+            "tensors), a scipy.sparse matrix or a torch sparse CSR/CSC/COO tensor")
+
+
+def _from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing ``array``'s memory where torch can (contiguous and writable)."""
+    if not array.flags.writeable:  # torch would share it but warn: writes are undefined
+        return torch.from_numpy(np.array(array))
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _shape(shape: Any, name: str) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(shape)}")
+    return int(shape[0]), int(shape[1])
+
+
+def _read(matrix: Any, name: str):
+    """``(indptr, indices, values, shape, by_rows)``: the stored arrays of ``matrix`` compressed
+    by rows (CSR) or by columns (CSC), as tensors. Views of a compressed input; COO and the
+    other formats are converted to CSR (a copy, duplicates summed). ``shape`` is None for a
+    CSR-like object without one."""
+    if isinstance(matrix, Tensor):
+        layout = matrix.layout
+        if layout not in (torch.sparse_csr, torch.sparse_csc, torch.sparse_coo):
+            raise TypeError(f"{_accepted(name)}; got a tensor with layout {layout} (for a dense "
+                            "matrix, convert it with .to_sparse_csr())")
+        if matrix.is_complex():
+            raise TypeError(f"{name}: values must be real numbers, got {matrix.dtype}")
+        if matrix.dim() != 2 or matrix.dense_dim() != 0:
+            raise ValueError(f"{name} must be a 2-D sparse matrix with scalar entries, got "
+                             f"shape {tuple(matrix.shape)} with {matrix.dense_dim()} dense "
+                             "dimension(s)")
+        shape = (int(matrix.shape[0]), int(matrix.shape[1]))
+        if layout == torch.sparse_csr:
+            return matrix.crow_indices(), matrix.col_indices(), matrix.values(), shape, True
+        if layout == torch.sparse_csc:
+            return matrix.ccol_indices(), matrix.row_indices(), matrix.values(), shape, False
+        ids = matrix._indices()  # checked before coalescing, which trusts them
+        if ids.numel() and (int(ids.min()) < 0
+                            or bool((ids.max(1).values >= ids.new_tensor(shape)).any())):
+            raise ValueError(f"{name} has row or column ids outside its shape {shape}")
+        if not matrix.is_floating_point():  # summing duplicates: bools would saturate
+            matrix = matrix.float()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
+            csr = matrix.coalesce().to_sparse_csr()
+        return csr.crow_indices(), csr.col_indices(), csr.values(), shape, True
+    indptr = getattr(matrix, "indptr", None)
+    if isinstance(indptr, Tensor) and hasattr(matrix, "indices") and hasattr(matrix, "values"):
+        shape = getattr(matrix, "shape", None)
+        return (indptr, matrix.indices, matrix.values,
+                None if shape is None else _shape(shape, name), True)
+    if sp.issparse(matrix):
+        shape = _shape(matrix.shape, name)
+        if matrix.format not in ("csr", "csc"):
+            # Their constructors have checked the ids; tocsr sums duplicates.
+            matrix = matrix.tocsr()
+        return (_from_numpy(matrix.indptr), _from_numpy(matrix.indices),
+                _from_numpy(matrix.data), shape, matrix.format == "csr")
+    if type(matrix).__name__ == "DataFrame":
+        raise TypeError(f"{_accepted(name)}; got a DataFrame, whose user and item columns hold "
+                        "raw ids: build dmfx.data.Interactions.from_pandas(df) and use its "
+                        ".csr()")
+    raise TypeError(f"{_accepted(name)}; got {type(matrix).__name__}")
+
+
+def _one_index_dtype(indptr: Tensor, indices: Tensor, name: str):
+    """``indptr`` and ``indices``, checked to be int32/int64, as int64 where they differ."""
+    for part, tensor in (("indptr", indptr), ("indices", indices)):
+        if tensor.dtype not in _INDEX_DTYPES:
+            raise TypeError(f"{name}: {part} must be int32 or int64, got {tensor.dtype}")
+    if indptr.dtype != indices.dtype:
+        return indptr.long(), indices.long()
+    return indptr, indices
+
+
+def _check_parts(indptr: Tensor, indices: Tensor, values: Optional[Tensor],
+                 shape: Optional[tuple[int, int]], name: str, ids: str):
+    """Check a CSR's arrays (``indptr`` and ``indices`` of one index dtype); returns
+    ``(shape, canonical)``, inferring a missing shape (the columns from the largest id) and
+    telling whether every row is strictly ascending.
+    ``ids`` names what the column ids are ("column", or "row" for a transposed input).
+
+    The data checks are reductions gathered into one host read (one sync on CUDA)."""
+    for part, tensor in (("indptr", indptr), ("indices", indices)):
+        if tensor.dim() != 1:
+            raise ValueError(f"{name}: {part} must be 1-D, got shape {tuple(tensor.shape)}")
+    nnz = indices.numel()
+    if values is not None:
+        if values.is_complex():
+            raise TypeError(f"{name}: values must be real numbers, got {values.dtype}")
+        if values.dim() != 1 or values.numel() != nnz:
+            raise ValueError(f"{name}: values must be 1-D with one entry per index ({nnz}), "
+                             f"got shape {tuple(values.shape)}")
+    if indptr.numel() == 0:
+        raise ValueError(f"{name}: indptr must have num_rows + 1 entries, got none")
+    if shape is not None and indptr.numel() != shape[0] + 1:
+        raise ValueError(f"{name} has {shape[0]} rows but its indptr has {indptr.numel()} "
+                         f"entries (num_rows + 1 expected)")
+    flags = {"first": indptr[0], "last": indptr[-1],
+             "step": torch.diff(indptr).min() if indptr.numel() > 1 else indptr[0]}
+    if nnz:
+        flags["smallest"], flags["largest"] = indices.min(), indices.max()
+        if values is not None and values.is_floating_point():
+            flags["non_finite"] = ~torch.isfinite(values).all()
+        increasing = indices[1:] > indices[:-1]
+        # The first entry of a row follows the previous row's last: no order between them.
+        starts = indptr[1:-1].long()
+        increasing[starts[(starts > 0) & (starts < nnz)] - 1] = True
+        flags["unsorted"] = ~increasing.all()
+    read = dict(zip(flags, torch.stack([f.to(torch.int64) for f in flags.values()]).tolist()))
+    if read["first"] != 0 or read["last"] != nnz:
+        raise ValueError(f"{name}: indptr must run from 0 to nnz ({nnz}), got {read['first']} "
+                         f"to {read['last']}")
+    if read["step"] < 0:
+        raise ValueError(f"{name}: indptr must be non-decreasing")
+    if not nnz:
+        return shape if shape is not None else (indptr.numel() - 1, 0), True
+    if read["smallest"] < 0:
+        raise ValueError(f"{name} has negative {ids} ids (smallest {read['smallest']})")
+    if shape is None:
+        shape = (indptr.numel() - 1, read["largest"] + 1)
+    elif read["largest"] >= shape[1]:
+        raise ValueError(f"{name} has {ids} ids up to {read['largest']}, outside its "
+                         f"{shape[1]} {ids}s")
+    if read.get("non_finite"):
+        raise ValueError(f"{name} holds non-finite values (NaN or infinity)")
+    return shape, not read["unsorted"]
+
+
+def _coalesced(indptr: Tensor, indices: Tensor, values: Tensor, shape: tuple[int, int],
+               by_rows: bool, transpose: bool):
+    """The CSR of the matrix stored (checked) by rows or by columns, or of its transpose:
+    sorted, duplicates summed. A copy, with int64 indices."""
+    counts = torch.diff(indptr.long())
+    major = torch.repeat_interleave(torch.arange(counts.numel(), device=indptr.device), counts,
+                                    output_size=indices.numel())
+    rows, cols = (major, indices.long()) if by_rows else (indices.long(), major)
     if transpose:
-        m = m.T.tocsr()
-    if m.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {m.shape}")
-    if num_cols is not None and m.shape[1] != num_cols:
-        what = "rows" if transpose else "columns"
-        raise ValueError(f"{name} must have {num_cols} {what} (one per "
-                         f"{'user' if transpose else 'item'} of the model), got shape "
-                         f"{tuple(matrix.shape)}")
-    m = m.astype(np.float32)
-    m.sum_duplicates()  # also sorts each row's columns
-    if m.nnz and not np.isfinite(m.data).all():
-        raise ValueError(f"{name} holds non-finite values")
-    index = np.int32 if m.nnz < 2**31 and m.shape[1] < 2**31 else np.int64
-    tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=index)) for a in (m.indptr, m.indices)]
-    values = torch.from_numpy(np.ascontiguousarray(m.data))
+        rows, cols, shape = cols, rows, shape[::-1]
+    # Built from ids, not via to_sparse_coo(), which takes a CSR for coalesced as it is.
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=False)
+    with warnings.catch_warnings():
+        # torch warns once that its CSR support is "beta"; this conversion is covered here.
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
+        csr = coo.coalesce().to_sparse_csr()
+    return csr.crow_indices(), csr.col_indices(), csr.values(), (int(csr.shape[0]),
+                                                                 int(csr.shape[1]))
+
+
+def _csr_parts(matrix: Any, name: str, *, transpose: bool = False):
+    """``(indptr, indices, values, shape)`` of the CSR of ``matrix`` (``transpose``: of its
+    transpose), unchecked and as stored where the input is that CSR already (views; ``shape``
+    None for a CSR-like object without one; rows may be unsorted), else converted (checked,
+    a copy). :mod:`dmfx.nn` reads per-call matrices through this, leaving the checks of the
+    rows it reads to the op; :func:`as_csr` adds the checks and the canonical form."""
+    indptr, indices, values, shape, by_rows = _read(matrix, name)
+    if by_rows != transpose:
+        return indptr, indices, values, shape if by_rows or shape is None else shape[::-1]
+    indptr, indices = _one_index_dtype(indptr, indices, name)
+    shape, _ = _check_parts(indptr, indices, values, shape if by_rows else shape[::-1], name,
+                            "column" if by_rows else "row")
+    if not by_rows:
+        shape = shape[::-1]
+    if values is None:
+        values = torch.ones(indices.numel(), device=indices.device)
+    elif not values.is_floating_point():  # summing duplicates: bools would saturate
+        values = values.to(torch.float32)
+    return _coalesced(indptr, indices, values, shape, by_rows, transpose)
+
+
+def as_csr(matrix: Any, *, num_cols: Optional[int] = None, transpose: bool = False,
+           name: str = "rows", device=None, dtype: torch.dtype = torch.float32,
+           index_dtype: Optional[torch.dtype] = None) -> CSR:
+    """``matrix`` (or, with ``transpose``, its transpose) as a checked, canonical :class:`CSR`.
+
+    Canonical: each row's column ids strictly ascending (duplicates summed), values of
+    ``dtype``, ``indptr`` and ``indices`` of one dtype. See the module docstring for the
+    accepted inputs and when the result shares the input's memory (zero copy) or is a copy.
+
+    Args:
+        matrix: the matrix; see the module docstring.
+        num_cols: the number of columns the result must have (e.g. a model's item count).
+        transpose: convert the transpose (e.g. users x items in, items x users out).
+        name: the argument's name in error messages.
+        device: of the result (default: the input's; scipy inputs are on the CPU).
+        dtype: of the values, float32 (default) or float64. A ``values=None`` CSR-like input
+            (a 0/1 matrix) gets ones.
+        index_dtype: of ``indptr`` and ``indices``, torch.int32 or torch.int64 (checked to
+            fit); default: the input's, int64 where its two differ.
+
+    Raises:
+        TypeError: an unsupported kind of matrix or dtype.
+        ValueError: not 2-D, the wrong number of columns, a broken ``indptr``, negative or
+            out-of-range ids, or non-finite values; the message names ``name``.
+    """
+    if dtype not in _VALUE_DTYPES:
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if index_dtype is not None and index_dtype not in _INDEX_DTYPES:
+        raise ValueError(f"index_dtype must be torch.int32 or torch.int64, got {index_dtype}")
+    indptr, indices, values, shape = _csr_parts(matrix, name, transpose=transpose)
     if device is not None:
-        tensors, values = [t.to(device) for t in tensors], values.to(device)
-    return CSR(tensors[0], tensors[1], values, (int(m.shape[0]), int(m.shape[1])))
+        indptr, indices = indptr.to(device), indices.to(device)
+        values = None if values is None else values.to(device)
+    indptr, indices = _one_index_dtype(indptr, indices, name)
+    indptr, indices = indptr.contiguous(), indices.contiguous()
+    values = None if values is None else values.contiguous()
+    shape, canonical = _check_parts(indptr, indices, values, shape, name,
+                                    "row" if transpose else "column")
+    if num_cols is not None and shape[1] != num_cols:
+        what = "rows" if transpose else "columns"
+        got = shape[::-1] if transpose else shape
+        raise ValueError(f"{name} must have {num_cols} {what}, got shape {got}")
+    values = (torch.ones(indices.numel(), dtype=dtype, device=indices.device)
+              if values is None else values.to(dtype))
+    if not canonical:
+        indptr, indices, values, shape = _coalesced(indptr, indices, values, shape, True, False)
+    if index_dtype is not None and indptr.dtype != index_dtype:
+        if index_dtype == torch.int32 and max(indices.numel(), *shape) > _INT32_MAX:
+            raise ValueError(f"int32 indices cannot address nnz={indices.numel()}, "
+                             f"shape={shape}; use torch.int64")
+        indptr, indices = indptr.to(index_dtype), indices.to(index_dtype)
+    return CSR(indptr, indices, values, shape)

@@ -1,0 +1,546 @@
+"""Interop: every accepted sparse format through dmfx.data.as_csr, Interactions and dmfx.nn.
+
+Round trips for scipy.sparse (every format), torch sparse CSR/CSC/COO tensors, dmfx CSRs and
+pandas DataFrames; zero copies where the docs promise them (data_ptr equality); duplicates
+summed; bad input refused with the argument named.
+"""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from dmfx.data import CSR, Interactions, as_csr, synthetic
+from dmfx.nn import SparseRowLinear
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Empty rows 0 and 4 (and the last), an empty column 3, negative and fractional values.
+DENSE = np.array([
+    [0, 0, 0, 0, 0],
+    [1.5, 0, 0, 0, 2],
+    [3, -1, 0.25, 0, 4],
+    [0, 0, 5, 0, 0],
+    [0, 0, 0, 0, 0],
+    [0, 6, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+], dtype=np.float32)
+NP_INDEX = {torch.int32: np.int32, torch.int64: np.int64}
+
+
+def scipy_input(fmt, index_dtype=torch.int32, dense=DENSE):
+    matrix = sp.csr_matrix(dense).asformat(fmt)
+    index = NP_INDEX[index_dtype]
+    if fmt in ("csr", "csc"):
+        matrix.indptr, matrix.indices = matrix.indptr.astype(index), matrix.indices.astype(index)
+    elif fmt == "coo":
+        matrix.row, matrix.col = matrix.row.astype(index), matrix.col.astype(index)
+    return matrix
+
+
+def torch_input(layout, index_dtype=torch.int64, dense=DENSE):
+    t = torch.from_numpy(dense)
+    if layout == "coo":
+        return t.to_sparse_coo()
+    if layout == "csr":
+        s = t.to_sparse_csr()
+        return torch.sparse_csr_tensor(s.crow_indices().to(index_dtype),
+                                       s.col_indices().to(index_dtype), s.values(), s.shape)
+    s = t.to_sparse_csc()
+    return torch.sparse_csc_tensor(s.ccol_indices().to(index_dtype),
+                                   s.row_indices().to(index_dtype), s.values(), s.shape)
+
+
+def dmfx_input(index_dtype=torch.int64, dense=DENSE, *, with_shape=True):
+    s = torch.from_numpy(dense).to_sparse_csr()
+    parts = (s.crow_indices().to(index_dtype), s.col_indices().to(index_dtype), s.values())
+    if with_shape:
+        return CSR(*parts, tuple(dense.shape))
+    return SimpleNamespace(indptr=parts[0], indices=parts[1], values=parts[2])
+
+
+def every_input():
+    """A builder of DENSE in every accepted format, each index dtype it can hold."""
+    cases = []
+    for index_dtype, bits in ((torch.int32, "int32"), (torch.int64, "int64")):
+        cases += [pytest.param(lambda f=fmt, d=index_dtype: scipy_input(f, d),
+                               id=f"scipy-{fmt}-{bits}") for fmt in ("csr", "csc", "coo")]
+        cases += [pytest.param(lambda f=layout, d=index_dtype: torch_input(f, d),
+                               id=f"torch-{layout}-{bits}") for layout in ("csr", "csc")]
+        cases += [pytest.param(lambda d=index_dtype: dmfx_input(d), id=f"dmfx-csr-{bits}"),
+                  pytest.param(lambda d=index_dtype: dmfx_input(d, with_shape=False),
+                               id=f"csr-like-without-shape-{bits}")]
+    cases += [pytest.param(lambda f=fmt: scipy_input(f), id=f"scipy-{fmt}")
+              for fmt in ("lil", "dok", "bsr", "dia")]
+    cases += [pytest.param(lambda: sp.csr_array(DENSE), id="scipy-csr_array"),
+              pytest.param(lambda: sp.coo_array(DENSE), id="scipy-coo_array"),
+              pytest.param(lambda: torch_input("coo"), id="torch-coo-int64")]
+    return cases
+
+
+def dense_of(csr: CSR) -> np.ndarray:
+    return sp.csr_matrix((csr.values.numpy(), csr.indices.numpy(), csr.indptr.numpy()),
+                         shape=csr.shape).toarray()
+
+
+def assert_canonical(csr: CSR) -> None:
+    """Strictly ascending columns in every row, one index dtype, contiguous tensors."""
+    assert csr.indptr.dtype == csr.indices.dtype
+    assert all(t.is_contiguous() for t in csr[:3])
+    indptr, indices = csr.indptr.numpy(), csr.indices.numpy()
+    for r in range(len(indptr) - 1):
+        assert (np.diff(indices[indptr[r]:indptr[r + 1]]) > 0).all(), f"row {r}"
+
+
+def shares(a: torch.Tensor, b) -> bool:
+    pointer = b.data_ptr() if isinstance(b, torch.Tensor) else b.ctypes.data
+    return a.data_ptr() == pointer
+
+
+# ------------------------------------------------------------------------ every format
+
+
+@pytest.mark.parametrize("build", every_input())
+def test_as_csr_reads_every_format_and_its_transpose(build):
+    matrix = build()
+    csr = as_csr(matrix)
+    assert csr.shape == DENSE.shape and csr.values.dtype == torch.float32
+    np.testing.assert_array_equal(dense_of(csr), DENSE)
+    assert_canonical(csr)
+    transposed = as_csr(matrix, transpose=True)
+    assert transposed.shape == DENSE.T.shape
+    np.testing.assert_array_equal(dense_of(transposed), DENSE.T)
+    assert_canonical(transposed)
+    as64 = as_csr(matrix, dtype=torch.float64, index_dtype=torch.int64)
+    assert as64.values.dtype == torch.float64 and as64.indptr.dtype == torch.int64
+
+
+def test_csr_like_without_shape_takes_its_width_from_the_largest_column():
+    narrow = DENSE[:, :3]  # columns 0..2 used
+    assert as_csr(dmfx_input(dense=narrow, with_shape=False)).shape == (7, 3)
+    assert as_csr(dmfx_input(dense=narrow, with_shape=False), num_cols=3).shape == (7, 3)
+
+
+@pytest.mark.parametrize("build", every_input())
+def test_interactions_from_scipy_round_trip_of_every_format(build):
+    data = Interactions.from_scipy(build())
+    assert (data.num_users, data.num_items) == DENSE.shape  # empty rows and columns kept
+    assert data.nnz == np.count_nonzero(DENSE)
+    np.testing.assert_array_equal(data.user_ids, np.arange(DENSE.shape[0]))
+    np.testing.assert_array_equal(data.to_scipy().toarray(), DENSE)
+
+
+def test_round_trips_with_scipy_torch_and_interactions():
+    data = synthetic(40, 30, 300, seed=3)
+    y = data.to_scipy()
+    back = Interactions.from_scipy(y, user_ids=data.user_ids, item_ids=data.item_ids)
+    np.testing.assert_array_equal(back.user_ids, data.user_ids)
+    np.testing.assert_array_equal(back.item_ids, data.item_ids)
+    assert (back.to_scipy() != y).nnz == 0
+    assert back.timestamps is None  # a matrix holds none
+    order = np.lexsort((data.items, data.users))  # from_scipy gives row order
+    np.testing.assert_array_equal(back.users, data.users[order])
+    np.testing.assert_array_equal(back.items, data.items[order])
+    np.testing.assert_array_equal(back.ratings, data.ratings[order])
+    # scipy -> dmfx CSR -> scipy, and torch CSR -> dmfx CSR -> torch CSR
+    csr = as_csr(y)
+    assert (sp.csr_matrix((csr.values.numpy(), csr.indices.numpy(), csr.indptr.numpy()),
+                          shape=csr.shape) != y).nnz == 0
+    t = torch.from_numpy(y.toarray()).to_sparse_csr()
+    csr = as_csr(t)
+    torch.testing.assert_close(torch.sparse_csr_tensor(*csr[:3], csr.shape).to_dense(),
+                               t.to_dense())
+    # Interactions.csr is as_csr of to_scipy: one converter
+    for transpose in (False, True):
+        ours, theirs = data.csr(transpose=transpose), as_csr(data.to_scipy(transpose=transpose))
+        assert ours.shape == theirs.shape and ours.indptr.dtype == torch.int64
+        for a, b in zip(ours[:3], theirs[:3]):
+            torch.testing.assert_close(a, b.to(a.dtype))
+    assert data.csr(index_dtype=torch.int32).indices.dtype == torch.int32
+
+
+def test_from_scipy_ids_and_their_errors():
+    data = Interactions.from_scipy(sp.csr_matrix(DENSE), user_ids=np.arange(7) * 10,
+                                   item_ids=["a", "b", "c", "d", "e"])
+    assert data.user_index(30) == 3 and data.item_index("e") == 4
+    with pytest.raises(ValueError, match="user_ids has 3 entries but matrix has 7 rows"):
+        Interactions.from_scipy(sp.csr_matrix(DENSE), user_ids=[1, 2, 3])
+    with pytest.raises(ValueError, match="item_ids must be strictly increasing"):
+        Interactions.from_scipy(sp.csr_matrix(DENSE), item_ids=[4, 3, 2, 1, 0])
+
+
+def test_from_scipy_keeps_explicit_zeros_and_copies():
+    m = sp.csr_matrix(DENSE)
+    m.data[0] = 0.0  # an explicitly stored zero is an interaction rated 0
+    data = Interactions.from_scipy(m)
+    assert data.nnz == m.nnz and (data.ratings == 0).sum() == 1
+    m.data[:] = 9.0
+    assert (data.ratings != 9.0).all()  # the interactions own their arrays
+
+
+# --------------------------------------------------------------------------- zero copy
+
+
+@pytest.mark.parametrize("index", [np.int32, np.int64])
+def test_scipy_csr_with_float32_values_is_viewed_not_copied(index):
+    m = sp.csr_matrix(DENSE)
+    m.indptr, m.indices = m.indptr.astype(index), m.indices.astype(index)
+    csr = as_csr(m)
+    assert shares(csr.indptr, m.indptr) and shares(csr.indices, m.indices)
+    assert shares(csr.values, m.data)
+    # transposed: the arrays of a CSC are the CSR of its transpose
+    csc = sp.csc_matrix(DENSE)
+    t = as_csr(csc, transpose=True)
+    assert shares(t.indptr, csc.indptr) and shares(t.indices, csc.indices)
+    assert shares(t.values, csc.data)
+
+
+def test_torch_and_dmfx_csr_are_viewed_not_copied():
+    t = torch_input("csr", torch.int32)
+    csr = as_csr(t)
+    assert shares(csr.indptr, t.crow_indices()) and shares(csr.indices, t.col_indices())
+    assert shares(csr.values, t.values())
+    c = torch_input("csc")
+    csr = as_csr(c, transpose=True)
+    assert shares(csr.indptr, c.ccol_indices()) and shares(csr.values, c.values())
+    d = dmfx_input()
+    csr = as_csr(d, device="cpu")
+    assert all(a is b for a, b in zip(csr[:3], d[:3]))
+
+
+def test_copies_happen_where_documented():
+    m = sp.csr_matrix(DENSE.astype(np.float64))
+    csr = as_csr(m)  # float64 data: values cast (a copy), indices still shared
+    assert not shares(csr.values, m.data) and shares(csr.indices, m.indices)
+    assert shares(as_csr(m, dtype=torch.float64).values, m.data)
+    as64 = as_csr(sp.csr_matrix(DENSE), index_dtype=torch.int64)  # scipy holds int32
+    assert as64.indices.dtype == torch.int64
+    m = sp.csr_matrix(DENSE)
+    m.data.flags.writeable = False  # shared, torch could write: copied (and no warning)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        csr = as_csr(m)
+    assert not shares(csr.values, m.data) and shares(csr.indices, m.indices)
+    np.testing.assert_array_equal(dense_of(csr), DENSE)
+
+
+# -------------------------------------------------------- duplicates, order, contiguity
+
+
+def test_duplicates_are_summed_in_every_format():
+    # (row, col, value) with (2, 1) three times and (0, 3) twice, in no order
+    rows = np.array([2, 0, 2, 1, 0, 2])
+    cols = np.array([1, 3, 1, 0, 3, 1])
+    vals = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 0.5], dtype=np.float32)
+    expected = np.zeros((3, 4), np.float32)
+    np.add.at(expected, (rows, cols), vals)
+    coo = sp.coo_matrix((vals, (rows, cols)), shape=(3, 4))
+    torch_coo = torch.sparse_coo_tensor(np.vstack([rows, cols]), vals, (3, 4))
+    order = np.argsort(rows, kind="stable")  # rows grouped, columns unsorted, duplicates kept
+    indptr = torch.from_numpy(np.r_[0, np.cumsum(np.bincount(rows, minlength=3))])
+    messy = CSR(indptr, torch.from_numpy(cols[order]), torch.from_numpy(vals[order]), (3, 4))
+    messy_scipy = sp.csr_matrix((vals[order], cols[order], indptr.numpy()), shape=(3, 4))
+    assert not messy_scipy.has_canonical_format
+    for matrix in (coo, torch_coo, messy, messy_scipy):
+        csr = as_csr(matrix)
+        assert_canonical(csr)
+        assert csr.indices.numel() == np.count_nonzero(expected)
+        np.testing.assert_array_equal(dense_of(csr), expected)
+        np.testing.assert_array_equal(dense_of(as_csr(matrix, transpose=True)), expected.T)
+        np.testing.assert_array_equal(Interactions.from_scipy(matrix).to_scipy().toarray(),
+                                      expected)
+    # the layer sums duplicates too, on the matrix as given
+    layer = SparseRowLinear(4, 3)
+    rows_batch = torch.tensor([2, 0, 1])
+    want = torch.from_numpy(expected)[rows_batch] @ layer.weight
+    for matrix in (messy, messy_scipy, coo, torch_coo):
+        torch.testing.assert_close(layer(matrix, rows_batch), want)
+    # the scipy/torch COO inputs were not coalesced in place
+    assert coo.nnz == 6 and torch_coo._nnz() == 6
+
+
+def test_unsorted_coo():
+    rng = np.random.default_rng(0)
+    rows, cols = np.nonzero(DENSE)
+    order = rng.permutation(len(rows))
+    coo = sp.coo_matrix((DENSE[rows, cols][order], (rows[order], cols[order])),
+                        shape=DENSE.shape)
+    torch_coo = torch.sparse_coo_tensor(np.vstack([rows[order], cols[order]]),
+                                        DENSE[rows, cols][order], DENSE.shape)
+    for matrix in (coo, torch_coo):
+        csr = as_csr(matrix)
+        assert_canonical(csr)
+        np.testing.assert_array_equal(dense_of(csr), DENSE)
+
+
+def test_non_contiguous_inputs():
+    s = torch.from_numpy(DENSE).to_sparse_csr()
+    spread = torch.zeros(2 * s.values().numel())
+    spread[::2] = s.values()
+    strided = CSR(s.crow_indices(), s.col_indices(), spread[::2], DENSE.shape)
+    assert not strided.values.is_contiguous()
+    csr = as_csr(strided)
+    assert csr.values.is_contiguous()
+    np.testing.assert_array_equal(dense_of(csr), DENSE)
+    m = sp.csr_matrix(DENSE)
+    data = np.zeros(2 * m.nnz, np.float32)
+    data[::2] = m.data
+    m = sp.csr_matrix((data[::2], m.indices, m.indptr), shape=m.shape)
+    assert not m.data.flags.c_contiguous
+    np.testing.assert_array_equal(dense_of(as_csr(m)), DENSE)
+    layer = SparseRowLinear(5, 2)
+    torch.testing.assert_close(layer(strided, torch.arange(7)),
+                               torch.from_numpy(DENSE) @ layer.weight)
+
+
+def test_empty_matrices():
+    for matrix in (sp.csr_matrix((3, 4), dtype=np.float32), sp.coo_matrix((0, 4)),
+                   torch.zeros(3, 4).to_sparse_csr(), torch.zeros(0, 4).to_sparse_coo()):
+        csr = as_csr(matrix)
+        assert csr.shape == tuple(matrix.shape) and csr.indices.numel() == 0
+        assert csr.indptr.tolist() == [0] * (matrix.shape[0] + 1)
+        assert as_csr(matrix, transpose=True).shape == tuple(matrix.shape)[::-1]
+    data = Interactions.from_scipy(sp.csr_matrix((3, 4)))
+    assert (data.num_users, data.num_items, data.nnz) == (3, 4, 0)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def csr_with(**change):
+    """DENSE as a dmfx CSR with some parts replaced."""
+    return dmfx_input()._replace(**change)
+
+
+def negative_id():
+    indices = dmfx_input().indices.clone()
+    indices[3] = -1
+    return indices
+
+
+NNZ = np.count_nonzero(DENSE)
+
+
+BAD = [
+    # (id, thunk, exception, message)
+    ("wrong width", lambda: as_csr(sp.csr_matrix(DENSE), num_cols=6, name="ratings"),
+     ValueError, r"ratings must have 6 columns, got shape \(7, 5\)"),
+    ("wrong height transposed", lambda: as_csr(sp.csr_matrix(DENSE), num_cols=5, transpose=True,
+                                               name="columns"),
+     ValueError, r"columns must have 5 rows, got shape \(7, 5\)"),
+    ("rows vs indptr", lambda: as_csr(csr_with(shape=(8, 5)), name="m"),
+     ValueError, r"m has 8 rows but its indptr has 8 entries"),
+    ("3-D torch", lambda: as_csr(torch.zeros(2, 3, 4).to_sparse_csr(), name="m"),
+     ValueError, "m must be a 2-D sparse matrix"),
+    ("hybrid COO", lambda: as_csr(torch.zeros(3, 4).to_sparse(1), name="m"),
+     ValueError, "m must be a 2-D sparse matrix"),
+    ("1-D scipy", lambda: as_csr(sp.coo_array(np.array([1.0, 0, 2])), name="m"),
+     ValueError, r"m must be 2-D, got shape \(3,\)"),
+    ("3-D shape attribute", lambda: as_csr(csr_with(shape=(7, 5, 1)), name="m"),
+     ValueError, "m must be 2-D"),
+    ("dense tensor", lambda: as_csr(torch.zeros(3, 4), name="m"),
+     TypeError, "m must be a dmfx.data.CSR.*layout torch.strided"),
+    ("numpy array", lambda: as_csr(np.zeros((3, 4)), name="m"), TypeError, "m must be"),
+    ("NaN scipy", lambda: as_csr(sp.csr_matrix(([np.nan], ([0], [1])), shape=(2, 2)), name="m"),
+     ValueError, "m holds non-finite values"),
+    ("inf torch CSR", lambda: as_csr(torch.tensor([[0, float("inf")]]).to_sparse_csr(),
+                                     name="m"),
+     ValueError, "m holds non-finite values"),
+    ("NaN torch COO", lambda: as_csr(torch.sparse_coo_tensor([[0], [1]], [float("nan")], (2, 2)),
+                                     name="m"),
+     ValueError, "m holds non-finite values"),
+    ("NaN dmfx CSR", lambda: as_csr(csr_with(values=torch.full((NNZ,), float("nan"))), name="m"),
+     ValueError, "m holds non-finite values"),
+    ("negative id", lambda: as_csr(csr_with(indices=negative_id()), name="m"),
+     ValueError, r"m has negative column ids \(smallest -1\)"),
+    ("negative id scipy", lambda: as_csr(
+        sp.csr_matrix((np.ones(2), np.array([-2, 1]), np.array([0, 2])), shape=(1, 3)), name="m"),
+     ValueError, "m has negative column ids"),
+    ("negative id transposed", lambda: as_csr(
+        sp.csc_matrix((np.ones(2), np.array([-2, 1]), np.array([0, 2])), shape=(3, 1)),
+        transpose=True, name="m"),
+     ValueError, "m has negative row ids"),
+    ("negative id torch COO", lambda: as_csr(
+        torch.sparse_coo_tensor([[0], [-1]], [1.0], (2, 2)), name="m"),
+     ValueError, "m has row or column ids outside its shape"),
+    ("id out of range", lambda: as_csr(csr_with(shape=(7, 4)), name="m"),
+     ValueError, "m has column ids up to 4, outside its 4 columns"),
+    ("indptr not from 0", lambda: as_csr(csr_with(indptr=csr_with().indptr + 1), name="m"),
+     ValueError, rf"m: indptr must run from 0 to nnz \({NNZ}\)"),
+    ("indptr decreasing", lambda: as_csr(
+        csr_with(indptr=torch.tensor([0, 2, 0, 6, 7, 7, NNZ, NNZ])), name="m"),
+     ValueError, "m: indptr must be non-decreasing"),
+    ("float indices", lambda: as_csr(csr_with(indices=csr_with().indices.double()), name="m"),
+     TypeError, "m: indices must be int32 or int64"),
+    ("complex values", lambda: as_csr(sp.csr_matrix(DENSE.astype(np.complex64)), name="m"),
+     TypeError, "m: values must be real numbers"),
+    ("values length", lambda: as_csr(csr_with(values=torch.ones(3)), name="m"),
+     ValueError, rf"m: values must be 1-D with one entry per index \({NNZ}\)"),
+    ("dtype", lambda: as_csr(sp.csr_matrix(DENSE), dtype=torch.int64),
+     TypeError, "dtype must be torch.float32 or torch.float64"),
+    ("index_dtype", lambda: as_csr(sp.csr_matrix(DENSE), index_dtype=torch.int16),
+     ValueError, "index_dtype must be torch.int32 or torch.int64"),
+    ("int32 overflow", lambda: as_csr(CSR(torch.zeros(2, dtype=torch.long),
+                                          torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                                          (1, 2**31)), index_dtype=torch.int32),
+     ValueError, "int32 indices cannot address"),
+]
+
+
+@pytest.mark.parametrize("thunk,error,message", [pytest.param(*case[1:], id=case[0])
+                                                 for case in BAD])
+def test_bad_input_raises_naming_the_argument(thunk, error, message):
+    with pytest.raises(error, match=message):
+        thunk()
+
+
+def test_bad_input_to_the_data_layer_and_the_layer():
+    with pytest.raises(ValueError, match="matrix holds non-finite values"):
+        Interactions.from_scipy(sp.csr_matrix(([np.nan], ([0], [1])), shape=(2, 2)))
+    with pytest.raises(ValueError, match="matrix has negative column ids"):
+        Interactions.from_scipy(csr_with(indices=negative_id()))
+    layer = SparseRowLinear(5, 2)
+    with pytest.raises(ValueError, match="SparseRowLinear: matrix holds non-finite values"):
+        layer.bind(sp.csr_matrix(([np.nan], ([0], [1])), shape=(2, 5)))
+    with pytest.raises(ValueError, match="SparseRowLinear: matrix has negative column ids"):
+        layer.bind(csr_with(indices=negative_id()))
+    with pytest.raises(ValueError, match="SparseRowLinear: matrix has column ids up to 4"):
+        SparseRowLinear(4, 2).bind(dmfx_input(with_shape=False))
+    with pytest.raises(ValueError, match="SparseRowLinear: matrix has 5 columns but the layer's "
+                                         "in_features is 4"):
+        SparseRowLinear(4, 2)(sp.csr_matrix(DENSE), torch.tensor([1]))
+    with pytest.raises(TypeError, match="SparseRowLinear: matrix values are torch.float64 but "
+                                        "the layer's weight is torch.float32"):
+        layer(sp.csr_matrix(DENSE.astype(np.float64)), torch.tensor([1]))
+    assert not layer.bound  # refused binds bind nothing
+
+
+# ------------------------------------------------------------------- SparseRowLinear
+
+
+@pytest.mark.parametrize("build", every_input())
+def test_sparse_row_linear_reads_every_format(build):
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 3, bias=False)
+    layer = SparseRowLinear.from_linear(linear)
+    rows = torch.tensor([0, 2, 1, 6, 2, 5])
+    want = linear(torch.from_numpy(DENSE)[rows])
+    torch.testing.assert_close(layer(build(), rows), want)
+    torch.testing.assert_close(layer.bind(build())(rows), want)
+
+
+def test_bind_shares_a_csr_already_in_the_weights_dtype_and_device():
+    m = sp.csr_matrix(DENSE)
+    layer = SparseRowLinear(5, 2).bind(m)
+    assert shares(layer.indptr, m.indptr) and shares(layer.values, m.data)
+    layer64 = SparseRowLinear(5, 2, dtype=torch.float64).bind(m)
+    assert not shares(layer64.values, m.data) and layer64.values.dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------- pandas
+
+
+def test_as_csr_points_a_dataframe_to_from_pandas():
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    with pytest.raises(TypeError, match="Interactions.from_pandas"):
+        as_csr(pd.DataFrame({"user": [0], "item": [1], "rating": [1.0]}), name="m")
+
+
+@pytest.mark.parametrize("string_ids", [False, True], ids=["int-ids", "string-ids"])
+def test_pandas_round_trip(string_ids):
+    pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    data = synthetic(30, 25, 200, seed=2)
+    if string_ids:
+        data = Interactions.from_arrays(np.char.add("u", data.user_ids[data.users].astype(str)),
+                                        np.char.add("i", data.item_ids[data.items].astype(str)),
+                                        data.ratings, data.timestamps)
+    df = data.to_pandas()
+    assert list(df.columns) == ["user", "item", "rating", "timestamp"] and len(df) == data.nnz
+    back = Interactions.from_pandas(df, timestamp="timestamp")
+    for name in ("user_ids", "item_ids", "users", "items", "ratings", "timestamps"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(data, name), err_msg=name)
+    no_time = Interactions.from_pandas(df)
+    assert no_time.timestamps is None and no_time.nnz == data.nnz
+    # the id maps hold only ids with an interaction: a table has no row for the others
+    sparse = Interactions.from_scipy(sp.csr_matrix(DENSE))
+    assert Interactions.from_pandas(sparse.to_pandas()).num_users == 4
+
+
+def test_from_pandas_columns_duplicates_and_dtypes():
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    df = pd.DataFrame({
+        "uid": pd.array([10, 20, 10, 10], dtype="Int64"),  # nullable, without missing values
+        "movie": pd.Categorical(["b", "a", "a", "b"]),
+        "stars": [4.0, 3.0, 5.0, 1.0],
+        "when": [1, 2, 3, 0],
+    })
+    data = Interactions.from_pandas(df, user="uid", item="movie", rating="stars", timestamp="when")
+    assert data.user_ids.tolist() == [10, 20] and data.item_ids.tolist() == ["a", "b"]
+    # (10, "b") twice: the latest (when=1, stars 4) supersedes, as in from_arrays
+    assert data.nnz == 3
+    y = data.to_scipy().toarray()
+    assert y[0].tolist() == [5.0, 4.0] and y[1].tolist() == [3.0, 0.0]
+    implicit = Interactions.from_pandas(df, user="uid", item="movie", rating=None)
+    assert (implicit.ratings == 1.0).all()
+    # into the layer, through the data layer's CSR
+    layer = SparseRowLinear(data.num_items, 2)
+    torch.testing.assert_close(layer(data.csr(), torch.tensor([0, 1])),
+                               torch.from_numpy(y) @ layer.weight)
+
+
+def test_from_pandas_bad_input_names_the_argument():
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    good = {"user": [1, 2], "item": [3, 4], "rating": [1.0, 2.0]}
+    cases = [
+        (pd.DataFrame({"user": [1], "rating": [1.0]}), {}, KeyError,
+         r"item='item': df has no column 'item' \(its columns: 'user', 'rating'\)"),
+        (pd.DataFrame(good), {"timestamp": "ts"}, KeyError, "timestamp='ts': df has no column"),
+        (pd.DataFrame(dict(good, rating=[1.0, np.nan])), {}, ValueError,
+         "rating='rating': column 'rating' has 1 missing value"),
+        (pd.DataFrame(dict(good, user=pd.array([1, None], dtype="Int64"))), {}, ValueError,
+         "user='user': column 'user' has 1 missing value"),
+        (pd.DataFrame(dict(good, rating=[1.0, np.inf])), {}, ValueError,
+         "rating='rating': column 'rating' holds non-finite ratings"),
+        (pd.DataFrame(dict(good, item=[3.0, 4.0])), {}, TypeError,
+         "item='item': column 'item' must hold integers or strings, got dtype float64"),
+        (pd.DataFrame(dict(good, rating=["1", "2"])), {}, TypeError,
+         "rating='rating': column 'rating' must hold numbers"),
+    ]
+    for df, kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            Interactions.from_pandas(df, **kwargs)
+    with pytest.raises(TypeError, match="df must be a pandas DataFrame, got dict"):
+        Interactions.from_pandas(good)
+
+
+def test_without_pandas_the_pandas_methods_say_how_to_install_it():
+    script = textwrap.dedent("""
+        import importlib.abc, sys
+
+        class NoPandas(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "pandas" or name.startswith("pandas."):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, NoPandas())
+        from dmfx.data import Interactions, synthetic
+        for call in (lambda: synthetic(5, 5, 10, seed=0).to_pandas(),
+                     lambda: Interactions.from_pandas(None)):
+            try:
+                call()
+            except ImportError as error:
+                print(error)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env={"PYTHONPATH": str(ROOT)}).stdout
+    assert out.splitlines() == [
+        f"Interactions.{name} needs pandas, which is not installed: pip install pandas "
+        "(or pip install 'dmfx[pandas]')" for name in ("to_pandas", "from_pandas")]
