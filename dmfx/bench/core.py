@@ -87,6 +87,17 @@ def agreeing(name: str, fn: Callable[[], Sequence[torch.Tensor]],
     return Contender(name, fn, f"outputs and gradients equal {BASELINE}'s (rtol {rtol:g})")
 
 
+def compiled_now(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn``, a call of a ``torch.compile``'d function, called once so that its forward and
+    backward graphs are compiled before any timing; a compiler that cannot run here makes the
+    contender :class:`Unavailable`."""
+    try:
+        fn()
+    except Exception as exc:  # inductor needs a working C++ compiler (CPU) or Triton (CUDA)
+        raise Unavailable(f"torch.compile is unusable here: {type(exc).__name__}: {exc}") from exc
+    return fn
+
+
 def warm_up(fn: Callable[[], object], seconds: float = WARMUP_S) -> float:
     """Call ``fn`` until warm (``seconds``, at least two calls) and return its fastest call in
     seconds. Allocator caches, lazy CUDA initialisation, cuBLAS handles and page faults on fresh

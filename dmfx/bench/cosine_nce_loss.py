@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops, reference
-from .core import BASELINE, Contender, Op, Unavailable, agreeing
+from .core import BASELINE, Contender, Op, agreeing, compiled_now
 
 CONTENDERS = (BASELINE, "dmfx-validate", "eager", "compile")
 NEGATIVES_PER_POSITIVE = 7
@@ -63,12 +63,7 @@ def _call(prob: Problem, name: str):
         loss = loss_fn(p, q, prob.target)
         return loss, *torch.autograd.grad(loss, (p, q))
 
-    if name == "compile":
-        try:
-            fn()  # compile the forward and backward graphs now
-        except Exception as exc:  # inductor needs a working C++ compiler (CPU) or Triton (CUDA)
-            raise Unavailable(f"torch.compile is unusable here: {type(exc).__name__}: {exc}") from exc
-    return fn
+    return compiled_now(fn) if name == "compile" else fn
 
 
 def prepare(prob: Problem, name: str) -> Contender:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .core import BASELINE, Contender, Op, Unavailable, agreeing
+from .core import BASELINE, Contender, Op, agreeing, compiled_now
 
 CONTENDERS = (BASELINE, "dmfx-validate", "eager", "compile", "bce-logits")
 ETA = 0.6
@@ -82,12 +82,7 @@ def _call(prob: Problem, name: str):
         loss = loss_fn(logits, prob.implicit, prob.explicit)
         return loss, *torch.autograd.grad(loss, (logits,))
 
-    if name == "compile":
-        try:
-            fn()  # compile the forward and backward graphs now
-        except Exception as exc:  # inductor needs a working C++ compiler (CPU) or Triton (CUDA)
-            raise Unavailable(f"torch.compile is unusable here: {type(exc).__name__}: {exc}") from exc
-    return fn
+    return compiled_now(fn) if name == "compile" else fn
 
 
 def prepare(prob: Problem, name: str) -> Contender:
