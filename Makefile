@@ -4,6 +4,7 @@
 #   make test        setup, then the C++ kernel tests (ctest) and the Python tests (pytest)
 #   make bench       setup, then the CPU benchmarks (pytest-benchmark), apart from the tests
 #   make cuda-check  compile every CUDA kernel with nvcc and the CUDA paths of the op glue
+#   make recbole-check  the RecBole integration's tests in their own environment (.venv-recbole)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +20,12 @@ EXT_STAMP := $(VENV)/.dmfx-extension
 INSTALL_STAMP := $(VENV)/.dmfx-installed
 DEPS_STAMP := $(VENV)/.dmfx-deps
 
-.PHONY: setup run test test-cpp test-python bench cuda-check clean
+# RecBole 1.2.1's old pins (pyproject's `recbole` extra) get their own venv, never $(VENV).
+RECBOLE_VENV ?= .venv-recbole
+RECBOLE_PY := $(RECBOLE_VENV)/bin/python
+RECBOLE_STAMP := $(RECBOLE_VENV)/.dmfx-recbole
+
+.PHONY: setup run test test-cpp test-python bench cuda-check recbole-check clean
 
 RUN_DIR ?= runs/ml-100k-dmf
 
@@ -64,6 +70,27 @@ cuda-check: $(DEPS_STAMP)
 	cmake -S . -B $(CMAKE_BUILD) -DDMFX_REQUIRE_CUDA=ON > /dev/null
 	cmake --build $(CMAKE_BUILD) -j $(JOBS) --target dmfx_kernels_cuda
 	$(PY) tools/check_cuda_glue.py
+
+# torch first, then dmfx (editable, not compiled: it uses dmfx/_C built by `setup`) with its
+# `recbole` and `test` extras, holding that torch: a free resolve would trade it for an older
+# release that accepts more setuptools versions.
+$(RECBOLE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_PY) -m pip install "$(TORCH_SPEC)"
+	DMFX_SKIP_EXTENSION=1 $(RECBOLE_PY) -m pip install --no-build-isolation -e ".[recbole,test]" \
+		"torch==$$($(RECBOLE_PY) -c 'import torch; print(torch.__version__)')"
+	touch $@
+
+# dmfx/_C is compiled against $(VENV)'s torch and Python; it loads in $(RECBOLE_VENV) only when
+# both are the same there, which the check below makes sure of instead of compiling twice.
+recbole-check: $(EXT_STAMP) $(RECBOLE_STAMP)
+	@built=$$($(PY) -c 'import sys, torch; print(sys.version_info[:2], torch.__version__)'); \
+	here=$$($(RECBOLE_PY) -c 'import sys, torch; print(sys.version_info[:2], torch.__version__)'); \
+	if [ "$$built" != "$$here" ]; then \
+		echo "dmfx/_C was built for Python/torch $$built ($(VENV)) but $(RECBOLE_VENV) has" \
+			"$$here: rm -rf $(RECBOLE_VENV) and rerun with the same TORCH_SPEC and PYTHON"; \
+		exit 1; fi
+	$(RECBOLE_PY) -m pytest tests/integrations -q
 
 clean:
 	rm -rf build $(CMAKE_BUILD) dmfx/_C*.so $(EXT_STAMP) $(INSTALL_STAMP)
