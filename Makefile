@@ -5,6 +5,7 @@
 #   make bench       setup, then the CPU benchmarks (pytest-benchmark), apart from the tests
 #   make cuda-check  compile every CUDA kernel with nvcc and the CUDA paths of the op glue
 #   make dist-check  build the sdist and a wheel from it, install the wheel in a fresh venv, use it
+#   make recbole-check  the RecBole integration's tests in their own environment (.venv-recbole)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,7 +21,12 @@ EXT_STAMP := $(VENV)/.dmfx-extension
 INSTALL_STAMP := $(VENV)/.dmfx-installed
 DEPS_STAMP := $(VENV)/.dmfx-deps
 
-.PHONY: setup run test test-cpp test-python bench cuda-check dist-check clean
+# RecBole 1.2.1's old pins (pyproject's `recbole` extra) get their own venv, never $(VENV).
+RECBOLE_VENV ?= .venv-recbole
+RECBOLE_PY := $(RECBOLE_VENV)/bin/python
+RECBOLE_STAMP := $(RECBOLE_VENV)/.dmfx-recbole
+
+.PHONY: setup run test test-cpp test-python bench cuda-check dist-check recbole-check clean
 
 RUN_DIR ?= runs/ml-100k-dmf
 
@@ -93,6 +99,28 @@ dist-check: $(DEPS_STAMP)
 	cd "$$tmp" && "$$tmp/venv/bin/python" -c '$(DIST_CHECK)' && \
 	"$$tmp/venv/bin/dmfx" --help > /dev/null && \
 	ls -l "$$tmp/dist" && echo "dist-check: sdist and wheel build, install and run"
+
+# torch and a setuptools that builds pyproject's metadata (>= 77) and still has pkg_resources
+# for RecBole's ray (< 81) first, then dmfx (editable, not compiled: it uses dmfx/_C built by
+# `setup`) with its `recbole` and `test` extras, holding that torch: a free resolve would trade
+# it for an older release that accepts more setuptools versions.
+$(RECBOLE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_PY) -m pip install "$(TORCH_SPEC)" "setuptools>=77,<81" wheel
+	DMFX_SKIP_EXTENSION=1 $(RECBOLE_PY) -m pip install --no-build-isolation -e ".[recbole,test]" \
+		"torch==$$($(RECBOLE_PY) -c 'import torch; print(torch.__version__)')"
+	touch $@
+
+# dmfx/_C is compiled against $(VENV)'s torch and Python; it loads in $(RECBOLE_VENV) only when
+# both are the same there, which the check below makes sure of instead of compiling twice.
+recbole-check: $(EXT_STAMP) $(RECBOLE_STAMP)
+	@built=$$($(PY) -c 'import sys, torch; print(sys.version_info[:2], torch.__version__)'); \
+	here=$$($(RECBOLE_PY) -c 'import sys, torch; print(sys.version_info[:2], torch.__version__)'); \
+	if [ "$$built" != "$$here" ]; then \
+		echo "dmfx/_C was built for Python/torch $$built ($(VENV)) but $(RECBOLE_VENV) has" \
+			"$$here: rm -rf $(RECBOLE_VENV) and rerun with the same TORCH_SPEC and PYTHON"; \
+		exit 1; fi
+	$(RECBOLE_PY) -m pytest tests/integrations -q
 
 clean:
 	rm -rf build $(CMAKE_BUILD) dmfx/_C*.so $(EXT_STAMP) $(INSTALL_STAMP)
