@@ -72,6 +72,8 @@ class VectorScorer:
 # the block's matmul to reuse each tile of item vectors from cache; the memory budget then
 # bounds the tile of items instead of the users.
 TILE_USERS = 1024
+# Bytes of scores (and their sort keys and copies, about 16 bytes a score) recommend holds at once.
+SCORE_BUDGET = 256 << 20
 
 
 def _merge_top(best: Optional[tuple], values: Tensor, items: Tensor, k: int) -> tuple:
@@ -299,7 +301,7 @@ class Recommender(nn.Module):
             raise ValueError(f"k must be >= 1, got {k}")
         tiled = generator is None and hasattr(scorer, "item_range")
         block = batch_size or self.users_per_block(scorer=scorer if tiled else None)
-        tile = max(k, (256 << 20) // (16 * block))
+        tile = max(k, SCORE_BUDGET // (16 * block))
         items, scores = [], []
         for chunk in users.split(block):
             if tiled:
@@ -326,7 +328,7 @@ class Recommender(nn.Module):
         return self._top(users, k, matrix if exclude_rated else None,
                          self.scorer_for_rows(matrix))
 
-    def users_per_block(self, budget_bytes: int = 256 << 20, scorer: Optional[Scorer] = None) -> int:
+    def users_per_block(self, budget_bytes: int = SCORE_BUDGET, scorer: Optional[Scorer] = None) -> int:
         """Users :meth:`recommend` scores at once: as many as fit their scores against every item
         in ``budget_bytes`` (a float32 score, its int64 sort key and a copy: about 16 bytes
         each), or, for a ``scorer`` that scores a tile of items at a time (``item_range``),
