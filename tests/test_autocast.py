@@ -17,28 +17,30 @@ def towers(device):
     first = nn.Parameter(torch.randn(14, 16, device=device) * 0.3)  # float32 table
     user = nn.Sequential(nn.ReLU(), nn.Linear(16, 8)).to(device)
     item = nn.Linear(16, 8).to(device)
-    return first, user, item
+    predict = nn.Linear(8, 1).to(device)  # EINMF's prediction layer h^T over p * q
+    return first, user, item, predict
 
 
 def dmf_like_step(device, autocast_dtype):
     """sparse_rows_matmul -> Linear (half under autocast) -> cosine_nce_loss and
     hybrid_bce_loss; returns the losses and the gradients of every parameter."""
     y = random_csr(10, 14, density=0.4, dtype=torch.float32, device=device)
-    first, user, item = towers(device)
+    first, user, item, predict = towers(device)
     users = torch.tensor([0, 1, 2, 5, 5, 9], device=device)
     target = torch.tensor([0.2, 1.0, 0.6, 0.0, 0.8, 0.0], device=device)
     with torch.autocast(device.type if isinstance(device, torch.device) else device,
                         dtype=autocast_dtype, enabled=autocast_dtype is not None):
         h = ops.sparse_rows_matmul(y.indptr, y.indices, y.values, users, first)
         p, q = user(h), item(h).relu()
-        logits = (p * q).sum(1)
+        # A Linear, not (p * q).sum(1): CUDA's autocast runs sum in float32, CPU's does not.
+        logits = predict(p * q).squeeze(1)
         if autocast_dtype is not None:
             assert p.dtype == autocast_dtype and logits.dtype == autocast_dtype
         nce = ops.cosine_nce_loss(p.relu(), q, target)
         hybrid = ops.hybrid_bce_loss(logits, (target > 0).float(), target, 0.6)
         assert nce.dtype == torch.float32 and hybrid.dtype == torch.float32
     (nce + hybrid).backward()
-    params = [first, *user.parameters(), *item.parameters()]
+    params = [first, *user.parameters(), *item.parameters(), *predict.parameters()]
     return (nce.detach(), hybrid.detach()), [t.grad for t in params]
 
 

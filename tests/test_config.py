@@ -7,9 +7,11 @@ import tomllib
 
 import pytest
 
-from dmfx.cli import main, parse_args
+from dmfx.cli import _device, main, parse_args
 from dmfx.config import file_flags, read_settings, toml_text
 
+# What --device auto (the default) resolves to on this machine.
+AUTO_DEVICE = str(_device("auto"))
 TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
         "--batch-size", "128", "--lr", "0.003", "--quiet"]
 
@@ -135,7 +137,7 @@ def test_config_toml_holds_every_effective_setting(run, data_file):
     assert saved["model"] == "dmf" and saved["user-layers"] == [16, 8]
     assert saved["activation"] == "eq6" and saved["sparse-grad"] is False
     assert (saved["epochs"], saved["lr"], saved["negatives"], saved["patience"]) == (2, 0.003, 7, 5)
-    assert saved["device"] == "cpu" and saved["threads"] >= 1
+    assert saved["device"] == AUTO_DEVICE and saved["threads"] >= 1
     assert not {"output", "resume", "quiet", "config", "neighbours", "factors"} & set(saved)
     assert metrics(run)["config"]["settings"] == saved
 
@@ -157,7 +159,7 @@ def test_a_saved_config_reproduces_the_run(run, tmp_path):
 def test_metrics_record_the_environment(run):
     m = metrics(run)
     env = m["environment"]
-    assert env["device"] == "cpu" and env["torch"] and env["numpy"] and env["python"]
+    assert env["device"] == AUTO_DEVICE and env["torch"] and env["numpy"] and env["python"]
     assert env["build"]["cpu_kernels"] is True and env["dmfx"]["version"]
     assert len(m["config"]["data"]["fingerprint"]["sha256"]) == 64
     assert m["config"]["train"]["lr"] == 0.003

@@ -17,6 +17,7 @@ rerun a failure); the seed is in the test id and in every failure message.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import secrets
@@ -44,7 +45,20 @@ INPUTS_PER_SEED = 1000  # x 5 calls: about 2 s per seed
 # A tiny file reads in milliseconds; this only has to catch a hang or a quadratic blow-up
 # while the 2-core machine is busy with other work.
 TIME_LIMIT_S = 5.0
-SEEDS = [0, int(os.environ.get("DMFX_FUZZ_SEED") or secrets.randbits(32))]
+
+
+def _fresh_seed() -> int:
+    if os.environ.get("DMFX_FUZZ_SEED"):
+        return int(os.environ["DMFX_FUZZ_SEED"])
+    # pytest-xdist workers collect on their own and must agree on the test ids: they share
+    # this run's id, so the seed is drawn from it there.
+    run_uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run_uid:
+        return int.from_bytes(hashlib.sha256(run_uid.encode()).digest()[:4], "little")
+    return secrets.randbits(32)
+
+
+SEEDS = [0, _fresh_seed()]
 
 SEPS = ["\t", ",", "::", " ", ";", "|"]
 ODD_TOKENS = [

@@ -268,7 +268,8 @@ def test_torchrun_trains_sharded_and_rank_0_writes_the_run(data_file, tmp_path, 
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", "-m", "dmfx", "train", "--data", str(data_file),
-               "--distributed", "sharded", "--dist-timeout", "60", "--output", str(out), *TINY]
+               "--distributed", "sharded", "--dist-timeout", "60", "--device", "cpu",
+               "--output", str(out), *TINY]
     codes, logs = _wait([subprocess.Popen(command, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True, env=_env())])
     assert codes == [0], logs
