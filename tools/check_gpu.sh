@@ -11,7 +11,10 @@
 #
 # Steps: build, tests, memcheck, initcheck, synccheck, racecheck (sanitize = those four), bench,
 # summary; they run in that order whatever the order given. `tests -- PYTEST ARGS` replaces the
-# tests step's selection (default: tests). Each step's result and log persist in
+# tests step's selection (default: tests; with pytest-xdist installed, TEST_WORKERS workers,
+# default 8, of two threads each). The build step also checks that an error thrown in dmfx._C's
+# C++ reaches Python as an exception and names the compiler and C++ runtime used; where it
+# crashes Python instead, it rebuilds once with /usr/bin/g++. Each step's result and log persist in
 # build/gpu-check/ (ignored by git, so kept between calls on one machine; the build step clears
 # them); with $OUT set, each call also writes its logs and summary.txt there as it goes. A failing
 # step never stops the later ones or the summary; the exit status is 1 if a step of this call
@@ -157,28 +160,76 @@ gpu_step_ready() {  # STEP: record why a CUDA-only step cannot run, or return 0
     fi
 }
 
-step_build() {
-    rm -rf "$STATE"/*.status "$STATE"/*.log "$STATE/bench"  # results of an older build
-    local rc note cmd=("$PYTHON" setup.py build_ext --inplace)
+toolchain() {  # the C++ compiler a build uses and the C++ runtime dmfx._C links, one line
+    local cxx
+    cxx=$(command -v "${CXX:-c++}" 2>/dev/null) || cxx="${CXX:-c++} (not found)"
+    echo "compiler $cxx ($("${CXX:-c++}" --version 2>/dev/null | head -n 1)); dmfx._C links" \
+        "$(ldd dmfx/_C*.so 2>/dev/null | grep -oE 'lib(stdc\+\+|gcc_s|gomp)[^ ]*' | sort -u |
+            tr '\n' ' ')"
+}
+
+errors_reach_python() {  # 0 when an argument error thrown in dmfx._C's C++ arrives as ValueError
+    "$PYTHON" - > /dev/null 2>&1 <<'PY'
+import torch
+import dmfx.ops as ops
+p = torch.ones(2, 3)
+try:
+    ops.cosine_nce_loss(p, p, torch.ones(2), mu=0.0)  # mu is checked in C++
+except ValueError:
+    raise SystemExit(0)
+raise SystemExit(1)
+PY
+}
+
+build_once() {  # LOG-STEP [VAR=VALUE...]: setup.py build_ext in place; sets rc, ELAPSED, EXT
+    local step=$1 cmd
+    shift
+    cmd=(env "$@" "$PYTHON" setup.py build_ext --inplace)
     # With a GPU the CUDA kernels are required: FORCE_CUDA makes a missing toolkit an error.
     [[ $GPU == yes ]] && cmd=(env FORCE_CUDA=1 "${cmd[@]}")
-    run_logged build "${BUILD_TIMEOUT:-240}" "${cmd[@]}"
+    run_logged "$step" "${BUILD_TIMEOUT:-240}" "${cmd[@]}"
     rc=$?
     EXT=""
     check_extension
+}
+
+step_build() {
+    rm -rf "$STATE"/*.status "$STATE"/*.log "$STATE/bench"  # results of an older build
+    local rc note errors="" alt elapsed
+    build_once build
+    elapsed=$ELAPSED
+    # Seen on one GPU machine's image: with its default `c++`, every error thrown in dmfx._C
+    # crashed Python (segmentation fault) instead of raising. Then the system g++ is tried.
+    if [[ $EXT != missing ]] && ! errors_reach_python; then
+        errors="a C++ error crashed Python with $(toolchain)"
+        alt=/usr/bin/g++
+        if [[ -x $alt && $(readlink -f "$alt") != $(readlink -f "$(command -v "${CXX:-c++}")") ]]; then
+            rm -rf build/temp  # the other compiler's objects
+            build_once build-retry CXX=$alt
+            elapsed=$((elapsed + ELAPSED))
+            if [[ $EXT != missing ]] && errors_reach_python; then
+                errors+="; rebuilt with CXX=$alt: errors raise ($(CXX=$alt toolchain))"
+            else
+                errors+="; rebuilt with CXX=$alt: still crashes"
+            fi
+        fi
+    fi
     case $EXT in
         cuda) note="dmfx._C built with the CUDA kernels" ;;
         cpu) note="dmfx._C built without CUDA kernels" ;;
         *) note="dmfx._C does not import" ;;
     esac
+    [[ -n $errors ]] && note+="; $errors" || note+="; $(toolchain)"
     if ((rc != 0)); then
-        record build "$(result_of "$rc")" "$ELAPSED" "exit $rc; $note; see build.log"
+        record build "$(result_of "$rc")" "$elapsed" "exit $rc; $note; see build.log"
+    elif [[ $errors == *"still crashes"* || ( -n $errors && $errors != *"errors raise"* ) ]]; then
+        record build FAIL "$elapsed" "$note"
     elif [[ $GPU == yes && $EXT != cuda ]]; then
-        record build FAIL "$ELAPSED" "$note, on a GPU machine"
+        record build FAIL "$elapsed" "$note, on a GPU machine"
     elif [[ $GPU != yes ]]; then
-        record build PASS "$ELAPSED" "no GPU: $note (CPU-only build)"
+        record build PASS "$elapsed" "no GPU: $note (CPU-only build)"
     else
-        record build PASS "$ELAPSED" "$note"
+        record build PASS "$elapsed" "$note"
     fi
 }
 
@@ -188,8 +239,15 @@ step_tests() {
         record tests SKIP 0 "dmfx._C does not import: run the build step first"
         return
     fi
-    run_logged tests "${TESTS_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
-        --durations=15 "${pytest_args[@]}"
+    # With pytest-xdist (a GPU machine has many cores): workers of two threads each. On one
+    # 16-core machine, 14 workers of 16 threads each made the CPU tests the slowest part.
+    local parallel=() threads=()
+    if "$PYTHON" -c "import xdist" 2> /dev/null; then
+        parallel=(-n "${TEST_WORKERS:-8}") threads=(OMP_NUM_THREADS=2)
+    fi
+    run_logged tests "${TESTS_TIMEOUT:-300}" env "${threads[@]}" \
+        "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider --durations=15 "${parallel[@]}" \
+        "${pytest_args[@]}"
     local rc=$? note cuda_skips
     note=$(pytest_tally "$STATE/tests.log")
     # -rs lists the skip reasons as "SKIPPED [N] file:line: reason"
