@@ -175,6 +175,10 @@ TRAIN_FLAGS = {
     "optimizer": ("optimizer", str, "adam, or sgd (NeuMF-p fine-tuning)"),
     "patience": ("patience", int, "stop after this many epochs without a better validation "
                  "NDCG@10 (0: never)"),
+    "pairs": ("pairs", str, "epoch: build each epoch's pairs at once and shuffle them together; "
+              "batch: draw each batch's negatives as it is taken (memory for pairs scales with "
+              "the batch: for large data)"),
+    "max-steps": ("max_steps", int, "stop after this many optimizer steps in all (0: no limit)"),
 }
 
 

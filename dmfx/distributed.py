@@ -4,9 +4,10 @@ Every rank builds the epoch's training pairs exactly as one process does (the sa
 training device, seeded by run and epoch) and takes its slice of each global batch, so N ranks
 take the optimizer steps of one process on the same global batches; only the order in which
 partial sums are added differs. Seeds per rank would make a run depend on the number of ranks;
-shared ones cost each rank the whole epoch's pairs (generating them per batch is the next
-step). Each rank's loss is weighted by its share of the batch, so the summed gradients are
-those of the batch's mean loss even where the slices are unequal (the last batch). Two modes:
+shared ones cost each rank the whole epoch's pairs, unless they are built batch by batch
+(``--pairs batch``: every rank draws the same negatives for the same global batch). Each rank's
+loss is weighted by its share of the batch, so the summed gradients are those of the batch's
+mean loss even where the slices are unequal (the last batch). Two modes:
 
 ``ddp`` (data parallel)
     Every rank holds the whole model. After each backward the gradients are summed over the
@@ -404,8 +405,8 @@ class DistributedEpochs(GradientEpochs):
         # dtype on every rank.
         self.dtype = next(model.parameters()).dtype
 
-    def run(self, epoch: int) -> dict:
-        stats = super().run(epoch)
+    def run(self, epoch: int, max_steps: int = 0) -> dict:
+        stats = super().run(epoch, max_steps)
         stats["peak_memory_mb_per_rank"] = self.world.gather_floats(
             peak_memory_mb(self.model.device), "gathering peak memory")
         return stats

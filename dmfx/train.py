@@ -7,6 +7,13 @@ on mini-batches. Negatives are redrawn every epoch (``resample="epoch"``, what m
 re-implementations do) or drawn once (``"once"``, the paper's literal reading). Every random
 choice derives from (seed, epoch), so a run resumed from a checkpoint retraces the uninterrupted
 run exactly on CPU.
+
+``pairs="epoch"`` builds the epoch's pairs in full and shuffles them together (Algorithm 1's
+order); they cost ~(1 + num_negatives) x 20-32 bytes per rating, ~10 GB at 50M ratings and 7
+negatives. ``pairs="batch"`` shuffles only the observed pairs and draws each batch's negatives as
+the batch is taken (the sampler is a pure function of its seed), so the pairs cost one batch and
+a shuffled index of the ratings (4 bytes each): a batch holds its observed pairs and their
+negatives together, as RecBole and NCF's code do, rather than pairs shuffled across the epoch.
 """
 from __future__ import annotations
 
@@ -52,12 +59,18 @@ class TrainConfig:
     # items, the training items masked); see dmfx.evaluate
     protocol: str = "sampled"
     seed: int = 0
+    # "epoch": the epoch's pairs built in full and shuffled together; "batch": built batch by
+    # batch (memory scales with the batch; see the module docstring)
+    pairs: str = "epoch"
+    # stop after this many optimizer steps in all (0: no limit), the epoch in progress included:
+    # for bounded runs on large data
+    max_steps: int = 0
     track_test: bool = False  # also record test metrics per epoch (for curves; never for selection)
     progress: bool = True
 
     def __post_init__(self):
         choices = {"resample": ("epoch", "once"), "loss": ("nce", "ce", "bpr", "hybrid"),
-                   "optimizer": ("adam", "sgd"), "protocol": PROTOCOLS}
+                   "optimizer": ("adam", "sgd"), "protocol": PROTOCOLS, "pairs": ("epoch", "batch")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -66,6 +79,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_negatives < 0 or self.patience < 0 or self.lr <= 0:
             raise ValueError("num_negatives and patience must be >= 0 and lr > 0")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0 (0: no limit), got {self.max_steps}")
+        if self.pairs == "batch" and self.resample == "once":
+            raise ValueError("resample 'once' keeps every pair's negatives for the whole run, "
+                             "which pairs 'batch' exists to avoid: use pairs 'epoch'")
 
 
 @dataclass
@@ -78,6 +96,7 @@ class TrainState:
     best_metric: float = -1.0
     best_state: Optional[dict] = None
     bad_epochs: int = 0
+    steps: int = 0  # optimizer steps taken (gradient-trained models)
 
 
 class SplitAdam:
@@ -133,13 +152,14 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] & (2**63 - 1))
 
 
-class EpochPairs:
-    """The training pairs of one epoch, built on the training device.
+class _Pairs:
+    """The training interactions and their targets on the training device, for both ways of
+    building an epoch's pairs.
 
     Pointwise losses (nce, ce, hybrid): every observed pair (target rating / max rating, or 1, or
     both as ``[1, rating / max rating]`` for hybrid) and ``num_negatives`` sampled pairs per
-    observed one (target 0), shuffled together. Pairwise (bpr):
-    every observed pair ``num_negatives`` times, each with one sampled item, shuffled.
+    observed one (target 0). Pairwise (bpr): every observed pair ``num_negatives`` times, each
+    with one sampled item.
     """
 
     def __init__(self, split: Split, config: TrainConfig, device: torch.device):
@@ -161,35 +181,79 @@ class EpochPairs:
             self.targets = torch.stack([torch.ones_like(ratings), ratings / float(train.max_rating)], 1)
         else:
             self.targets = torch.ones_like(ratings)
+
+    def sample(self, users: torch.Tensor, seed: int) -> torch.Tensor:
+        """``num_negatives`` unobserved items of each of ``users``: [len(users), num_negatives]."""
+        return ops.sample_negatives(self.matrix.indptr, self.matrix.indices, users,
+                                    self.num_items, self.config.num_negatives, seed=seed)
+
+    def combine(self, users, items, targets, negatives):
+        """(users, items, targets) of observed pairs and their sampled items; for bpr,
+        ``targets`` holds the sampled (negative) item of each (user, observed item) pair."""
+        k = self.config.num_negatives
+        if self.config.loss == "bpr":
+            return users.repeat_interleave(k), items.repeat_interleave(k), negatives.flatten()
+        zeros = targets.new_zeros((negatives.numel(), *targets.shape[1:]))
+        return (torch.cat([users, users.repeat_interleave(k)]),
+                torch.cat([items, negatives.flatten()]), torch.cat([targets, zeros]))
+
+
+class EpochPairs(_Pairs):
+    """``pairs="epoch"``: all pairs of an epoch built at once and shuffled together."""
+
+    def __init__(self, split: Split, config: TrainConfig, device: torch.device):
+        super().__init__(split, config, device)
         self.fixed_negatives = None
 
     def negatives(self, epoch: int) -> torch.Tensor:
-        k = self.config.num_negatives
-        round_ = epoch if self.config.resample == "epoch" else 0
         if self.config.resample == "once" and self.fixed_negatives is not None:
             return self.fixed_negatives
-        out = ops.sample_negatives(self.matrix.indptr, self.matrix.indices, self.users,
-                                   self.num_items, k, seed=derive_seed(self.config.seed, round_, 1))
+        round_ = epoch if self.config.resample == "epoch" else 0
+        out = self.sample(self.users, derive_seed(self.config.seed, round_, 1))
         if self.config.resample == "once":
             self.fixed_negatives = out
         return out
 
     def epoch(self, epoch: int):
-        """(users, items, targets, permutation) of all pairs of ``epoch``; for bpr, ``targets``
-        holds the sampled (negative) item of each (user, observed item) pair."""
-        k = self.config.num_negatives
-        negatives = self.negatives(epoch)
-        if self.config.loss == "bpr":
-            users, items = self.users.repeat_interleave(k), self.items.repeat_interleave(k)
-            targets = negatives.flatten()
-        else:
-            users = torch.cat([self.users, self.users.repeat_interleave(k)])
-            items = torch.cat([self.items, negatives.flatten()])
-            zeros = self.targets.new_zeros((negatives.numel(), *self.targets.shape[1:]))
-            targets = torch.cat([self.targets, zeros])
+        """(users, items, targets, permutation) of all pairs of ``epoch``."""
+        users, items, targets = self.combine(self.users, self.items, self.targets,
+                                             self.negatives(epoch))
         g = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch, 2))
         order = torch.randperm(users.numel(), generator=g).to(self.device)
         return users, items, targets, order
+
+    def batches(self, epoch: int, batch_size: int):
+        """(number of batches, the batches as (users, items, targets))."""
+        users, items, targets, order = self.epoch(epoch)
+        # Shuffled once, so each batch is a slice (a view), not three gathers per step.
+        users, items, targets = users[order], items[order], targets[order]
+        batches = list(zip(users.split(batch_size), items.split(batch_size),
+                           targets.split(batch_size)))
+        return len(batches), iter(batches)
+
+
+class BatchPairs(_Pairs):
+    """``pairs="batch"``: the observed pairs shuffled, each batch's negatives drawn when it is
+    taken. A batch holds ``batch_size // (1 + num_negatives)`` observed pairs (``// num_negatives``
+    for bpr) and their sampled ones, seeded by (seed, epoch, batch)."""
+
+    def batches(self, epoch: int, batch_size: int):
+        config, nnz = self.config, self.users.numel()
+        per_pair = config.num_negatives if config.loss == "bpr" else 1 + config.num_negatives
+        per = max(1, batch_size // per_pair)
+        g = torch.Generator().manual_seed(derive_seed(config.seed, epoch, 2))
+        order = torch.randperm(nnz, generator=g,
+                               dtype=torch.int32 if nnz < 2**31 else torch.int64).to(self.device)
+        count = -(-nnz // per)
+
+        def generate():
+            for b in range(count):
+                take = order[b * per:(b + 1) * per]
+                users = self.users[take]
+                negatives = self.sample(users, derive_seed(config.seed, epoch, 3, b))
+                yield self.combine(users, self.items[take], self.targets[take], negatives)
+
+        return count, generate()
 
 
 class GradientEpochs:
@@ -204,7 +268,8 @@ class GradientEpochs:
             raise ValueError("the bpr loss needs num_negatives >= 1")
         self.model, self.config = model, config
         self.optimizer = make_optimizer(model, config)
-        self.pairs = EpochPairs(split, config, model.device)
+        pairs = EpochPairs if config.pairs == "epoch" else BatchPairs
+        self.pairs = pairs(split, config, model.device)
         self.converged = False
 
     def state_dict(self) -> dict:
@@ -213,28 +278,33 @@ class GradientEpochs:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def run(self, epoch: int) -> dict:
+    def run(self, epoch: int, max_steps: int = 0) -> dict:
+        """One epoch, or its first ``max_steps`` steps (0: all)."""
         model, config = self.model, self.config
         model.train()
         start = time.perf_counter()
-        users, items, targets, order = self.pairs.epoch(epoch)
-        # Shuffled once, so each batch is a slice (a view), not three gathers per step.
-        users, items, targets = users[order], items[order], targets[order]
-        batches = list(zip(users.split(config.batch_size), items.split(config.batch_size),
-                           targets.split(config.batch_size)))
+        count, batches = self.pairs.batches(epoch, config.batch_size)
+        if max_steps:
+            count = min(count, max_steps)
         loss_fn = model.pairwise_loss if config.loss == "bpr" else model.loss
-        total = torch.zeros((), device=users.device, dtype=torch.float64)
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+        total = torch.zeros((), device=model.device, dtype=torch.float64)
+        done = steps = 0
+        bar = tqdm(total=count, desc=f"epoch {epoch}", unit="batch", leave=False,
                    disable=not config.progress, mininterval=0.5)
-        for step, (batch_users, batch_items, batch_targets) in enumerate(bar, 1):
+        for batch_users, batch_items, batch_targets in batches:
             total += self.step(loss_fn, batch_users, batch_items, batch_targets)
-            if step % 100 == 0 and config.progress:  # reading the loss syncs: only now and then
-                done = step * config.batch_size
+            done += batch_users.numel()
+            steps += 1
+            bar.update()
+            if steps % 100 == 0 and config.progress:  # reading the loss syncs: only now and then
                 bar.set_postfix(loss=f"{total.item() / done:.4f}",
                                 pairs_s=f"{done / (time.perf_counter() - start):,.0f}")
+            if steps == count:
+                break
+        bar.close()
         seconds = time.perf_counter() - start
-        return {"loss": total.item() / max(1, users.numel()),
-                "pairs_per_s": users.numel() / max(seconds, 1e-9)}
+        return {"loss": total.item() / max(1, done), "pairs_per_s": done / max(seconds, 1e-9),
+                "steps": steps}
 
     def step(self, loss_fn, users: torch.Tensor, items: torch.Tensor,
              targets: torch.Tensor) -> torch.Tensor:
@@ -248,7 +318,7 @@ class GradientEpochs:
 
 # Settings a resumed run may change: they decide how long it runs and what it records, not what
 # a step computes. Any other change would continue the run under settings it never had.
-RESUMABLE_CHANGES = ("epochs", "patience", "track_test", "progress")
+RESUMABLE_CHANGES = ("epochs", "patience", "max_steps", "track_test", "progress")
 
 
 def _ranks_text(record) -> str:
@@ -345,11 +415,23 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             first = (str(error).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"{checkpoint} does not fit this model ({first})") from None
+    if config.max_steps and not isinstance(runner, GradientEpochs):
+        raise ValueError(f"max_steps counts gradient steps; {type(model).__name__} is not "
+                         "trained by them")
     has_valid = len(split.valid_users) > 0
-    stopped = state.bad_epochs >= config.patience > 0 or (state.epoch > 0 and runner.converged)
+
+    def out_of_steps() -> bool:
+        return 0 < config.max_steps <= state.steps
+
+    stopped = state.bad_epochs >= config.patience > 0 or (state.epoch > 0 and runner.converged) \
+        or out_of_steps()
     for epoch in range(state.epoch + 1, 0 if stopped else config.epochs + 1):
         start = time.perf_counter()
-        stats = runner.run(epoch)
+        if config.max_steps:
+            stats = runner.run(epoch, max_steps=config.max_steps - state.steps)
+        else:
+            stats = runner.run(epoch)
+        state.steps += stats.get("steps", 0)
         entry = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start,
                  "peak_memory_mb": peak_memory_mb(device)}
         watched = (config.protocol,)
@@ -369,7 +451,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
             state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             state.bad_epochs += 1
-        stop = runner.converged or config.patience > 0 and state.bad_epochs >= config.patience
+        stop = runner.converged or config.patience > 0 and state.bad_epochs >= config.patience \
+            or out_of_steps()
         if checkpoint is not None:
             world.save(checkpoint, model, runner, state,
                        {"train_config": asdict(config), **extra})

@@ -193,3 +193,16 @@ def test_a_refused_resume_leaves_the_run_files_alone(run, capsys):
                  "--resume", "--lr", "0.01", "--quiet"]) == 2
     assert "lr 0.003 -> 0.01" in capsys.readouterr().err
     assert {name: (run / name).read_text() for name in before} == before
+
+
+def test_pairs_batch_and_max_steps_from_the_command_line(data_file, tmp_path, capsys):
+    out = tmp_path / "bounded"
+    assert main(["train", "--data", str(data_file), "--output", str(out), *TINY,
+                 "--epochs", "3", "--pairs", "batch", "--max-steps", "2"]) == 0
+    logged = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert [(e["epoch"], e["steps"]) for e in logged] == [(1, 2)]
+    saved = tomllib.loads((out / "config.toml").read_text())
+    assert (saved["pairs"], saved["max-steps"]) == ("batch", 2)
+    assert main(["train", "--data", str(data_file), "--output", str(tmp_path / "knn"),
+                 "--model", "itemknn", "--max-steps", "2", "--quiet"]) == 2
+    assert "--max-steps does not apply to model itemknn" in capsys.readouterr().err

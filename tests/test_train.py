@@ -11,7 +11,8 @@ from dmfx.data import leave_one_out, synthetic
 from dmfx.evaluate import evaluate
 from dmfx.models import DMF
 from dmfx.models import dmf as dmf_module
-from dmfx.train import EpochPairs, SplitAdam, TrainConfig, fit, make_optimizer
+from dmfx.models import EALS
+from dmfx.train import BatchPairs, EpochPairs, SplitAdam, TrainConfig, fit, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,72 @@ def test_ce_targets_are_one(split):
     pairs = EpochPairs(split, config(loss="ce"), torch.device("cpu"))
     _, _, targets, _ = pairs.epoch(1)
     assert (targets[: split.train.nnz] == 1).all()
+
+
+@pytest.mark.parametrize("loss", ["nce", "bpr"])
+def test_batch_pairs_take_every_observed_pair_once_with_its_negatives(split, loss):
+    k, batch_size = 3, 50
+    pairs = BatchPairs(split, config(num_negatives=k, loss=loss, pairs="batch",
+                                     batch_size=batch_size), torch.device("cpu"))
+    count, batches = pairs.batches(1, batch_size)
+    batches = list(batches)
+    per = batch_size // (k if loss == "bpr" else k + 1)
+    nnz = split.train.nnz
+    assert count == len(batches) == -(-nnz // per)
+    seen = set(zip(split.train.users.tolist(), split.train.items.tolist()))
+    rating = {(u, i): r for u, i, r in zip(split.train.users.tolist(), split.train.items.tolist(),
+                                         split.train.ratings.tolist())}
+    observed = []
+    for users, items, targets in batches:
+        n = users.numel() // (k if loss == "bpr" else k + 1)
+        assert n == per or users is batches[-1][0]
+        if loss == "bpr":  # each observed pair k times, each time with one sampled item
+            pos = list(zip(users[::k].tolist(), items[::k].tolist()))
+            assert not seen & set(zip(users.tolist(), targets.tolist()))
+        else:  # observed pairs first (rating / max rating), then their negatives (target 0)
+            pos = list(zip(users[:n].tolist(), items[:n].tolist()))
+            torch.testing.assert_close(targets[:n], torch.tensor([rating[p] / 5 for p in pos]))
+            assert (targets[n:] == 0).all()
+            assert torch.equal(users[n:], users[:n].repeat_interleave(k))
+            assert not seen & set(zip(users[n:].tolist(), items[n:].tolist()))
+        observed += pos
+    assert sorted(observed) == sorted(seen)
+    # a pure function of (seed, epoch): the same batches again, others in the next epoch
+    again = list(BatchPairs(split, pairs.config, torch.device("cpu")).batches(1, batch_size)[1])
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(again, batches))
+    assert not torch.equal(next(pairs.batches(2, batch_size)[1])[1], batches[0][1])
+
+
+def test_batch_pairs_train_and_resume_to_the_same_weights(split, tmp_path):
+    uninterrupted = make_model(split)
+    state = fit(uninterrupted, split, config(epochs=3, pairs="batch"), checkpoint=tmp_path / "a.pt")
+    assert state.history[-1]["loss"] < state.history[0]["loss"]
+
+    def kill_after_epoch_1(epoch, entry):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_model(split), split, config(epochs=3, pairs="batch"),
+            checkpoint=tmp_path / "b.pt", on_epoch_end=kill_after_epoch_1)
+    resumed = make_model(split, seed=5)
+    fit(resumed, split, config(epochs=3, pairs="batch"), checkpoint=tmp_path / "b.pt", resume=True)
+    for (name, x), y in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_max_steps_bounds_the_steps_of_the_whole_run(split, tmp_path):
+    per_epoch = -(-split.train.nnz * 8 // 64)
+    limit = per_epoch + 5
+    state = fit(make_model(split), split, config(epochs=5, max_steps=limit),
+                checkpoint=tmp_path / "c.pt")
+    assert [h["steps"] for h in state.history] == [per_epoch, 5] and state.steps == limit
+    # a resumed run may raise the limit: it goes on from where it stopped
+    more = fit(make_model(split), split, config(epochs=5, max_steps=limit + 3),
+               checkpoint=tmp_path / "c.pt", resume=True)
+    assert [h["steps"] for h in more.history] == [per_epoch, 5, 3] and more.steps == limit + 3
+    with pytest.raises(ValueError, match="max_steps counts gradient steps; EALS"):
+        fit(EALS(split.train), split, config(max_steps=3))
 
 
 def test_training_learns(split):
@@ -146,6 +213,12 @@ def test_config_errors():
         TrainConfig(loss="mse")
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="pairs must be one of epoch, batch"):
+        TrainConfig(pairs="all")
+    with pytest.raises(ValueError, match="max_steps must be >= 0"):
+        TrainConfig(max_steps=-1)
+    with pytest.raises(ValueError, match="resample 'once' keeps every pair's negatives"):
+        TrainConfig(pairs="batch", resample="once")
 
 
 class _ReferenceOps:
