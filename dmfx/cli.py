@@ -88,6 +88,10 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--topk", default="10", metavar="K[,K...]", help=_TOPK_HELP + " (early "
                    "stopping watches NDCG@10)")
     _add_per_user_arg(g)
+    g.add_argument("--no-full-ranking", action="store_true",
+                   help="report the final metrics of --protocol sampled:N alone, without the "
+                        "full-ranking ones (full_*), which score every user against every item: "
+                        "for data too large for that (2M users x 1M items on a CPU)")
     g.add_argument("--held-out-users", type=float, default=None, metavar="SHARE",
                    help="train without this share of the evaluated users, then score them from "
                         "their ratings alone and report new_hr@K / new_ndcg@K (models that read "
@@ -433,6 +437,9 @@ def cmd_train(args) -> int:
                           # bars on a terminal only: a log file gets the per-epoch lines
                           progress=not args.quiet and sys.stderr.isatty())
     config = replace(config, protocol=_protocol(args)[0])
+    if args.no_full_ranking and config.protocol == "full":
+        raise ValueError("--no-full-ranking leaves out the full-ranking metrics that --protocol "
+                         "full reports: give one of them")
     out = Path(args.output or f"runs/{spec.name}-{name}-seed{args.seed}")
     world = distributed.start(args.distributed, device, args.dist_timeout, name)
     if world is None:
@@ -515,8 +522,10 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
             return 0
     save_model(out / "model.pt", model, split, extra["data"])
     rankings: dict[str, dict[str, Ranking]] = {"test": {}, "valid": {}}
-    test = evaluate(model, split, "test", ks=ks, per_user=args.per_user, rankings=rankings["test"])
-    valid = evaluate(model, split, "valid", ks=ks, per_user=args.per_user,
+    protocols = ("sampled",) if args.no_full_ranking else None
+    test = evaluate(model, split, "test", ks=ks, protocols=protocols, per_user=args.per_user,
+                    rankings=rankings["test"])
+    valid = evaluate(model, split, "valid", ks=ks, protocols=protocols, per_user=args.per_user,
                      rankings=rankings["valid"]) if len(split.valid_users) else {}
     save_ranks(out / "ranks.npz", {(part, p): r for part, done in rankings.items()
                                    for p, r in done.items()}, data.user_ids, data.item_ids)

@@ -206,3 +206,14 @@ def test_pairs_batch_and_max_steps_from_the_command_line(data_file, tmp_path, ca
     assert main(["train", "--data", str(data_file), "--output", str(tmp_path / "knn"),
                  "--model", "itemknn", "--max-steps", "2", "--quiet"]) == 2
     assert "--max-steps does not apply to model itemknn" in capsys.readouterr().err
+
+
+def test_no_full_ranking_reports_the_sampled_metrics_alone(data_file, tmp_path, capsys):
+    out = tmp_path / "sampled-only"
+    assert main(["train", "--data", str(data_file), "--output", str(out), *TINY, "--epochs", "1",
+                 "--no-full-ranking"]) == 0
+    test = metrics(out)["test"]
+    assert "hr@10" in test and not any(key.startswith("full_") for key in test)
+    assert main(["train", "--data", str(data_file), "--output", str(tmp_path / "x"),
+                 "--no-full-ranking", "--protocol", "full", "--quiet"]) == 2
+    assert "--no-full-ranking leaves out" in capsys.readouterr().err
