@@ -1,8 +1,8 @@
 """Whole DMF-2-nce training steps (forward, backward, Adam): dmfx vs PyTorch peers.
 
 The contenders (dmfx's trainer step, with ``sparse_grad=True``, RecBole's dense-input method and
-``F.embedding_bag`` towers), the 20 consecutive batches of a real epoch they all take, the same
-initial weights and the check of each peer's first-batch loss against dmfx's are
+``F.embedding_bag`` towers), the 20 batches of pairs drawn from a real epoch they all take, the
+same initial weights and the check of each peer's first-batch loss against dmfx's are
 :mod:`dmfx.bench.train_step`'s, shared with ``dmfx bench``; this file picks the data and tower
 sizes and times them with pytest-benchmark. ``extra_info`` has ``pairs_per_s`` and ``epoch_s``:
 the median step times the steps of a whole epoch (training only, no evaluation).

@@ -38,6 +38,9 @@ class Contender:
     fn: Callable[[], Any]
     # What was verified on this exact input before timing ("baseline" for dmfx's own call).
     check: str
+    # What the calls train, where they train something (the model and its optimizer): for
+    # counting the memory of the training state.
+    state: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Whole DMF-nce training steps (forward, backward, Adam): dmfx vs PyTorch peers.
 
-Every contender starts from the same weights and takes the same ``steps`` consecutive batches of
-one epoch's pairs (each observed pair plus ``negatives`` sampled negatives, shuffled), so a call
-is a slice of a real epoch. :func:`rates` gives ``pairs_per_s`` and ``epoch_s``: the median step
+Every contender starts from the same weights and takes the same ``steps`` batches of pairs drawn
+at random from one epoch's (each observed pair plus ``negatives`` sampled negatives), so a call
+is what a slice of a shuffled epoch would be. :func:`rates` gives ``pairs_per_s`` and ``epoch_s``: the median step
 times the steps of a whole epoch (training only, no evaluation).
 
 - ``dmfx``: the trainer's step — :class:`dmfx.models.DMF` (each distinct user / item of the batch
@@ -33,7 +33,7 @@ from ..data import CSR, Interactions
 from ..models import DMF
 from ..train import TrainConfig, make_optimizer
 from .core import BASELINE, DENSE_LIMIT_BYTES, Contender, Op, Unavailable, assert_agree
-from .inputs import has_negatives, to_device
+from .inputs import has_negatives, row_of_entry, to_device
 
 CONTENDERS = (BASELINE, "dmfx-sparse-grad", "dense-input", "embedding_bag")
 NEGATIVES = 7
@@ -55,20 +55,27 @@ def problem(train: Interactions, batch: int, layers, device: torch.device,
             negatives: int = NEGATIVES, steps: int = STEPS) -> Problem:
     user_csr = to_device(train.csr("rating"), device)
     item_csr = to_device(train.csr("rating", transpose=True), device)
-    counts = user_csr.indptr.diff()
-    users = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
-    sampled = users[has_negatives(user_csr)]  # a user who rated every item gets no negatives
-    drawn = ops.sample_negatives(user_csr.indptr, user_csr.indices, sampled, user_csr.shape[1],
-                                 negatives, seed=0)
-    all_users = torch.cat([users, sampled.repeat_interleave(negatives)])
-    all_items = torch.cat([user_csr.indices.long(), drawn.flatten()])
-    targets = torch.cat([user_csr.values / user_csr.values.max(),
-                         user_csr.values.new_zeros(drawn.numel())])
-    order = torch.randperm(all_users.numel(), generator=torch.Generator().manual_seed(0))
-    take = order[: steps * batch].to(device)
-    batches = list(zip(all_users[take].split(batch), all_items[take].split(batch),
-                       targets[take].split(batch)))
-    return Problem(train, user_csr, item_csr, tuple(layers), batches, batch, all_users.numel())
+    users = row_of_entry(user_csr)
+    # An epoch holds every observed pair and `negatives` sampled ones per observed pair of a user
+    # who leaves an item unrated. The timed batches are pairs drawn from it at random, as a
+    # shuffled epoch deals them, built alone: the whole epoch would be ~10 GB at 50M ratings.
+    sampleable = has_negatives(user_csr).nonzero().squeeze(1)
+    nnz = users.numel()
+    pairs_per_epoch = nnz + sampleable.numel() * negatives
+    g = torch.Generator().manual_seed(0)
+    take = torch.randint(pairs_per_epoch, (steps * batch,), generator=g).to(device)
+    observed = take < nnz
+    entry = take[observed]
+    owner = sampleable[(take[~observed] - nnz) // negatives]  # the observed pair it belongs to
+    drawn = ops.sample_negatives(user_csr.indptr, user_csr.indices, users[owner],
+                                 user_csr.shape[1], 1, seed=0).squeeze(1)
+    all_users, all_items = torch.empty_like(take), torch.empty_like(take)
+    targets = user_csr.values.new_zeros(take.numel())
+    all_users[observed], all_items[observed] = users[entry], user_csr.indices[entry].long()
+    all_users[~observed], all_items[~observed] = users[owner], drawn.long()
+    targets[observed] = user_csr.values[entry] / user_csr.values.max()
+    batches = list(zip(all_users.split(batch), all_items.split(batch), targets.split(batch)))
+    return Problem(train, user_csr, item_csr, tuple(layers), batches, batch, pairs_per_epoch)
 
 
 def _padded_rows(csr: CSR):
@@ -204,7 +211,7 @@ def prepare(p: Problem, name: str) -> Contender:
             optimizer.step()
         return loss
 
-    return Contender(name, fn, check)
+    return Contender(name, fn, check, state=(net, optimizer))
 
 
 def describe(p: Problem) -> str:
