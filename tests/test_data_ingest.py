@@ -1,4 +1,5 @@
-"""Chunked reading: the same Interactions as one whole-file parse.
+"""Chunked reading and the parse cache: the same Interactions as one whole-file parse, and a cache
+that is used only while the file is unchanged.
 
 The files are small; ``CHUNK_BYTES`` (and the id coder's batch) are shrunk so that every chunk
 holds a line or two and ids recur, widen and first appear across chunks.  Each reader runs with
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +22,11 @@ import pytest
 from dmfx.data import (
     DataFormatError,
     Interactions,
+    cache,
+    load_dataset,
     read_amazon_csv,
     read_delimited,
+    read_file,
     read_movielens_100k,
     read_movielens_csv,
     read_movielens_dat,
@@ -216,3 +222,127 @@ def test_id_coder_equals_np_unique(kind: str, monkeypatch: pytest.MonkeyPatch) -
     assert ids.dtype == want_ids.dtype
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(indices, want_indices)
+
+
+# --- the parse cache ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list:
+    """The cache on, for files of any size, under tmp_path; yields a list that grows by one per parse."""
+    monkeypatch.setenv("DMFX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DMFX_NO_CACHE", raising=False)
+    monkeypatch.setattr(cache, "CACHE_MIN_BYTES", 0)
+    calls: list = []
+    real = readers._read_table
+
+    def counting(*args: object, **kwargs: object) -> Interactions:
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(readers, "_read_table", counting)
+    return calls
+
+
+def entries(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "cache" / "parsed").glob("*.npz"))
+
+
+def test_second_read_comes_from_the_cache(parses: list, tmp_path: Path) -> None:
+    path, _ = write_case(tmp_path, "amazon-csv")
+    first = read_file(path)
+    assert len(parses) == 1 and len(entries(tmp_path)) == 1
+    again = read_file(path)
+    assert len(parses) == 1, "the second read must load the cache entry"
+    assert_same(again, first)
+    read_file(path, sep=",")  # read another way: its own entry
+    assert len(parses) == 2 and len(entries(tmp_path)) == 2
+
+
+def test_a_changed_file_is_parsed_again(parses: list, tmp_path: Path) -> None:
+    path, _ = write_case(tmp_path, "amazon-csv")
+    read_file(path)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same bytes, new mtime
+    read_file(path)
+    assert len(parses) == 2
+    with open(path, "a") as f:
+        f.write("ANEWUSER,BNEWITEM,5.0,890000000\n")
+    x = read_file(path)
+    assert len(parses) == 3
+    assert x.user_index("ANEWUSER") >= 0
+    read_file(path)
+    assert len(parses) == 3
+    assert len(entries(tmp_path)) == 1, "a stale entry is replaced, not kept beside the new one"
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "garbage", "empty"])
+def test_a_damaged_entry_is_ignored_and_rewritten(damage: str, parses: list, tmp_path: Path) -> None:
+    path, _ = write_case(tmp_path, "amazon-csv")
+    want = read_file(path)
+    (entry,) = entries(tmp_path)
+    data = entry.read_bytes()
+    middle = len(data) // 2
+    entry.write_bytes({
+        "flipped": data[:middle] + bytes(b ^ 0x55 for b in data[middle : middle + 8]) + data[middle + 8 :],
+        "truncated": data[: middle],
+        "garbage": b"PK\x03\x04" + bytes(range(256)) * 4,
+        "empty": b"",
+    }[damage])
+    assert_same(read_file(path), want)
+    assert len(parses) == 2
+    assert_same(read_file(path), want)
+    assert len(parses) == 2, "the damaged entry was rewritten"
+
+
+def test_the_cache_can_be_turned_off(parses: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = write_case(tmp_path, "amazon-csv")
+    read_file(path, cache=False)
+    read_file(path, cache=False)
+    assert len(parses) == 2 and not entries(tmp_path)
+    monkeypatch.setenv("DMFX_NO_CACHE", "1")
+    read_file(path)
+    load_dataset("amazon-music", data=path)
+    assert len(parses) == 4 and not entries(tmp_path)
+    monkeypatch.setenv("DMFX_NO_CACHE", "0")
+    read_file(path)
+    read_file(path)
+    assert len(parses) == 5
+
+
+def test_load_dataset_caches_a_local_copy_before_its_filter(parses: list, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "ratings_Digital_Music.csv"  # 30 users, 25 of them with the 20 ratings the filter asks
+    path.write_text("".join(f"A{u:05d},B{i:05d},{rng.integers(1, 6)}.0,{1_400_000_000 + u * 40 + i}\n"
+                            for u in range(30) for i in rng.choice(40, size=25 if u < 25 else 3, replace=False)))
+    want = load_dataset("amazon-music", data=path, cache=False)
+    assert len(parses) == 1
+    first = load_dataset("amazon-music", data=path)
+    second = load_dataset("amazon-music", data=path, cache_dir=tmp_path / "cache")
+    assert len(parses) == 2, "the second load must come from the cache"
+    assert want.nnz == 25 * 25
+    assert_same(first, want)
+    assert_same(second, want)
+
+
+def test_small_and_binary_files_are_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DMFX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DMFX_NO_CACHE", raising=False)
+    path, _ = write_case(tmp_path, "amazon-csv")
+    assert path.stat().st_size < cache.CACHE_MIN_BYTES
+    read_file(path).save_npz(tmp_path / "x.npz")
+    monkeypatch.setattr(cache, "CACHE_MIN_BYTES", 0)
+    read_file(tmp_path / "x.npz")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_unwritable_cache_only_warns(parses: list, tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    path, _ = write_case(tmp_path, "amazon-csv")
+    with pytest.warns(UserWarning, match="could not write the parse cache entry"):
+        x = read_file(path)
+    assert x.nnz > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_file(path)
+    assert len(parses) == 2

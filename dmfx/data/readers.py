@@ -43,6 +43,7 @@ from typing import BinaryIO, Literal, TextIO
 import numpy as np
 
 from ._idcodes import IdCoder, gather
+from .cache import cached
 from .errors import DataFormatError
 from .interactions import Interactions, read_npz
 
@@ -636,7 +637,7 @@ def _read_sniffed(path: PathLike, sep: str) -> Interactions:
     return read_delimited(path, sep, _UIRT[: len(fields)], header=header)
 
 
-def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None) -> Interactions:
+def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None, cache: bool = True) -> Interactions:
     """Read a ratings file, detecting its format unless ``fmt`` or ``sep`` is given.
 
     Detection (gzip is undone first): ``.npz`` archives of
@@ -656,13 +657,26 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None) ->
     loss divides every rating by the largest, which leaves all but the heaviest
     pairs with targets near 0.  Such data is usually trained as 0/1 input
     (``--input binary``: each observed pair is 1) with the ``ce`` loss.
+
+    A text file of at least :data:`dmfx.data.cache.CACHE_MIN_BYTES` is parsed
+    once: what was read is kept in the cache directory and loaded from there
+    until the file changes.  ``cache=False`` (or ``DMFX_NO_CACHE=1``) parses
+    it every time and writes nothing.
     """
-    name = os.fspath(path)
     if fmt is not None:
         if sep is not None:
             raise ValueError("give either fmt= or sep=, not both")
         if fmt not in FORMATS:
             raise ValueError(f"unknown fmt {fmt!r}; known formats: {', '.join(FORMATS)}")
+    if fmt == "npz" or (fmt is None and sep is None and _magic(path) == _ZIP_MAGIC):
+        return _read_file(path, sep, fmt)  # binary already: nothing to gain from a cache
+    return cached(path, f"read_file(sep={sep!r}, fmt={fmt!r})", lambda: _read_file(path, sep, fmt), enabled=cache)
+
+
+def _read_file(path: PathLike, sep: str | None, fmt: str | None) -> Interactions:
+    """:func:`read_file` without the cache, its arguments checked."""
+    name = os.fspath(path)
+    if fmt is not None:
         return FORMATS[fmt](path)
     if sep is not None:
         return _read_sniffed(path, sep)
