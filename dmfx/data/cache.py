@@ -7,8 +7,8 @@ in ``<cache>/parsed/``; reading the same file again loads that entry instead of 
 
 An entry is an uncompressed ``.npz`` (the arrays of :meth:`Interactions.save_npz` plus a key):
 one file, so it is replaced atomically; uncompressed, so loading it is a copy at disk speed
-rather than a decompression; and zip's CRC-32 of every member, checked on loading, catches a
-damaged entry.  (A folder of ``.npy`` files could be
+rather than a decompression (under a second for 5M ratings, against seconds to parse them);
+and zip's CRC-32 of every member, checked on loading, catches a damaged entry.  (A folder of ``.npy`` files could be
 memory-mapped, but it cannot be replaced in one step, nothing would check its bytes, and the
 :class:`Interactions` would hold read-only arrays backed by a file that a later run may
 replace.)

@@ -3,15 +3,16 @@
 A file is read in chunks of :data:`CHUNK_BYTES`, each chunk's ids turned into
 integer codes at once (:class:`~dmfx.data._idcodes.IdCoder`), so that a parse
 holds Python strings for one chunk's ids at most, never for every rating, and
-its peak memory stays a small multiple of the arrays it returns.  The chunks
-are parsed by pyarrow's streaming CSV reader where pyarrow is installed
-(``pip install dmfx[parquet]``) and the file is one it reads exactly as
-``np.loadtxt`` does, else by ``np.loadtxt`` (its C tokenizer reads
-MovieLens-1M in well under a second); the result is the same.
-When parsing fails, or yields a negative or non-finite rating, the file is
-scanned again line by line in Python purely to produce a precise
-:class:`DataFormatError` naming the file, the 1-based line number and what
-was expected; the slow path therefore only runs on bad input.
+its peak memory stays a small multiple of the arrays it returns (2 to 2.5
+times for 5M Amazon-style ratings, where one whole-file parse took 7.6 times;
+``benchmarks/ingest_memory.py``).  The chunks are parsed by pyarrow's
+streaming CSV reader where pyarrow is installed (``pip install
+dmfx[parquet]``) and the file is one it reads exactly as ``np.loadtxt`` does,
+else by ``np.loadtxt`` (its C tokenizer reads MovieLens-1M in well under a
+second); the result is the same.  When parsing fails, or yields a negative or
+non-finite rating, the file is scanned again line by line in Python purely to
+produce a precise :class:`DataFormatError` naming the file, the 1-based line
+number and what was expected; the slow path therefore only runs on bad input.
 
 Every reader accepts gzip-compressed input transparently (detected by the
 gzip magic bytes, not by the file name).  Fields are split on the separator
