@@ -4,8 +4,12 @@ The files hold the ``synthetic`` ML-1M shape (6,040 users, 3,706 items, 1,000,20
 timestamps), once as ML-1M's ``user::item::rating::timestamp`` (``read_movielens_dat``) and once
 tab-separated as ML-100K's ``u.data`` (``read_movielens_100k``); each is written once per module.
 
-- ``dmfx``: the reader, i.e. ``np.loadtxt`` and then the id maps and duplicate removal of
+- ``dmfx``: the reader as installed: the file in chunks, parsed by pyarrow's streaming CSV reader
+  where pyarrow is installed and the separator is one character (the tab file), else by
+  ``np.loadtxt``; the ids coded chunk by chunk, then the duplicate removal of
   ``Interactions.from_arrays``.
+- ``dmfx-loadtxt``: the same reader with pyarrow hidden, so every chunk goes through
+  ``np.loadtxt`` (tab file only: the ``::`` file is read so by ``dmfx`` already).
 - ``numpy.loadtxt``: only the parse into an int64 array, the floor under dmfx's time (tab file
   only: loadtxt takes one-character delimiters).
 - ``python``: ``str.split`` per line into lists, then arrays, as a hand-written reader would.
@@ -25,7 +29,7 @@ import pytest
 
 from benchmarks.harness import measure
 from dmfx.bench import SHAPES
-from dmfx.data import Interactions, read_movielens_100k, read_movielens_dat, synthetic
+from dmfx.data import Interactions, read_movielens_100k, read_movielens_dat, readers, synthetic
 
 NNZ = 1_000_209  # ML-1M's ratings
 
@@ -40,7 +44,7 @@ class Case:
 
 
 CASES = [Case("::", "ml-1m-dat", contenders=("dmfx", "python")), Case("\t", "ml-1m-tsv")]
-CONTENDERS = ["dmfx", "numpy.loadtxt", "python"]
+CONTENDERS = ["dmfx", "dmfx-loadtxt", "numpy.loadtxt", "python"]
 READERS = {"::": read_movielens_dat, "\t": read_movielens_100k}
 
 
@@ -81,6 +85,16 @@ def _python(path: Path, sep: str) -> list[np.ndarray]:
     return [np.array(users), np.array(items), np.array(ratings), np.array(times)]
 
 
+def _without_pyarrow(path: Path, sep: str) -> Interactions:
+    """dmfx's reader as it reads where pyarrow is not installed."""
+    saved = readers._pyarrow
+    readers._pyarrow = lambda: None
+    try:
+        return READERS[sep](path)
+    finally:
+        readers._pyarrow = saved
+
+
 def _loadtxt(path: Path, sep: str) -> list[np.ndarray]:
     return list(np.loadtxt(path, dtype=np.int64, delimiter=sep, comments=None, ndmin=2).T)
 
@@ -90,8 +104,9 @@ def _expected(path: Path, sep: str) -> Interactions:
     return READERS[sep](path)
 
 
-def _assert_same(columns: list[np.ndarray], want: Interactions, what: str) -> None:
-    got = Interactions.from_arrays(*columns)
+def _assert_same(got: list[np.ndarray] | Interactions, want: Interactions, what: str) -> None:
+    if not isinstance(got, Interactions):
+        got = Interactions.from_arrays(*got)
     for name in ("user_ids", "item_ids", "users", "items", "ratings", "timestamps"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{what}: {name}")
 
@@ -102,6 +117,7 @@ def test_read_ratings(benchmark, device, files, case, contender):
     path = files(case.sep)
     fn = {
         "dmfx": functools.partial(READERS[case.sep], path),
+        "dmfx-loadtxt": functools.partial(_without_pyarrow, path, case.sep),
         "numpy.loadtxt": functools.partial(_loadtxt, path, case.sep),
         "python": functools.partial(_python, path, case.sep),
     }[contender]

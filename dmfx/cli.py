@@ -65,7 +65,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "unless --data names a plain ratings file")
     g.add_argument("--data", default=None,
                    help="local ratings file (u.data, ratings.dat, ratings.csv, Amazon CSV, .npz, "
-                        "any delimited file) or, with --dataset, a local copy of that data set")
+                        "any delimited file) or, with --dataset, a local copy of that data set; a "
+                        "large text file is parsed once, then loaded from the cache until it "
+                        "changes (DMFX_NO_CACHE=1: parse every time)")
     g.add_argument("--sep", default=None, help="field separator of --data when not detected")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the leave-one-out split")
     g.add_argument("--protocol", default=None, metavar="sampled:N|full",

@@ -1,4 +1,5 @@
-"""Shared fixtures of the op tests: devices, index dtypes and random CSR matrices."""
+"""Shared fixtures: devices, index dtypes, random CSR matrices, small data sets, and a private
+cache directory for the whole session."""
 from typing import NamedTuple
 
 import numpy as np
@@ -100,6 +101,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """dmfx's cache (downloads, parsed ratings files) in a temporary folder, for every test and
+    the processes they start: never the user's ~/.cache/dmfx or $DMFX_CACHE."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DMFX_CACHE", str(tmp_path_factory.mktemp("dmfx-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

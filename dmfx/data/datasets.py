@@ -3,7 +3,10 @@
 Downloads go to a cache directory (``cache_dir``, else ``$DMFX_CACHE``, else
 ``~/.cache/dmfx``), one folder per data set.  A download is written to a
 temporary file and renamed into place only once complete, so an interrupted
-download never leaves a truncated file behind.
+download never leaves a truncated file behind.  What was parsed from a
+downloaded or local ratings file is kept in the cache directory's
+``parsed/`` folder, so that the next load skips the parse (see
+:mod:`dmfx.data.cache`).
 
 Integrity: none of the registry entries carries a published SHA-256 (GroupLens
 publishes MD5 sums only), so each stores ``sha256=None``; the hash of the
@@ -16,6 +19,7 @@ with ``data=`` are read as they are, without verification.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import lzma
@@ -32,6 +36,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from .cache import _write_atomic, cached, default_cache_dir
 from .errors import DataFormatError, DatasetUnavailableError
 from .filters import kcore
 from .interactions import Interactions
@@ -143,11 +148,6 @@ DATASETS: dict[str, Dataset] = {
 """Known data sets by name (public so that a command line can list them)."""
 
 
-def default_cache_dir() -> Path:
-    """``$DMFX_CACHE`` if set, else ``~/.cache/dmfx``."""
-    return Path(os.environ.get("DMFX_CACHE") or Path.home() / ".cache" / "dmfx").expanduser()
-
-
 def _unavailable(spec: Dataset, reason: str) -> DatasetUnavailableError:
     reason = " ".join(reason.split())  # keep the message on one line
     return DatasetUnavailableError(
@@ -162,18 +162,6 @@ def _sha256(path: Path) -> str:
         while block := f.read(_BLOCK):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_atomic(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(binary_file)`` on a temporary file next to ``target``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _record_hash(folder: Path, archive: Path, digest: str) -> None:
@@ -285,8 +273,9 @@ def _fetch(spec: Dataset, root: Path) -> Path:
     return target
 
 
-def _read_local(spec: Dataset, data: PathLike) -> Interactions:
-    """Read a user-supplied copy: the ratings file, the downloaded zip, or a folder holding either."""
+def _local(spec: Dataset, data: PathLike) -> tuple[Path, Callable[[], Interactions]]:
+    """The file of a user-supplied copy (the ratings file, the downloaded zip, or either in a
+    folder ``data``) and how to read it."""
     path = Path(data)
     if path.is_dir():
         candidates = [path / spec.filename]
@@ -294,21 +283,26 @@ def _read_local(spec: Dataset, data: PathLike) -> Interactions:
             candidates.insert(0, path / spec.member)
         for candidate in candidates:
             if candidate.is_file():
-                return spec.reader(candidate)
+                return candidate, functools.partial(spec.reader, candidate)
         raise FileNotFoundError(
             f"{path}: expected {' or '.join(map(str, candidates))} for data set {spec.name!r}"
         )
     # The magic bytes, not zipfile.is_zipfile: a truncated archive must be reported as one.
     if spec.member is not None and _magic(path) == _ZIP_MAGIC:
-        with tempfile.TemporaryDirectory(prefix="dmfx-") as tmp:
-            target = Path(tmp) / spec.filename
-            member = _extract(spec, path, target)
-            try:
-                return spec.reader(target)
-            except DataFormatError as exc:
-                # Name the member of the user's archive, not the temporary copy.
-                raise DataFormatError(str(exc).replace(os.fspath(target), f"{path}/{member}", 1)) from None
-    return spec.reader(path)
+        return path, functools.partial(_read_member, spec, path)
+    return path, functools.partial(spec.reader, path)
+
+
+def _read_member(spec: Dataset, path: Path) -> Interactions:
+    """Read the ratings member of the zip archive ``path``."""
+    with tempfile.TemporaryDirectory(prefix="dmfx-") as tmp:
+        target = Path(tmp) / spec.filename
+        member = _extract(spec, path, target)
+        try:
+            return spec.reader(target)
+        except DataFormatError as exc:
+            # Name the member of the user's archive, not the temporary copy.
+            raise DataFormatError(str(exc).replace(os.fspath(target), f"{path}/{member}", 1)) from None
 
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -332,6 +326,7 @@ def load_dataset(
     name: str,
     cache_dir: PathLike | None = None,
     data: PathLike | None = None,
+    cache: bool = True,
 ) -> Interactions:
     """Load a named data set as :class:`Interactions`, with its registry filter applied.
 
@@ -341,6 +336,11 @@ def load_dataset(
     from the package (no network); the others are downloaded once into the
     cache (see the module docstring for hashing).  Raises ValueError for an
     unknown name and :class:`DatasetUnavailableError` when a download fails.
+
+    A downloaded or local ratings file is parsed once: what was read (before
+    the filter) is kept under ``cache_dir`` (default :func:`default_cache_dir`)
+    and loaded from there until the file changes; see :mod:`dmfx.data.cache`.
+    ``cache=False`` (or ``DMFX_NO_CACHE=1``) parses it every time.
     """
     if name.startswith(SYNTHETIC_PREFIX):
         if data is not None:
@@ -350,11 +350,14 @@ def load_dataset(
     if spec is None:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}, or "
                          f"{SYNTHETIC_PREFIX}USERSxITEMSxRATINGS")
+    how = f"load_dataset({name!r})"
     if data is not None:
-        interactions = _read_local(spec, data)
+        source, read = _local(spec, data)
+        interactions = cached(source, how, read, cache_dir, enabled=cache)
     elif spec.bundled is not None:
-        interactions = spec.reader(_BUNDLED_DIR / spec.bundled)
+        interactions = spec.reader(_BUNDLED_DIR / spec.bundled)  # small: parsed in a blink
     else:
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        interactions = spec.reader(_fetch(spec, root))
+        source = _fetch(spec, root)
+        interactions = cached(source, how, functools.partial(spec.reader, source), root, enabled=cache)
     return spec.apply_filter(interactions)

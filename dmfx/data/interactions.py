@@ -221,11 +221,27 @@ class Interactions:
                 f"users_raw, items_raw and ratings differ in length "
                 f"({len(users)}, {len(items)}, {len(rat)})"
             )
-        keep = _latest_per_pair(users, items, len(item_ids), ts)
+        return cls._latest(user_ids, item_ids, users, items, rat, ts)
+
+    @classmethod
+    def _latest(
+        cls,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        users: np.ndarray,
+        items: np.ndarray,
+        ratings: np.ndarray,
+        timestamps: np.ndarray | None,
+    ) -> Interactions:
+        """The constructor after dropping all but the latest of each duplicated pair, as :meth:`from_arrays`.
+
+        For callers that have the id maps and int64 indices already (the readers build them chunk by chunk).
+        """
+        keep = _latest_per_pair(users, items, len(item_ids), timestamps)
         if keep is not None:
-            users, items, rat = users[keep], items[keep], rat[keep]
-            ts = None if ts is None else ts[keep]
-        return cls(user_ids, item_ids, users, items, rat, ts)
+            users, items, ratings = users[keep], items[keep], ratings[keep]
+            timestamps = None if timestamps is None else timestamps[keep]
+        return cls(user_ids, item_ids, users, items, ratings, timestamps)
 
     @classmethod
     def from_scipy(

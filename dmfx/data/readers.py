@@ -1,10 +1,18 @@
 """Readers for common ratings file formats, each returning :class:`Interactions`.
 
-Parsing goes through ``np.loadtxt`` (its C tokenizer reads MovieLens-1M in
-well under a second).  When that fails, or yields a non-finite rating, the
-file is scanned again line by line in Python purely to produce a precise
-:class:`DataFormatError` naming the file, the 1-based line number and what
-was expected; the slow path therefore only runs on bad input.
+A file is read in chunks of :data:`CHUNK_BYTES`, each chunk's ids turned into
+integer codes at once (:class:`~dmfx.data._idcodes.IdCoder`), so that a parse
+holds Python strings for one chunk's ids at most, never for every rating, and
+its peak memory stays a small multiple of the arrays it returns (2 to 2.5
+times for 5M Amazon-style ratings, where one whole-file parse took 7.6 times;
+``benchmarks/ingest_memory.py``).  The chunks are parsed by pyarrow's
+streaming CSV reader where pyarrow is installed (``pip install
+dmfx[parquet]``) and the file is one it reads exactly as ``np.loadtxt`` does,
+else by ``np.loadtxt`` (its C tokenizer reads MovieLens-1M in well under a
+second); the result is the same.  When parsing fails, or yields a negative or
+non-finite rating, the file is scanned again line by line in Python purely to
+produce a precise :class:`DataFormatError` naming the file, the 1-based line
+number and what was expected; the slow path therefore only runs on bad input.
 
 Every reader accepts gzip-compressed input transparently (detected by the
 gzip magic bytes, not by the file name).  Fields are split on the separator
@@ -20,6 +28,8 @@ are, with a ``UserWarning``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
 import io
 import math
@@ -27,12 +37,14 @@ import os
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
 from typing import BinaryIO, Literal, TextIO
 
 import numpy as np
 
+from ._idcodes import IdCoder, gather
+from .cache import cached
 from .errors import DataFormatError
 from .interactions import Interactions, read_npz
 
@@ -58,6 +70,10 @@ _UNIT_SEPARATOR = "\x1f"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 _INT64 = np.iinfo(np.int64)
+# Text parsed per chunk (characters for np.loadtxt, bytes for pyarrow, which takes at most 1 MiB):
+# bounds what a parse holds beyond its result (np.loadtxt makes a Python string of every id of a
+# chunk).  Larger chunks are no faster.  Tests shrink it so that ids span chunks.
+CHUNK_BYTES = 4 << 20
 # Counts rather than ratings: whole numbers, the largest above any common rating
 # scale (1-5, 1-10), and a heavy tail (the median at most a tenth of the largest).
 _RATING_SCALE_MAX = 10
@@ -80,7 +96,7 @@ def _open_text(path: PathLike) -> TextIO:
     return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig")
 
 
-@contextmanager
+@contextlib.contextmanager
 def _reading(path: PathLike) -> Iterator[None]:
     """Turn a truncated or corrupt gzip stream, met wherever the file is read, into a DataFormatError."""
     try:
@@ -203,30 +219,13 @@ def _diagnose(
     return DataFormatError(f"{name}: could not parse as {_describe(columns, sep)}: {cause}")
 
 
-def _ids(values: np.ndarray, id_kind: IdKind) -> np.ndarray:
-    """Raw id column as int64 or str; "auto" picks int only when it round-trips.
-
-    The round-trip check keeps ids such as ``"007"`` (or Amazon ASINs that
-    happen to be all digits) from being merged with ``"7"``.
-    """
-    if id_kind == "int":
-        return values.astype(np.int64, copy=False)
-    text = values.astype(str)
-    if id_kind == "auto" and len(text):
-        try:
-            as_int = text.astype(np.int64)
-        except (ValueError, OverflowError):
-            return text
-        if bool(np.all(as_int.astype(str) == text)):
-            return as_int
-    return text
-
-
 def _warn_if_counts(name: str, ratings: np.ndarray) -> None:
-    largest, median = float(ratings.max()), float(np.median(ratings))
+    largest = float(ratings.max())
+    if largest <= _RATING_SCALE_MAX:
+        return  # before the median, which copies every rating
+    median = float(np.median(ratings))
     if (
-        largest > _RATING_SCALE_MAX
-        and median * _COUNT_TAIL <= largest
+        median * _COUNT_TAIL <= largest
         and bool(np.all(ratings == np.round(ratings)))
     ):
         warnings.warn(
@@ -235,6 +234,251 @@ def _warn_if_counts(name: str, ratings: np.ndarray) -> None:
             f"train on 0/1 input with --input binary --loss ce",
             UserWarning,
         )
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    """Python strings (np.loadtxt's object column) as bytes (``S``) where all are ASCII, else unicode.
+
+    Both read back as the strings ``values.astype(str)`` gives; IdCoder sorts bytes faster.
+    """
+    try:
+        return values.astype("S")
+    except UnicodeEncodeError:
+        return values.astype(str)
+
+
+def _skip_header(f: TextIO, path: PathLike, header: bool | str) -> None:
+    """Read the header line of ``f``, which must be ``header`` where that is a string."""
+    name = os.fspath(path)
+    try:
+        first = f.readline()
+    except UnicodeDecodeError as exc:
+        raise _undecodable(path) from exc
+    if not first:
+        expected = f"header {header!r}" if isinstance(header, str) else "a header line"
+        raise DataFormatError(f"{name}:1: expected {expected}, got an empty file")
+    got = first.strip()
+    if isinstance(header, str) and got != header:
+        raise DataFormatError(f"{name}:1: expected header {header!r}, got {got!r}")
+
+
+# What one chunk of a file yields: for "user" and "item" (values, rows), the ids of the rows
+# being ``values[rows]`` (``values`` themselves where ``rows`` is None); for "rating" and
+# "timestamp" one value per row.
+_Chunk = dict[str, "tuple[np.ndarray, np.ndarray | None] | np.ndarray"]
+
+
+class _Gathered:
+    """A file's columns gathered chunk by chunk: ids by their coders, numbers as read.
+
+    Ratings stay float64 until the end, as np.loadtxt read them, so that the count warning sees
+    the same values as when the whole file was parsed at once.
+    """
+
+    def __init__(self, id_kind: IdKind) -> None:
+        self.coders = {c: IdCoder(auto_int=id_kind == "auto") for c in ("user", "item")}
+        self.numbers: dict[str, list[np.ndarray]] = {"rating": [], "timestamp": []}
+        self.rows = 0
+
+    def add(self, chunk: _Chunk, diagnose: Callable[[object], DataFormatError]) -> None:
+        ratings = chunk.get("rating")
+        if ratings is not None and not bool(np.isfinite(ratings).all() and (ratings >= 0).all()):
+            raise diagnose("negative or non-finite rating")
+        for column, value in chunk.items():
+            if column in self.coders:
+                self.coders[column].add(*value)
+            else:
+                self.numbers[column].append(value)
+        values, rows = chunk["user"]
+        self.rows += len(values if rows is None else rows)
+
+    def interactions(self, name: str) -> Interactions:
+        """The gathered file as Interactions; the chunks are released as they are copied."""
+        if self.numbers["rating"]:
+            ratings = gather(self.numbers["rating"], np.float64)
+            _warn_if_counts(name, ratings)
+            ratings = ratings.astype(np.float32)
+        else:
+            ratings = np.ones(self.rows, dtype=np.float32)
+        timestamps = gather(self.numbers["timestamp"], np.int64) if self.numbers["timestamp"] else None
+        user_ids, users = self.coders["user"].finish()
+        item_ids, items = self.coders["item"].finish()
+        return Interactions._latest(user_ids, item_ids, users, items, ratings, timestamps)
+
+
+def _loadtxt_chunks(
+    path: PathLike,
+    sep: str | None,
+    columns: Sequence[Column],
+    header: bool | str,
+    id_kind: IdKind,
+    diagnose: Callable[[object], DataFormatError],
+) -> Iterator[_Chunk]:
+    """The file in chunks of about CHUNK_BYTES characters, each cut at a line end and parsed by
+    ``np.loadtxt`` exactly as one call on the whole text would parse those lines."""
+    field_types = {"rating": "f8", "timestamp": "i8", None: "O"}
+    id_type = "i8" if id_kind == "int" else "O"
+    dtype = np.dtype([(f"f{k}", field_types.get(c, id_type)) for k, c in enumerate(columns)])
+    delimiter = sep if sep is None or len(sep) == 1 else _UNIT_SEPARATOR
+    data_line = first_line = 2 if header else 1
+    with _reading(path), _open_text(path) as f:
+        if header:
+            _skip_header(f, path, header)
+        while True:
+            try:
+                text = f.read(CHUNK_BYTES)
+                if text and not text.endswith("\n"):
+                    text += f.readline()
+            except UnicodeDecodeError as exc:
+                raise diagnose(exc) from exc
+            if not text:
+                return
+            if delimiter != sep:
+                text = text.replace(sep, delimiter)  # type: ignore[arg-type]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+                    table = np.loadtxt(io.StringIO(text), dtype=dtype, delimiter=delimiter, comments=None, ndmin=1)
+            except ValueError as exc:
+                # np.loadtxt's own message, shown where the line scan finds nothing, counts rows
+                # from the start of this chunk.
+                cause = exc if first_line == data_line else f"{exc} (rows counted from line {first_line})"
+                raise diagnose(cause) from exc
+            first_line += text.count("\n")
+            del text
+            chunk: _Chunk = {}
+            for k, column in enumerate(columns):
+                if column in ("user", "item"):
+                    values = table[f"f{k}"]
+                    # Copies either way, so that the chunk's table is freed.
+                    chunk[column] = (np.ascontiguousarray(values) if id_kind == "int" else _strings(values), None)
+                elif column is not None:
+                    chunk[column] = np.ascontiguousarray(table[f"f{k}"])
+            yield chunk
+
+
+@functools.cache
+def _pyarrow() -> ModuleType | None:
+    """pyarrow with its csv and compute modules loaded, or None where it is not installed."""
+    try:
+        import pyarrow
+        import pyarrow.compute
+        import pyarrow.csv
+    except ImportError:
+        return None
+    return pyarrow
+
+
+# Numbers as pyarrow may convert them: forms that np.loadtxt reads to the same value.  Others
+# (a leading "+", padding, "nan"; and hexadecimal, which pyarrow's cast would take) leave the
+# file to np.loadtxt.
+_INT_TEXT = r"^-?[0-9]+$"
+_FLOAT_TEXT = r"^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+
+
+def _arrow_numbers(pa: ModuleType, text: object, kind: type) -> np.ndarray | None:
+    """A pyarrow string array as int64 or float64 (``kind``), or None unless every entry is plain."""
+    plain = pa.compute.match_substring_regex(text, _INT_TEXT if kind is int else _FLOAT_TEXT)
+    if not pa.compute.all(plain, min_count=0).as_py():
+        return None
+    return pa.compute.cast(text, pa.int64() if kind is int else pa.float64()).to_numpy()
+
+
+def _arrow_strings(pa: ModuleType, text: object) -> np.ndarray:
+    """A pyarrow string array as numpy strings: bytes (``S``) where all are ASCII, built in C
+    (NUL-padded to one width, then viewed), else unicode through Python strings."""
+    pc = pa.compute
+    if not pc.all(pc.string_is_ascii(text), min_count=0).as_py():
+        return text.to_numpy(zero_copy_only=False).astype(str)  # type: ignore[attr-defined]
+    width = max(pc.max(pc.binary_length(text)).as_py() or 0, 1)
+    padded = pc.utf8_rpad(text, width=width, padding="\0")
+    start = int(np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset])
+    return np.frombuffer(padded.buffers()[2], dtype=f"S{width}", count=len(padded), offset=start)
+
+
+class _NotForArrow(Exception):
+    """The file holds something that only np.loadtxt reads as the readers always have."""
+
+
+def _arrow_chunks(pa: ModuleType, path: PathLike, sep: str, columns: Sequence[Column], header: bool | str,
+                  id_kind: IdKind) -> Iterator[_Chunk]:
+    """The file in blocks as pyarrow's streaming CSV reader parses them: CHUNK_BYTES bytes, at
+    most 1 MiB (pyarrow's default; larger blocks leave its threads idle).
+
+    Ids and ratings come dictionary-encoded: each block's distinct values are converted once.
+    Every field is converted, ignored ones included, so that all of the text is checked to be
+    UTF-8 as np.loadtxt's path checks it.  Raises _NotForArrow for a number that is not plain.
+    """
+    csv = pa.csv
+    names = [f"f{k}" for k in range(len(columns))]
+    coded = pa.dictionary(pa.int32(), pa.string())
+    types = {n: coded if c in ("user", "item", "rating") else pa.string() for n, c in zip(names, columns)}
+    stream = gzip.open(path, "rb") if _magic(path).startswith(_GZIP_MAGIC) else pa.input_stream(
+        os.fspath(path), compression=None)  # compression=None: by magic bytes, as everywhere here
+    with stream, csv.open_csv(
+        stream,
+        read_options=csv.ReadOptions(column_names=names, skip_rows=int(bool(header)),
+                                     block_size=min(CHUNK_BYTES, 1 << 20)),
+        parse_options=csv.ParseOptions(delimiter=sep, quote_char=False, double_quote=False, escape_char=False,
+                                       newlines_in_values=False, ignore_empty_lines=True),
+        convert_options=csv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False,
+                                           quoted_strings_can_be_null=False),
+    ) as reader:
+        for batch in reader:
+            chunk: _Chunk = {}
+            for name, column in zip(names, columns):
+                array = batch.column(name)
+                if column in ("user", "item"):
+                    if id_kind == "int":
+                        values = _arrow_numbers(pa, array.dictionary, int)
+                        if values is None:
+                            raise _NotForArrow
+                    else:
+                        values = _arrow_strings(pa, array.dictionary)
+                    chunk[column] = (values, array.indices.to_numpy())
+                elif column == "rating":
+                    values = _arrow_numbers(pa, array.dictionary, float)
+                    if values is None:
+                        raise _NotForArrow
+                    chunk[column] = values[array.indices.to_numpy()]
+                elif column == "timestamp":
+                    values = _arrow_numbers(pa, array, int)
+                    if values is None:
+                        raise _NotForArrow
+                    chunk[column] = values
+            yield chunk
+
+
+def _read_with_arrow(path: PathLike, sep: str | None, columns: Sequence[Column], header: bool | str,
+                     id_kind: IdKind, diagnose: Callable[[object], DataFormatError]) -> _Gathered | None:
+    """The file parsed by pyarrow (its parser is multithreaded and makes no Python objects), or None.
+
+    None where pyarrow is not installed, the separator is not one ASCII character, or the file
+    holds anything pyarrow would not read exactly as np.loadtxt does, bad input included: the
+    np.loadtxt path then reads it, and reports what is wrong.  A file without data rows reads
+    as None too, so that the messages about empty files come from one place.
+    """
+    pa = _pyarrow()
+    if pa is None or sep is None or len(sep) != 1 or not sep.isascii() or sep in "\r\n":
+        return None
+    if header:
+        try:
+            with _reading(path), _open_text(path) as f:
+                _skip_header(f, path, header)
+        except DataFormatError:
+            return None
+    gathered = _Gathered(id_kind)
+    try:
+        with contextlib.closing(_arrow_chunks(pa, path, sep, columns, header, id_kind)) as chunks:
+            for chunk in chunks:
+                gathered.add(chunk, diagnose)
+    except DataFormatError:
+        raise  # a bad rating, located by diagnose
+    # ArrowInvalid for text it cannot parse or convert; OSError, EOFError and zlib.error from a
+    # damaged gzip stream.
+    except (_NotForArrow, pa.ArrowException, OSError, EOFError, zlib.error):
+        return None
+    return gathered if gathered.rows else None
 
 
 def _read_table(
@@ -249,7 +493,8 @@ def _read_table(
 
     ``sep=None`` splits on runs of whitespace.  ``header`` is False (no
     header), True (skip the first line) or the exact header text that the
-    first line must carry.
+    first line must carry.  The file is read in chunks (see CHUNK_BYTES), by
+    pyarrow where it can and np.loadtxt otherwise, with the same result.
     """
     if sep == "":
         raise ValueError("sep must be a non-empty string or None (whitespace)")
@@ -261,54 +506,19 @@ def _read_table(
             f"'timestamp', and None for ignored fields; got {tuple(columns)}"
         )
     name = os.fspath(path)
-    field_types = {"rating": "f8", "timestamp": "i8", None: "O"}
-    id_type = "i8" if id_kind == "int" else "O"
-    dtype = np.dtype([(f"f{k}", field_types.get(c, id_type)) for k, c in enumerate(columns)])
-    first_data_line = 2 if header else 1
-
-    with _reading(path), _open_text(path) as f:
-        if header:
-            try:
-                first = f.readline()
-            except UnicodeDecodeError as exc:
-                raise _undecodable(path) from exc
-            if not first:
-                expected = f"header {header!r}" if isinstance(header, str) else "a header line"
-                raise DataFormatError(f"{name}:1: expected {expected}, got an empty file")
-            got = first.strip()
-            if isinstance(header, str) and got != header:
-                raise DataFormatError(f"{name}:1: expected header {header!r}, got {got!r}")
-        lines: Iterable[str] = f
-        delimiter = sep
-        if sep is not None and len(sep) > 1:
-            lines = (line.replace(sep, _UNIT_SEPARATOR) for line in f)
-            delimiter = _UNIT_SEPARATOR
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
-                table = np.loadtxt(lines, dtype=dtype, delimiter=delimiter, comments=None, ndmin=1)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _diagnose(path, sep, columns, bool(header), id_kind, exc) from exc
-
-    if table.shape[0] == 0:
+    diagnose = functools.partial(_diagnose, path, sep, columns, bool(header), id_kind)
+    gathered = _read_with_arrow(path, sep, columns, header, id_kind, diagnose)
+    if gathered is None:
+        gathered = _Gathered(id_kind)
+        with contextlib.closing(_loadtxt_chunks(path, sep, columns, header, id_kind, diagnose)) as chunks:
+            for chunk in chunks:
+                gathered.add(chunk, diagnose)
+    if gathered.rows == 0:
         raise DataFormatError(
-            f"{name}:{first_data_line}: expected {_describe(columns, sep)} "
+            f"{name}:{2 if header else 1}: expected {_describe(columns, sep)} "
             f"({_field_names(columns)}), got no data"
         )
-    field = {c: table[f"f{k}"] for k, c in enumerate(columns) if c is not None}
-    if "rating" in field:
-        ratings = field["rating"]
-        if not bool(np.isfinite(ratings).all() and (ratings >= 0).all()):
-            raise _diagnose(path, sep, columns, bool(header), id_kind, "negative or non-finite rating")
-        _warn_if_counts(name, ratings)
-    else:
-        ratings = np.ones(len(table), dtype=np.float32)
-    return Interactions.from_arrays(
-        _ids(field["user"], id_kind),
-        _ids(field["item"], id_kind),
-        ratings,
-        field.get("timestamp"),
-    )
+    return gathered.interactions(name)
 
 
 def read_movielens_100k(path: PathLike) -> Interactions:
@@ -428,7 +638,7 @@ def _read_sniffed(path: PathLike, sep: str) -> Interactions:
     return read_delimited(path, sep, _UIRT[: len(fields)], header=header)
 
 
-def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None) -> Interactions:
+def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None, cache: bool = True) -> Interactions:
     """Read a ratings file, detecting its format unless ``fmt`` or ``sep`` is given.
 
     Detection (gzip is undone first): ``.npz`` archives of
@@ -448,13 +658,26 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None) ->
     loss divides every rating by the largest, which leaves all but the heaviest
     pairs with targets near 0.  Such data is usually trained as 0/1 input
     (``--input binary``: each observed pair is 1) with the ``ce`` loss.
+
+    A text file of at least :data:`dmfx.data.cache.CACHE_MIN_BYTES` is parsed
+    once: what was read is kept in the cache directory and loaded from there
+    until the file changes.  ``cache=False`` (or ``DMFX_NO_CACHE=1``) parses
+    it every time and writes nothing.
     """
-    name = os.fspath(path)
     if fmt is not None:
         if sep is not None:
             raise ValueError("give either fmt= or sep=, not both")
         if fmt not in FORMATS:
             raise ValueError(f"unknown fmt {fmt!r}; known formats: {', '.join(FORMATS)}")
+    if fmt == "npz" or (fmt is None and sep is None and _magic(path) == _ZIP_MAGIC):
+        return _read_file(path, sep, fmt)  # binary already: nothing to gain from a cache
+    return cached(path, f"read_file(sep={sep!r}, fmt={fmt!r})", lambda: _read_file(path, sep, fmt), enabled=cache)
+
+
+def _read_file(path: PathLike, sep: str | None, fmt: str | None) -> Interactions:
+    """:func:`read_file` without the cache, its arguments checked."""
+    name = os.fspath(path)
+    if fmt is not None:
         return FORMATS[fmt](path)
     if sep is not None:
         return _read_sniffed(path, sep)
