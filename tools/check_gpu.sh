@@ -14,7 +14,8 @@
 # tests step's selection (default: tests; with pytest-xdist installed, TEST_WORKERS workers,
 # default 8, of two threads each). The build step also checks that an error thrown in dmfx._C's
 # C++ reaches Python as an exception and names the compiler and C++ runtime used; where it
-# crashes Python instead, it rebuilds once with /usr/bin/g++. Each step's result and log persist in
+# crashes Python instead, it saves the crash's native stack (crash-backtrace.log, by cuda-gdb or
+# gdb) and rebuilds once with /usr/bin/g++. Each step's result and log persist in
 # build/gpu-check/ (ignored by git, so kept between calls on one machine; the build step clears
 # them); with $OUT set, each call also writes its logs and summary.txt there as it goes. A failing
 # step never stops the later ones or the summary; the exit status is 1 if a step of this call
@@ -168,17 +169,29 @@ toolchain() {  # the C++ compiler a build uses and the C++ runtime dmfx._C links
             tr '\n' ' ')"
 }
 
-errors_reach_python() {  # 0 when an argument error thrown in dmfx._C's C++ arrives as ValueError
-    "$PYTHON" - > /dev/null 2>&1 <<'PY'
+# An argument error that dmfx._C's C++ throws (mu is checked there): exit 0 when it arrives as
+# ValueError.
+THROW_CHECK='
 import torch
 import dmfx.ops as ops
 p = torch.ones(2, 3)
 try:
-    ops.cosine_nce_loss(p, p, torch.ones(2), mu=0.0)  # mu is checked in C++
+    ops.cosine_nce_loss(p, p, torch.ones(2), mu=0.0)
 except ValueError:
     raise SystemExit(0)
 raise SystemExit(1)
-PY
+'
+
+errors_reach_python() {
+    "$PYTHON" -c "$THROW_CHECK" > /dev/null 2>&1
+}
+
+crash_backtrace() {  # the native stack of that crash, by cuda-gdb (it debugs host code too) or gdb
+    local gdb
+    gdb=$(command -v cuda-gdb 2>/dev/null) || gdb=${CUDA_HOME:-/usr/local/cuda}/bin/cuda-gdb
+    [[ -x $gdb ]] || gdb=$(command -v gdb 2>/dev/null) || return 0
+    run_logged crash-backtrace 120 "$gdb" -batch -ex run -ex bt -ex "info sharedlibrary" \
+        --args "$PYTHON" -c "$THROW_CHECK"
 }
 
 build_once() {  # LOG-STEP [VAR=VALUE...]: setup.py build_ext in place; sets rc, ELAPSED, EXT
@@ -201,7 +214,8 @@ step_build() {
     # Seen on one GPU machine's image: with its default `c++`, every error thrown in dmfx._C
     # crashed Python (segmentation fault) instead of raising. Then the system g++ is tried.
     if [[ $EXT != missing ]] && ! errors_reach_python; then
-        errors="a C++ error crashed Python with $(toolchain)"
+        errors="a C++ error crashed Python with $(toolchain); native stack in crash-backtrace.log"
+        crash_backtrace
         alt=/usr/bin/g++
         if [[ -x $alt && $(readlink -f "$alt") != $(readlink -f "$(command -v "${CXX:-c++}")") ]]; then
             rm -rf build/temp  # the other compiler's objects
