@@ -5,12 +5,14 @@
 #
 #   bash tools/check_gpu.sh build tests   # CUDA build (~2-4 min), the whole test suite (~2-4 min)
 #   bash tools/check_gpu.sh sanitize      # memcheck, initcheck, synccheck, racecheck (at most ~9 min)
-#   bash tools/check_gpu.sh bench         # benchmarks/run_gpu.sh (~3-5 min; DMFX_BENCH_BIG=1: +~2 min)
+#   bash tools/check_gpu.sh bench         # benchmarks/run_gpu.sh (~2-5 min; DMFX_BENCH_BIG=1: +~2 min)
+#   bash tools/check_gpu.sh scale         # `dmfx bench --device cuda` on the DESIGN.md shapes, the
+#                                         # 2M x 1M x 50M training run, sharded NCCL at world size 1
 #   bash tools/check_gpu.sh summary       # the one-screen summary again (every call ends with it)
 #   bash tools/check_gpu.sh               # all steps in one go (~15-20 min)
 #
 # Steps: build, tests, memcheck, initcheck, synccheck, racecheck (sanitize = those four), bench,
-# summary; they run in that order whatever the order given. `tests -- PYTEST ARGS` replaces the
+# scale, summary; they run in that order whatever the order given. `tests -- PYTEST ARGS` replaces the
 # tests step's selection (default: tests; with pytest-xdist installed, TEST_WORKERS workers,
 # default 8, of two threads each). The build step also checks that an error thrown in dmfx._C's
 # C++ reaches Python as an exception and names the compiler and C++ runtime used; where it
@@ -24,9 +26,10 @@
 #
 # Environment: PYTHON (default python3); <STEP>_TIMEOUT in seconds, the most a step may run
 # (BUILD_TIMEOUT=240, TESTS_TIMEOUT=300, MEMCHECK_TIMEOUT=210, INITCHECK_TIMEOUT=150,
-# SYNCCHECK_TIMEOUT=90, RACECHECK_TIMEOUT=90, BENCH_TIMEOUT=540: each call above stays under
-# 10 minutes; a step that ran out shows TIMEOUT and can be rerun alone with a larger one, e.g.
-# MEMCHECK_TIMEOUT=540 bash tools/check_gpu.sh memcheck); SANITIZER (path to compute-sanitizer);
+# SYNCCHECK_TIMEOUT=90, RACECHECK_TIMEOUT=90, BENCH_TIMEOUT=540, SCALE_TIMEOUT=540: each call
+# above stays under 10 minutes; a step that ran out shows TIMEOUT and can be rerun alone with a
+# larger one, e.g. MEMCHECK_TIMEOUT=540 bash tools/check_gpu.sh memcheck); SANITIZER (path to
+# compute-sanitizer);
 # DMFX_BENCH_BIG=1 (benchmarks: add the 2M x 1M x 50M shapes); FORCE_CUDA / TORCH_CUDA_ARCH_LIST /
 # MAX_JOBS reach setup.py.
 set -uo pipefail  # no -e: a failed step is recorded and the next one runs
@@ -34,7 +37,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 STATE=build/gpu-check
-ALL_STEPS=(build tests memcheck initcheck synccheck racecheck bench)
+ALL_STEPS=(build tests memcheck initcheck synccheck racecheck bench scale)
 OPS_TESTS=(tests/test_sparse_rows_matmul.py tests/test_cosine_nce_loss.py
            tests/test_hybrid_bce_loss.py tests/test_sample_negatives.py
            tests/test_row_sparse_adam.py)
@@ -55,7 +58,7 @@ while (($#)); do
         --) shift; (($#)) && pytest_args=("$@"); break ;;
         all) selected+="${ALL_STEPS[*]} " ;;
         sanitize) selected+="memcheck initcheck synccheck racecheck " ;;
-        build | tests | memcheck | initcheck | synccheck | racecheck | bench | summary)
+        build | tests | memcheck | initcheck | synccheck | racecheck | bench | scale | summary)
             selected+="$1 " ;;
         -h | --help) usage; exit 0 ;;
         *) echo "check_gpu.sh: unknown step '$1'" >&2; usage >&2; exit 2 ;;
@@ -322,6 +325,31 @@ step_bench() {
         "$count benchmarks; pytest: $(pytest_tally "$STATE/bench.log")"
 }
 
+step_scale() {  # the GPU runs issues ask for beyond the benchmark suites, one log
+    gpu_step_ready scale || return
+    local rc runs=build/gpu-check/scale-runs
+    rm -rf "$runs"
+    mkdir -p "$runs"
+    # Each command runs whatever the one before did; the step fails if any of them failed.
+    local script=(
+        "set -x; failed=0"
+        # dmfx bench on the shapes of DESIGN.md section 2 (every peer checked, then timed)
+        "$PYTHON -m dmfx bench --device cuda --shape ml-1m --batch 8192 --skip compile --json $runs/bench-ml-1m.json || failed=1"
+        "$PYTHON -m dmfx bench --device cuda --shape 2m-1m-50m --batch 8192 --ops sparse_rows_matmul sample_negatives train_step --skip dense-input --json $runs/bench-2m-1m-50m.json || failed=1"
+        # the Amazon-scale training run, bounded (README: Amazon scale on one machine)
+        "$PYTHON -m dmfx train --dataset synthetic:2000000x1000000x50000000 --user-layers 64,64 --item-layers 64,64 --sparse-grad --pairs batch --batch-size 8192 --max-steps 200 --epochs 1 --no-full-ranking --device cuda --quiet --output $runs/amazon-scale || failed=1"
+        "cat $runs/amazon-scale/epochs.jsonl"
+        # the sharded mode under NCCL on one GPU (world size 1), on ML-1M-sized data (no download)
+        "$PYTHON -m torch.distributed.run --standalone --nproc_per_node=1 -m dmfx train --dataset synthetic:6040x3706x1000000 --distributed sharded --device cuda --epochs 2 --quiet --output $runs/sharded-nccl || failed=1"
+        "cat $runs/sharded-nccl/epochs.jsonl"
+        "exit \$failed"
+    )
+    local IFS=$'\n'
+    run_logged scale "${SCALE_TIMEOUT:-540}" bash -c "${script[*]}"
+    rc=$?
+    record scale "$(result_of "$rc")" "$ELAPSED" "see scale.log ($runs)"
+}
+
 # ---------------------------------------------------------------------------------- summary
 
 bench_ratios() {  # one line per benchmark group: dmfx's median and each peer's median / dmfx's
@@ -397,6 +425,7 @@ for step in "${ALL_STEPS[@]}"; do
             sanitize racecheck "${RACECHECK_TIMEOUT:-90}" dmfx "$CUDA_TESTS_LIGHT" \
                 tests/test_hybrid_bce_loss.py ;;
         bench) step_bench ;;
+        scale) step_scale ;;
     esac
     case $(cut -f1 "$STATE/$step.status" 2>/dev/null) in FAIL | TIMEOUT) failed=1 ;; esac
 done
