@@ -3,7 +3,8 @@
 # From the repository root, with python3 holding a CUDA build of torch (plus pytest and
 # pytest-benchmark), nvcc and compute-sanitizer:
 #
-#   bash tools/check_gpu.sh build tests   # CUDA build (~2-4 min), the whole test suite (~2-4 min)
+#   bash tools/check_gpu.sh build tests   # CUDA build (33 s on an H200 machine with
+#                                         # TORCH_CUDA_ARCH_LIST=9.0), the test suite (~3-5 min)
 #   bash tools/check_gpu.sh sanitize      # memcheck, initcheck, synccheck, racecheck (at most ~9 min)
 #   bash tools/check_gpu.sh bench         # benchmarks/run_gpu.sh (~2-5 min; DMFX_BENCH_BIG=1: +~2 min)
 #   bash tools/check_gpu.sh scale         # `dmfx bench --device cuda` on the DESIGN.md shapes, the
