@@ -110,19 +110,16 @@ def _optimizer_states(obj):
             for s in opt.state.values()]
 
 
-def fit_per_rating(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least-squares ``y = a + b * nnz``: (a, b)."""
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    b = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
-    return my - b * mx, b
+def fit_per_rating(points: list[tuple[int, float]]) -> float:
+    """The slope ``b`` of the least-squares line ``y = a + b * nnz``."""
+    import numpy as np
+
+    x, y = np.array(points, dtype=float).T
+    return float(np.polyfit(x, y, 1)[0])
 
 
 def report(rows: list[dict], out: Path, device_name: str) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
-    sizes = sorted({r["nnz"] for r in rows})
     lines = [f"Device: {device_name}. DMF training step, B = {BATCH}, towers "
              f"{','.join(map(str, LAYERS))}, 7 negatives; median of {REPEATS} calls of 20 steps. "
              "Memory: the training state (weights, gradients, optimizer state, rating matrices).",
@@ -140,18 +137,18 @@ def report(rows: list[dict], out: Path, device_name: str) -> str:
         mine = [r for r in ok if r["contender"] == name]
         if len(mine) < 2:
             continue
-        _, time_b = fit_per_rating([(r["nnz"], r["step_s"]) for r in mine])
-        _, mem_b = fit_per_rating([(r["nnz"], r["state_bytes"]) for r in mine])
+        time_b = fit_per_rating([(r["nnz"], r["step_s"]) for r in mine])
+        mem_b = fit_per_rating([(r["nnz"], r["state_bytes"]) for r in mine])
         lines.append(f"- {name}: {1e9 * time_b:.3f} ns per rating per step, "
                      f"{mem_b:.1f} bytes of state per rating "
                      f"({min(r['nnz'] for r in mine):,} to {max(r['nnz'] for r in mine):,} ratings)")
     text = "\n".join(lines) + "\n"
     (out / "scaling.md").write_text(text)
-    _plot(ok, sizes, out / "scaling.png", device_name)
+    _plot(ok, out / "scaling.png", device_name)
     return text
 
 
-def _plot(ok: list[dict], sizes: list[int], path: Path, device_name: str) -> None:
+def _plot(ok: list[dict], path: Path, device_name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

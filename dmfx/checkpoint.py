@@ -7,16 +7,15 @@ writer can leave a torn file behind.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable, IO
 
 import torch
+
+from ._files import atomic_write
 
 __all__ = ["CheckpointError", "RunFolderBusy", "RunLock", "save_checkpoint", "load_checkpoint",
            "atomic_write", "json_text", "write_json"]
@@ -36,35 +35,6 @@ class CheckpointError(ValueError):
 
 class RunFolderBusy(RuntimeError):
     """Another process holds the lock of a run folder."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files readable by their owner only; a run's files get the usual permissions.
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Calls ``write`` on a fresh temporary file beside ``path`` and renames it into place once it
-    is on disk: readers see the old file or the new one, never a mix. The temporary name is unique
-    to this writer and the file is removed if writing fails (a full disk, an exception)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _FILE_MODE)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _finite(value):

@@ -25,16 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from .._files import atomic_write
 from .._version import __version__
 from .errors import DataFormatError
 from .interactions import Interactions, read_npz
@@ -59,18 +58,6 @@ def default_cache_dir() -> Path:
 def caching_enabled() -> bool:
     """False when ``$DMFX_NO_CACHE`` is set to anything but ``""`` or ``"0"``."""
     return os.environ.get("DMFX_NO_CACHE", "") in ("", "0")
-
-
-def _write_atomic(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(binary_file)`` on a temporary file next to ``target``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _key(path: Path, how: str) -> str | None:
@@ -112,7 +99,8 @@ def _store(entry: Path, key: str, data: Interactions) -> None:
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         # No fsync: an entry torn by a crash fails its CRC check and is rewritten.
-        _write_atomic(entry, lambda f: np.savez(f, **arrays, **{_KEY_MEMBER: np.array(key)}))
+        atomic_write(entry, lambda f: np.savez(f, **arrays, **{_KEY_MEMBER: np.array(key)}),
+                     fsync=False)
     except OSError as exc:
         warnings.warn(f"could not write the parse cache entry {entry} ({exc}); the file will be parsed "
                       f"again next time (DMFX_NO_CACHE=1 stops these attempts)", UserWarning, stacklevel=3)

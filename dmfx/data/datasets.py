@@ -36,7 +36,8 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from .cache import _write_atomic, cached, default_cache_dir
+from .._files import atomic_write
+from .cache import cached, default_cache_dir
 from .errors import DataFormatError, DatasetUnavailableError
 from .filters import kcore
 from .interactions import Interactions
@@ -166,7 +167,7 @@ def _sha256(path: Path) -> str:
 
 def _record_hash(folder: Path, archive: Path, digest: str) -> None:
     line = f"{digest}  {archive.name}\n".encode()
-    _write_atomic(folder / "SHA256", lambda f: f.write(line))
+    atomic_write(folder / "SHA256", lambda f: f.write(line))
 
 
 def _download(spec: Dataset, archive: Path) -> str:
@@ -185,7 +186,7 @@ def _download(spec: Dataset, archive: Path) -> str:
             raise _unavailable(spec, f"downloaded file has sha256 {digest.hexdigest()}, expected {spec.sha256}")
 
     try:
-        _write_atomic(archive, write)
+        atomic_write(archive, write)
     except (OSError, http.client.HTTPException) as exc:
         raise _unavailable(spec, f"could not download {spec.url} ({exc})") from exc
     return digest.hexdigest()
@@ -248,7 +249,7 @@ def _extract(spec: Dataset, zip_path: Path, target: Path) -> str:
                     return
                 dst.write(block)
 
-        _write_atomic(target, copy)
+        atomic_write(target, copy)
     return info.filename
 
 
