@@ -478,16 +478,21 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
                          f"{'/'.join(f'{r:g}' for r in spec.ratios)}"}[split.holdout]
     _log(args, f"data: {spec.name}: {data.num_users:,} users x {data.num_items:,} items, "
                f"{data.nnz:,} interactions; {len(split.test_users):,} evaluated; {held_out}")
+    record = data_record(spec, data)
+    # The ratings as read are no longer needed: the split's training part holds the same id maps.
+    del data
     new_users = None
     if args.held_out_users is not None:
         from .inductive import hold_out_users
 
         split, new_users = hold_out_users(split, args.held_out_users, seed=spec.seed)
         _log(args, f"held out: {len(new_users.users):,} users, scored from their ratings only")
+    if world is not None:
+        split = world.split_for_rank(split)
     torch.manual_seed(args.seed)
     model = build_model(name, split.train, params, device) if world is None else \
         world.build_model(name, split.train, params, args.seed)
-    extra = {"data": data_record(spec, data), "model": {"kind": name, "config": model.config()}}
+    extra = {"data": record, "model": {"kind": name, "config": model.config()}}
     if world is not None:
         extra.update(world.record())
     if new_users is not None:  # part of the split: a resume or a checkpoint re-read must redo it
@@ -530,7 +535,7 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     valid = evaluate(model, split, "valid", ks=ks, protocols=protocols, per_user=args.per_user,
                      rankings=rankings["valid"]) if len(split.valid_users) else {}
     save_ranks(out / "ranks.npz", {(part, p): r for part, done in rankings.items()
-                                   for p, r in done.items()}, data.user_ids, data.item_ids)
+                                   for p, r in done.items()}, split.train.user_ids, split.train.item_ids)
     if new_users is not None:
         from .inductive import evaluate_new_users
 

@@ -40,6 +40,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -47,7 +49,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .checkpoint import CheckpointError, RunFolderBusy, RunLock, load_checkpoint, save_checkpoint
-from .data import CSR, Interactions, Split
+from .data import CSR, Interactions, Split, as_csr
 from .evaluate import evaluate
 from .models import DMF, Recommender, VectorScorer, build_model
 from .models.dmf import INIT_STD, MLP
@@ -290,6 +292,16 @@ class World(LocalRun):
             p.grad = torch.sparse_coo_tensor(all_rows[keep].unsqueeze(0), all_values[keep],
                                              p.shape).coalesce()
 
+    def split_for_rank(self, split: Split) -> Split:
+        """What this rank keeps of ``split``: all of it on rank 0, which evaluates; the other
+        ranks drop the sampled evaluation items (0.8 KB per evaluated user at 100 each for
+        validation and test) and keep the rest, so that every rank takes the same steps."""
+        if self.main:
+            return split
+        return replace(split, **{f"{part}_negatives": np.empty((len(users), 0), dtype=np.int32)
+                                 for part, users in (("valid", split.valid_users),
+                                                     ("test", split.test_users))})
+
     # -- models --------------------------------------------------------------------------------
 
     def record(self) -> dict:
@@ -445,25 +457,32 @@ def _table_rows(total: int, lo: int, hi: int, width: int, seed: int, table: int,
     return out
 
 
+def _column_share(train: Interactions, input: str, transpose: bool, lo: int, hi: int) -> CSR:
+    """Columns [lo, hi) of Y (of Y^T with ``transpose``), re-numbered from 0: built from the
+    interactions in them alone, so a rank never holds the whole matrix, even while building."""
+    rows, cols = (train.items, train.users) if transpose else (train.users, train.items)
+    keep = np.flatnonzero((cols >= lo) & (cols < hi))
+    values = train.ratings[keep] if input == "rating" else np.ones(len(keep), dtype=np.float32)
+    shape = (train.num_items if transpose else train.num_users, hi - lo)
+    return as_csr(sp.coo_matrix((values, (rows[keep], cols[keep] - lo)), shape=shape).tocsr(),
+                  name="the training interactions")
+
+
 class ShardedTower(nn.Module):
     """A DMF tower holding rows [lo, hi) of its first-layer table (``first``) and the entries
-    of its matrix in those columns, re-numbered from 0; :meth:`partial` gives a batch's
-    first-layer sums over them. Row ``empty_row`` of the local matrix is empty: the padding."""
+    of its matrix in those columns, re-numbered from 0 (``matrix``, built by
+    :func:`_column_share`); :meth:`partial` gives a batch's first-layer sums over them. Row
+    ``empty_row`` of the local matrix is empty: the padding."""
 
     def __init__(self, matrix: CSR, widths: Sequence[int], binary: bool, sparse_grad: bool,
-                 activation: str, rows: tuple[int, int], first: Tensor):
+                 activation: str, rows: tuple[int, int], total: int, first: Tensor):
         super().__init__()
-        lo, hi = rows
         self.binary, self.sparse_grad = binary, sparse_grad
-        self.rows, self.total, self.empty_row = (lo, hi), matrix.shape[1], matrix.shape[0]
-        keep = (matrix.indices >= lo) & (matrix.indices < hi)
-        kept = torch.zeros(keep.numel() + 1, dtype=torch.long)
-        torch.cumsum(keep, 0, out=kept[1:])
-        indptr = kept[matrix.indptr.long()]
-        self.register_buffer("indptr", torch.cat([indptr, indptr[-1:]]).to(matrix.indptr.dtype),
+        self.rows, self.total, self.empty_row = rows, total, matrix.shape[0]
+        self.register_buffer("indptr", torch.cat([matrix.indptr, matrix.indptr[-1:]]),
                              persistent=False)
-        self.register_buffer("indices", matrix.indices[keep] - lo, persistent=False)
-        self.register_buffer("values", matrix.values[keep], persistent=False)
+        self.register_buffer("indices", matrix.indices, persistent=False)
+        self.register_buffer("values", matrix.values, persistent=False)
         self.first = nn.Parameter(first)
         self.mlp = MLP(widths, activation)
 
@@ -488,11 +507,13 @@ class ShardedDMF(DMF):
         self.world, self.seed = world, seed
         super().__init__(train, **params)
 
-    def _tower(self, side, matrix, widths, binary, sparse_grad, activation):
-        total = matrix.shape[1]
+    def _tower(self, side, train, input, widths, binary, sparse_grad, activation):
+        transpose = side == "item"
+        total = train.num_users if transpose else train.num_items
         lo, hi = self.world.mine(total)
         first = _table_rows(total, lo, hi, widths[0], self.seed, ("user", "item").index(side))
-        return ShardedTower(matrix, widths, binary, sparse_grad, activation, (lo, hi), first)
+        return ShardedTower(_column_share(train, input, transpose, lo, hi), widths, binary,
+                            sparse_grad, activation, (lo, hi), total, first)
 
     def shards(self) -> list[nn.Parameter]:
         """The parameters this rank holds a share of (the others are replicated)."""

@@ -192,8 +192,8 @@ def rank_sampled(scorer, users: np.ndarray, items: np.ndarray, negatives: np.nda
     ranks = []
     for s in _batches(len(users), batch):
         u = torch.as_tensor(users[s], device=device)
-        candidates = torch.cat([torch.as_tensor(items[s], device=device).unsqueeze(1),
-                                torch.as_tensor(negatives[s], device=device)], 1)
+        candidates = torch.cat([torch.as_tensor(items[s], device=device, dtype=torch.int64).unsqueeze(1),
+                                torch.as_tensor(negatives[s], device=device, dtype=torch.int64)], 1)
         scores = scorer.candidates(u, candidates)
         ranks.append(ranks_from_scores(scores[:, 0], scores[:, 1:], generator).cpu())
     ranks = torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)

@@ -166,7 +166,8 @@ class _Pairs:
         train = split.train
         self.config, self.device = config, device
         self.num_items = train.num_items
-        self.matrix = train.csr("binary", device=device)
+        seen = train.csr("binary", device=device)  # the sampler reads the pattern, not values
+        self.indptr, self.indices = seen.indptr, seen.indices
         self.users = torch.from_numpy(train.users).to(device)
         self.items = torch.from_numpy(train.items).to(device)
         ratings = torch.from_numpy(train.ratings).to(device)
@@ -184,7 +185,7 @@ class _Pairs:
 
     def sample(self, users: torch.Tensor, seed: int) -> torch.Tensor:
         """``num_negatives`` unobserved items of each of ``users``: [len(users), num_negatives]."""
-        return ops.sample_negatives(self.matrix.indptr, self.matrix.indices, users,
+        return ops.sample_negatives(self.indptr, self.indices, users,
                                     self.num_items, self.config.num_negatives, seed=seed)
 
     def combine(self, users, items, targets, negatives):

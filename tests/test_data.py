@@ -88,7 +88,11 @@ def test_csr_matches_scipy_dense_and_is_sorted() -> None:
         for values, want in (("rating", expect), ("binary", (expect != 0).astype(np.float32))):
             csr = x.csr(values=values, transpose=transpose)
             assert csr.shape == want.shape
-            assert csr.indptr.dtype == torch.int64 and csr.indices.dtype == torch.int64
+            # int32 by default where everything fits: 4 bytes less per stored interaction.
+            assert csr.indptr.dtype == torch.int32 and csr.indices.dtype == torch.int32
+            wide = x.csr(values=values, transpose=transpose, index_dtype=torch.int64)
+            assert wide.indptr.dtype == torch.int64 and wide.indices.dtype == torch.int64
+            assert torch.equal(wide.indices, csr.indices.long())
             assert csr.values.dtype == torch.float32
             indptr, indices = csr.indptr.numpy(), csr.indices.numpy()
             rebuilt = np.zeros(csr.shape, dtype=np.float32)

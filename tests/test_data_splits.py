@@ -58,7 +58,8 @@ def test_negatives_are_unseen_distinct_and_in_range(ml100k: Interactions, ml100k
         (ml100k_split.test_users, ml100k_split.test_negatives),
         (ml100k_split.valid_users, ml100k_split.valid_negatives),
     ):
-        assert negatives.shape == (ml100k.num_users, 100) and negatives.dtype == np.int64
+        # int32: half the memory of int64 (0.8 KB per user for 2 x 100 items)
+        assert negatives.shape == (ml100k.num_users, 100) and negatives.dtype == np.int32
         assert negatives.min() >= 0 and negatives.max() < ml100k.num_items
         sorted_rows = np.sort(negatives, axis=1)
         assert np.all(np.diff(sorted_rows, axis=1) > 0), "negatives repeat within a row"

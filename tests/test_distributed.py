@@ -9,8 +9,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 import dmfx
@@ -217,6 +220,37 @@ def test_each_rank_stores_its_half_of_the_tables_and_of_their_adam_state(matched
         moments = sorted(t.shape[0] for t in _tensors(shard["runner"])
                          if t.dim() == 2 and t.shape[0] > 8)
         assert moments == sorted([share(items)] * 2 + [share(users)] * 2)
+
+
+@pytest.mark.parametrize("input", ["rating", "binary"])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_a_rank_builds_only_its_columns_of_y(split, input, ranks):
+    from dmfx.distributed import _column_share
+
+    train = split.train
+    for transpose in (False, True):
+        whole = train.to_scipy(input, transpose)
+        total = whole.shape[1]
+        bounds = [total * r // ranks for r in range(ranks + 1)]
+        shares = [_column_share(train, input, transpose, lo, hi)
+                  for lo, hi in zip(bounds, bounds[1:])]
+        for share, lo, hi in zip(shares, bounds, bounds[1:]):
+            assert share.shape == (whole.shape[0], hi - lo)
+            indptr, indices = share.indptr.numpy(), share.indices.numpy()
+            assert all(np.all(np.diff(indices[a:b]) > 0) for a, b in zip(indptr, indptr[1:]))
+            rebuilt = sp.csr_matrix((share.values.numpy(), indices, indptr), shape=share.shape)
+            assert (rebuilt != whole[:, lo:hi]).nnz == 0
+
+
+def test_only_rank_0_keeps_the_sampled_evaluation_items(split):
+    from dmfx.distributed import World
+
+    assert World.split_for_rank(SimpleNamespace(main=True), split) is split
+    other = World.split_for_rank(SimpleNamespace(main=False), split)
+    assert other.valid_negatives.shape == (len(split.valid_users), 0)
+    assert other.test_negatives.shape == (len(split.test_users), 0)
+    assert other.train is split.train and other.valid_users is split.valid_users
+    assert np.array_equal(other.test_items, split.test_items)
 
 
 def test_sharded_tables_start_alike_on_any_number_of_ranks(matched, split):

@@ -159,10 +159,10 @@ def test_round_trips_with_scipy_torch_and_interactions():
     # Interactions.csr is as_csr of to_scipy: one converter
     for transpose in (False, True):
         ours, theirs = data.csr(transpose=transpose), as_csr(data.to_scipy(transpose=transpose))
-        assert ours.shape == theirs.shape and ours.indptr.dtype == torch.int64
+        assert ours.shape == theirs.shape and ours.indptr.dtype == torch.int32
         for a, b in zip(ours[:3], theirs[:3]):
             torch.testing.assert_close(a, b.to(a.dtype))
-    assert data.csr(index_dtype=torch.int32).indices.dtype == torch.int32
+    assert data.csr(index_dtype=torch.int64).indices.dtype == torch.int64
 
 
 def test_from_scipy_ids_and_their_errors():

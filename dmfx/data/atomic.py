@@ -41,7 +41,7 @@ from typing import Optional
 import numpy as np
 
 from .interactions import Interactions
-from .splits import Split, _check_unseen, _sample_negatives
+from .splits import Split, _check_unseen, _negatives_dtype, _sample_negatives
 
 __all__ = ["write_atomic", "read_atomic"]
 
@@ -208,7 +208,8 @@ def read_atomic(folder: str | os.PathLike, name: str, num_negatives: int = 100,
             lists = _read_table(listed)["neg_items"]
             flat = _index(maps["item"], _as_ids(np.asarray(" ".join(lists).split(), dtype=str),
                                                 kinds.get("item") or _kind(maps["item"])), "item")
-            negatives[part] = flat.reshape(len(lists), -1) if len(lists) else np.zeros((0, 0), np.int64)
+            negatives[part] = (flat.reshape(len(lists), -1) if len(lists) else np.zeros((0, 0))
+                               ).astype(_negatives_dtype(len(maps["item"])))
             if len(negatives[part]) != len(users):
                 raise ValueError(f"{listed} has {len(lists)} lines for {len(users)} {part} rows")
         else:

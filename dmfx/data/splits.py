@@ -44,6 +44,7 @@ class Split:
     interaction by timestamp, the DMF protocol), ``"random"`` (a random
     one, for data without timestamps) or ``"ratio"`` (a random share of all
     interactions, :func:`ratio_split`; a user then has several rows).
+    The sampled negatives are int32 item indices (int64 past 2**31 items).
     """
 
     train: Interactions
@@ -61,6 +62,12 @@ class Split:
             f"test_users={len(self.test_users)}, num_negatives={self.test_negatives.shape[1]}, "
             f"holdout={self.holdout!r})"
         )
+
+
+def _negatives_dtype(num_items: int) -> np.dtype:
+    """int32 where every item id fits (always, short of 2**31 items): 100 sampled items per
+    user for validation and test then take 0.8 KB per user rather than 1.6 KB."""
+    return np.dtype(np.int32 if num_items <= np.iinfo(np.int32).max else np.int64)
 
 
 def _exact_negatives(
@@ -100,7 +107,7 @@ def _sample_negatives(
     Rows are processed in chunks to bound memory; see :func:`_sample_chunk`.
     Each row comes back sorted ascending.
     """
-    out = np.empty((len(users), k), dtype=np.int64)
+    out = np.empty((len(users), k), dtype=_negatives_dtype(num_items))
     if k == 0:
         return out
     chunk = max(1, _CHUNK_ENTRIES // (3 * k + 16))
@@ -239,7 +246,7 @@ def leave_one_out(
         valid_negatives = _sample_negatives(valid_stream, evaluated, seen_keys, seen_counts, num_items, num_negatives)
     else:
         valid_users = valid_items = np.empty(0, dtype=np.int64)
-        valid_negatives = np.empty((0, num_negatives), dtype=np.int64)
+        valid_negatives = np.empty((0, num_negatives), dtype=_negatives_dtype(num_items))
     test_negatives = _sample_negatives(test_stream, evaluated, seen_keys, seen_counts, num_items, num_negatives)
     return Split(
         train=interactions.select(~held_out),

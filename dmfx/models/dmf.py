@@ -172,19 +172,20 @@ class DMF(TwoTower):
             raise ValueError(f"input must be 'rating' or 'binary', got {input!r}")
         super().__init__(train, mu, score, store_seen=False)
         binary = input == "binary"
-        self.user_tower = self._tower("user", train.csr(input), user_layers, binary, sparse_grad,
+        self.user_tower = self._tower("user", train, input, user_layers, binary, sparse_grad,
                                       activation)
-        self.item_tower = self._tower("item", train.csr(input, transpose=True), item_layers,
-                                      binary, sparse_grad, activation)
+        self.item_tower = self._tower("item", train, input, item_layers, binary, sparse_grad,
+                                      activation)
         self._config = dict(user_layers=list(user_layers), item_layers=list(item_layers),
                             input=input, activation=activation, score=score, mu=mu,
                             sparse_grad=sparse_grad)
 
-    def _tower(self, side: str, matrix: CSR, widths: Sequence[int], binary: bool,
-               sparse_grad: bool, activation: str) -> nn.Module:
-        """The ``side`` ("user" or "item") tower over ``matrix``'s rows; the sharded DMF of
-        :mod:`dmfx.distributed` builds its towers on a share of the first-layer rows instead."""
-        return SparseRowTower(matrix, widths, binary, sparse_grad, activation)
+    def _tower(self, side: str, train: Interactions, input: str, widths: Sequence[int],
+               binary: bool, sparse_grad: bool, activation: str) -> nn.Module:
+        """The ``side`` ("user" or "item") tower over the rows of Y (Y^T for items); the sharded
+        DMF of :mod:`dmfx.distributed` builds its towers on a share of the first-layer rows."""
+        return SparseRowTower(train.csr(input, transpose=side == "item"), widths, binary,
+                              sparse_grad, activation)
 
     @property
     def seen(self) -> CSR:
