@@ -480,7 +480,9 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
                f"{data.nnz:,} interactions; {len(split.test_users):,} evaluated; {held_out}")
     record = data_record(spec, data)
     # The ratings as read are no longer needed: the split's training part holds the same id maps.
+    # Nor are the training timestamps once split (the model file leaves them out too).
     del data
+    split = replace(split, train=replace(split.train, timestamps=None))
     new_users = None
     if args.held_out_users is not None:
         from .inductive import hold_out_users

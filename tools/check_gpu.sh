@@ -338,8 +338,7 @@ step_scale() {  # the GPU runs issues ask for beyond the benchmark suites, one l
         "$PYTHON -m dmfx bench --device cuda --shape ml-1m --batch 8192 --skip compile --json $runs/bench-ml-1m.json || failed=1"
         "$PYTHON -m dmfx bench --device cuda --shape 2m-1m-50m --batch 8192 --ops sparse_rows_matmul sample_negatives train_step --skip dense-input --json $runs/bench-2m-1m-50m.json || failed=1"
         # the Amazon-scale training run, bounded (README: Amazon scale on one machine)
-        "$PYTHON -m dmfx train --dataset synthetic:2000000x1000000x50000000 --user-layers 64,64 --item-layers 64,64 --sparse-grad --pairs batch --batch-size 8192 --max-steps 200 --epochs 1 --no-full-ranking --device cuda --quiet --output $runs/amazon-scale || failed=1"
-        "cat $runs/amazon-scale/epochs.jsonl"
+        "$PYTHON benchmarks/amazon_scale.py --device cuda --ranks 1 --batch-size 8192 --out $runs/amazon-scale || failed=1"
         # the sharded mode under NCCL on one GPU (world size 1), on ML-1M-sized data (no download)
         "$PYTHON -m torch.distributed.run --standalone --nproc_per_node=1 -m dmfx train --dataset synthetic:6040x3706x1000000 --distributed sharded --device cuda --epochs 2 --quiet --output $runs/sharded-nccl || failed=1"
         "cat $runs/sharded-nccl/epochs.jsonl"
