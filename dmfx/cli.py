@@ -471,7 +471,7 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
 
     start = time.perf_counter()
     data = spec.load()
-    split = spec.split(data)
+    split = spec.split(data) if world is None else world.split(spec, data)
     held_out = {"latest": "test item: each user's latest interaction",
                 "random": "test item: a random interaction per user (the data has no timestamps)",
                 "ratio": f"{len(np.unique(split.test_users)):,} users; random split "
@@ -489,8 +489,6 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
 
         split, new_users = hold_out_users(split, args.held_out_users, seed=spec.seed)
         _log(args, f"held out: {len(new_users.users):,} users, scored from their ratings only")
-    if world is not None:
-        split = world.split_for_rank(split)
     torch.manual_seed(args.seed)
     model = build_model(name, split.train, params, device) if world is None else \
         world.build_model(name, split.train, params, args.seed)
@@ -675,7 +673,7 @@ def cmd_export(args) -> int:
 def cmd_split(args) -> int:
     spec = _data_spec(args)
     data = spec.load()
-    split = spec.split(data)
+    split = spec.split(data) if world is None else world.split(spec, data)
     folder = write_atomic(data, split, args.output, args.name or spec.name)
     print(f"{spec.name}: {split.train.nnz:,} train, {len(split.valid_users):,} validation, "
           f"{len(split.test_users):,} test rows, {split.test_negatives.shape[1]} sampled items "

@@ -292,12 +292,15 @@ class World(LocalRun):
             p.grad = torch.sparse_coo_tensor(all_rows[keep].unsqueeze(0), all_values[keep],
                                              p.shape).coalesce()
 
-    def split_for_rank(self, split: Split) -> Split:
-        """What this rank keeps of ``split``: all of it on rank 0, which evaluates; the other
-        ranks drop the sampled evaluation items (0.8 KB per evaluated user at 100 each for
-        validation and test) and keep the rest, so that every rank takes the same steps."""
+    def split(self, spec, data: Interactions) -> Split:
+        """This rank's part of ``spec``'s split of ``data`` (a :class:`dmfx.experiment.DataSpec`):
+        all of it on rank 0, which evaluates. The other ranks never draw the sampled evaluation
+        items (0.8 KB per evaluated user at 100 each for validation and test; the split's other
+        parts come from their own random streams, so they are the same) and drop any the split
+        read from files."""
         if self.main:
-            return split
+            return spec.split(data)
+        split = replace(spec, eval_negatives=0).split(data)
         return replace(split, **{f"{part}_negatives": np.empty((len(users), 0), dtype=np.int32)
                                  for part, users in (("valid", split.valid_users),
                                                      ("test", split.test_users))})

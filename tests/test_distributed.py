@@ -242,15 +242,23 @@ def test_a_rank_builds_only_its_columns_of_y(split, input, ranks):
             assert (rebuilt != whole[:, lo:hi]).nnz == 0
 
 
-def test_only_rank_0_keeps_the_sampled_evaluation_items(split):
+def test_only_rank_0_draws_the_sampled_evaluation_items():
     from dmfx.distributed import World
+    from dmfx.experiment import DataSpec
 
-    assert World.split_for_rank(SimpleNamespace(main=True), split) is split
-    other = World.split_for_rank(SimpleNamespace(main=False), split)
-    assert other.valid_negatives.shape == (len(split.valid_users), 0)
-    assert other.test_negatives.shape == (len(split.test_users), 0)
-    assert other.train is split.train and other.valid_users is split.valid_users
-    assert np.array_equal(other.test_items, split.test_items)
+    data = synthetic(60, 120, 1480, seed=3)
+    for protocol in ("loo", "random"):
+        spec = DataSpec(dataset=None, eval_negatives=20, protocol=protocol)
+        main = World.split(SimpleNamespace(main=True), spec, data)
+        other = World.split(SimpleNamespace(main=False), spec, data)
+        assert main.test_negatives.shape == (len(main.test_users), 20)
+        assert other.valid_negatives.shape == (len(other.valid_users), 0)
+        assert other.test_negatives.shape == (len(other.test_users), 0)
+        # everything else is the same split
+        for name in ("valid_users", "valid_items", "test_users", "test_items"):
+            assert np.array_equal(getattr(other, name), getattr(main, name)), name
+        for name in ("users", "items", "ratings"):
+            assert np.array_equal(getattr(other.train, name), getattr(main.train, name)), name
 
 
 def test_sharded_tables_start_alike_on_any_number_of_ranks(matched, split):
