@@ -94,7 +94,7 @@ class TrainState:
     history: list = field(default_factory=list)
     best_epoch: int = 0
     best_metric: float = -1.0
-    best_state: Optional[dict] = None
+    best_state: Optional[dict] = None  # the best epoch's weights; None once fit returns them
     bad_epochs: int = 0
     steps: int = 0  # optimizer steps taken (gradient-trained models)
 
@@ -401,7 +401,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
             this one alone.
 
     Returns:
-        The final :class:`TrainState`; the model holds the best epoch's weights.
+        The final :class:`TrainState`; the model holds the best epoch's weights (so the
+        state's ``best_state`` is None).
     """
     device = model.device
     world = world if world is not None else LocalRun()
@@ -462,5 +463,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         if stop:
             break
     if state.best_state is not None:
+        # The model holds them now: a second copy of the tables would stay alive for as long
+        # as the caller keeps the state (through evaluation and saving, at Amazon scale 0.8 GB).
         model.load_state_dict(state.best_state)
+        state.best_state = None
     return state

@@ -148,6 +148,7 @@ def test_early_stopping_keeps_the_best_epoch(split):
     assert state.history[state.best_epoch - 1]["valid"]["ndcg@10"] == best
     assert len(state.history) == state.best_epoch + 2 or len(state.history) == 30
     assert evaluate(model, split, "valid")["ndcg@10"] == pytest.approx(best)
+    assert state.best_state is None  # loaded into the model, not kept twice
 
 
 def test_resuming_a_stopped_run_trains_no_more(split, tmp_path):
