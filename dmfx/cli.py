@@ -673,7 +673,7 @@ def cmd_export(args) -> int:
 def cmd_split(args) -> int:
     spec = _data_spec(args)
     data = spec.load()
-    split = spec.split(data) if world is None else world.split(spec, data)
+    split = spec.split(data)
     folder = write_atomic(data, split, args.output, args.name or spec.name)
     print(f"{spec.name}: {split.train.nnz:,} train, {len(split.valid_users):,} validation, "
           f"{len(split.test_users):,} test rows, {split.test_negatives.shape[1]} sampled items "
