@@ -330,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    metavar="SECONDS",
                    help="how long a rank waits for the others in a collective before every rank "
-                        "stops with an error (default %(default)g; rank 0's per-epoch evaluation "
-                        "must fit in it)")
+                        "stops with an error (default %(default)g; rank 0's first read of the data "
+                        "and its per-epoch evaluation must fit in it)")
     o.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a TOML file (YAML: .yaml or .yml, needs PyYAML) whose keys "
                         "are these flags' names: model = \"dmf\", epochs = 20, user-layers = "
@@ -470,7 +470,7 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
                          "to start a new one")
 
     start = time.perf_counter()
-    data = spec.load()
+    data = spec.load() if world is None else world.load(spec)
     split = spec.split(data) if world is None else world.split(spec, data)
     held_out = {"latest": "test item: each user's latest interaction",
                 "random": "test item: a random interaction per user (the data has no timestamps)",

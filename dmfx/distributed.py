@@ -60,7 +60,7 @@ __all__ = ["MODES", "DEFAULT_TIMEOUT", "DistributedError", "World", "start", "in
            "ShardedDMF", "DistributedEpochs"]
 
 MODES = ("ddp", "sharded")
-DEFAULT_TIMEOUT = 1800.0  # seconds; rank 0's evaluation must fit in it, as the others wait
+DEFAULT_TIMEOUT = 1800.0  # seconds; rank 0's data read and evaluation must fit, as the others wait
 # Dense gradients up to this many elements go through one flat all-reduce; larger ones alone,
 # in place, rather than copied.
 BUCKET = 1 << 24
@@ -291,6 +291,20 @@ class World(LocalRun):
             keep = keep.to(all_rows.device)
             p.grad = torch.sparse_coo_tensor(all_rows[keep].unsqueeze(0), all_values[keep],
                                              p.shape).coalesce()
+
+    def load(self, spec) -> Interactions:
+        """``spec``'s data (a :class:`dmfx.experiment.DataSpec`) on this rank. Rank 0 reads it
+        first, downloading it and filling the parse cache where needed, while the others wait;
+        then they read it too, from the cache where they share its file system: one download
+        and one parse per machine rather than one per rank, each at once."""
+        data = None
+
+        def read():
+            nonlocal data
+            data = spec.load()
+
+        self.on_main("reading the data on rank 0", read)
+        return data if self.main else spec.load()
 
     def split(self, spec, data: Interactions) -> Split:
         """This rank's part of ``spec``'s split of ``data`` (a :class:`dmfx.experiment.DataSpec`):

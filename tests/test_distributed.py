@@ -242,6 +242,27 @@ def test_a_rank_builds_only_its_columns_of_y(split, input, ranks):
             assert (rebuilt != whole[:, lo:hi]).nnz == 0
 
 
+def test_rank_0_reads_the_data_before_the_others_do():
+    from dmfx.distributed import World
+
+    events = []
+    spec = SimpleNamespace(load=lambda: events.append("read") or "data")
+
+    def world(main):
+        def on_main(what, compute):  # World.on_main: rank 0 computes, every rank waits for it
+            events.append("wait")
+            if main:
+                compute()
+            events.append("rank 0 done")
+        return SimpleNamespace(main=main, on_main=on_main)
+
+    assert World.load(world(True), spec) == "data"
+    assert events == ["wait", "read", "rank 0 done"]
+    events.clear()
+    assert World.load(world(False), spec) == "data"
+    assert events == ["wait", "rank 0 done", "read"]
+
+
 def test_only_rank_0_draws_the_sampled_evaluation_items():
     from dmfx.distributed import World
     from dmfx.experiment import DataSpec
