@@ -145,8 +145,12 @@ class World(LocalRun):
     def __enter__(self) -> "World":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if dist.is_initialized():
+            if exc_type is None:
+                # Leave together: a rank that tears its gloo group down while rank 0 still
+                # writes the run's files was seen to abort rank 0 at exit (SIGABRT).
+                self.barrier("waiting for every rank to finish")
             dist.destroy_process_group()
 
     # -- collectives -----------------------------------------------------------------------------
