@@ -43,7 +43,11 @@ def extension():
     # -Wno-psabi: an ABI note about the CPU kernels' SIMD helpers that does not apply (see
     # csrc/cpu/vec.h); per extension, as setuptools has no per-file flags.
     cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
-    link_flags = []
+    # The C++ runtime linked dynamically, the one torch uses, even where the compiler links it
+    # statically by default (seen on one GPU machine's image): a second, static libstdc++ inside
+    # dmfx._C formats numbers through locale facets that the process's libstdc++ set up, so an
+    # error message naming a number crashed Python there (and came out empty with GCC 12).
+    link_flags = ["-lstdc++"] if sys.platform.startswith("linux") else []
     # at::parallel_for is a header template: compiled without OpenMP it runs every loop on the
     # calling thread. Linked with -fopenmp, the extension shares the OpenMP runtime torch has
     # already loaded (same soname), so torch.set_num_threads governs its loops too.

@@ -1,4 +1,5 @@
 """How the extension was built, where it changes what the kernels do."""
+import struct
 import sys
 
 import pytest
@@ -12,6 +13,35 @@ from dmfx import _C
 def test_cpu_kernels_use_torch_threads():
     # at::parallel_for compiled without OpenMP silently runs every loop on one thread.
     assert _C.openmp_enabled()
+
+
+def _needed_libraries(path):
+    """DT_NEEDED entries of a 64-bit little-endian ELF shared object (no readelf needed)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, "not a 64-bit LE ELF file"
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    # .dynamic (type 6) names its string table in sh_link; entries are (tag, value), 1 = NEEDED
+    dynamic = next(s for s in sections if s[1] == 6)
+    strtab_offset = sections[dynamic[6]][4]
+    needed = []
+    for at in range(dynamic[4], dynamic[4] + dynamic[5], 16):
+        tag, value = struct.unpack_from("<qQ", data, at)
+        if tag == 0:
+            break
+        if tag == 1:
+            start = strtab_offset + value
+            needed.append(data[start:data.index(b"\0", start)].decode())
+    return needed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF and libstdc++: Linux only")
+def test_cpp_runtime_is_the_shared_one_torch_uses():
+    """setup.py links libstdc++ dynamically even where the compiler defaults to a static copy: a
+    second libstdc++ inside dmfx._C breaks number formatting in every error message."""
+    assert "libstdc++.so.6" in _needed_libraries(_C.__file__)
 
 
 OPS = ["sparse_rows_matmul", "sparse_rows_matmul_backward_weight",

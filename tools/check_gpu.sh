@@ -215,15 +215,17 @@ step_build() {
     local rc note errors="" alt elapsed
     build_once build
     elapsed=$ELAPSED
-    # Seen on one GPU machine's image: with its default `c++`, every error thrown in dmfx._C
-    # crashed Python (segmentation fault) instead of raising. Then the system g++ is tried.
+    # Seen on one GPU machine's image: its default `c++` linked libstdc++ statically, and every
+    # error message of dmfx._C that named a number crashed Python (setup.py now links the shared
+    # libstdc++). Should an error still not arrive as an exception, the system g++ is tried.
     if [[ $EXT != missing ]] && ! errors_reach_python; then
         errors="a C++ error crashed Python with $(toolchain); native stack in crash-backtrace.log"
         crash_backtrace
         alt=/usr/bin/g++
         if [[ -x $alt && $(readlink -f "$alt") != $(readlink -f "$(command -v "${CXX:-c++}")") ]]; then
             rm -rf build/temp  # the other compiler's objects
-            build_once build-retry CXX=$alt
+            # CC too: torch hands it to nvcc as -ccbin, the host compiler of the .cu files.
+            build_once build-retry CC=/usr/bin/gcc CXX=$alt
             elapsed=$((elapsed + ELAPSED))
             if [[ $EXT != missing ]] && errors_reach_python; then
                 errors+="; rebuilt with CXX=$alt: errors raise ($(CXX=$alt toolchain))"
