@@ -40,9 +40,13 @@ def extension():
     # registration; csrc/cuda: the same for CUDA, in CUDA builds only.
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # No errno from math functions: lets GCC vectorise sqrt (nothing here reads errno).
+    # -ffp-contract=off: a * b + c is never fused into one FMA behind the code's back. GCC fuses
+    # wherever its pattern matcher happens to; built by GCC 13, sparse_rows_matmul gave a column
+    # a different float32 result (1.9e-5 off) when another thread count moved it into another
+    # column block, i.e. another copy of the same loop. Unfused, every copy rounds alike.
     # -Wno-psabi: an ABI note about the CPU kernels' SIMD helpers that does not apply (see
     # csrc/cpu/vec.h); per extension, as setuptools has no per-file flags.
-    cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
+    cxx_flags = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
     # The C++ runtime linked dynamically, the one torch uses, even where the compiler links it
     # statically by default (seen on one GPU machine's image): a second, static libstdc++ inside
     # dmfx._C formats numbers through locale facets that the process's libstdc++ set up, so an

@@ -55,8 +55,10 @@ def test_cpu_thread_tiles_agree(width):
             w = weight.clone().requires_grad_()
             out = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows, w)
             out.backward(grad)
-            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(w.grad.double(), ref_weight.grad, rtol=1e-5, atol=1e-5)
+            # float32 sums of up to 500 products (rows) and 600 (columns), outputs up to ~60:
+            # rounding alone reaches ~1e-5 when no product is fused into an FMA (setup.py).
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(w.grad.double(), ref_weight.grad, rtol=1e-5, atol=1e-4)
             results.append((out, w.grad))
     finally:
         torch.set_num_threads(threads)
