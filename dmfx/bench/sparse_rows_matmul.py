@@ -92,8 +92,10 @@ def _call(p: Problem, name: str):
             raise Unavailable(f"dense B x N input would take {size / 2**30:.1f} GiB")
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        batch = torch.sparse_csr_tensor(p.offsets, p.flat_indices, p.flat_values,
-                                        (p.batch, num_items), check_invariants=False)
+        # One index dtype for both arrays (the matrix's indices may be int32, the offsets are
+        # int64): unchecked, a mixed pair reached cuSPARSE, which read int32 ids as int64.
+        batch = torch.sparse_csr_tensor(p.offsets, p.flat_indices.long(), p.flat_values,
+                                        (p.batch, num_items), check_invariants=True)
     if name == "sparse.mm":
         return fwd_bwd(lambda: torch.sparse.mm(batch, w))
     if name == "dense":
