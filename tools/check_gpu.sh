@@ -7,13 +7,14 @@
 #                                         # TORCH_CUDA_ARCH_LIST=9.0), the test suite (~3-5 min)
 #   bash tools/check_gpu.sh sanitize      # memcheck, initcheck, synccheck, racecheck (at most ~9 min)
 #   bash tools/check_gpu.sh bench         # benchmarks/run_gpu.sh (~2-5 min; DMFX_BENCH_BIG=1: +~2 min)
-#   bash tools/check_gpu.sh scale         # `dmfx bench --device cuda` on the DESIGN.md shapes, the
-#                                         # 2M x 1M x 50M training run, sharded NCCL at world size 1
+#   bash tools/check_gpu.sh dmfx-bench    # `dmfx bench --device cuda` on the DESIGN.md shapes (~4 min)
+#   bash tools/check_gpu.sh scale         # the 2M x 1M x 50M training run, sharded NCCL at world
+#                                         # size 1 (~3 min)
 #   bash tools/check_gpu.sh summary       # the one-screen summary again (every call ends with it)
 #   bash tools/check_gpu.sh               # all steps in one go (~15-20 min)
 #
 # Steps: build, tests, memcheck, initcheck, synccheck, racecheck (sanitize = those four), bench,
-# scale, summary; they run in that order whatever the order given. `tests -- PYTEST ARGS` replaces the
+# dmfx-bench, scale, summary; they run in that order whatever the order given. `tests -- PYTEST ARGS` replaces the
 # tests step's selection (default: tests; with pytest-xdist installed, TEST_WORKERS workers,
 # default 8, of two threads each). The build step also checks that an error thrown in dmfx._C's
 # C++ reaches Python as an exception and names the compiler and C++ runtime used; where it
@@ -27,7 +28,7 @@
 #
 # Environment: PYTHON (default python3); <STEP>_TIMEOUT in seconds, the most a step may run
 # (BUILD_TIMEOUT=240, TESTS_TIMEOUT=300, MEMCHECK_TIMEOUT=210, INITCHECK_TIMEOUT=150,
-# SYNCCHECK_TIMEOUT=90, RACECHECK_TIMEOUT=90, BENCH_TIMEOUT=540, SCALE_TIMEOUT=540: each call
+# SYNCCHECK_TIMEOUT=90, RACECHECK_TIMEOUT=90, BENCH_TIMEOUT=540, DMFX_BENCH_TIMEOUT=400, SCALE_TIMEOUT=540: each call
 # above stays under 10 minutes; a step that ran out shows TIMEOUT and can be rerun alone with a
 # larger one, e.g. MEMCHECK_TIMEOUT=540 bash tools/check_gpu.sh memcheck); SANITIZER (path to
 # compute-sanitizer);
@@ -38,7 +39,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 STATE=build/gpu-check
-ALL_STEPS=(build tests memcheck initcheck synccheck racecheck bench scale)
+ALL_STEPS=(build tests memcheck initcheck synccheck racecheck bench dmfx-bench scale)
 OPS_TESTS=(tests/test_sparse_rows_matmul.py tests/test_cosine_nce_loss.py
            tests/test_hybrid_bce_loss.py tests/test_sample_negatives.py
            tests/test_row_sparse_adam.py)
@@ -59,7 +60,8 @@ while (($#)); do
         --) shift; (($#)) && pytest_args=("$@"); break ;;
         all) selected+="${ALL_STEPS[*]} " ;;
         sanitize) selected+="memcheck initcheck synccheck racecheck " ;;
-        build | tests | memcheck | initcheck | synccheck | racecheck | bench | scale | summary)
+        build | tests | memcheck | initcheck | synccheck | racecheck | bench | dmfx-bench | scale | \
+            summary)
             selected+="$1 " ;;
         -h | --help) usage; exit 0 ;;
         *) echo "check_gpu.sh: unknown step '$1'" >&2; usage >&2; exit 2 ;;
@@ -116,7 +118,7 @@ find_sanitizer() {
 
 record() {  # STEP RESULT SECONDS NOTE: RESULT is PASS, FAIL, TIMEOUT or SKIP
     printf '%s\t%s\t%s\n' "$2" "$3" "$4" > "$STATE/$1.status"
-    printf '== %-9s %-7s %4s s  %s\n' "$1" "$2" "$3" "$4"
+    printf '== %-10s %-7s %4s s  %s\n' "$1" "$2" "$3" "$4"
 }
 
 run_logged() {  # STEP TIMEOUT COMMAND...: log to $STATE/STEP.log (and $OUT); sets ELAPSED, returns rc
@@ -328,6 +330,29 @@ step_bench() {
         "$count benchmarks; pytest: $(pytest_tally "$STATE/bench.log")"
 }
 
+step_dmfx_bench() {  # the command users run, on the shapes of DESIGN.md section 2, one log
+    gpu_step_ready dmfx-bench || return
+    local rc runs=build/gpu-check/dmfx-bench
+    rm -rf "$runs"
+    mkdir -p "$runs"
+    # Every peer is checked against dmfx, then timed. Each command runs whatever the one before
+    # did; the step fails if any of them failed.
+    local bench="$PYTHON -m dmfx bench --device cuda --quiet --min-time 0.5"
+    local script=(
+        "set -x; failed=0"
+        "$bench --shape ml-1m --batch 256 --json $runs/ml-1m-B256.json || failed=1"
+        "$bench --shape ml-1m --batch 8192 --json $runs/ml-1m-B8192.json || failed=1"
+        "$bench --shape amazon-movies --batch 8192 --ops sparse_rows_matmul --json $runs/amazon-movies-B8192.json || failed=1"
+        "$bench --ops cosine_nce_loss --batch 1048576 --json $runs/loss-B1048576.json || failed=1"
+        "$bench --shape 2m-1m-50m --hidden 64,64 --batch 8192 --ops sparse_rows_matmul sample_negatives --negatives 4 --json $runs/2m-1m-50m-B8192.json || failed=1"
+        "exit \$failed"
+    )
+    local IFS=$'\n'
+    run_logged dmfx-bench "${DMFX_BENCH_TIMEOUT:-400}" bash -c "${script[*]}"
+    rc=$?
+    record dmfx-bench "$(result_of "$rc")" "$ELAPSED" "tables in dmfx-bench.log ($runs)"
+}
+
 step_scale() {  # the GPU runs issues ask for beyond the benchmark suites, one log
     gpu_step_ready scale || return
     local rc runs=build/gpu-check/scale-runs
@@ -336,13 +361,10 @@ step_scale() {  # the GPU runs issues ask for beyond the benchmark suites, one l
     # Each command runs whatever the one before did; the step fails if any of them failed.
     local script=(
         "set -x; failed=0"
-        # dmfx bench on the shapes of DESIGN.md section 2 (every peer checked, then timed)
-        "$PYTHON -m dmfx bench --device cuda --shape ml-1m --batch 8192 --skip compile --json $runs/bench-ml-1m.json || failed=1"
-        "$PYTHON -m dmfx bench --device cuda --shape 2m-1m-50m --batch 8192 --ops sparse_rows_matmul sample_negatives train_step --skip dense-input --json $runs/bench-2m-1m-50m.json || failed=1"
         # the Amazon-scale training run, bounded (README: Amazon scale on one machine)
         "$PYTHON benchmarks/amazon_scale.py --device cuda --ranks 1 --batch-size 8192 --out $runs/amazon-scale || failed=1"
         # the sharded mode under NCCL on one GPU (world size 1), on ML-1M-sized data (no download)
-        "$PYTHON -m torch.distributed.run --standalone --nproc_per_node=1 -m dmfx train --dataset synthetic:6040x3706x1000000 --distributed sharded --device cuda --epochs 2 --quiet --output $runs/sharded-nccl || failed=1"
+        "$PYTHON -m torch.distributed.run --standalone --nproc_per_node=1 -m dmfx train --dataset synthetic:6040x3706x1000000 --distributed sharded --device cuda --epochs 2 --batch-size 8192 --quiet --output $runs/sharded-nccl || failed=1"
         "cat $runs/sharded-nccl/epochs.jsonl"
         "exit \$failed"
     )
@@ -427,6 +449,7 @@ for step in "${ALL_STEPS[@]}"; do
             sanitize racecheck "${RACECHECK_TIMEOUT:-90}" dmfx "$CUDA_TESTS_LIGHT" \
                 tests/test_hybrid_bce_loss.py ;;
         bench) step_bench ;;
+        dmfx-bench) step_dmfx_bench ;;
         scale) step_scale ;;
     esac
     case $(cut -f1 "$STATE/$step.status" 2>/dev/null) in FAIL | TIMEOUT) failed=1 ;; esac
