@@ -330,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    metavar="SECONDS",
                    help="how long a rank waits for the others in a collective before every rank "
-                        "stops with an error (default %(default)g; rank 0's first read of the data "
-                        "and its per-epoch evaluation must fit in it)")
+                        "stops with an error (default %(default)g; rank 0's read and split of the "
+                        "data and its per-epoch evaluation must fit in it)")
     o.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a TOML file (YAML: .yaml or .yml, needs PyYAML) whose keys "
                         "are these flags' names: model = \"dmf\", epochs = 20, user-layers = "
@@ -470,19 +470,22 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
                          "to start a new one")
 
     start = time.perf_counter()
-    data = spec.load() if world is None else world.load(spec)
-    split = spec.split(data) if world is None else world.split(spec, data)
-    held_out = {"latest": "test item: each user's latest interaction",
-                "random": "test item: a random interaction per user (the data has no timestamps)",
-                "ratio": f"{len(np.unique(split.test_users)):,} users; random split "
-                         f"{'/'.join(f'{r:g}' for r in spec.ratios)}"}[split.holdout]
-    _log(args, f"data: {spec.name}: {data.num_users:,} users x {data.num_items:,} items, "
-               f"{data.nnz:,} interactions; {len(split.test_users):,} evaluated; {held_out}")
-    record = data_record(spec, data)
-    # The ratings as read are no longer needed: the split's training part holds the same id maps.
-    # Nor are the training timestamps once split (the model file leaves them out too).
-    del data
-    split = replace(split, train=replace(split.train, timestamps=None))
+
+    def read_and_split():
+        data = spec.load()
+        split = spec.split(data)
+        held_out = {"latest": "test item: each user's latest interaction",
+                    "random": "test item: a random interaction per user (the data has no timestamps)",
+                    "ratio": f"{len(np.unique(split.test_users)):,} users; random split "
+                             f"{'/'.join(f'{r:g}' for r in spec.ratios)}"}[split.holdout]
+        _log(args, f"data: {spec.name}: {data.num_users:,} users x {data.num_items:,} items, "
+                   f"{data.nnz:,} interactions; {len(split.test_users):,} evaluated; {held_out}")
+        # The ratings as read are not kept (the split's training part holds the same id maps),
+        # nor the training timestamps (the model file leaves them out too).
+        return replace(split, train=replace(split.train, timestamps=None)), data_record(spec, data)
+
+    # Under torchrun rank 0 alone reads and splits; the others receive the split from it.
+    split, record = read_and_split() if world is None else world.share_split(read_and_split)
     new_users = None
     if args.held_out_users is not None:
         from .inductive import hold_out_users

@@ -24,6 +24,9 @@ mean loss even where the slices are unequal (the last batch). Two modes:
     the slices' output gradients and each rank computes its shard's gradient from its entries.
     The small dense layers are data parallel. Table memory per rank falls as 1/N.
 
+Rank 0 alone reads and splits the data; the others receive the split from it
+(:meth:`World.share_split`), so only rank 0 needs the data's file.
+
 Evaluation runs :func:`dmfx.evaluate.evaluate` on rank 0 (sharded: on the tower outputs of
 every user and item, summed to rank 0) while the others wait for its result, so the metrics are
 those of one process. Checkpoints: ddp writes the one-process file from rank 0; sharded writes
@@ -60,7 +63,8 @@ __all__ = ["MODES", "DEFAULT_TIMEOUT", "DistributedError", "World", "start", "in
            "ShardedDMF", "DistributedEpochs"]
 
 MODES = ("ddp", "sharded")
-DEFAULT_TIMEOUT = 1800.0  # seconds; rank 0's data read and evaluation must fit, as the others wait
+# seconds; rank 0's read and split of the data and its evaluation must fit, as the others wait
+DEFAULT_TIMEOUT = 1800.0
 # Dense gradients up to this many elements go through one flat all-reduce; larger ones alone,
 # in place, rather than copied.
 BUCKET = 1 << 24
@@ -70,6 +74,11 @@ _INIT = 3  # purpose of derive_seed for initial weights (the trainer uses 1 and 
 # Older torch (>= 2.4) names the single-tensor collectives *_tensor.
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+# What World.share_split sends of a split: the training interactions and the evaluated pairs.
+_TRAIN_ARRAYS = ("user_ids", "item_ids", "users", "items", "ratings", "timestamps")
+_EVALUATED = ("valid_users", "valid_items", "test_users", "test_items")
 
 
 class DistributedError(RuntimeError):
@@ -296,32 +305,67 @@ class World(LocalRun):
             p.grad = torch.sparse_coo_tensor(all_rows[keep].unsqueeze(0), all_values[keep],
                                              p.shape).coalesce()
 
-    def load(self, spec) -> Interactions:
-        """``spec``'s data (a :class:`dmfx.experiment.DataSpec`) on this rank. Rank 0 reads it
-        first, downloading it and filling the parse cache where needed, while the others wait;
-        then they read it too, from the cache where they share its file system: one download
-        and one parse per machine rather than one per rank, each at once."""
-        data = None
-
-        def read():
-            nonlocal data
-            data = spec.load()
-
-        self.on_main("reading the data on rank 0", read)
-        return data if self.main else spec.load()
-
-    def split(self, spec, data: Interactions) -> Split:
-        """This rank's part of ``spec``'s split of ``data`` (a :class:`dmfx.experiment.DataSpec`):
-        all of it on rank 0, which evaluates. The other ranks never draw the sampled evaluation
-        items (0.8 KB per evaluated user at 100 each for validation and test; the split's other
-        parts come from their own random streams, so they are the same) and drop any the split
-        read from files."""
+    def broadcast_arrays(self, arrays: Optional[dict], what: str) -> dict:
+        """Rank 0's dict of numpy arrays on every rank (``arrays`` is ignored elsewhere):
+        numbers through the group's own broadcast, without a pickled copy of them; anything
+        else (string ids) pickled."""
+        layout = None
         if self.main:
-            return spec.split(data)
-        split = replace(spec, eval_negatives=0).split(data)
-        return replace(split, **{f"{part}_negatives": np.empty((len(users), 0), dtype=np.int32)
-                                 for part, users in (("valid", split.valid_users),
-                                                     ("test", split.test_users))})
+            layout = {}
+            for name, array in arrays.items():
+                try:
+                    torch.from_numpy(np.empty(0, dtype=array.dtype))
+                    layout[name] = ("tensor", array.dtype.str, array.shape)
+                except TypeError:  # no torch dtype: strings, objects
+                    layout[name] = ("value", array)
+        layout = self.broadcast(layout, what)
+        out = {}
+        for name, entry in layout.items():
+            if entry[0] == "value":
+                out[name] = arrays[name] if self.main else entry[1]
+                continue
+            _, dtype, shape = entry
+            if self.main:
+                tensor = torch.from_numpy(np.ascontiguousarray(arrays[name]))
+            else:
+                tensor = torch.from_numpy(np.empty(shape, dtype=np.dtype(dtype)))
+            if tensor.numel():
+                moved = tensor.to(self.device)  # NCCL broadcasts device tensors only
+                with self.guard(what):
+                    dist.broadcast(moved, src=0)
+                tensor = moved.cpu()
+            out[name] = arrays[name] if self.main else tensor.numpy()
+        return out
+
+    def share_split(self, prepare):
+        """``prepare()`` run on rank 0 alone, returning ``(split, info)``: it reads and splits
+        the data. Every other rank then receives the split from rank 0, less the sampled
+        evaluation items (rank 0 alone evaluates), and ``info`` (small, pickled). So only rank
+        0 needs the data's file (or downloads it, or generates a synthetic set), and only it
+        parses and splits; its error is raised on every rank."""
+        outcome = None
+        if self.main:
+            try:
+                split, info = prepare()
+                negatives = split.test_negatives.dtype.str
+                outcome = (True, info, split.holdout, negatives)
+            except Exception as error:  # handed to the waiting ranks, then raised everywhere
+                outcome = (False, error, None, None)
+        ok, info, holdout, negatives = self.broadcast(
+            outcome, "reading and splitting the data on rank 0")
+        if not ok:
+            raise info
+        what = "receiving the split from rank 0"
+        train = self.broadcast_arrays(
+            {name: getattr(split.train, name) for name in _TRAIN_ARRAYS
+             if getattr(split.train, name) is not None} if self.main else None, what)
+        held = self.broadcast_arrays(
+            {name: getattr(split, name) for name in _EVALUATED} if self.main else None, what)
+        if self.main:
+            return split, info
+        empty = {f"{part}_negatives": np.empty((len(held[f"{part}_users"]), 0), dtype=negatives)
+                 for part in ("valid", "test")}
+        return Split(train=Interactions(**train), **held, **empty, holdout=holdout), info
 
     # -- models --------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,6 +60,7 @@ def _rank_main(scenario: str, out: str) -> None:
     init_process_group(CPU, timeout=60)
     split = _split()
     if scenario == "match":
+        _share(World("sharded", CPU, 60), out)
         for mode, sparse_grad in CASES:
             _train(World(mode, CPU, 60), split, sparse_grad, out / f"{mode}-{sparse_grad}")
         # the run the "killed" scenario left behind, continued
@@ -73,6 +73,35 @@ def _rank_main(scenario: str, out: str) -> None:
             (out / f"error{world.rank}.txt").write_text(str(error))
             os._exit(3)
     torch.distributed.destroy_process_group()
+
+
+def _share(world, out: Path) -> None:
+    """World.share_split: what each rank gets, and rank 0's error on every rank."""
+    from dataclasses import replace
+
+    reads = []
+
+    def read_and_split():
+        reads.append(1)
+        data = synthetic(60, 120, 1480, seed=3)
+        data = replace(data, user_ids=np.array([f"user-{k:03d}" for k in range(data.num_users)]))
+        return leave_one_out(data, num_negatives=20, seed=0), {"rows": data.nnz}
+
+    got, info = world.share_split(read_and_split)
+    np.savez(out / f"shared{world.rank}.npz", reads=len(reads), rows=info["rows"],
+             valid_negatives=got.valid_negatives, test_negatives=got.test_negatives,
+             **{name: getattr(got.train, name) for name in ("user_ids", "item_ids", "users",
+                                                            "items", "ratings")},
+             **{name: getattr(got, name) for name in ("valid_users", "valid_items",
+                                                      "test_users", "test_items")})
+
+    def fails():
+        raise FileNotFoundError("ratings.csv: no such file")
+
+    try:
+        world.share_split(fails)
+    except FileNotFoundError as error:
+        (out / f"share-error{world.rank}.txt").write_text(str(error))
 
 
 def _train(world, split, sparse_grad, prefix: Path, kill_in_epoch=None, resume=False):
@@ -242,44 +271,24 @@ def test_a_rank_builds_only_its_columns_of_y(split, input, ranks):
             assert (rebuilt != whole[:, lo:hi]).nnz == 0
 
 
-def test_rank_0_reads_the_data_before_the_others_do():
-    from dmfx.distributed import World
-
-    events = []
-    spec = SimpleNamespace(load=lambda: events.append("read") or "data")
-
-    def world(main):
-        def on_main(what, compute):  # World.on_main: rank 0 computes, every rank waits for it
-            events.append("wait")
-            if main:
-                compute()
-            events.append("rank 0 done")
-        return SimpleNamespace(main=main, on_main=on_main)
-
-    assert World.load(world(True), spec) == "data"
-    assert events == ["wait", "read", "rank 0 done"]
-    events.clear()
-    assert World.load(world(False), spec) == "data"
-    assert events == ["wait", "rank 0 done", "read"]
-
-
-def test_only_rank_0_draws_the_sampled_evaluation_items():
-    from dmfx.distributed import World
-    from dmfx.experiment import DataSpec
-
-    data = synthetic(60, 120, 1480, seed=3)
-    for protocol in ("loo", "random"):
-        spec = DataSpec(dataset=None, eval_negatives=20, protocol=protocol)
-        main = World.split(SimpleNamespace(main=True), spec, data)
-        other = World.split(SimpleNamespace(main=False), spec, data)
-        assert main.test_negatives.shape == (len(main.test_users), 20)
-        assert other.valid_negatives.shape == (len(other.valid_users), 0)
-        assert other.test_negatives.shape == (len(other.test_users), 0)
-        # everything else is the same split
-        for name in ("valid_users", "valid_items", "test_users", "test_items"):
-            assert np.array_equal(getattr(other, name), getattr(main, name)), name
-        for name in ("users", "items", "ratings"):
-            assert np.array_equal(getattr(other.train, name), getattr(main.train, name)), name
+def test_rank_0_alone_reads_and_splits_and_the_others_receive_the_split(matched):
+    main, other = (np.load(matched / f"shared{rank}.npz") for rank in (0, 1))
+    assert (int(main["reads"]), int(other["reads"])) == (1, 0)
+    assert int(other["rows"]) == int(main["rows"]) == 1480  # the small info travels too
+    for name in ("user_ids", "item_ids", "users", "items", "ratings", "valid_users",
+                 "valid_items", "test_users", "test_items"):
+        assert main[name].dtype == other[name].dtype, name
+        assert np.array_equal(main[name], other[name]), name
+    assert main["user_ids"][0] == "user-000"  # string ids (pickled) as well as numbers
+    # the sampled evaluation items stay on rank 0, which evaluates
+    assert main["test_negatives"].shape == (len(main["test_users"]), 20)
+    for part in ("valid", "test"):
+        negatives = other[f"{part}_negatives"]
+        assert negatives.shape == (len(other[f"{part}_users"]), 0)
+        assert negatives.dtype == main[f"{part}_negatives"].dtype
+    # rank 0's error is raised on every rank, as rank 0 raised it
+    for rank in (0, 1):
+        assert (matched / f"share-error{rank}.txt").read_text() == "ratings.csv: no such file"
 
 
 def test_sharded_tables_start_alike_on_any_number_of_ranks(matched, split):
