@@ -319,10 +319,11 @@ def test_bad_reduction(case):
         ops.hybrid_bce_loss(*case, ETA, reduction="avg")
 
 
-@pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("eta, shown", [(-0.1, "-0.1"), (1.5, "1.5"), (float("nan"), "nan"),
+                                        (float("inf"), "inf")])
 @pytest.mark.parametrize("validate", [True, False])
-def test_bad_eta(case, eta, validate):
-    with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
+def test_bad_eta(case, eta, shown, validate):
+    with pytest.raises(ValueError, match=rf"eta must lie in \[0, 1\], got {shown}$"):
         ops.hybrid_bce_loss(*case, eta, validate=validate)
 
 
