@@ -319,22 +319,24 @@ class World(LocalRun):
                 except TypeError:  # no torch dtype: strings, objects
                     layout[name] = ("value", array)
         layout = self.broadcast(layout, what)
+        if self.main:
+            for name, entry in layout.items():
+                if entry[0] == "tensor" and arrays[name].size:
+                    tensor = torch.from_numpy(np.ascontiguousarray(arrays[name]))
+                    with self.guard(what):  # NCCL broadcasts device tensors only
+                        dist.broadcast(tensor.to(self.device), src=0)
+            return arrays
         out = {}
         for name, entry in layout.items():
             if entry[0] == "value":
-                out[name] = arrays[name] if self.main else entry[1]
+                out[name] = entry[1]
                 continue
-            _, dtype, shape = entry
-            if self.main:
-                tensor = torch.from_numpy(np.ascontiguousarray(arrays[name]))
-            else:
-                tensor = torch.from_numpy(np.empty(shape, dtype=np.dtype(dtype)))
-            if tensor.numel():
-                moved = tensor.to(self.device)  # NCCL broadcasts device tensors only
+            out[name] = np.empty(entry[2], dtype=np.dtype(entry[1]))
+            if out[name].size:
+                tensor = torch.from_numpy(out[name]).to(self.device)
                 with self.guard(what):
-                    dist.broadcast(moved, src=0)
-                tensor = moved.cpu()
-            out[name] = arrays[name] if self.main else tensor.numpy()
+                    dist.broadcast(tensor, src=0)
+                out[name] = tensor.cpu().numpy()
         return out
 
     def share_split(self, prepare):
@@ -343,18 +345,15 @@ class World(LocalRun):
         evaluation items (rank 0 alone evaluates), and ``info`` (small, pickled). So only rank
         0 needs the data's file (or downloads it, or generates a synthetic set), and only it
         parses and splits; its error is raised on every rank."""
-        outcome = None
-        if self.main:
-            try:
-                split, info = prepare()
-                negatives = split.test_negatives.dtype.str
-                outcome = (True, info, split.holdout, negatives)
-            except Exception as error:  # handed to the waiting ranks, then raised everywhere
-                outcome = (False, error, None, None)
-        ok, info, holdout, negatives = self.broadcast(
-            outcome, "reading and splitting the data on rank 0")
-        if not ok:
-            raise info
+        made = {}
+
+        def read_and_split():
+            made["split"], info = prepare()
+            return info, made["split"].holdout, made["split"].test_negatives.dtype.str
+
+        info, holdout, negatives = self.on_main("reading and splitting the data on rank 0",
+                                                read_and_split)
+        split = made.get("split")
         what = "receiving the split from rank 0"
         train = self.broadcast_arrays(
             {name: getattr(split.train, name) for name in _TRAIN_ARRAYS
