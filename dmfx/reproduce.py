@@ -421,8 +421,35 @@ class Job:
         return json.loads((self.folder / "metrics.json").read_text())
 
 
-def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], None]) -> list:
-    """Runs the jobs not done yet; returns the ones that failed, with their error."""
+class _WallClock:
+    """The wall-clock time spent building an output folder, over every invocation, interrupted
+    ones included: each invocation saves its elapsed time after every finished run. Time spent
+    before the folder had this record (runs finished, none recorded) is flagged, not guessed."""
+
+    def __init__(self, output: Path, key: dict):
+        self.path, self.start = output / "wall-clock.json", time.perf_counter()
+        try:
+            ledger = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            ledger = {}
+        if ledger.get("key") != key:
+            earlier = any(output.glob("runs/*/*/metrics.json"))
+            ledger = {"key": key, "invocations": [], "unrecorded_earlier_runs": earlier}
+        ledger["invocations"].append(0.0)
+        self.ledger = ledger
+
+    def save(self) -> float:
+        """Records this invocation's time so far; returns it."""
+        seconds = time.perf_counter() - self.start
+        self.ledger["invocations"][-1] = seconds
+        write_json(self.path, self.ledger)
+        return seconds
+
+
+def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], None],
+             on_finished: Callable[[], object] = lambda: None) -> list:
+    """Runs the jobs not done yet, calling ``on_finished`` after each; returns the ones that
+    failed, with their error."""
     todo = [job for job in jobs if not job.done]
     if not todo:
         return []
@@ -453,6 +480,7 @@ def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], Non
             job = futures[future]
             code, err = future.result()
             bar.update()
+            on_finished()
             if code != 0 or not job.done:
                 failed.append((job, err))
                 bar.write(f"failed: {job.model} {' '.join(job.args)} seed {job.seed}: {err} "
@@ -563,7 +591,9 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
                          f"{', '.join(t.key for t in tables)})")
     tables = [t for t in tables if not only or t.key in only]
     output.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    clock = _WallClock(output, {"experiment": name, "dataset": dataset_name, "seeds": seeds,
+                                "split_seeds": [split_of[seed] for seed in seeds],
+                                "quick": quick, "only": sorted(only)})
     chosen: dict = {}  # row label -> the chosen setting's arguments
     summaries: dict = {}
     failed_all = []
@@ -600,7 +630,7 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
         if unique:
             log(f"{len(unique)} runs for {', '.join(r.label for r in ready)} "
                 f"({sum(not j.done for j in unique.values())} to do)")
-        failed_all += _run_all(list(unique.values()), data_args, jobs, log)
+        failed_all += _run_all(list(unique.values()), data_args, jobs, log, clock.save)
         for row in ready:
             summary = _summarise(row, grids[row.label],
                                  {(a, s): jobs_of[(row.label, a, s)] for a in grids[row.label]
@@ -623,35 +653,40 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
         "failed": [{"model": j.model, "args": list(j.args), "seed": j.seed, "error": e}
                    for j, e in failed_all],
     }
-    results.update(_timing(results, output, time.perf_counter() - start))
+    results.update(_timing(results, clock))
     _write_outputs(results, output, log)
     return results
 
 
-def _timing(results: dict, output: Path, seconds: float) -> dict:
-    """This invocation's wall-clock time, the total over the invocations that built ``output``
+def _timing(results: dict, clock: _WallClock) -> dict:
+    """This invocation's wall-clock time, the total over the invocations that built the output
     (finished runs are reused, so one invocation may have done little), the runs' own times,
     and where and when they ran."""
     import torch
 
-    try:
-        previous = json.loads((output / "results.json").read_text())
-    except (OSError, ValueError):
-        previous = {}
-    same = (all(previous.get(k) == results[k] for k in ("experiment", "dataset", "seeds", "quick"))
-            and previous.get("only", []) == results["only"])
+    seconds = clock.save()
     metrics = {folder: json.loads((Path(folder) / "metrics.json").read_text())
                for table in results["tables"] for row in table["rows"]
                for candidate in row["candidates"] for folder in candidate.get("folders", [])}
     return {
         "wall_seconds": seconds,
-        "wall_seconds_total": seconds + (previous.get("wall_seconds_total", 0.0) if same else 0.0),
-        "invocations": 1 + (previous.get("invocations", 0) if same else 0),
+        "wall_seconds_total": sum(clock.ledger["invocations"]),
+        "invocations": len(clock.ledger["invocations"]),
+        "unrecorded_earlier_runs": clock.ledger["unrecorded_earlier_runs"],
         "run_seconds": sum(m["seconds"] for m in metrics.values()),
         "devices": sorted({m["config"]["device"] for m in metrics.values()}),
         "torch": torch.__version__, "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def _wall_clock(results: dict) -> str:
+    count = results["invocations"]
+    text = (f"{results['wall_seconds_total'] / 60:.0f} min of wall-clock over {count} "
+            f"invocation{'s' if count > 1 else ''} (finished runs are never repeated")
+    if results.get("unrecorded_earlier_runs"):
+        text += "; plus earlier invocations whose time was not recorded"
+    return text + ")"
 
 
 def _resolve(arg: str, summaries: dict, index: int) -> str:
@@ -776,9 +811,7 @@ def _write_outputs(results: dict, output: Path, log: Callable[[str], None]) -> N
              f"best mean validation NDCG@10 is shown. Paper: {results['paper']}. Generated by "
              f"`{results['command']}` on {results['date']} ({', '.join(results['devices'])}, "
              f"{results['cpus']} CPU cores, torch {results['torch']}): "
-             f"{results['wall_seconds_total'] / 60:.0f} min of wall-clock over "
-             f"{results['invocations']} invocation{'s' if results['invocations'] > 1 else ''} "
-             f"(finished runs are never repeated); the runs' own times add up to "
+             f"{_wall_clock(results)}; the runs' own times add up to "
              f"{results['run_seconds'] / 60:.0f} min."]
     if results["notes"]:
         parts.append(results["notes"])

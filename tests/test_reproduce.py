@@ -7,7 +7,7 @@ from scipy import stats
 
 from conftest import clustered
 from dmfx.cli import main
-from dmfx.reproduce import EXPERIMENTS, confidence_interval, paired_t_test
+from dmfx.reproduce import EXPERIMENTS, _WallClock, confidence_interval, paired_t_test
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,6 +85,25 @@ def test_finished_runs_are_not_repeated(reproduced, data_file):
     assert again["invocations"] == first["invocations"] + 1
     assert again["wall_seconds_total"] == pytest.approx(first["wall_seconds_total"] + again["wall_seconds"])
     assert again["run_seconds"] == pytest.approx(first["run_seconds"])  # the same runs
+    assert not again["unrecorded_earlier_runs"]
+
+
+def test_interrupted_invocations_count_in_the_wall_clock(tmp_path):
+    key = {"experiment": "dmf-paper", "seeds": [0]}
+    first = _WallClock(tmp_path, key)
+    first.ledger["invocations"][-1] = 0.0
+    first.start -= 60.0  # a minute in, then killed after its last finished run was saved
+    first.save()
+    second = _WallClock(tmp_path, key)
+    assert len(second.ledger["invocations"]) == 2
+    assert second.ledger["invocations"][0] == pytest.approx(60.0, abs=5)
+    assert not second.ledger["unrecorded_earlier_runs"]
+    # Another experiment in the same folder starts a fresh record, flagging finished runs it
+    # cannot account for.
+    (tmp_path / "runs" / "dmf-x" / "seed0").mkdir(parents=True)
+    (tmp_path / "runs" / "dmf-x" / "seed0" / "metrics.json").write_text("{}")
+    other = _WallClock(tmp_path, {**key, "seeds": [0, 1]})
+    assert len(other.ledger["invocations"]) == 1 and other.ledger["unrecorded_earlier_runs"]
 
 
 def test_cells_are_confidence_intervals_and_paired_tests(reproduced):
