@@ -1,4 +1,5 @@
 """How the extension was built, where it changes what the kernels do."""
+import os
 import struct
 import sys
 
@@ -15,14 +16,21 @@ def test_cpu_kernels_use_torch_threads():
     assert _C.openmp_enabled()
 
 
-def _needed_libraries(path):
-    """DT_NEEDED entries of a 64-bit little-endian ELF shared object (no readelf needed)."""
+def _elf_sections(path):
+    """The file's bytes and its section headers, for a 64-bit little-endian ELF shared object
+    (no readelf needed): (name, type, flags, addr, offset, size, link, info, align, entsize)."""
     with open(path, "rb") as f:
         data = f.read()
     assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, "not a 64-bit LE ELF file"
     shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    return data, [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                  for i in range(shnum)], shstrndx
+
+
+def _needed_libraries(path):
+    """DT_NEEDED entries of the shared object."""
+    data, sections, _ = _elf_sections(path)
     # .dynamic (type 6) names its string table in sh_link; entries are (tag, value), 1 = NEEDED
     dynamic = next(s for s in sections if s[1] == 6)
     strtab_offset = sections[dynamic[6]][4]
@@ -42,6 +50,22 @@ def test_cpp_runtime_is_the_shared_one_torch_uses():
     """setup.py links libstdc++ dynamically even where the compiler defaults to a static copy: a
     second libstdc++ inside dmfx._C breaks number formatting in every error message."""
     assert "libstdc++.so.6" in _needed_libraries(_C.__file__)
+
+
+def _section_names(path):
+    data, sections, shstrndx = _elf_sections(path)
+    names = sections[shstrndx][4]
+    return {data[names + s[0]:data.index(b"\0", names + s[0])].decode() for s in sections}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF: Linux only")
+@pytest.mark.skipif(os.environ.get("DMFX_DEBUG") == "1", reason="built with DMFX_DEBUG=1")
+def test_extension_carries_no_debug_info_but_its_symbols():
+    """setup.py overrides the -g of Python's CFLAGS (26 MB of debug info in a 0.9 MB library);
+    the symbol table stays, so a crash's native stack still names dmfx's functions."""
+    sections = _section_names(_C.__file__)
+    assert ".text" in sections and ".symtab" in sections
+    assert not {name for name in sections if name.startswith(".debug")}
 
 
 OPS = ["sparse_rows_matmul", "sparse_rows_matmul_backward_weight",
