@@ -454,6 +454,33 @@ def cmd_train(args) -> int:
         return _train_in(out, args, device, name, params, spec, config, world)
 
 
+def _check_pretrained_parts(params: dict, record: dict, held_out_users) -> None:
+    """NeuMF-p starts from GMF and MLP runs: they must have trained on this run's training data
+    (same data, same split), or the parts have already seen this run's test items."""
+    keys = ("gmf_checkpoint", "mlp_checkpoint")
+    if not all(params.get(key) for key in keys):  # none, or NeuMF says it needs both
+        return
+    for key in keys:
+        path = params[key]
+        part = load_checkpoint(path).get("data")
+        if not isinstance(part, dict) or "fingerprint" not in part:
+            raise ValueError(f"{key} {path} does not record the data it was trained on")
+        if part["fingerprint"] != record["fingerprint"]:
+            raise ValueError(f"{key} {path} was trained on other data ({part['fingerprint']}, "
+                             f"this run reads {record['fingerprint']})")
+        theirs = {k: part["spec"].get(k) for k in ("protocol", "seed", "ratios")}
+        ours = {k: record["spec"][k] for k in ("protocol", "seed", "ratios")}
+        theirs["held_out_users"], ours["held_out_users"] = part.get("held_out_users"), held_out_users
+        if ours["protocol"] == "random":  # a tuple here, a list once saved
+            theirs["ratios"], ours["ratios"] = list(theirs["ratios"] or ()), list(ours["ratios"])
+        else:  # only the random split reads them
+            del theirs["ratios"], ours["ratios"]
+        if theirs != ours:
+            changed = ", ".join(f"{k} {theirs[k]} (this run: {ours[k]})"
+                                for k in ours if theirs[k] != ours[k])
+            raise ValueError(f"{key} {path} was trained on another split of the data: {changed}")
+
+
 def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
               config: TrainConfig, world: distributed.World | None = None) -> int:
     """The run of ``dmfx train`` in the folder ``out``, whose lock the caller holds; with
@@ -492,6 +519,7 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
 
         split, new_users = hold_out_users(split, args.held_out_users, seed=spec.seed)
         _log(args, f"held out: {len(new_users.users):,} users, scored from their ratings only")
+    _check_pretrained_parts(params, record, args.held_out_users)
     torch.manual_seed(args.seed)
     model = build_model(name, split.train, params, device) if world is None else \
         world.build_model(name, split.train, params, args.seed)

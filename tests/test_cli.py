@@ -134,7 +134,7 @@ def test_every_model_trains_evaluates_and_recommends(data_file, tmp_path, model,
     assert [line.split("\t")[0] for line in lines] == ["1", "2", "3", "4"]
 
 
-def test_neumf_p_from_pretrained_runs(data_file, tmp_path):
+def test_neumf_p_from_pretrained_runs(data_file, tmp_path, capsys):
     common = ["--data", str(data_file), "--eval-negatives", "20", "--quiet", "--epochs", "1"]
     assert main(["train", "--model", "gmf", "--factors", "8", *common,
                  "--output", str(tmp_path / "gmf")]) == 0
@@ -145,6 +145,18 @@ def test_neumf_p_from_pretrained_runs(data_file, tmp_path):
                  "--gmf-checkpoint", str(tmp_path / "gmf" / "checkpoint.pt"),
                  "--mlp-checkpoint", str(tmp_path / "mlp" / "checkpoint.pt"),
                  "--optimizer", "sgd", "--lr", "0.01", *common, "--output", str(out)]) == 0
+    # Parts trained on another split have seen this run's test items: refused, as is other data.
+    parts = ["--gmf-checkpoint", str(tmp_path / "gmf" / "checkpoint.pt"),
+             "--mlp-checkpoint", str(tmp_path / "mlp" / "checkpoint.pt")]
+    for other, message in ((["--split-seed", "1"], "another split of the data: seed 0 (this run: 1)"),
+                           (["--dataset", "synthetic:30x40x300"], "was trained on other data")):
+        argv = ["train", "--model", "neumf", "--factors", "8", "--layers", "16,8", *parts, *common,
+                *other, "--output", str(tmp_path / "refused")]
+        if "--dataset" in other:
+            argv = [a for a in argv if a not in ("--data", str(data_file))]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "gmf_checkpoint" in err and message in err, err
     # the trained model is restored without its pre-trained parts: they may be gone by now
     (tmp_path / "gmf" / "checkpoint.pt").unlink()
     assert main(["evaluate", str(out / "checkpoint.pt")]) == 0
