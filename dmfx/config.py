@@ -4,7 +4,7 @@ A settings file is one flat table whose keys are the names of ``dmfx train``'s f
 dashes or underscores (``user-layers`` or ``user_layers``), and whose values are what the flag
 takes: ``model = "dmf"``, ``epochs = 20``, ``lr = 1e-4``, ``user-layers = "512,64"`` or
 ``[512, 64]``, ``track-test = true`` for a flag that takes no value. TOML is read with the
-standard library; a ``.yaml`` / ``.yml`` file needs PyYAML.
+standard library (tomli before Python 3.11); a ``.yaml`` / ``.yml`` file needs PyYAML.
 
 :func:`file_flags` turns a file into the equivalent flags, checked against the parser's options
 (an unknown key or a value of the wrong kind is a one-line ``ValueError`` naming the file and
@@ -17,8 +17,13 @@ import argparse
 import json
 import math
 import re
-import tomllib
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 __all__ = ["read_settings", "options", "file_flags", "toml_text"]
 

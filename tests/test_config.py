@@ -3,12 +3,11 @@ provenance in its metrics.json."""
 import argparse
 import importlib.util
 import json
-import tomllib
 
 import pytest
 
 from dmfx.cli import _device, main, parse_args
-from dmfx.config import file_flags, read_settings, toml_text
+from dmfx.config import file_flags, read_settings, toml_text, tomllib
 
 # What --device auto (the default) resolves to on this machine.
 AUTO_DEVICE = str(_device("auto"))

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def pyproject():
-    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
+    from dmfx.config import tomllib
+
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -83,3 +84,10 @@ def test_convert_dense_dmf_example_runs():
     assert match, out
     before, after = map(float, match.groups())
     assert after < before  # the converted layers train
+
+
+def test_python_310_gets_the_toml_parser_311_has(pyproject):
+    """requires-python allows 3.10, whose standard library has no tomllib (dmfx.config falls back
+    to tomli, the same parser)."""
+    assert pyproject["project"]["requires-python"] == ">=3.10"
+    assert "tomli>=1.1; python_version < '3.11'" in pyproject["project"]["dependencies"]
