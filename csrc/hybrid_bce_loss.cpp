@@ -15,7 +15,8 @@ namespace {
 
 // Autograd in C++ rather than torch.library.register_autograd, as for cosine_nce_loss: the
 // Python formula would cost more per call than the kernels of a training batch.
-class Function : public torch::autograd::Function<Function> {
+// Named as torch names its nodes: grad_fn reprs and profiles show this name.
+class HybridBceLossBackward : public torch::autograd::Function<HybridBceLossBackward> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
                             const at::Tensor& implicit_target, const at::Tensor& explicit_target,
@@ -60,7 +61,8 @@ class Function : public torch::autograd::Function<Function> {
 at::Tensor forward_autograd(const at::Tensor& logits, const at::Tensor& implicit_target,
                             const at::Tensor& explicit_target, double eta,
                             c10::string_view reduction, bool validate) {
-  return Function::apply(logits, implicit_target, explicit_target, eta, reduction, validate);
+  return HybridBceLossBackward::apply(logits, implicit_target, explicit_target, eta, reduction,
+                                      validate);
 }
 
 // Under autocast the loss runs in float32, as torch's binary_cross_entropy_with_logits does:

@@ -100,3 +100,21 @@ def test_build_without_cuda_says_so_for_cuda_tensors():
                        match="dmfx.sample_negatives: dmfx was built without CUDA kernels"):
         torch.ops.dmfx.sample_negatives.default.redispatch(cuda, indptr, indices, indptr[:1], 3,
                                                            1, 0, True)
+
+
+def test_autograd_nodes_are_named_after_their_op():
+    """A tensor's repr shows its grad_fn's name after the last '::': 'SparseRowsMatmulBackward>',
+    not 'Function>'."""
+    from dmfx import ops
+
+    weight = torch.randn(3, 2, requires_grad=True)
+    p, logits = torch.randn(2, 4, requires_grad=True), torch.randn(2, requires_grad=True)
+    outputs = {
+        "SparseRowsMatmulBackward": ops.sparse_rows_matmul(torch.tensor([0, 1]), torch.tensor([2]),
+                                                           None, torch.tensor([0]), weight),
+        "CosineNceLossBackward": ops.cosine_nce_loss(p, torch.randn(2, 4), torch.rand(2)),
+        "HybridBceLossBackward": ops.hybrid_bce_loss(logits, torch.ones(2), torch.rand(2), 0.5),
+    }
+    for name, out in outputs.items():
+        assert out.grad_fn.name().rsplit("::", 1)[-1] == name + ">"
+        assert f"grad_fn=<{name}>>" in repr(out)
