@@ -58,13 +58,13 @@ the same order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ._files import atomic_write
 from .data import CSR, Interactions, Split
 from .models import Recommender
 from .models.base import _order_keys, row_entries
@@ -344,10 +344,8 @@ def save_ranks(path, rankings: dict, user_ids: np.ndarray, item_ids: np.ndarray)
     for (part, protocol), ranking in rankings.items():
         for name in ("users", "items", "ranks", "candidates"):
             arrays[f"{part}_{protocol}_{name}"] = getattr(ranking, name)
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(temporary, **arrays)
-    temporary.replace(path)  # never a half-written file beside a finished metrics.json
+    # Never a half-written file beside a finished metrics.json.
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_ranks(path) -> tuple[dict, np.ndarray, np.ndarray]:
