@@ -4,7 +4,7 @@
 # bench` runs it under a time limit (after `bash tools/check_gpu.sh build`) and adds one line per
 # table (dmfx's median and each peer's ratio to it) to that script's summary.
 #
-#   bash benchmarks/run_gpu.sh                    # DESIGN.md section 2 shapes (~3-5 min on an H100)
+#   bash benchmarks/run_gpu.sh                    # the SHAPES of dmfx/bench/inputs.py (~3-5 min on an H100)
 #   DMFX_BENCH_BIG=1 bash benchmarks/run_gpu.sh   # + 2M users x 1M items x 50M ratings (+~2 min)
 #
 # Writes under $OUT (default ./bench-out): bench.json (pytest-benchmark), RESULTS.md (the

@@ -7,7 +7,7 @@
 #                                         # TORCH_CUDA_ARCH_LIST=9.0), the test suite (~3-5 min)
 #   bash tools/check_gpu.sh sanitize      # memcheck, initcheck, synccheck, racecheck (at most ~9 min)
 #   bash tools/check_gpu.sh bench         # benchmarks/run_gpu.sh (~2-5 min; DMFX_BENCH_BIG=1: +~2 min)
-#   bash tools/check_gpu.sh dmfx-bench    # `dmfx bench --device cuda` on the DESIGN.md shapes (~4 min)
+#   bash tools/check_gpu.sh dmfx-bench    # `dmfx bench --device cuda` on the benchmark shapes (~4 min)
 #   bash tools/check_gpu.sh scale         # the 2M x 1M x 50M training run, sharded NCCL at world
 #                                         # size 1 (~3 min)
 #   bash tools/check_gpu.sh summary       # the one-screen summary again (every call ends with it)
@@ -330,7 +330,7 @@ step_bench() {
         "$count benchmarks; pytest: $(pytest_tally "$STATE/bench.log")"
 }
 
-step_dmfx_bench() {  # the command users run, on the shapes of DESIGN.md section 2, one log
+step_dmfx_bench() {  # the command users run, on the benchmark shapes, one log
     gpu_step_ready dmfx-bench || return
     local rc runs=build/gpu-check/dmfx-bench
     rm -rf "$runs"

@@ -11,8 +11,8 @@ import torch
 # The name of dmfx's own call in every op: the baseline the peers are checked and timed against.
 BASELINE = "dmfx"
 
-# A peer that materialises dense inputs beyond this is not one anyone would run (DESIGN.md leaves
-# the dense first layer out at Amazon scale: 8192 x 92k floats = 3 GB).
+# A peer that materialises dense inputs beyond this is not one anyone would run (at Amazon scale
+# the dense first layer's input is 8192 x 92k floats = 3 GB).
 DENSE_LIMIT_BYTES = 1 << 30
 
 # Warm-up: at least WARMUP_CALLS calls, more until WARMUP_S has passed (at most MAX_WARMUP_CALLS).
