@@ -10,9 +10,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# torch==2.13.0 is a CPU wheel where no GPU is present; on a GPU machine install the CUDA build
-# of torch into $(VENV) first (or pass TORCH_SPEC=torch): setup never replaces an existing torch.
+# setup never replaces a torch already in $(VENV): on a GPU machine install your CUDA build there
+# first (or pass TORCH_SPEC=torch). PyPI's Linux torch wheels are CUDA builds (GBs of CUDA
+# libraries); TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" takes the CPU one.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 CMAKE_BUILD ?= build-cmake
 JOBS ?= 2
 
@@ -34,7 +36,7 @@ setup: $(INSTALL_STAMP) $(EXT_STAMP)
 
 $(DEPS_STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(PIP) install numpy scipy tqdm matplotlib pyarrow pandas pybind11 ninja "setuptools>=77" wheel pytest pytest-benchmark
 	touch $@
 
@@ -94,7 +96,7 @@ dist-check: $(DEPS_STAMP)
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && set -e && \
 	MAX_JOBS=$(JOBS) $(PY) -m build --no-isolation --outdir "$$tmp/dist" . && \
 	$(PY) -m venv "$$tmp/venv" && \
-	"$$tmp/venv/bin/pip" install "$(TORCH_SPEC)" && \
+	"$$tmp/venv/bin/pip" install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) && \
 	"$$tmp/venv/bin/pip" install "$$tmp"/dist/dmfx-*.whl && \
 	cd "$$tmp" && "$$tmp/venv/bin/python" -c '$(DIST_CHECK)' && \
 	"$$tmp/venv/bin/dmfx" --help > /dev/null && \
