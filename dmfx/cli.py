@@ -213,16 +213,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     for name, users in owners.items():
         param = users[0][1]
         flag = "--" + name.replace("_", "-")
-        if len({q.help for _, q in users}) == 1:
+        if len({(q.help, q.choices) for _, q in users}) == 1:
             text = f"{param.help} (default: {_defaults_text({m: q.default for m, q in users})})"
-        else:  # one flag, different meanings per model
-            text = "; ".join(f"{m}: {q.help} (default {_defaults_text({m: q.default})})"
+            if param.choices:
+                text += f"; one of {', '.join(param.choices)}"
+        else:  # one flag, different meanings (or values) per model
+            text = "; ".join(f"{m}: {q.help} (default {_defaults_text({m: q.default})}"
+                             + (f"; one of {', '.join(q.choices)})" if q.choices else ")")
                              for m, q in users)
         if isinstance(param.default, bool):
             g.add_argument(flag, action="store_const", const=True, default=None, help=text)
         else:
-            if param.choices:
-                text += f"; one of {', '.join(param.choices)}"
             # Values are checked by the registry (a one-line error), not by argparse's choices.
             g.add_argument(flag, default=None, metavar=name.upper(), help=text)
     t = p.add_argument_group("training (defaults: the model's, from the registry)")

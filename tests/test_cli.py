@@ -209,6 +209,9 @@ def test_python_dash_m_and_help():
     result = subprocess.run([sys.executable, "-m", "dmfx", "train", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--dataset" in result.stdout and "leave-one-out" in result.stdout
+    # A flag shared by models with different values lists each model's own.
+    text = " ".join(result.stdout.split())
+    assert "one of rating, binary" in text and "one of rows, ids" in text
 
 
 def test_data_without_timestamps_is_held_out_at_random_and_says_so(tmp_path, capsys):
