@@ -205,7 +205,8 @@ def test_einmf_paper_quick_end_to_end(data_file, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert [t["key"] for t in results["tables"]] == ["table3", "figure4"] and not results["failed"]
     table3 = results["tables"][0]
-    assert [r["label"] for r in table3["rows"]] == ["Pop", "Item-KNN", "BPR-MF", "NCF", "DMF", "EINMF"]
+    assert [r["label"] for r in table3["rows"]] == ["Pop", "Item-KNN", "BPR-MF", "NCF", "DMF", "EINMF",
+                                                   "EINMF ids"]
     for row in table3["rows"]:
         assert set(row["test"]) >= {f"user_{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10, 20)}
         assert all(0 <= row["test"][m][0] <= 1 for m in row["test"])
@@ -223,6 +224,9 @@ def test_einmf_paper_tables_and_values(capsys):
     rows = {r.label: r for r in tables["table3"].rows}
     assert rows["EINMF"].paper["ml-100k"]["user_hr@10"] == 0.8038
     assert rows["NCF"].paper["ml-1m"]["user_ndcg@5"] == 0.2608
+    # the literal reading of the paper's input: the same EINMF but for --input ids, no paper row
+    (ids,), (rows_input,) = rows["EINMF ids"].grid, rows["EINMF"].grid
+    assert list(ids) == [*rows_input, "--input", "ids"] and rows["EINMF ids"].paper == {}
     assert [r.label for r in tables["figure4"].rows][-1] == "EINMF eta 1.0"
     assert len(tables["figure3"].rows) == 9 and len(tables["figure2"].rows) == 20
     assert main(["reproduce", "einmf-paper", "--only", "table9"]) == 2
