@@ -20,7 +20,7 @@ def pytest_addoption(parser):
     group.addoption("--device", choices=("cpu", "cuda"), default="cpu",
                     help="device to benchmark on (default: cpu)")
     group.addoption("--big", action="store_true",
-                    help="CUDA only: add the 2M x 1M x 50M-ratings shapes (~1 min to generate)")
+                    help="CUDA only: add the 2M x 1M x 50M-ratings shapes (~40 s to generate)")
 
 
 def _device_or_skip_reason(config):
