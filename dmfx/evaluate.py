@@ -19,7 +19,8 @@ alike gets chance-level metrics, not a perfect or a zero score: under ``sampled`
 item takes a uniformly random place among the candidates that tie with it
 (:func:`ranks_from_scores`); under ``full`` every (user, item) gets a random key that orders
 equal scores (the rule of :meth:`dmfx.models.Recommender.recommend`), so the held-out items'
-ranks and the top-K lists come from one random order.
+ranks and the top-K lists come from one random order. Under both protocols a NaN score counts
+as ``-inf``, the lowest: a diverged model ranks its NaN-scored items last, never first.
 
 Metrics
 -------
@@ -67,7 +68,7 @@ from torch import Tensor
 from ._files import atomic_write
 from .data import CSR, Interactions, Split
 from .models import Recommender
-from .models.base import _order_keys, row_entries
+from .models.base import _nan_lowest, _order_keys, row_entries
 
 __all__ = ["PROTOCOLS", "METRICS", "Ranking", "parse_protocol", "ranks_from_scores",
            "rank_sampled", "rank_full", "query_metrics", "metrics_from_ranks", "evaluate",
@@ -133,7 +134,8 @@ class Ranking:
 
 def ranks_from_scores(target: Tensor, others: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """0-based rank of ``target[n]`` among ``others[n, :]`` (higher scores rank first); among
-    equal scores the target takes a uniformly random place."""
+    equal scores the target takes a uniformly random place. NaN counts as ``-inf``."""
+    target, others = _nan_lowest(target), _nan_lowest(others)
     greater = (others > target.unsqueeze(1)).sum(1)
     equal = (others == target.unsqueeze(1)).sum(1)
     u = torch.rand(target.shape, generator=generator, device="cpu").to(target.device)

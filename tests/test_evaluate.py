@@ -10,6 +10,7 @@ from dmfx.evaluate import (evaluate, evaluate_per_user, load_ranks, metrics_from
                            parse_protocol, query_metrics, rank_full, rank_sampled,
                            ranks_from_scores, save_ranks)
 from dmfx.models import Recommender
+from dmfx.models.base import topk_items
 
 D = [1 / math.log2(r + 2) for r in range(10)]  # the NDCG discount of 0-based rank r
 
@@ -66,6 +67,35 @@ def test_ties_are_broken_uniformly():
     others = torch.zeros(20000, 3)  # all tied: rank uniform over 0..3
     counts = torch.bincount(ranks_from_scores(target, others, torch.Generator().manual_seed(0)))
     assert counts.tolist() == pytest.approx([5000] * 4, rel=0.05)
+
+
+def test_nan_scores_rank_last():
+    nan = float("nan")
+    target = torch.tensor([nan, 0.5, nan])
+    others = torch.tensor([[0.1, 0.2], [nan, 0.4], [-torch.inf, -torch.inf]])
+    ranks = ranks_from_scores(target, others, torch.Generator().manual_seed(0)).tolist()
+    assert ranks[:2] == [2, 0] and ranks[2] in (0, 1, 2)  # NaN ties with -inf
+
+
+def test_a_nan_model_gets_chance_level_not_a_perfect_score():
+    # A diverged model (every score NaN) scores like a constant one under both protocols.
+    num_users, num_items = 3000, 11
+    train = Interactions(np.arange(num_users), np.arange(num_items), [], [], [])
+    users, items = np.arange(num_users), np.zeros(num_users, dtype=np.int64)
+    negatives = np.tile(np.arange(1, num_items), (num_users, 1))
+    split = Split(train, valid_users=users[:0], valid_items=items[:0], test_users=users,
+                  test_items=items, valid_negatives=negatives[:0], test_negatives=negatives)
+    model = TableModel(np.full((num_users, num_items), np.nan, dtype=np.float32), train)
+    m = evaluate(model, split, "test", ks=(1,), protocols=("sampled", "full"))
+    assert m["hr@1"] == pytest.approx(1 / num_items, abs=0.015)
+    assert m["full_hr@1"] == pytest.approx(1 / num_items, abs=0.015)
+
+
+def test_nan_scored_items_are_left_out_of_recommendations():
+    nan = float("nan")
+    for generator in (None, torch.Generator().manual_seed(0)):
+        top, _ = topk_items(torch.tensor([[0.3, nan, 0.1, nan]]), 4, generator=generator)
+        assert top.tolist() == [[0, 2, -1, -1]]
 
 
 def test_one_held_out_item_by_hand():

@@ -101,7 +101,7 @@ def topk_items_tiled(scorer, users: Tensor, k: int, num_items: int, tile: int,
                                                       device=cols.device)).tolist()
     best = None
     for t, start in enumerate(range(0, num_items, tile)):
-        scores = scorer.item_range(users, start, min(start + tile, num_items)).float()
+        scores = _nan_lowest(scorer.item_range(users, start, min(start + tile, num_items)).float())
         if exclude is not None and edges[t] < edges[t + 1]:
             part = slice(edges[t], edges[t + 1])
             scores[rows[part], cols[part] - start] = -torch.inf
@@ -115,10 +115,18 @@ def topk_items_tiled(scorer, users: Tensor, k: int, num_items: int, tile: int,
     return top, values
 
 
+def _nan_lowest(scores: Tensor) -> Tensor:
+    # NaN's bits would order it above +inf, topk takes it as the largest and comparisons with it
+    # are all false (a NaN held-out item would rank first): a diverged model's NaN must rank last.
+    return scores.masked_fill(scores.isnan(), -torch.inf) if scores.is_floating_point() else scores
+
+
 def _order_keys(scores: Tensor, generator: torch.Generator) -> Tensor:
-    """int64 keys that order like ``scores`` (as float32), equal scores getting distinct keys in
-    a uniformly random order drawn from ``generator``, so ties are broken at random, exactly."""
-    bits = (scores.float() + 0.0).contiguous().view(torch.int32).long()  # + 0.0: -0.0 -> +0.0
+    """int64 keys that order like ``scores`` (as float32, NaN as ``-inf``), equal scores getting
+    distinct keys in a uniformly random order drawn from ``generator``, so ties are broken at
+    random, exactly."""
+    scores = _nan_lowest(scores.float())
+    bits = (scores + 0.0).contiguous().view(torch.int32).long()  # + 0.0: -0.0 -> +0.0
     # IEEE floats order like sign-magnitude integers: flip the magnitude bits of negatives.
     keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     noise = torch.randint(0, 2**31, scores.shape, generator=generator, dtype=torch.int64)
@@ -130,8 +138,9 @@ def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Opt
                ) -> tuple[Tensor, Tensor]:
     """The ``k`` best columns of each row of ``scores`` (``[n, num_items]``), best first.
 
-    ``exclude`` (a CSR over all users, indexed by ``users``) names items to leave out. Rows with
-    fewer than ``k`` items left are padded with item ``-1`` and score ``-inf``. Equal scores are
+    ``exclude`` (a CSR over all users, indexed by ``users``) names items to leave out; items
+    scored ``-inf`` or NaN are left out too. Rows with fewer than ``k`` items left are padded
+    with item ``-1`` and score ``-inf``. Equal scores are
     ordered by a draw from ``generator`` when given (uniformly at random, reproducibly), else in
     an unspecified but deterministic order. ``copy=False`` lets it write ``-inf`` into a float32
     contiguous ``scores`` the caller has no further use for (saves a copy of the block).
@@ -139,6 +148,7 @@ def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Opt
     scores = scores.float()
     if copy or not scores.is_contiguous():
         scores = scores.clone(memory_format=torch.contiguous_format)
+    scores.masked_fill_(scores.isnan(), -torch.inf)
     if exclude is not None:
         rows, cols, _ = row_entries(exclude.indptr, exclude.indices, None,
                                     users.to(exclude.indptr.device))
