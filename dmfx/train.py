@@ -17,9 +17,11 @@ negatives together, as RecBole and NCF's code do, rather than pairs shuffled acr
 """
 from __future__ import annotations
 
+import math
 import os
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -93,7 +95,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     history: list = field(default_factory=list)
     best_epoch: int = 0
-    best_metric: float = -1.0
+    best_metric: float = -math.inf  # the first finite epoch is the best so far, whatever its metric
     best_state: Optional[dict] = None  # the best epoch's weights; None once fit returns them
     bad_epochs: int = 0
     steps: int = 0  # optimizer steps taken (gradient-trained models)
@@ -433,6 +435,17 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
             stats = runner.run(epoch, max_steps=config.max_steps - state.steps)
         else:
             stats = runner.run(epoch)
+        if not math.isfinite(stats.get("loss", 0.0)):
+            # Diverged: the epoch is neither evaluated nor checkpointed (a resume redoes it) and
+            # the model goes back to the best epoch's weights, as after early stopping.
+            message = f"epoch {epoch}: the training loss is {stats['loss']}: the model diverged"
+            if isinstance(runner, GradientEpochs):
+                message += f" (try a lower learning rate than lr={config.lr:g})"
+            if state.best_state is None:
+                raise FloatingPointError(f"{message}; no earlier epoch to keep")
+            warnings.warn(f"{message}; training stops and keeps epoch {state.best_epoch}",
+                          RuntimeWarning, stacklevel=2)
+            break
         state.steps += stats.get("steps", 0)
         entry = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start,
                  "peak_memory_mb": peak_memory_mb(device)}

@@ -151,6 +151,51 @@ def test_early_stopping_keeps_the_best_epoch(split):
     assert state.best_state is None  # loaded into the model, not kept twice
 
 
+def test_without_validation_a_large_loss_is_not_a_bad_epoch(split):
+    # eALS's loss is a sum in the thousands: minus it is below any metric's floor of old (-1)
+    no_valid = leave_one_out(synthetic(80, 200, 2400, seed=3), num_negatives=30, seed=0,
+                             valid=False)
+    state = fit(EALS(no_valid.train, factors=4), no_valid, config(epochs=4, patience=1))
+    assert min(h["loss"] for h in state.history) > 1
+    assert len(state.history) == 4 and state.best_epoch == 4
+
+
+def diverging_at(epoch, monkeypatch):
+    """Makes GradientEpochs' epoch ``epoch`` diverge: its weights and loss become NaN."""
+    from dmfx.train import GradientEpochs
+    run = GradientEpochs.run
+
+    def diverging(self, e, max_steps=0):
+        stats = run(self, e, max_steps)
+        if e == epoch:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.fill_(float("nan"))
+            stats["loss"] = float("nan")
+        return stats
+
+    monkeypatch.setattr(GradientEpochs, "run", diverging)
+
+
+def test_a_diverged_epoch_stops_training_and_keeps_the_best_weights(split, tmp_path, monkeypatch):
+    diverging_at(3, monkeypatch)
+    model = make_model(split)
+    with pytest.warns(RuntimeWarning, match=r"epoch 3: the training loss is nan.*lr=0.003.*"
+                                            r"keeps epoch 2"):
+        state = fit(model, split, config(epochs=5), checkpoint=tmp_path / "c.pt")
+    assert [h["epoch"] for h in state.history] == [1, 2] and state.best_epoch == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert evaluate(model, split, "valid")["ndcg@10"] == state.history[1]["valid"]["ndcg@10"]
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert saved["train_state"]["epoch"] == 2  # the diverged epoch is not checkpointed
+
+
+def test_divergence_in_the_first_epoch_is_an_error(split, monkeypatch):
+    diverging_at(1, monkeypatch)
+    with pytest.raises(FloatingPointError, match="epoch 1: the training loss is nan.*no earlier"):
+        fit(make_model(split), split, config(epochs=3))
+
+
 def test_resuming_a_stopped_run_trains_no_more(split, tmp_path):
     first = fit(make_model(split), split, config(epochs=30, lr=3e-2, patience=1),
                 checkpoint=tmp_path / "c.pt")
