@@ -106,6 +106,13 @@ def test_dropout_acts_in_training_only(split):
     assert not torch.equal(a, b)
     model.eval()
     assert torch.equal(model.logits(users, items), model.logits(users, items))
+    # scoring never drops out, even on a model left in training mode (as fit leaves it)
+    expected_scores, expected_top = model.score(users, items), model.recommend(users, k=5)
+    torch.testing.assert_close(expected_scores, model.logits(users, items))
+    model.train()
+    torch.testing.assert_close(model.score(users, items), expected_scores)
+    for got, expected in zip(model.recommend(users, k=5), expected_top):
+        torch.testing.assert_close(got, expected)
 
 
 def test_epoch_pairs_carry_both_targets(split):

@@ -18,6 +18,7 @@ never enters the vectors and the "explicit" and "implicit" names describe only t
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -121,11 +122,13 @@ class EINMF(Recommender):
         first, k = self.mlp[0], self.factors
         return F.linear(p, first.weight[:, :k], first.bias), F.linear(q, first.weight[:, k:])
 
-    def head(self, user_half: Tensor, item_half: Tensor) -> Tensor:
-        """The MLP branch's output from :meth:`halves` (broadcast against each other)."""
-        x = self.dropout(torch.relu(user_half + item_half))
+    def head(self, user_half: Tensor, item_half: Tensor, dropout: bool = True) -> Tensor:
+        """The MLP branch's output from :meth:`halves` (broadcast against each other); dropout
+        (in training mode) unless ``dropout=False``."""
+        drop = self.dropout if dropout else nn.Identity()
+        x = drop(torch.relu(user_half + item_half))
         for layer in self.mlp[1:]:
-            x = self.dropout(torch.relu(layer(x)))
+            x = drop(torch.relu(layer(x)))
         return x
 
     def logits(self, users: Tensor, items: Tensor) -> Tensor:
@@ -156,6 +159,9 @@ class EINMF(Recommender):
         """Logits (the sigmoid keeps their order) from every P_u and Q_i, computed once."""
         p, q = self._all(self.user_latent, self.num_users), self.item_vectors()
         h, k = self.predict.weight[0], self.factors
+        # No dropout: the scorer runs the head later, in whatever mode the model is by then
+        # (recommend() on a model left in training mode).
+        head = partial(self.head, dropout=False)
         return SumScorer(VectorScorer(p * h[:k], q),
-                         MLPScorer(self.head, *self.halves(p, q), max(self.widths), h[k:],
+                         MLPScorer(head, *self.halves(p, q), max(self.widths), h[k:],
                                    self.predict.bias[0]))
