@@ -30,7 +30,8 @@ from .config import file_flags, options, toml_text
 from .data import DATASETS, DataFormatError, DatasetUnavailableError, write_atomic
 from .evaluate import PREFIX, Ranking, evaluate, parse_protocol, save_ranks
 from .experiment import DataSpec, data_record, load_trained, save_model
-from .models import MODELS, Recommender, build_model, train_config
+from .models import MODELS, build_model, train_config
+from .models.base import CANNOT_SCORE_NEW_USERS
 from .models.registry import TRAINERS, spec_of
 from .provenance import EpochLog, environment
 from .train import TrainConfig, _check_resumable
@@ -97,7 +98,8 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--held-out-users", type=float, default=None, metavar="SHARE",
                    help="train without this share of the evaluated users, then score them from "
                         "their ratings alone and report new_hr@K / new_ndcg@K (models that read "
-                        "rating rows: dmf; itempop as the baseline; leave-one-out split)")
+                        "rating rows: dmf, einmf, itemknn; itempop as the baseline; leave-one-out "
+                        "split)")
 
 
 def _add_holdout_args(p: argparse.ArgumentParser):
@@ -366,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--all-users", action="store_true", help="every user of the model")
     who.add_argument("--ratings", metavar="FILE",
                      help="a new user's ratings: lines ITEM[,RATING] with raw item ids (items "
-                          "the model does not know are left out, with a warning)")
+                          "the model does not know are left out, with a warning; models that "
+                          "read rating rows: dmf, einmf, itemknn, itempop)")
     r.add_argument("-k", type=int, default=10, help="number of items (default 10)")
     r.add_argument("--output", default=None, metavar="FILE",
                    help="write user,rank,item,score rows to FILE (.csv, .tsv or .parquet) "
@@ -487,9 +490,8 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     """The run of ``dmfx train`` in the folder ``out``, whose lock the caller holds; with
     ``world``, this rank's part (rank 0 writes the files and evaluates the gathered model)."""
     ks = _cutoffs(args.topk)
-    if args.held_out_users is not None and spec_of(name).cls.scorer_for_rows is Recommender.scorer_for_rows:
-        raise ValueError(f"--held-out-users: {name} cannot score users it was not trained on "
-                         "(it learns a vector per user id); use dmf, or itempop as the baseline")
+    if args.held_out_users is not None and not spec_of(name).cls.can_score_rows(params):
+        raise ValueError(f"--held-out-users: {name} {CANNOT_SCORE_NEW_USERS}")
     checkpoint = out / "checkpoint.pt"
     if args.resume and not checkpoint.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
@@ -656,6 +658,8 @@ def cmd_recommend(args) -> int:
     trained = _load(args)
     model = trained.model
     if args.ratings:
+        if not type(model).can_score_rows(model.config()):
+            raise ValueError(f"--ratings: {type(model).__name__} {CANNOT_SCORE_NEW_USERS}")
         row, unknown = read_new_user(args.ratings, trained)
         if unknown:
             warnings.warn(f"{args.ratings}: {len(unknown)} item(s) this model does not know were "

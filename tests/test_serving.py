@@ -175,11 +175,36 @@ def test_recommend_rows_leaves_out_the_rated_items_and_empty_rows_work():
     assert (items[1] >= 0).all()                      # a user with no ratings gets every item
 
 
+@pytest.mark.parametrize("name, params", [("itemknn", {"neighbours": 5}),
+                                          ("einmf", {"factors": 4, "layers": [8]})])
+def test_rating_row_models_score_known_users_from_their_rows_as_recommend_does(name, params):
+    split = small_split()
+    torch.manual_seed(0)
+    model = build_model(name, split.train, params, "cpu")
+    if name == "itemknn":
+        model.fit_closed_form(split.train)
+    else:  # trained weights are not needed, only weights away from the initial N(0, 0.01)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.3)
+    y = split.train.to_scipy("rating")
+    users = torch.arange(9)
+    rows_scorer, scorer = model.scorer_for_rows(y[:9]), model.scorer()
+    torch.testing.assert_close(rows_scorer.all_items(users), scorer.all_items(users))
+    items, scores = model.recommend_rows(y[:9], k=5)
+    ref_items, ref_scores = model.recommend(users, k=5)
+    torch.testing.assert_close(scores, ref_scores)
+    assert torch.equal(items, ref_items)
+
+
 def test_id_models_cannot_score_new_users_and_itempop_ranks_by_popularity():
     split = small_split()
     bpr = build_model("bpr", split.train, {"factors": 4}, "cpu")
     with pytest.raises(NotImplementedError, match="cannot score a user it was not trained on"):
         bpr.recommend_rows(sp.csr_matrix((1, bpr.num_items)), k=3)
+    einmf_ids = build_model("einmf", split.train, {"factors": 4, "input": "ids"}, "cpu")
+    with pytest.raises(ValueError, match="input='ids' learns a vector per user id"):
+        einmf_ids.recommend_rows(sp.csr_matrix((1, bpr.num_items)), k=3)
     pop = build_model("itempop", split.train, {}, "cpu")
     pop.fit_closed_form(split.train)
     row = sp.csr_matrix(([1.0], ([0], [int(pop.popularity.argmax())])), shape=(1, pop.num_items))
@@ -239,7 +264,7 @@ def test_new_user_metrics_equal_a_dense_reference():
 def test_train_with_held_out_users_reports_new_user_metrics(tmp_path, capsys):
     data = tmp_path / "d.npz"
     synthetic(50, 90, 1200, seed=2).save_npz(data)
-    for model in ("dmf", "itempop"):
+    for model in ("dmf", "itempop", "itemknn"):
         flags = [*TINY, "--epochs", "1"] if model == "dmf" else ["--eval-negatives", "20", "--quiet"]
         out = tmp_path / model
         assert main(["train", "--data", str(data), "--model", model,
@@ -252,9 +277,10 @@ def test_train_with_held_out_users_reports_new_user_metrics(tmp_path, capsys):
         capsys.readouterr()
         assert main(["evaluate", str(out / "checkpoint.pt"), "--topk", "5,10"]) == 0
         assert json.loads(capsys.readouterr().out)["test"]["hr@10"] == pytest.approx(test["hr@10"])
-    assert main(["train", "--data", str(data), "--model", "bpr", "--held-out-users", "0.2",
-                 "--output", str(tmp_path / "bpr"), "--quiet"]) == 2
-    assert "cannot score users it was not trained on" in capsys.readouterr().err
+    for model, flags in (("bpr", []), ("einmf", ["--input", "ids"])):
+        assert main(["train", "--data", str(data), "--model", model, "--held-out-users", "0.2",
+                     "--output", str(tmp_path / model), "--quiet", *flags]) == 2
+        assert "cannot score a user it was not trained on" in capsys.readouterr().err
 
 
 # -- batch recommendation ----------------------------------------------------------------------
@@ -391,6 +417,19 @@ def test_recommend_command_for_many_users_and_for_a_new_user(run, tmp_path, caps
     users.write_text("nobody\n")
     assert main(["recommend", str(out / "model.pt"), "--users-file", str(users)]) == 2
     assert ":1: unknown user 'nobody'" in capsys.readouterr().err
+
+
+def test_recommend_for_a_new_user_refuses_id_models_in_one_line(tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    synthetic(30, 80, 400, seed=0).save_npz(data)
+    assert main(["train", "--data", str(data), "--model", "bpr", "--epochs", "1", "--output",
+                 str(tmp_path / "bpr"), "--eval-negatives", "10", "--quiet"]) == 0
+    ratings = tmp_path / "ratings.txt"
+    ratings.write_text("1,5\n")
+    capsys.readouterr()
+    assert main(["recommend", str(tmp_path / "bpr" / "model.pt"), "--ratings", str(ratings)]) == 2
+    err = capsys.readouterr().err
+    assert "--ratings: BPR learns a vector per user id" in err and "Traceback" not in err
 
 
 def test_read_new_user_parses_separators_and_refuses_garbage(run, tmp_path):

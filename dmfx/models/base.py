@@ -76,6 +76,11 @@ TILE_USERS = 1024
 SCORE_BUDGET = 256 << 20
 
 
+CANNOT_SCORE_NEW_USERS = (
+    "learns a vector per user id, so it cannot score a user it was not trained on; DMF, EINMF "
+    "(input rows) and ItemKNN read rating rows, and ItemPop ranks alike for all")
+
+
 def _merge_top(best: Optional[tuple], values: Tensor, items: Tensor, k: int) -> tuple:
     """The ``k`` best of the running ``best`` ``(values, items)`` and a tile's candidates."""
     if best is None:
@@ -213,12 +218,16 @@ class Recommender(nn.Module):
         """The registry parameters that rebuild this model (stored in checkpoints)."""
         raise NotImplementedError
 
+    @classmethod
+    def can_score_rows(cls, params: dict) -> bool:
+        """Whether the model built with registry parameters ``params`` scores users it was not
+        trained on (:meth:`scorer_for_rows`)."""
+        return cls.scorer_for_rows is not Recommender.scorer_for_rows
+
     def scorer_for_rows(self, rows) -> Scorer:
         """A scorer of new users described by their rating rows ``rows`` (``[n, num_items]``,
         any format :func:`dmfx.data.as_csr` reads); user ``k`` of the scorer is ``rows[k]``."""
-        raise NotImplementedError(
-            f"{type(self).__name__} represents a user by a learned id vector, so it cannot score "
-            "a user it was not trained on; DMF reads rating rows (and ItemPop ranks alike for all)")
+        raise NotImplementedError(f"{type(self).__name__} {CANNOT_SCORE_NEW_USERS}")
 
     def epoch_runner(self, split: Split, config):
         """What one training epoch does; the default takes Adam steps on :meth:`loss`."""

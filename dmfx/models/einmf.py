@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..data import CSR, Interactions
+from ..data import CSR, Interactions, as_csr
 from .base import Recommender, VectorScorer
 from .ncf import MLPScorer, SumScorer, linear, positive
 
-__all__ = ["EINMF", "explicit_implicit_rows"]
+__all__ = ["EINMF", "explicit_implicit_rows", "with_implicit"]
 
 INIT_STD = 0.01  # the paper's N(0, 0.01) initialisation
 INPUTS = ("rows", "ids")
@@ -39,9 +39,14 @@ INPUTS = ("rows", "ids")
 def explicit_implicit_rows(train: Interactions, transpose: bool = False) -> CSR:
     """The rows of [R | IR]: each stored entry (j, r) of a row of R becomes (j, r) and (N + j, 1),
     N the number of columns; ``transpose`` for the items' rows."""
-    ratings = train.csr("rating", transpose=transpose)
+    return with_implicit(train.csr("rating", transpose=transpose))
+
+
+def with_implicit(ratings: CSR) -> CSR:
+    """[R | IR] of the rating rows ``ratings``, as :func:`explicit_implicit_rows`."""
     num_rows, n = ratings.shape
-    owners = torch.repeat_interleave(torch.arange(num_rows), ratings.indptr.long().diff())
+    owners = torch.repeat_interleave(torch.arange(num_rows, device=ratings.indptr.device),
+                                     ratings.indptr.long().diff())
     # Stable by row: a row's explicit entries (columns < N) stay ahead of its implicit ones.
     order = torch.sort(torch.cat([owners, owners]), stable=True).indices
     indices = torch.cat([ratings.indices, ratings.indices + n])[order]
@@ -65,6 +70,11 @@ class LatentVectors(nn.Module):
             self.count = train.num_items if transpose else train.num_users
             rows = 2 * self.count  # [E ; I], one row per id each
         self.weight = nn.Parameter(nn.init.normal_(torch.empty(rows, factors), 0.0, INIT_STD))
+
+    def embed(self, rows: CSR) -> Tensor:
+        """P of rows of [R | IR] not in the training data (:func:`with_implicit`)."""
+        ids = torch.arange(rows.shape[0], device=self.weight.device)
+        return ops.sparse_rows_matmul(rows.indptr, rows.indices, rows.values, ids, self.weight)
 
     def forward(self, ids: Tensor) -> Tensor:
         if self.input == "rows":
@@ -154,10 +164,25 @@ class EINMF(Recommender):
         """Q_i of every item."""
         return self._all(self.item_latent, self.num_items)
 
+    @classmethod
+    def can_score_rows(cls, params: dict) -> bool:
+        return params.get("input", "rows") == "rows"
+
     @torch.no_grad()
     def scorer(self) -> SumScorer:
         """Logits (the sigmoid keeps their order) from every P_u and Q_i, computed once."""
-        p, q = self._all(self.user_latent, self.num_users), self.item_vectors()
+        return self._scorer(self._all(self.user_latent, self.num_users), self.item_vectors())
+
+    @torch.no_grad()
+    def scorer_for_rows(self, rows) -> SumScorer:
+        """New users' P_u from their rating rows (``input="rows"`` only)."""
+        if not self.can_score_rows(self._config):
+            raise ValueError("EINMF with input='ids' learns a vector per user id, so it cannot "
+                             "score a user it was not trained on; input='rows' reads rating rows")
+        matrix = as_csr(rows, num_cols=self.num_items, device=self.device)
+        return self._scorer(self.user_latent.embed(with_implicit(matrix)), self.item_vectors())
+
+    def _scorer(self, p: Tensor, q: Tensor) -> SumScorer:
         h, k = self.predict.weight[0], self.factors
         # No dropout: the scorer runs the head later, in whatever mode the model is by then
         # (recommend() on a model left in training mode).

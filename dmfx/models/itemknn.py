@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import CSR, Interactions
+from ..data import CSR, Interactions, as_csr
 from .base import Recommender, row_entries, topk_items
 from .closed_form import ClosedFormEpoch
 
@@ -204,6 +204,12 @@ class ItemKNN(Recommender):
     @torch.no_grad()
     def scorer(self) -> ItemKNNScorer:
         return ItemKNNScorer(self.seen, self.neighbour_ids, self.neighbour_sims, self.neighbourhood)
+
+    @torch.no_grad()
+    def scorer_for_rows(self, rows) -> ItemKNNScorer:
+        """New users scored from the items they rated (any stored entry, as in training)."""
+        matrix = as_csr(rows, num_cols=self.num_items, device=self.neighbour_sims.device)
+        return ItemKNNScorer(matrix, self.neighbour_ids, self.neighbour_sims, self.neighbourhood)
 
     def item_vectors(self) -> Tensor:
         raise NotImplementedError("ItemKNN has no item vectors; similar_items uses its stored "
