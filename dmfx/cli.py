@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "user_ids.npy, item_ids.npy, seen.npz (training interactions, scipy CSR), "
                        "meta.json and, for DMF, user_tower.pt2 / item_tower.pt2 (torch.export "
                        "programs that embed rating rows of new users and items; load them with "
-                       "torch.export.load after `import dmfx`).")
+                       "torch.export.load after `import dmfx.ops`).")
     _add_restore_args(x)
     x.add_argument("--output", required=True, metavar="DIR", help="folder to write")
     x.set_defaults(handler=cmd_export)

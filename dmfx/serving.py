@@ -198,7 +198,7 @@ def export_model(trained: Trained, output) -> dict:
     ``item_bias.npy`` where the model has one), ``user_ids.npy`` / ``item_ids.npy`` (raw ids of
     the rows), ``seen.npz`` (scipy CSR of the training interactions, to leave out), and for DMF
     ``user_tower.pt2`` / ``item_tower.pt2``: the towers as ``torch.export`` programs over rating
-    rows (load with ``torch.export.load`` after ``import dmfx``, which registers the ops), which
+    rows (load with ``torch.export.load`` after ``import dmfx.ops``, which registers the ops), which
     embed users and items the model never saw. Returns the ``meta.json`` it writes."""
     model = trained.model.cpu()
     scorer = model._eval_scorer()

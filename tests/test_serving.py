@@ -2,6 +2,8 @@
 batch recommendation, CSV/Parquet output and the export for serving."""
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -473,6 +475,9 @@ def test_export_writes_vectors_that_rank_like_the_model_and_towers_that_embed(ru
     cols = as_csr(y[:, :4], transpose=True)
     torch.testing.assert_close(item_tower(cols.indptr.long(), cols.indices.long(), cols.values),
                                torch.from_numpy(items[:4]), rtol=1e-5, atol=1e-6)
+    # as the docs say: a fresh process loads the towers after `import dmfx.ops`
+    load = (f"import torch, dmfx.ops; torch.export.load({str(target / 'user_tower.pt2')!r})")
+    subprocess.run([sys.executable, "-c", load], check=True, capture_output=True)
 
 
 def test_export_refuses_models_without_vectors(tmp_path, capsys):
