@@ -349,7 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--full-ranking", action="store_true", help=argparse.SUPPRESS)  # always now
     e.add_argument("--protocol", default=None, metavar="sampled:N|full",
                    help="full: full-ranking metrics only; sampled:N: also the sampled ones (N "
-                        "must be the model's). Default: the protocols the model was trained with")
+                        "must be the model's). Default: both, or full alone for a model trained "
+                        "under --protocol full (its split has no sampled items)")
+    e.add_argument("--no-full-ranking", action="store_true",
+                   help="the sampled metrics alone, without the full-ranking ones, which score "
+                        "every user against every item")
     e.add_argument("--eval-negatives", type=int, default=None, help=argparse.SUPPRESS)
     e.add_argument("--topk", default="10", metavar="K[,K...]", help=_TOPK_HELP)
     _add_per_user_arg(e)
@@ -640,11 +644,18 @@ def _evaluated(args, split) -> tuple:
     """The protocols ``dmfx evaluate`` reports: those of training, or ``--protocol``'s."""
     have = split.test_negatives.shape[1]
     kind, count = _protocol(args)
-    if args.protocol is None and args.eval_negatives is None:
-        return ("sampled", "full") if have else ("full",)
-    if kind == "sampled" and count != have:
+    given = args.protocol is not None or args.eval_negatives is not None
+    if args.no_full_ranking and (kind == "full" and given or not have):
+        raise ValueError("--no-full-ranking leaves the sampled metrics alone, and "
+                         + ("--protocol full asks for the full-ranking ones" if given else
+                            "this model's split has no sampled items (trained under full)"))
+    if given and kind == "sampled" and count != have:
         raise ValueError(f"--protocol sampled:{count}: this model's split has {have} sampled "
                          f"items per held-out item{' (none: trained under full)' if not have else ''}")
+    if args.no_full_ranking:
+        return ("sampled",)
+    if not given:
+        return ("sampled", "full") if have else ("full",)
     return ("sampled", "full") if kind == "sampled" else ("full",)
 
 

@@ -45,6 +45,14 @@ def test_evaluate_reproduces_the_test_metrics(trained, capsys):
     assert full == pytest.approx({k: v for k, v in metrics["test"].items() if k.startswith("full_")})
     assert main(["evaluate", str(trained / "checkpoint.pt"), "--protocol", "sampled:100"]) == 2
     assert "--protocol sampled:100: this model's split has 20 sampled items" in capsys.readouterr().err
+    # the sampled metrics alone, without the full ranking's cost
+    assert main(["evaluate", str(trained / "checkpoint.pt"), "--no-full-ranking"]) == 0
+    sampled = json.loads(capsys.readouterr().out)["test"]
+    assert sampled == pytest.approx({k: v for k, v in metrics["test"].items()
+                                     if not k.startswith("full_")})
+    assert main(["evaluate", str(trained / "checkpoint.pt"), "--no-full-ranking",
+                 "--protocol", "full"]) == 2
+    assert "--protocol full asks for the full-ranking ones" in capsys.readouterr().err
     # the older flag still runs, and says it is no longer needed
     assert main(["evaluate", str(trained / "checkpoint.pt"), "--full-ranking"]) == 0
     assert "dmfx: warning: --full-ranking is no longer needed" in capsys.readouterr().err
