@@ -431,6 +431,11 @@ def _log(args, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def _progress_bar(args) -> bool:
+    """Whether long work shows a progress bar: on a terminal, unless --quiet."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
 def _fmt(metrics: dict) -> str:
     return "  ".join(f"{k.upper()} {v:.4f}" for k, v in metrics.items())
 
@@ -445,7 +450,7 @@ def cmd_train(args) -> int:
     spec = _data_spec(args)
     config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
                           # bars on a terminal only: a log file gets the per-epoch lines
-                          progress=not args.quiet and sys.stderr.isatty())
+                          progress=_progress_bar(args))
     config = replace(config, protocol=_protocol(args)[0])
     if args.no_full_ranking and config.protocol == "full":
         raise ValueError("--no-full-ranking leaves out the full-ranking metrics that --protocol "
@@ -568,10 +573,14 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     save_model(out / "model.pt", model, split, extra["data"])
     rankings: dict[str, dict[str, Ranking]] = {"test": {}, "valid": {}}
     protocols = ("sampled",) if args.no_full_ranking else None
+    _log(args, f"evaluating the best epoch ({state.best_epoch}) on "
+               f"{len(np.unique(split.test_users)):,} test users"
+               f"{'' if args.no_full_ranking else ', ranking every item for each'}")
+    bar = _progress_bar(args)
     test = evaluate(model, split, "test", ks=ks, protocols=protocols, per_user=args.per_user,
-                    rankings=rankings["test"])
+                    rankings=rankings["test"], progress=bar)
     valid = evaluate(model, split, "valid", ks=ks, protocols=protocols, per_user=args.per_user,
-                     rankings=rankings["valid"]) if len(split.valid_users) else {}
+                     rankings=rankings["valid"], progress=bar) if len(split.valid_users) else {}
     save_ranks(out / "ranks.npz", {(part, p): r for part, done in rankings.items()
                                    for p, r in done.items()}, split.train.user_ids, split.train.item_ids)
     if new_users is not None:
@@ -631,11 +640,12 @@ def cmd_evaluate(args) -> int:
     split = (trained := _load(args)).split
     ks = _cutoffs(args.topk)
     protocols = _evaluated(args, split)
+    bar = _progress_bar(args)
     result = {"test": evaluate(trained.model, split, "test", ks=ks, protocols=protocols,
-                               per_user=args.per_user)}
+                               per_user=args.per_user, progress=bar)}
     if len(split.valid_users):
         result["valid"] = evaluate(trained.model, split, "valid", ks=ks, protocols=protocols,
-                                   per_user=args.per_user)
+                                   per_user=args.per_user, progress=bar)
     print(json_text(result), end="")
     return 0
 
@@ -692,7 +702,7 @@ def cmd_recommend(args) -> int:
         blocks = recommend_blocks(trained, users, args.k,
                                   exclude=trained.interacted(device=model.device),
                                   block=args.batch_size,
-                                  progress=not args.quiet and sys.stderr.isatty() and len(users) > 1)
+                                  progress=_progress_bar(args) and len(users) > 1)
         user_ids = trained.user_ids
     if args.output:
         rows = write_recommendations(args.output, blocks, trained, user_ids=user_ids)

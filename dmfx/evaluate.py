@@ -64,6 +64,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ._files import atomic_write
 from .data import CSR, Interactions, Split
@@ -206,7 +207,8 @@ def rank_sampled(scorer, users: np.ndarray, items: np.ndarray, negatives: np.nda
 @torch.no_grad()
 def rank_full(scorer, users: np.ndarray, items: np.ndarray, exclude: Optional[CSR],
               num_items: int, k: int = 0, device="cpu", seed: int = 0,
-              block_entries: int = BLOCK_ENTRIES) -> Ranking:
+              block_entries: int = BLOCK_ENTRIES, progress: bool = False,
+              desc: str = "full ranking") -> Ranking:
     """Rank of every held-out row ``(users[n], items[n])`` among all items but the user's
     ``exclude`` row (a CSR over all users, e.g. the training items), and with ``k`` the top-k
     items of each distinct user. Users are scored ``block_entries // num_items`` at a time; ties
@@ -223,6 +225,8 @@ def rank_full(scorer, users: np.ndarray, items: np.ndarray, exclude: Optional[CS
     generator = torch.Generator().manual_seed(seed)
     width = max(1, block_entries // max(num_items, 1))
     lowest = torch.iinfo(torch.int64).min
+    bar = tqdm(total=len(ids), desc=desc, unit="user", disable=not progress, leave=False,
+               mininterval=0.5)
     for block in _batches(len(ids), width):
         u = torch.as_tensor(ids[block], device=device)
         keys = _order_keys(scorer.all_items(u), generator)
@@ -244,6 +248,8 @@ def rank_full(scorer, users: np.ndarray, items: np.ndarray, exclude: Optional[CS
             best = keys.topk(top.shape[1], dim=1).indices
             best = torch.where(masked.gather(1, best), -1, best)
             top[block] = best.cpu().numpy()
+        bar.update(block.stop - block.start)
+    bar.close()
     return Ranking("full", users, items, ranks, candidates, top)
 
 
@@ -280,7 +286,7 @@ def evaluate_per_user(model: Recommender, users: np.ndarray, items: np.ndarray, 
 @torch.no_grad()
 def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence[int] = (10,),
              protocols: Optional[Sequence[str]] = None, per_user: str | None = None, device=None,
-             scorer=None, rankings: Optional[dict] = None) -> dict:
+             scorer=None, rankings: Optional[dict] = None, progress: bool = False) -> dict:
     """Metrics of ``model`` on the ``"test"`` or ``"valid"`` part of ``split``.
 
     ``protocols``: any of ``"sampled"`` (the split's negatives) and ``"full"`` (all items, the
@@ -288,7 +294,8 @@ def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence
     ``"full"`` for a split drawn without negatives. ``per_user`` adds :func:`evaluate_per_user`
     (``user_*@K``), ranking all items but the user's training (and, for test, validation)
     items with ``"unseen"``, or every item with ``"all"``. ``rankings``, a dict, receives the
-    :class:`Ranking` of each protocol.
+    :class:`Ranking` of each protocol. ``progress`` shows a bar over the users of the full
+    ranking, the long part on large data.
 
     The tower outputs of every user and item are computed once (``model.scorer()``), then
     scored in batches on ``device`` (the model's by default).
@@ -324,7 +331,7 @@ def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence
             done["sampled"] = rank_sampled(scorer, users, items, negatives, device)
         if "full" in protocols:
             done["full"] = rank_full(scorer, users, items, seen, model.num_items, max(ks),
-                                     device)
+                                     device, progress=progress, desc=f"full ranking ({which})")
         for protocol in PROTOCOLS:
             if protocol in done:
                 out.update(done[protocol].metrics(ks, model.num_items))
