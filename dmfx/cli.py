@@ -28,6 +28,7 @@ from .checkpoint import (RunFolderBusy, RunLock, atomic_write, json_text, load_c
                          write_json)
 from .config import file_flags, options, toml_text
 from .data import DATASETS, DataFormatError, DatasetUnavailableError, write_atomic
+from .data.readers import COUNTS_WARNING
 from .evaluate import PREFIX, Ranking, evaluate, parse_protocol, save_ranks
 from .experiment import DataSpec, data_record, load_trained, save_model
 from .models import MODELS, build_model, train_config
@@ -511,7 +512,10 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     start = time.perf_counter()
 
     def read_and_split():
-        data = spec.load()
+        with warnings.catch_warnings():
+            if params.get("input") == "binary" and config.loss == "ce":  # what the warning advises
+                warnings.filterwarnings("ignore", message=COUNTS_WARNING, category=UserWarning)
+            data = spec.load()
         split = spec.split(data)
         held_out = {"latest": "test item: each user's latest interaction",
                     "random": "test item: a random interaction per user (the data has no timestamps)",

@@ -235,6 +235,10 @@ def test_data_without_timestamps_is_held_out_at_random_and_says_so(tmp_path, cap
     warning = [line for line in err.splitlines() if "look like counts" in line]
     assert len(warning) == 1 and warning[0].startswith("dmfx: warning:")
     assert json.loads((out / "metrics.json").read_text())["config"]["holdout"] == "random"
+    # trained as the warning advises, the counts are never read: no warning
+    assert main(["train", "--data", str(path), "--input", "binary", "--loss", "ce", *TINY,
+                 "--epochs", "1", "--output", str(tmp_path / "binary")]) == 0
+    assert "look like counts" not in capsys.readouterr().err
 
 
 def test_random_split_with_cutoffs_and_per_user_metrics(data_file, tmp_path, capsys):

@@ -259,6 +259,18 @@ def test_second_read_comes_from_the_cache(parses: list, tmp_path: Path) -> None:
     assert len(parses) == 2 and len(entries(tmp_path)) == 2
 
 
+def test_count_like_ratings_warn_once_per_read_parsed_or_cached(parses: list, tmp_path: Path) -> None:
+    path = tmp_path / "plays.tsv"
+    path.write_text("".join(f"u{k % 3}\ta{k}\t{n}\n" for k, n in enumerate([1, 2, 3, 1, 5, 250, 1])))
+    for _ in range(2):  # parsed, then loaded from the cache
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            read_file(path)
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1 and messages[0].startswith(f"{path}: the ratings look like counts")
+    assert len(parses) == 1
+
+
 def test_a_changed_file_is_parsed_again(parses: list, tmp_path: Path) -> None:
     path, _ = write_case(tmp_path, "amazon-csv")
     read_file(path)

@@ -37,7 +37,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from .._files import atomic_write
-from .cache import cached, default_cache_dir
+from .cache import default_cache_dir
 from .errors import DataFormatError, DatasetUnavailableError
 from .filters import kcore
 from .interactions import Interactions
@@ -45,6 +45,7 @@ from .readers import (
     _ZIP_MAGIC,
     PathLike,
     _magic,
+    cached_with_count_check,
     read_amazon_csv,
     read_movielens_100k,
     read_movielens_csv,
@@ -354,11 +355,12 @@ def load_dataset(
     how = f"load_dataset({name!r})"
     if data is not None:
         source, read = _local(spec, data)
-        interactions = cached(source, how, read, cache_dir, enabled=cache)
+        interactions = cached_with_count_check(source, how, read, cache_dir, enabled=cache)
     elif spec.bundled is not None:
         interactions = spec.reader(_BUNDLED_DIR / spec.bundled)  # small: parsed in a blink
     else:
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         source = _fetch(spec, root)
-        interactions = cached(source, how, functools.partial(spec.reader, source), root, enabled=cache)
+        interactions = cached_with_count_check(source, how, functools.partial(spec.reader, source),
+                                               root, enabled=cache)
     return spec.apply_filter(interactions)

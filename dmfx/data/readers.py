@@ -219,6 +219,10 @@ def _diagnose(
     return DataFormatError(f"{name}: could not parse as {_describe(columns, sep)}: {cause}")
 
 
+# The start of the warning's text after the file name, for filters.
+COUNTS_WARNING = ".*: the ratings look like counts"
+
+
 def _warn_if_counts(name: str, ratings: np.ndarray) -> None:
     largest = float(ratings.max())
     if largest <= _RATING_SCALE_MAX:
@@ -234,6 +238,17 @@ def _warn_if_counts(name: str, ratings: np.ndarray) -> None:
             f"train on 0/1 input with --input binary --loss ce",
             UserWarning,
         )
+
+
+def cached_with_count_check(path: PathLike, how: str, read: Callable[[], Interactions],
+                            cache_dir=None, enabled: bool = True) -> Interactions:
+    """:func:`dmfx.data.cache.cached`, warning about count-like ratings (see
+    :func:`_warn_if_counts`) whether the file was parsed or its parse loaded from the cache."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=COUNTS_WARNING, category=UserWarning)
+        data = cached(path, how, read, cache_dir, enabled=enabled)
+    _warn_if_counts(os.fspath(path), data.ratings)
+    return data
 
 
 def _strings(values: np.ndarray) -> np.ndarray:
@@ -671,7 +686,8 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None, ca
             raise ValueError(f"unknown fmt {fmt!r}; known formats: {', '.join(FORMATS)}")
     if fmt == "npz" or (fmt is None and sep is None and _magic(path) == _ZIP_MAGIC):
         return _read_file(path, sep, fmt)  # binary already: nothing to gain from a cache
-    return cached(path, f"read_file(sep={sep!r}, fmt={fmt!r})", lambda: _read_file(path, sep, fmt), enabled=cache)
+    return cached_with_count_check(path, f"read_file(sep={sep!r}, fmt={fmt!r})",
+                                   lambda: _read_file(path, sep, fmt), enabled=cache)
 
 
 def _read_file(path: PathLike, sep: str | None, fmt: str | None) -> Interactions:
