@@ -157,6 +157,21 @@ def test_read_file_npz_round_trip(tmp_path: Path) -> None:
     assert read_file(tmp_path / "plain.npz").timestamps is None
 
 
+@pytest.mark.parametrize("fmt", ["csr", "coo", "csc"])
+def test_read_file_takes_a_scipy_sparse_npz(fmt: str, tmp_path: Path) -> None:
+    import scipy.sparse as sp
+
+    data = synthetic(6, 9, 20, seed=2)
+    sp.save_npz(tmp_path / "y.npz", data.to_scipy("rating").asformat(fmt))
+    back = read_file(tmp_path / "y.npz")
+    assert (back.to_scipy("rating") != data.to_scipy("rating")).nnz == 0
+    np.testing.assert_array_equal(back.user_ids, np.arange(6))
+    (tmp_path / "other.npz").write_bytes(b"")
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    with pytest.raises(DataFormatError, match="neither an Interactions .npz nor a scipy.sparse one"):
+        read_file(tmp_path / "other.npz")
+
+
 def test_read_file_with_sep_and_fmt(tmp_path: Path) -> None:
     path = write(tmp_path, "data.psv", "user|item|score\nu1|i1|4\nu2|i1|2\n")
     x = read_file(path, sep="|")

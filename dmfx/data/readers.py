@@ -690,6 +690,22 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None, ca
                                    lambda: _read_file(path, sep, fmt), enabled=cache)
 
 
+def _read_scipy_npz(path: PathLike) -> Interactions:
+    """A users x items matrix written by ``scipy.sparse.save_npz``: one interaction per stored
+    entry, rated its value, ids the row and column numbers (:meth:`Interactions.from_scipy`)."""
+    import scipy.sparse
+
+    name = os.fspath(path)
+    try:
+        matrix = scipy.sparse.load_npz(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataFormatError(f"{name}: expected a scipy.sparse .npz ({exc})") from exc
+    try:
+        return Interactions.from_scipy(matrix)
+    except (TypeError, ValueError) as exc:
+        raise DataFormatError(f"{name}: {exc}") from exc
+
+
 def _read_file(path: PathLike, sep: str | None, fmt: str | None) -> Interactions:
     """:func:`read_file` without the cache, its arguments checked."""
     name = os.fspath(path)
@@ -706,9 +722,12 @@ def _read_file(path: PathLike, sep: str | None, fmt: str | None) -> Interactions
             raise DataFormatError(f"{name}: expected a zip archive, got a truncated or corrupt one ({exc})") from exc
         if "users.npy" in members:
             return read_npz(path)
+        if {"format.npy", "shape.npy", "data.npy"} <= set(members):
+            return _read_scipy_npz(path)
         raise DataFormatError(
-            f"{name}: a zip archive that is not an Interactions .npz; extract its ratings file, "
-            f"or use load_dataset(name, data=PATH) for a registered data set"
+            f"{name}: a zip archive that is neither an Interactions .npz nor a scipy.sparse one; "
+            f"extract its ratings file, or read it as a registered data set (--dataset NAME --data PATH, "
+            f"load_dataset(NAME, data=PATH))"
         )
     head = _head(path, 2)
     if not head:
