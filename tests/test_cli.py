@@ -283,3 +283,13 @@ def test_full_protocol_stops_on_full_ranking(data_file, tmp_path, capsys):
                                                            "mrr", "map", "coverage")}
                for h in metrics["history"])
     assert not any(k.startswith(("hr@", "ndcg@")) for k in metrics["test"])
+
+
+def test_too_few_items_to_sample_names_the_flag(tmp_path, capsys):
+    from dmfx.data import synthetic
+
+    data = tmp_path / "small.npz"
+    synthetic(30, 50, 400, seed=0).save_npz(data)  # fewer than the default 100 unseen items
+    assert main(["train", "--data", str(data), "--model", "itempop", "--output",
+                 str(tmp_path / "out"), "--quiet"]) == 2
+    assert "lower num_negatives (dmfx: --protocol sampled:N" in capsys.readouterr().err

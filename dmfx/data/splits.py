@@ -89,8 +89,9 @@ def _check_unseen(interactions: Interactions, evaluated: np.ndarray, counts: np.
         raise ValueError(
             f"user {interactions.user_ids[user].item()!r} interacted with {counts[user]} of "
             f"{interactions.num_items} items, leaving fewer than num_negatives={num_negatives} "
-            f"unseen items to sample ({len(short)} such users); lower num_negatives or filter "
-            "these users out"
+            f"unseen items to sample for evaluation ({len(short)} such users); lower "
+            "num_negatives (dmfx: --protocol sampled:N, or --protocol full, which samples none) "
+            "or filter these users out"
         )
 
 
