@@ -35,6 +35,7 @@ from .models import MODELS, build_model, train_config
 from .models.base import CANNOT_SCORE_NEW_USERS
 from .models.registry import TRAINERS, spec_of
 from .provenance import EpochLog, environment
+from .reproduce import seed_arg
 from .train import TrainConfig, _check_resumable
 
 # OSError covers what the file system refuses: a missing file, --output under a file, a full disk.
@@ -71,7 +72,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "large text file is parsed once, then loaded from the cache until it "
                         "changes (DMFX_NO_CACHE=1: parse every time)")
     g.add_argument("--sep", default=None, help="field separator of --data when not detected")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the leave-one-out split")
+    g.add_argument("--split-seed", type=seed_arg, default=0, help="seed of the leave-one-out split")
     g.add_argument("--protocol", default=None, metavar="sampled:N|full",
                    help="evaluation protocol of early stopping (validation NDCG@10) and of the "
                         "headline metrics: sampled:N ranks each held-out item among N items the "
@@ -235,7 +236,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                     for spec in MODELS.values() if field_name in TRAINERS[spec.trainer]}
         t.add_argument("--" + flag, type=kind, default=None,
                        help=f"{text} (default: {_defaults_text(defaults)})")
-    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, negatives, order")
+    t.add_argument("--seed", type=seed_arg, default=0, help="seed of initialisation, negatives, order")
     t.add_argument("--track-test", action="store_true",
                    help="also record test HR/NDCG@10 after every epoch (for curves; the best "
                         "epoch is still chosen on the validation item)")

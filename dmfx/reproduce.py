@@ -926,12 +926,23 @@ def update_readme(readme: Path, output: Path, name: str, dataset: str, figures_d
 # --------------------------------------------------------------------------- command line
 
 
+def seed_arg(text: str) -> int:
+    """argparse type of a seed: an integer in [0, 2**63)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed must lie in [0, 2**63), got {seed}")
+    return seed
+
+
 def add_parser(sub, add_data_args: Callable) -> None:
     p = sub.add_parser("reproduce", help="re-run a paper's experiments (tables and figures)",
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("experiment", choices=list(EXPERIMENTS), help="which paper's experiments")
     add_data_args(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    p.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2],
                    help="seeds (initialisation, negatives, order); seed s also trains on split "
                         "seed s unless --split-seed fixes one split for all")
     p.set_defaults(split_seed=None)  # None: the split seed follows the seed

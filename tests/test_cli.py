@@ -293,3 +293,12 @@ def test_too_few_items_to_sample_names_the_flag(tmp_path, capsys):
     assert main(["train", "--data", str(data), "--model", "itempop", "--output",
                  str(tmp_path / "out"), "--quiet"]) == 2
     assert "lower num_negatives (dmfx: --protocol sampled:N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--split-seed", "-1"),
+                                         ("--seed", str(2**64))])
+def test_seeds_out_of_range_are_refused_by_flag(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--dataset", "ml-100k", flag, value, "--output", str(tmp_path / "x")])
+    assert exit.value.code == 2
+    assert f"argument {flag}: a seed must lie in [0, 2**63), got {value}" in capsys.readouterr().err
