@@ -450,9 +450,14 @@ def cmd_train(args) -> int:
     device = _device(args.device)
     name, params, given = _model_choice(args)
     spec = _data_spec(args)
-    config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
-                          # bars on a terminal only: a log file gets the per-epoch lines
-                          progress=_progress_bar(args))
+    try:
+        config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
+                              # bars on a terminal only: a log file gets the per-epoch lines
+                              progress=_progress_bar(args))
+    except ValueError as error:  # "batch_size must be ..." -> "--batch-size must be ..."
+        field, _, rest = str(error).partition(" ")
+        flags = {f: flag for flag, (f, _, _) in TRAIN_FLAGS.items()}
+        raise ValueError(f"--{flags[field]} {rest}" if field in flags else str(error)) from None
     config = replace(config, protocol=_protocol(args)[0])
     if args.no_full_ranking and config.protocol == "full":
         raise ValueError("--no-full-ranking leaves out the full-ranking metrics that --protocol "

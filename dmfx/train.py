@@ -79,8 +79,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "topk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_negatives < 0 or self.patience < 0 or self.lr <= 0:
-            raise ValueError("num_negatives and patience must be >= 0 and lr > 0")
+        for name in ("num_negatives", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0 (0: no limit), got {self.max_steps}")
         if self.pairs == "batch" and self.resample == "once":

@@ -302,3 +302,11 @@ def test_seeds_out_of_range_are_refused_by_flag(flag, value, tmp_path, capsys):
         main(["train", "--dataset", "ml-100k", flag, value, "--output", str(tmp_path / "x")])
     assert exit.value.code == 2
     assert f"argument {flag}: a seed must lie in [0, 2**63), got {value}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "0", "--lr must be > 0, got 0.0"), ("--negatives", "-1", "--negatives must be >= 0"),
+    ("--patience", "-1", "--patience must be >= 0"), ("--batch-size", "0", "--batch-size must be >= 1")])
+def test_bad_training_settings_are_refused_by_flag(flag, value, message, tmp_path, capsys):
+    assert main(["train", "--dataset", "ml-100k", flag, value, "--output", str(tmp_path / "x")]) == 2
+    assert f"dmfx: error: {message}" in capsys.readouterr().err
