@@ -53,8 +53,10 @@ def read_user_ids(path, trained: Trained) -> np.ndarray:
 def read_new_user(path, trained: Trained) -> tuple[CSR, list]:
     """A new user's ratings from ``path`` as one CSR row over the model's items, and the raw ids
     of the items the model does not know (left out). Lines are ``ITEM`` or ``ITEM RATING``,
-    separated by a comma, tab or spaces; ``ITEM`` alone counts as rating 1."""
-    items, ratings, unknown = [], [], []
+    separated by a comma, tab or spaces; ``ITEM`` alone counts as rating 1. Ratings must be
+    finite and >= 0, as in training data; an item rated twice keeps its later line, as the
+    readers keep a user's latest rating."""
+    rated, unknown = {}, []
     for number, line in enumerate(_lines(path), 1):
         fields = line.replace(",", " ").replace("\t", " ").split()
         if len(fields) > 2:
@@ -63,17 +65,20 @@ def read_new_user(path, trained: Trained) -> tuple[CSR, list]:
             rating = float(fields[1]) if len(fields) == 2 else 1.0
         except ValueError:
             raise DataFormatError(f"{path}:{number}: rating {fields[1]!r} is not a number") from None
-        if not np.isfinite(rating):
-            raise DataFormatError(f"{path}:{number}: rating {fields[1]!r} is not finite")
+        if not np.isfinite(rating) or rating < 0:
+            raise DataFormatError(f"{path}:{number}: rating {fields[1]!r} is not a finite "
+                                  "number >= 0")
         try:
-            items.append(trained.item_index(fields[0]))
-            ratings.append(rating)
+            item = trained.item_index(fields[0])
         except KeyError:
             unknown.append(fields[0])
-    if not items:
+            continue
+        rated[item] = rating  # a later line replaces an earlier one
+    if not rated:
         raise ValueError(f"{path} rates no item this model knows"
                          + (f" (unknown: {', '.join(unknown[:5])})" if unknown else ""))
-    row = sp.csr_matrix((ratings, ([0] * len(items), items)), shape=(1, len(trained.item_ids)))
+    row = sp.csr_matrix((list(rated.values()), ([0] * len(rated), list(rated))),
+                        shape=(1, len(trained.item_ids)))
     return as_csr(row, name=str(path)), unknown
 
 

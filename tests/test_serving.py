@@ -444,6 +444,12 @@ def test_read_new_user_parses_separators_and_refuses_garbage(run, tmp_path):
     path.write_text(f"{a},x\n")
     with pytest.raises(Exception, match=r"r.txt:1: rating 'x' is not a number"):
         read_new_user(path, trained)
+    path.write_text(f"{b},3\n{a},-5\n")  # training data refuses negative ratings too
+    with pytest.raises(Exception, match=r"r.txt:2: rating '-5' is not a finite number >= 0"):
+        read_new_user(path, trained)
+    path.write_text(f"{a},5\n{b},1\n{a},2\n")  # rated twice: the later line, not the sum
+    row, _ = read_new_user(path, trained)
+    assert row.indices.tolist() == [2, 5] and row.values.tolist() == [2.0, 1.0]
 
 
 # -- export ------------------------------------------------------------------------------------
