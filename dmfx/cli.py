@@ -786,8 +786,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     if getattr(args, "config", None):
         # The file's flags go right after the command, before the command line's own, which
         # argparse applies later: a flag given on the command line wins.
-        args = parser.parse_args([argv[0], *file_flags(args.config, args.parser), *argv[1:]])
+        flags = _not_overridden(file_flags(args.config, args.parser), argv[1:], args)
+        args = parser.parse_args([argv[0], *flags, *argv[1:]])
     return args
+
+
+def _not_overridden(flags: list, argv: list, given: argparse.Namespace) -> list:
+    """The ``--name=value`` flags of a --config file, less those that flags of the command line
+    ``argv`` (parsed as ``given``) replace beyond their own name: ``--data`` alone replaces
+    the file's ``--dataset`` too (and ``--dataset`` alone its ``--data``), and ``--model``
+    the file model's own parameters and a loss the new model does not train with."""
+    typed = {token[2:].split("=", 1)[0] for token in argv if token.startswith("--")}
+    moot = set()
+    if "data" in typed and "dataset" not in typed:
+        moot.add("dataset")
+    if "dataset" in typed and "data" not in typed:
+        moot.add("data")
+    if "model" in typed:
+        spec = spec_of(given.model)
+        moot |= {n.replace("_", "-") for other in MODELS.values() for n in other.params
+                 if n not in spec.params}
+        moot |= {flag for flag, (field_name, _, _) in TRAIN_FLAGS.items()
+                 if field_name not in TRAINERS[spec.trainer]}
+        if spec.trainer == "gradient" and any(flag.startswith("--loss=") and
+                                              flag[len("--loss="):] not in spec.cls.losses
+                                              for flag in flags):
+            moot.add("loss")
+    return [flag for flag in flags if flag[2:].split("=", 1)[0] not in moot]
 
 
 def main(argv=None) -> int:

@@ -123,6 +123,8 @@ def file_flags(path: str | Path, parser: argparse.ArgumentParser) -> list[str]:
         if action.type is not None:
             try:
                 action.type(text)
+            except argparse.ArgumentTypeError as error:  # a type of the project's own: says why
+                raise ValueError(f"{path}: {key}: {error}") from None
             except (TypeError, ValueError):
                 kind = getattr(action.type, "__name__", "a value")
                 raise ValueError(f"{path}: {key}: expected {kind}, got {value!r}") from None

@@ -74,6 +74,7 @@ def test_flags_on_the_command_line_override_the_file(tmp_path):
     ("user-layers = [[1, 2]]\n", "user-layers: expected a value like the flag's, got a list"),
     ("epochs = 3\nepochs = 4\n", "not valid TOML"),
     ('user-layers = "8"\nuser_layers = "8"\n', "'user_layers' and 'user-layers' are the same"),
+    ("seed = -1\n", "seed: a seed must lie in [0, 2**63), got -1"),
 ])
 def test_a_bad_config_is_a_one_line_error_naming_the_key(tmp_path, capsys, text, message):
     path = write(tmp_path, text)
@@ -82,6 +83,21 @@ def test_a_bad_config_is_a_one_line_error_naming_the_key(tmp_path, capsys, text,
     assert err.startswith(f"dmfx: error: {path}: ") and message in err
     assert err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_data_and_model_flags_replace_what_they_make_moot_in_the_file(tmp_path):
+    path = write(tmp_path, 'dataset = "ml-100k"\nmodel = "dmf"\nactivation = "eq6"\n'
+                           'input = "rating"\nuser-layers = [8]\nloss = "nce"\nepochs = 3\n')
+    args = parse_args(["train", "--config", str(path), "--data", "mine.csv"])
+    assert (args.data, args.dataset, args.activation) == ("mine.csv", None, "eq6")
+    args = parse_args(["train", "--config", str(path), "--dataset", "ml-1m"])
+    assert (args.data, args.dataset) == (None, "ml-1m")
+    # another model: the file's DMF-only parameters and a loss BPR-MF cannot train go
+    args = parse_args(["train", "--config", str(path), "--model", "bpr"])
+    assert (args.activation, args.input, args.loss) == (None, None, None)
+    assert (args.epochs, args.dataset) == (3, "ml-100k")
+    args = parse_args(["train", "--config", str(path), "--model", "lfm"])
+    assert (args.user_layers, args.loss, args.activation) == ("8", "nce", None)
 
 
 def test_a_missing_config_is_a_one_line_error(tmp_path, capsys):
