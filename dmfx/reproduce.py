@@ -904,13 +904,27 @@ def _figures(results: dict, output: Path, log: Callable[[str], None]) -> dict:
     return figures
 
 
+def _markers(name: str, dataset: str) -> tuple[str, str]:
+    return f"<!-- reproduce:{name}:{dataset} -->", f"<!-- /reproduce:{name}:{dataset} -->"
+
+
+def _readme_text(readme: Path, name: str, dataset: str) -> str:
+    """The text of ``readme``, which must hold the block of (name, dataset)."""
+    start, end = _markers(name, dataset)
+    try:
+        text = readme.read_text()
+    except OSError as error:
+        raise ValueError(f"--readme {readme}: {error.strerror or error}") from None
+    if start not in text or end not in text:
+        raise ValueError(f"--readme {readme} has no block {start} ... {end} to replace")
+    return text
+
+
 def update_readme(readme: Path, output: Path, name: str, dataset: str, figures_dir: Path) -> None:
     """Replaces the README block of (name, dataset) by ``output``'s report; figures are copied
     into ``figures_dir`` and linked relative to the README."""
-    start, end = f"<!-- reproduce:{name}:{dataset} -->", f"<!-- /reproduce:{name}:{dataset} -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} has no block {start} ... {end} to replace")
+    text = _readme_text(readme, name, dataset)
+    start, end = _markers(name, dataset)
     report = (output / "report.md").read_text()
     figures_dir.mkdir(parents=True, exist_ok=True)
     for png in sorted(output.glob("*.png")):
@@ -981,6 +995,8 @@ def cmd_reproduce(args) -> int:
         data_args += ["--sep", args.sep]
     data_args += ["--protocol", f"sampled:{negatives}"]
     spec.split()  # fails here, once, on data that cannot be read or split
+    if args.readme:  # before the runs, not hours later
+        _readme_text(Path(args.readme), args.experiment, spec.name)
     output = Path(args.output or f"runs/{args.experiment}-{spec.name}{'-quick' if args.quick else ''}")
     shown = [f"--dataset {spec.dataset}" if spec.dataset else "",
              f"--data {args.data}" if args.data else "",

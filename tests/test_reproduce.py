@@ -172,6 +172,18 @@ def test_readme_block_is_replaced(reproduced, data_file, tmp_path):
         assert (tmp_path / "docs" / "dmf-paper-clustered-table2.png").is_file()
 
 
+@pytest.mark.parametrize("readme", ["missing", "without-block"])
+def test_a_bad_readme_is_refused_before_any_run(readme, data_file, tmp_path, capsys):
+    path = tmp_path / "README.md"
+    if readme == "without-block":
+        path.write_text("intro\n")
+    out = tmp_path / "out"
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
+                 "--output", str(out), "--readme", str(path)]) == 2
+    assert f"dmfx: error: --readme {path}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_paper_values_and_the_full_grids():
     tables = {t.key: t for t in EXPERIMENTS["dmf-paper"].tables(False)}
     rows = {r.label: r for t in tables.values() for r in t.rows}
