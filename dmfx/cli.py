@@ -71,7 +71,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "any delimited file) or, with --dataset, a local copy of that data set; a "
                         "large text file is parsed once, then loaded from the cache until it "
                         "changes (DMFX_NO_CACHE=1: parse every time)")
-    g.add_argument("--sep", default=None, help="field separator of --data when not detected")
+    g.add_argument("--sep", default=None, type=_separator,
+                   help="field separator of --data when not detected ('\\t' for a tab)")
     g.add_argument("--split-seed", type=seed_arg, default=0, help="seed of the leave-one-out split")
     g.add_argument("--protocol", default=None, metavar="sampled:N|full",
                    help="evaluation protocol of early stopping (validation NDCG@10) and of the "
@@ -86,6 +87,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 _TOPK_HELP = ("cut-offs of the reported HR, NDCG, Recall, Precision, MRR, MAP and (full ranking) "
              "item coverage, e.g. 5,10,20 (default 10)")
+
+
+def _separator(text: str) -> str:
+    """--sep, where the two characters \\t (a tab is awkward to type in a shell) mean a tab."""
+    return "\t" if text == "\\t" else text
 
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:
@@ -283,8 +289,8 @@ def _parse(param, name: str, text: str):
 
 def _add_restore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
-                   help="a run's model.pt (self-contained), or its checkpoint.pt (re-reads the "
-                        "data file)")
+                   help="a run's model.pt (self-contained; or the run's folder), or its "
+                        "checkpoint.pt (re-reads the data file)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--data", default=None,
                    help="with a checkpoint.pt: the training ratings file at a new place (it must "
@@ -616,7 +622,13 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
 
 
 def _load(args):
-    return load_trained(args.model, _device(args.device), data=args.data,
+    path = Path(args.model)
+    if path.is_dir():  # a run folder: its model file
+        if not (path / "model.pt").is_file():
+            raise FileNotFoundError(f"{path} is a folder without a model.pt (a finished run's "
+                                    "model file); give MODEL as a model.pt or checkpoint.pt")
+        path = path / "model.pt"
+    return load_trained(path, _device(args.device), data=args.data,
                         allow_data_change=args.allow_data_change)
 
 

@@ -45,6 +45,9 @@ def test_evaluate_reproduces_the_test_metrics(trained, capsys):
     assert full == pytest.approx({k: v for k, v in metrics["test"].items() if k.startswith("full_")})
     assert main(["evaluate", str(trained / "checkpoint.pt"), "--protocol", "sampled:100"]) == 2
     assert "--protocol sampled:100: this model's split has 20 sampled items" in capsys.readouterr().err
+    # a run's folder stands for its model.pt
+    assert main(["evaluate", str(trained), "--protocol", "full"]) == 0
+    assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(full)
     # the sampled metrics alone, without the full ranking's cost
     assert main(["evaluate", str(trained / "checkpoint.pt"), "--no-full-ranking"]) == 0
     sampled = json.loads(capsys.readouterr().out)["test"]
@@ -310,3 +313,10 @@ def test_seeds_out_of_range_are_refused_by_flag(flag, value, tmp_path, capsys):
 def test_bad_training_settings_are_refused_by_flag(flag, value, message, tmp_path, capsys):
     assert main(["train", "--dataset", "ml-100k", flag, value, "--output", str(tmp_path / "x")]) == 2
     assert f"dmfx: error: {message}" in capsys.readouterr().err
+
+
+def test_sep_backslash_t_means_a_tab(tmp_path):
+    from dmfx.cli import parse_args
+
+    assert parse_args(["train", "--sep", "\\t"]).sep == "\t"
+    assert parse_args(["train", "--sep", ";"]).sep == ";"

@@ -647,7 +647,8 @@ def _read_sniffed(path: PathLike, sep: str) -> Interactions:
         raise DataFormatError(
             f"{name}:{lineno}: expected 2 to 4 fields separated by {sep!r} "
             f"(user, item[, rating[, timestamp]]), got {len(fields)}; "
-            f"use read_delimited(path, sep, columns=...) for other layouts"
+            f"use read_delimited(path, sep, columns=...) for other layouts (on the command line: "
+            f"a file of those columns)"
         )
     header = len(fields) >= 3 and not _is_float(fields[2])
     return read_delimited(path, sep, _UIRT[: len(fields)], header=header)
@@ -751,5 +752,6 @@ def _read_file(path: PathLike, sep: str | None, fmt: str | None) -> Interactions
         return read_delimited(path, generic_sep, _UIRT[:width], header=header)
     raise DataFormatError(
         f"{name}:{lineno}: cannot tell the format from {line[:80]!r}; understood formats: "
-        f"{_UNDERSTOOD}; for any other delimited user,item[,rating[,timestamp]] file pass sep="
+        f"{_UNDERSTOOD}; for any other delimited user,item[,rating[,timestamp]] file pass sep= "
+        f"(--sep on the command line)"
     )
