@@ -242,10 +242,16 @@ def _dmf_new_users(quick: bool) -> list:
     held = ("--held-out-users", "0.1")
     dmf = ("--user-layers", _widths(first, final), "--item-layers", _widths(first, final),
            "--activation", "eq6", "--score", "cosine", *held, *short)
+    knn = [(*held, "--neighbours", str(k)) for k in ((20,) if quick else (20, 50, 100, 200))]
+    # EINMF at its paper's settings (Section 4.3.1), reading [R | IR] rows (--input rows)
+    einmf = ("--factors", "8" if quick else "64", "--batch-size", "1024", "--negatives", "4",
+             *held, *(short or ("--epochs", "100", "--patience", "10")))
     return [Table("new-users", "Users never trained on, scored from their ratings (a tenth of "
                   "the evaluated users held out of training)", reference="DMF-2-nce", rows=[
                       Row("ItemPop", "itempop", [held]),
+                      Row("ItemKNN", "itemknn", knn),
                       Row("DMF-2-nce", "dmf", [dmf]),
+                      Row("EINMF", "einmf", [einmf]),
                   ], metrics=("new_hr@10", "new_ndcg@10", "hr@10", "ndcg@10"))]
 
 
@@ -367,8 +373,10 @@ EXPERIMENTS = {
               "random tenth of the evaluated users out of training (their ratings, validation and "
               "test items); after training on the rest, each held-out user is embedded from "
               "their training ratings and their test item ranked as usual (\"new\" columns). "
-              "HR@10 / NDCG@10 are the trained users' own, for comparison. Id-embedding models "
-              "(eALS, NeuMF, BPR-MF, LFM) have no vector for such a user; ItemPop needs none."),
+              "HR@10 / NDCG@10 are the trained users' own, for comparison. ItemKNN scores a "
+              "user from the items they rated, and EINMF (input rows) embeds their rating rows "
+              "as DMF does. Id-embedding models (eALS, NeuMF, BPR-MF, LFM) have no vector for "
+              "such a user; ItemPop needs none."),
     "einmf-paper": Experiment(
         "einmf-paper", "Neural matrix factorization recommendation based on explicit-implicit "
         "feedback (EINMF), Computational Intelligence and Neuroscience 2022", _einmf_paper,
