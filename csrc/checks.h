@@ -133,9 +133,10 @@ inline void raise_if_error(const char* op, const at::Tensor& record, const CsrNa
                         " is out of range for a CSR matrix with ", names.num_rows,
                         " rows (indptr has ", names.num_rows + 1, " entries)");
     case kBadIndptr:
+    case kBadIndptrEnd:
       TORCH_CHECK_VALUE(false, op, ": indptr is not a valid CSR row pointer at row ", pos,
-                        ": indptr[", pos, "] = ", val, ", and indptr must be non-decreasing ",
-                        "within [0, nnz = ", names.nnz, "]");
+                        ": indptr[", r.code == kBadIndptr ? pos : pos + 1, "] = ", val,
+                        ", and indptr must be non-decreasing within [0, nnz = ", names.nnz, "]");
     case kIndptrEnds:
       TORCH_CHECK_VALUE(false, op, ": indptr[", pos, "] = ", val, " but must be ",
                         pos == 0 ? int64_t(0) : names.nnz,

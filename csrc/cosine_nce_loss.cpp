@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cosine_nce_loss.h"
+#include "once_differentiable.h"
 #include "redispatch.h"
 
 namespace dmfx {
@@ -44,6 +45,7 @@ class CosineNceLossBackward : public torch::autograd::Function<CosineNceLossBack
                                                  torch::autograd::variable_list grads) {
     static const auto op = typed_op<BackwardFn>("dmfx::cosine_nce_loss_backward");
     const auto saved = ctx->get_saved_variables();
+    check_not_double_backward(kOp, grads, saved);
     const at::Tensor &p = saved[0], &q = saved[1], &target = saved[2];
     const double mu = ctx->saved_data["mu"].toDouble();
     const std::string reduction = ctx->saved_data["reduction"].toStringRef();

@@ -3,6 +3,7 @@
 // implementations share, so both raise the same errors.
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <tuple>
 
 #include "checks.h"
@@ -37,8 +38,16 @@ struct Inputs {
                       "), got shape ", target_.sizes());
     TORCH_CHECK_VALUE(mu > 0 && mu < 0.5, kOp, ": mu must lie in (0, 0.5) so that ",
                       "mu < 1 - mu, got ", mu);
-    reduction = parse_reduction(kOp, reduction_name);
     const at::ScalarType dtype = compute_dtype(p_.scalar_type());
+    // The kernels clamp in the compute dtype: a mu below its normal range would round to a
+    // subnormal or 0 there, and log(mu) to a loss of inf and NaN gradients.
+    const bool is_double = dtype == at::kDouble;
+    const double smallest = is_double ? std::numeric_limits<double>::min()
+                                      : static_cast<double>(std::numeric_limits<float>::min());
+    TORCH_CHECK_VALUE(mu >= smallest, kOp, ": mu must be at least ", smallest,
+                      ", the smallest normal ", is_double ? "float64" : "float32",
+                      " (the dtype this call computes in), got ", mu);
+    reduction = parse_reduction(kOp, reduction_name);
     p = p_.to(dtype).contiguous();
     q = q_.to(dtype).contiguous();
     target = target_.to(dtype).contiguous();

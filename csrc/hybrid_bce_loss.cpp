@@ -7,6 +7,7 @@
 #include <string>
 
 #include "hybrid_bce_loss.h"
+#include "once_differentiable.h"
 #include "redispatch.h"
 
 namespace dmfx {
@@ -33,6 +34,7 @@ class HybridBceLossBackward : public torch::autograd::Function<HybridBceLossBack
                                                  torch::autograd::variable_list grads) {
     static const auto op = typed_op<BackwardFn>("dmfx::hybrid_bce_loss_backward");
     const auto saved = ctx->get_saved_variables();
+    check_not_double_backward(kOp, grads, saved);
     const at::Tensor &logits = saved[0], &implicit_target = saved[1], &explicit_target = saved[2];
     const double eta = ctx->saved_data["eta"].toDouble();
     const std::string reduction = ctx->saved_data["reduction"].toStringRef();

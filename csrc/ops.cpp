@@ -30,9 +30,11 @@ TORCH_LIBRARY(dmfx, m) {
   m.def(
       "hybrid_bce_loss_backward(Tensor grad, Tensor logits, Tensor implicit_target, "
       "Tensor explicit_target, float eta, str reduction) -> Tensor");
+  // seed is a SymInt (the kernels take it as int64_t) so that torch.compile, given a new seed
+  // every step, makes it a dynamic input instead of recompiling for each value.
   m.def(
       "sample_negatives(Tensor indptr, Tensor indices, Tensor users, int num_items, "
-      "int num_negatives, int seed, bool validate=True) -> Tensor");
+      "int num_negatives, SymInt seed, bool validate=True) -> Tensor");
   m.def(
       "row_sparse_adam_(Tensor(a!) weight, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
       "Tensor rows, Tensor grad_rows, float lr, float beta1, float beta2, float eps, int step, "

@@ -4,6 +4,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "once_differentiable.h"
 #include "redispatch.h"
 #include "sparse_rows_matmul.h"
 
@@ -36,6 +37,7 @@ class SparseRowsMatmulBackward : public torch::autograd::Function<SparseRowsMatm
                             const at::Tensor&, const at::Tensor&, c10::SymInt, bool)>(
             "dmfx::sparse_rows_matmul_backward_weight");
     const auto saved = ctx->get_saved_variables();
+    check_not_double_backward(kOp, grads, saved);
     const at::Tensor &indptr = saved[0], &indices = saved[1], &rows = saved[3],
                      &weight = saved[4];
     const bool has_values = saved[2].defined();

@@ -57,6 +57,14 @@ def _check_real(owner: str, name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_csr_tensors(indices: Any, values: Any) -> None:
+    """The parts of a CSR-like matrix that nothing has checked to be tensors yet."""
+    if not isinstance(indices, Tensor):
+        raise TypeError(f"{_MATRIX} indices must be a tensor, got {type(indices).__name__}")
+    if values is not None and not isinstance(values, Tensor):
+        raise TypeError(f"{_MATRIX} values must be a tensor or None, got {type(values).__name__}")
+
+
 def _check_reduction(owner: str, reduction: Any) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{owner}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -201,6 +209,7 @@ class SparseRowLinear(nn.Module):
             self._bound_shape = None
             return self
         indptr, indices, values, shape = _csr_parts(matrix, _MATRIX)
+        _check_csr_tensors(indices, values)
         self._check_width(shape)
         indptr, indices = _one_index_dtype(indptr, indices, _MATRIX)
         # Checked once here: the bound matrix is read by every call.
@@ -234,6 +243,7 @@ class SparseRowLinear(nn.Module):
             indptr, indices, values = self.indptr, self.indices, self.values
         else:
             indptr, indices, values, shape = _csr_parts(matrix, _MATRIX)
+            _check_csr_tensors(indices, values)
             self._check_width(shape)
             if values is not None and values.dtype != self.weight.dtype:
                 raise TypeError(f"{_MATRIX} values are {values.dtype} but the layer's weight is "

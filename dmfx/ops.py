@@ -30,6 +30,10 @@ losses do. :func:`sparse_rows_matmul` takes float32 and float64 tables.
 
 Determinism. Every op gives the same bits run after run on a device (the CUDA kernels sum in a
 fixed order, without float atomics), so ``torch.use_deterministic_algorithms(True)`` holds.
+
+Derivatives. The differentiable ops are differentiable once: their backward is not itself
+differentiable, so a backward through one of them with ``create_graph=True`` (a gradient
+penalty, a Hessian) raises ``RuntimeError`` instead of returning a wrong second derivative.
 """
 from __future__ import annotations
 
@@ -196,7 +200,8 @@ def sparse_rows_matmul(
             gradient). Eager autograd only.
 
     Returns:
-        ``[B, H]`` tensor. Differentiable with respect to ``weight`` and ``values``.
+        ``[B, H]`` tensor. Differentiable with respect to ``weight`` and ``values``, once:
+        double backward (``create_graph=True`` through this op) raises ``RuntimeError``.
     """
     if sparse_grad:
         return _SparseGradRowsMatmul.apply(indptr, indices, values, rows, weight, validate)
@@ -256,11 +261,19 @@ def batch_entries(indptr: Tensor, indices: Tensor, values: Optional[Tensor], row
     """The CSR rows ``rows`` as a batch-local CSR: ``(local_indptr, columns, values)``.
 
     ``local_indptr`` has ``len(rows) + 1`` entries (``indptr``'s dtype); ``values`` is None when
-    the given one is. On CUDA, sizing the result costs one sync.
+    the given one is. On CUDA, sizing the result costs one sync. Nothing is checked: a row id
+    out of range, or a row whose ``indptr`` entries are broken, gets no entries, as the kernels
+    skip it without validation (a negative id is not counted from the end).
     """
     rows = rows.long()
-    starts = indptr[rows].long()
-    counts = indptr[rows + 1].long() - starts
+    num_rows = indptr.numel() - 1
+    # Clamped ids only keep the gathers in bounds; the rows they stand for are dropped below.
+    clamped = rows.clamp(0, num_rows)
+    starts = indptr[clamped].long()
+    ends = indptr[(clamped + 1).clamp(max=num_rows)].long()
+    usable = ((rows >= 0) & (rows < num_rows) & (starts >= 0) & (ends >= starts)
+              & (ends <= indices.numel()))
+    counts = torch.where(usable, ends - starts, 0)
     local_indptr = torch.zeros(rows.numel() + 1, dtype=torch.long, device=rows.device)
     torch.cumsum(counts, 0, out=local_indptr[1:])
     total = int(local_indptr[-1])
@@ -277,20 +290,30 @@ def _row_sparse_weight_grad(indptr, indices, values, rows, grad, weight_shape):
     gradient rows are the forward op over that CSR, summed in slot order as the dense gradient
     is. On CUDA this costs the two syncs that size the result (the batch's entries, the columns
     it touches) and no more: the dense weight gradient would size its own sort again.
+
+    Bad entries (unvalidated input) contribute nothing, as in the dense gradient: bad rows get
+    none from :func:`batch_entries`, and a column outside the table becomes the stand-in
+    ``weight_shape[0]``, which is appended once so that it is always the last column touched:
+    the rows to keep are all but the last, without a sync to find out.
     """
     local_indptr, columns, local_values = batch_entries(indptr, indices, values, rows)
-    touched, compact = torch.unique(columns, return_inverse=True)  # sorted: coalesced
-    compact, order = torch.sort(compact, stable=True)
+    columns = columns.long()
+    outside = columns.new_full((1,), weight_shape[0])
+    columns = torch.where((columns >= 0) & (columns < weight_shape[0]), columns, outside)
+    touched, compact = torch.unique(torch.cat([columns, outside]), return_inverse=True)
+    touched = touched[:-1]  # sorted: coalesced
+    compact, order = torch.sort(compact[:-1], stable=True)
     device = rows.device
     slots = torch.repeat_interleave(torch.arange(rows.numel(), device=device),
                                     torch.diff(local_indptr.long()), output_size=columns.numel())
+    # The entries of the stand-in column sort last and lie past the transposed CSR's last row.
     transposed_indptr = torch.searchsorted(compact, torch.arange(touched.numel() + 1,
                                                                  device=device))
     grad_rows = torch.ops.dmfx.sparse_rows_matmul(
         transposed_indptr, slots[order], None if local_values is None else local_values[order],
         torch.arange(touched.numel(), device=device), grad, False)
-    # Built sorted and duplicate-free above, so no invariant check is needed.
-    return torch.sparse_coo_tensor(touched.long().unsqueeze(0), grad_rows, weight_shape,
+    # Built sorted, duplicate-free and in range above, so no invariant check is needed.
+    return torch.sparse_coo_tensor(touched.unsqueeze(0), grad_rows, weight_shape,
                                    is_coalesced=True, check_invariants=False)
 
 
@@ -305,6 +328,11 @@ class _SparseGradRowsMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         indptr, indices, values, rows, weight = ctx.saved_tensors
+        # As the C++ backward of the dense path does (csrc/once_differentiable.h).
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (grad, values, weight)):
+            raise RuntimeError(f"{_SRM}: double backward (create_graph=True through this op) is "
+                               "not supported: its backward is not differentiable")
         grad = grad.contiguous()
         grad_values = grad_weight = None
         if ctx.needs_input_grad[2]:
@@ -348,14 +376,17 @@ def cosine_nce_loss(
         p, q: ``[B, k]`` tower outputs, one dtype: float32 or float64, or float16 / bfloat16
             (computed in float32; the loss is float32).
         target: ``[B]`` targets in [0, 1].
-        mu: the clamp, in (0, 0.5).
+        mu: the clamp, in (0, 0.5), and a normal number of the compute dtype (at least
+            ``torch.finfo(torch.float32).tiny``, about 1.2e-38, for float32 and half inputs):
+            a smaller one would round to a subnormal or 0 there and the loss to inf.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``. The mean of an empty batch is NaN, as in
             torch.
         validate: raise when a target lies outside [0, 1] or is NaN (on CUDA: one sync).
 
     Returns:
         A scalar, or ``[B]`` for ``reduction="none"``. Differentiable in ``p``, ``q`` and
-        ``target``.
+        ``target``, once: double backward (``create_graph=True`` through this op) raises
+        ``RuntimeError``.
     """
     return torch.ops.dmfx.cosine_nce_loss(p, q, target, mu, reduction, validate)
 
@@ -380,6 +411,12 @@ def _check_cosine_nce_loss(p, q, target, mu, reduction):
                                f"({p.shape[0]}), got shape {_shape(target)}")
     torch._check_value(0 < mu < 0.5,
                        lambda: f"{_CNL}: mu must lie in (0, 0.5) so that mu < 1 - mu, got {_num(mu)}")
+    dtype = _compute_dtype(p.dtype)
+    smallest = torch.finfo(dtype).tiny
+    torch._check_value(mu >= smallest,
+                       lambda: f"{_CNL}: mu must be at least {_num(smallest)}, the smallest normal "
+                               f"{str(dtype).removeprefix('torch.')} (the dtype this call computes "
+                               f"in), got {_num(mu)}")
     _check_reduction(_CNL, reduction)
 
 
@@ -442,7 +479,8 @@ def hybrid_bce_loss(
     Returns:
         A scalar, or ``[B]`` for ``reduction="none"``. Differentiable in ``logits`` and, as in
         :func:`cosine_nce_loss`, in both targets (``d loss / d ir = -eta * logits``,
-        ``d loss / d e = -(1 - eta) * logits``, per element and upstream gradient).
+        ``d loss / d e = -(1 - eta) * logits``, per element and upstream gradient), once:
+        double backward (``create_graph=True`` through this op) raises ``RuntimeError``.
     """
     return torch.ops.dmfx.hybrid_bce_loss(logits, implicit_target, explicit_target, eta,
                                           reduction, validate)
@@ -515,6 +553,14 @@ def sample_negatives(
         seed: the samples are a pure function of ``seed`` (the same on CPU and CUDA). Without
             it, a seed is drawn from ``generator`` (default: torch's default CPU generator, so
             ``torch.manual_seed`` makes calls reproducible). A CUDA generator costs a sync.
+            Traced code (``torch.compile(fullgraph=True)``, ``torch.export``,
+            ``FakeTensorMode``) must pass ``seed``, drawn outside it (say,
+            ``int(torch.randint(2**62, ()))`` per step): the draw reads a value back to the
+            host, which a trace cannot do, so without a seed the call raises ``ValueError``
+            (inside dynamo's error under ``torch.compile``; without ``fullgraph`` dynamo breaks
+            the graph there and the call draws its seed eagerly). A compiled function given a
+            new seed every call compiles once more for it (the seed becomes a dynamic int), not
+            once per seed.
         validate: raise on bad ids, unsorted rows, or a user who interacted with every item.
 
     Returns:
@@ -524,6 +570,12 @@ def sample_negatives(
     if seed is not None and generator is not None:
         raise ValueError("dmfx.sample_negatives: give seed or generator, not both")
     if seed is None:
+        # is_compiling() first: a constant under dynamo, which then never traces the second.
+        if torch.compiler.is_compiling() or torch._guards.detect_fake_mode(users) is not None:
+            raise ValueError("dmfx.sample_negatives: pass seed=... when tracing (torch.compile, "
+                             "torch.export, FakeTensorMode): drawing one from a generator reads "
+                             "a value back to the host, which a trace cannot do; draw it outside, "
+                             "e.g. seed=int(torch.randint(2**62, ()))")
         device = generator.device if generator is not None else torch.device("cpu")
         seed = int(torch.empty((), dtype=torch.int64, device=device).random_(generator=generator))
     return torch.ops.dmfx.sample_negatives(
@@ -561,11 +613,13 @@ def row_sparse_adam_(
     """One Adam step on the rows ``rows`` of ``weight`` only, in place (lazy, row-wise Adam).
 
     For each ``i``, row ``r = rows[i]`` of ``weight``, ``exp_avg`` and ``exp_avg_sq`` is updated
-    with gradient ``grad_rows[i]`` by torch's Adam formula (no weight decay, no amsgrad), with
-    bias corrections for ``step`` (the count including this update). Other rows are untouched,
-    moments included: the semantics of ``torch.optim.SparseAdam``, in one pass over the touched
-    rows. This is what a row-sparse gradient of :func:`sparse_rows_matmul` (``sparse_grad=True``)
-    feeds; :class:`dmfx.optim.RowSparseAdam` wraps it as an optimizer.
+    with gradient ``grad_rows[i]`` by ``torch.optim.Adam``'s formula (no weight decay, no
+    amsgrad; eps added after the bias correction of ``sqrt(v)``), with bias corrections for
+    ``step`` (the count including this update). Other rows are untouched, moments included: lazy
+    as ``torch.optim.SparseAdam`` is, in one pass over the touched rows, though SparseAdam adds
+    eps before the bias correction (see :mod:`dmfx.optim`). This is what a row-sparse gradient
+    of :func:`sparse_rows_matmul` (``sparse_grad=True``) feeds; :class:`dmfx.optim.RowSparseAdam`
+    wraps it as an optimizer.
 
     Like torch's in-place ops (and ``torch.optim``), it has no derivative: call it under
     ``torch.no_grad()``. With grad mode on, a tensor argument that requires grad raises

@@ -4,8 +4,14 @@
 first-layer tables of :class:`dmfx.models.DMF` with ``sparse_grad=True``, or
 ``nn.Embedding(sparse=True)``): each step moves only the rows present in the gradient, in one
 fused pass (:func:`dmfx.ops.row_sparse_adam_`), so its cost follows the batch, not the table.
-The update is ``torch.optim.SparseAdam``'s ("lazy" Adam: a row's moments change only when it
-has a gradient).
+It is lazy like ``torch.optim.SparseAdam``: a row (weights and moments) changes only in a step
+where it has a gradient, and the bias corrections use the parameter's step count. The update of
+those rows is ``torch.optim.Adam``'s (no weight decay, no amsgrad), eps added after the bias
+correction: ``w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``.
+SparseAdam's update differs: it adds eps before the bias correction,
+``w -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)``, which is Adam's with
+eps replaced by ``eps / sqrt(1 - beta2^t)``. The two differ where eps is not small beside
+``sqrt(v)``, most in the first steps.
 """
 from __future__ import annotations
 
@@ -36,7 +42,9 @@ def _distinct_rows(grad: torch.Tensor):
 
 
 class RowSparseAdam(torch.optim.Optimizer):
-    """Lazy Adam over row-sparse gradients.
+    """Lazy Adam over row-sparse gradients: ``torch.optim.Adam``'s update on the rows present in
+    a gradient, the other rows untouched (see the module docstring for how that differs from
+    ``torch.optim.SparseAdam``).
 
     Args:
         params: parameters (2-D, float32/float64, contiguous) whose ``.grad`` is a sparse COO

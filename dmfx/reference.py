@@ -81,14 +81,19 @@ def hybrid_bce_loss(
     eta: float,
     reduction: str = "mean",
 ) -> Tensor:
-    """EINMF's hybrid loss (Eq. 16) as the paper writes it: ``eta * L_I + (1 - eta) * L_E``,
-    two cross-entropies of ``yhat = sigmoid(logits)``, in the stable log-sigmoid form
-    (``log yhat = logsigmoid(x)``, ``log(1 - yhat) = logsigmoid(-x)``)."""
+    """EINMF's hybrid loss (Eq. 16), ``eta * L_I + (1 - eta) * L_E``: two cross-entropies of
+    ``yhat = sigmoid(logits)`` (Eqs. 14-15), against the implicit and the explicit target.
+
+    Cross-entropy is linear in its target, so the sum is one cross-entropy against the blended
+    target ``t = eta * ir + (1 - eta) * e``, computed so, in the stable log-sigmoid form
+    (``log yhat = logsigmoid(x)``, ``log(1 - yhat) = logsigmoid(-x)``), as the kernels compute
+    it. For finite logits the two forms are equal. For an infinite one the two-term sum can be
+    NaN where the blend is not (``x = inf``, ``ir = 1``, ``t < 1``: ``L_I`` meets ``0 * inf``,
+    the blend gives ``inf``); the blend is NaN only where ``t`` itself meets ``0 * inf``."""
+    target = eta * implicit_target + (1 - eta) * explicit_target
     log_yhat = torch.nn.functional.logsigmoid(logits)
     log_not_yhat = torch.nn.functional.logsigmoid(-logits)
-    implicit = -(implicit_target * log_yhat + (1 - implicit_target) * log_not_yhat)  # Eq. 15
-    explicit = -(explicit_target * log_yhat + (1 - explicit_target) * log_not_yhat)  # Eq. 14
-    loss = eta * implicit + (1 - eta) * explicit
+    loss = -(target * log_yhat + (1 - target) * log_not_yhat)
     return _reduce(loss, reduction)
 
 

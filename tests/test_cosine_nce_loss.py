@@ -100,6 +100,24 @@ def test_zero_vector_gives_defined_loss_and_zero_gradient(device):
     assert torch.equal(q.grad[2], torch.zeros_like(q.grad[2]))
 
 
+@pytest.mark.parametrize("wrt", ["p", "target"])
+def test_double_backward_raises(device, wrt):
+    """The backward is not differentiable: create_graph=True through the op raises, rather than
+    dropping the op's second-order part (the float64 reference's is not zero)."""
+    p, q, target = make_case(device, batch=5, dim=4)
+    p.requires_grad_()
+    target.requires_grad_(wrt == "target")
+    gp, = torch.autograd.grad(reference.cosine_nce_loss(p, q, target, reduction="sum"), p,
+                              create_graph=True)
+    assert torch.autograd.grad(gp.pow(2).sum(), p)[0].abs().sum() > 0
+    message = r"dmfx.cosine_nce_loss: double backward \(create_graph=True through this op\)"
+    with pytest.raises(RuntimeError, match=message):
+        torch.autograd.grad(ops.cosine_nce_loss(p, q, target, reduction="sum"),
+                            p if wrt == "p" else target, create_graph=True)
+    first, = torch.autograd.grad(ops.cosine_nce_loss(p, q, target, reduction="sum"), p)
+    torch.testing.assert_close(first, gp.detach())
+
+
 def test_upper_clamp_keeps_log_finite(device):
     p = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64, device=device, requires_grad=True)
     q = (2 * p).detach()  # cosine exactly 1
@@ -219,6 +237,32 @@ def test_device_mismatch_names_the_argument():
     p, q, target = make_case("cpu")
     with pytest.raises(ValueError, match="q is on cuda:0 but p is on cpu"):
         ops.cosine_nce_loss(p, q.cuda(), target)
+
+
+@pytest.mark.parametrize("dtype, smallest", [(torch.float32, "1.17549e-38"),
+                                             (torch.float16, "1.17549e-38"),
+                                             (torch.bfloat16, "1.17549e-38"),
+                                             (torch.float64, "2.22507e-308")])
+def test_mu_below_the_compute_dtypes_normal_range_raises(device, dtype, smallest):
+    """A mu the compute dtype holds only as a subnormal or 0 would give log(mu) = -inf and NaN
+    gradients for a zero vector; the real and the fake kernels refuse it alike."""
+    p, q, target = (t.to(dtype) for t in make_case(device, batch=4, dim=3))
+    p[0] = 0
+    tiny = torch.finfo(dtype if dtype == torch.float64 else torch.float32).tiny
+    computed = "float64" if dtype == torch.float64 else "float32"
+    message = (rf"dmfx.cosine_nce_loss: mu must be at least {smallest}, the smallest normal "
+               rf"{computed} \(the dtype this call computes in\), got {tiny / 2:g}$")
+    for args in ((p, q, target), (p.to("meta"), q.to("meta"), target.to("meta"))):
+        with pytest.raises(ValueError, match=message):
+            ops.cosine_nce_loss(*args, mu=tiny / 2)
+        grad = torch.ones((), dtype=torch.float32, device=args[0].device)
+        with pytest.raises(ValueError, match=message):
+            torch.ops.dmfx.cosine_nce_loss_backward(grad, *args, tiny / 2, "mean")
+    p.requires_grad_()
+    loss = ops.cosine_nce_loss(p, q, target, mu=tiny, reduction="none")
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert torch.isfinite(p.grad).all() and torch.equal(p.grad[0], torch.zeros_like(p.grad[0]))
 
 
 @pytest.mark.parametrize("name", ["p", "q", "target"])

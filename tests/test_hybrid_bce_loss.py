@@ -249,6 +249,43 @@ def test_nan_logit_gives_nan_loss_and_gradient(device, reduction):
     torch.testing.assert_close(grad, want_grad, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infinite_logits_match_the_reference(device, dtype):
+    """An infinite logit: inf where the blended target t leaves a log(0) term, NaN only where t
+    itself meets 0 * inf (x = inf with t = 1, x = -inf with t = 0), in the kernels and the
+    float64 reference alike. eta = 0.75 keeps every blended target exact in float32."""
+    inf = float("inf")
+    logits = torch.tensor([inf, -inf, inf, -inf, inf, -inf], dtype=dtype, device=device)
+    implicit = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0], dtype=dtype, device=device)
+    explicit = torch.tensor([0.5, 0.5, 0.5, 0.5, 1.0, 0.0], dtype=dtype, device=device)
+    out, grad = loss_and_grad(ops.hybrid_bce_loss, logits, implicit, explicit, 0.75,
+                              reduction="none")
+    want, want_grad = loss_and_grad(reference.hybrid_bce_loss, logits.double(), implicit.double(),
+                                    explicit.double(), 0.75, reduction="none")
+    assert want[:4].isposinf().all() and want[4:].isnan().all()
+    torch.testing.assert_close(out.double(), want, equal_nan=True)
+    torch.testing.assert_close(grad.double(), want_grad, equal_nan=True)
+
+
+@pytest.mark.parametrize("wrt", ["logits", "implicit_target"])
+def test_double_backward_raises(device, wrt):
+    """The backward is not differentiable: create_graph=True through the op raises, rather than
+    dropping the op's second-order part (the float64 reference's is not zero)."""
+    logits, implicit, explicit = make_case(device, batch=7)
+    logits.requires_grad_()
+    implicit.requires_grad_(wrt == "implicit_target")
+    g, = torch.autograd.grad(reference.hybrid_bce_loss(logits, implicit, explicit, ETA, "sum"),
+                             logits, create_graph=True)
+    assert torch.autograd.grad(g.pow(2).sum(), logits)[0].abs().sum() > 0
+    message = r"dmfx.hybrid_bce_loss: double backward \(create_graph=True through this op\)"
+    with pytest.raises(RuntimeError, match=message):
+        torch.autograd.grad(ops.hybrid_bce_loss(logits, implicit, explicit, ETA, "sum"),
+                            logits if wrt == "logits" else implicit, create_graph=True)
+    first, = torch.autograd.grad(ops.hybrid_bce_loss(logits, implicit, explicit, ETA, "sum"),
+                                 logits)
+    torch.testing.assert_close(first, g.detach())
+
+
 def test_nan_target_without_validation_gives_nan_loss(device):
     logits, implicit, explicit = make_case(device, batch=9)
     explicit[4] = float("nan")

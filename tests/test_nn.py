@@ -368,6 +368,23 @@ def test_forward_argument_errors():
         layer(csr._replace(values=csr.values.float()), ROWS)
 
 
+@pytest.mark.parametrize("part, given", [("values", [1.0]), ("indices", [2])])
+def test_csr_like_parts_that_are_not_tensors_are_named(part, given):
+    """A CSR-like object's indices and values are read as they are: a list among them is refused
+    with the argument's name, by the call and by bind, not met as an AttributeError."""
+    parts = dict(indptr=torch.tensor([0, 1]), indices=torch.tensor([2]),
+                 values=torch.tensor([1.0], dtype=F64))
+    parts[part] = given
+    matrix = type("CsrLike", (), parts)()
+    layer = SparseRowLinear(5, 3, dtype=F64)
+    allowed = "a tensor or None" if part == "values" else "a tensor"
+    expected = rf"SparseRowLinear: matrix {part} must be {allowed}, got list"
+    with pytest.raises(TypeError, match=expected):
+        layer(matrix, torch.tensor([0]))
+    with pytest.raises(TypeError, match=expected):
+        layer.bind(matrix)
+
+
 @pytest.mark.parametrize("make,name,error", [
     (lambda: SparseRowLinear(-1, 3), "in_features", ValueError),
     (lambda: SparseRowLinear(4, 2.5), "out_features", TypeError),

@@ -1,5 +1,5 @@
-"""row_sparse_adam_ against its reference twin and torch.optim.SparseAdam, and its errors; the
-RowSparseAdam optimizer."""
+"""row_sparse_adam_ against its reference twin, torch.optim.Adam and SparseAdam, and its errors;
+the RowSparseAdam optimizer."""
 import pytest
 import torch
 
@@ -58,8 +58,10 @@ def test_opcheck(device):
                           (*state, 0.01, 0.9, 0.999, 1e-8, 2, True))
 
 
-def test_optimizer_equals_sparse_adam_over_steps(device):
-    """RowSparseAdam follows torch.optim.SparseAdam (lazy Adam) step for step."""
+def test_optimizer_is_lazy_as_sparse_adam_over_steps(device):
+    """RowSparseAdam is lazy as torch.optim.SparseAdam is: only the rows with a gradient move,
+    moments included. With eps far below sqrt(v) their updates agree to rounding, though they
+    place eps differently (test_update_is_adams_not_sparse_adams)."""
     torch.manual_seed(0)
     table = torch.nn.Embedding(20, 9, sparse=True, dtype=torch.float64).to(device)
     twin = torch.nn.Embedding(20, 9, sparse=True, dtype=torch.float64).to(device)
@@ -75,6 +77,27 @@ def test_optimizer_equals_sparse_adam_over_steps(device):
             ((emb(ids) - target) ** 2).sum().backward()
             opt.step()
     torch.testing.assert_close(table.weight, twin.weight)
+
+
+def test_update_is_adams_not_sparse_adams(device):
+    """On the rows it touches RowSparseAdam steps as torch.optim.Adam does, eps added after the
+    bias correction of sqrt(v); torch.optim.SparseAdam adds eps before it, which a large eps
+    shows. Every row has a gradient in every step, so Adam's dense step is the lazy one too."""
+    w0 = torch.tensor([[1.0, -2.0], [0.5, 0.25], [3.0, 0.0]], dtype=torch.float64, device=device)
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 2, generator=g, dtype=torch.float64).to(device) * 1e-3
+             for _ in range(3)]
+    results = {}
+    for name, cls in (("ours", RowSparseAdam), ("adam", torch.optim.Adam),
+                      ("sparse_adam", torch.optim.SparseAdam)):
+        w = torch.nn.Parameter(w0.clone())
+        opt = cls([w], lr=0.1, eps=1e-3)
+        for grad in grads:
+            w.grad = grad.clone() if cls is torch.optim.Adam else grad.to_sparse(1)
+            opt.step()
+        results[name] = w.detach()
+    torch.testing.assert_close(results["ours"], results["adam"])
+    assert (results["ours"] - results["sparse_adam"]).abs().min() > 1e-3
 
 
 def test_leaf_that_requires_grad_is_refused_in_grad_mode():

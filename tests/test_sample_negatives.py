@@ -98,6 +98,47 @@ def test_opcheck(case):
     )
 
 
+def test_traced_without_a_seed_asks_for_one():
+    """Drawing a seed reads it back to the host, which no trace can do: the error says so, under
+    FakeTensorMode and torch.compile(fullgraph=True) alike."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    csr = random_csr(6, 12, density=0.5, seed=5)
+    users = torch.tensor([0, 2, 4])
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in (csr.indptr, csr.indices, users)]
+        with pytest.raises(ValueError, match=r"pass seed=\.\.\. when tracing"):
+            ops.sample_negatives(*fake, 12, 2)
+        assert ops.sample_negatives(*fake, 12, 2, seed=1).shape == (3, 2)
+    torch.compiler.reset()
+    compiled = torch.compile(lambda *args: ops.sample_negatives(*args, 12, 2), fullgraph=True,
+                             backend="eager")
+    with pytest.raises(RuntimeError, match=r"pass seed=\.\.\. when tracing"):
+        compiled(csr.indptr, csr.indices, users)
+
+
+def test_compiled_with_a_new_seed_each_call_compiles_once_more(device):
+    """The seed is a SymInt: from its second value on it is a dynamic input, so a compiled step
+    taking a fresh seed does not recompile (and hit the recompile limit) for every one."""
+    csr = random_csr(6, 12, density=0.5, seed=5, device=device)
+    users = torch.tensor([0, 2, 4, 4], device=device)
+    graphs = []
+
+    def backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch.compiler.reset()
+    compiled = torch.compile(
+        lambda indptr, indices, users, seed: ops.sample_negatives(indptr, indices, users, 12, 3,
+                                                                  seed=seed),
+        fullgraph=True, backend=backend)
+    for seed in range(12):
+        assert torch.equal(compiled(csr.indptr, csr.indices, users, seed),
+                           sample(csr, users, num_negatives=3, seed=seed))
+    assert len(graphs) == 2
+
+
 def test_empty_batch_and_zero_negatives(case):
     csr, users = case
     assert sample(csr, users[:0]).shape == (0, 5)

@@ -231,8 +231,23 @@ def test_indptr_not_monotone(case):
     csr, rows, weight = case
     indptr = csr.indptr.clone()
     indptr[4] = indptr[3] - 1  # row 3 (always in the batch) now ends before it starts
-    with pytest.raises(ValueError, match="indptr is not a valid CSR row pointer at row 3"):
+    with pytest.raises(ValueError, match=r"indptr is not a valid CSR row pointer at row 3: "
+                                         rf"indptr\[4\] = {int(indptr[4])},"):
         call(csr._replace(indptr=indptr), rows, weight)
+
+
+@pytest.mark.parametrize("entry,value", [(4, -2), (4, 2**40), (3, -2), (3, 2**40)])
+def test_bad_indptr_message_names_the_entry_at_fault(case, entry, value):
+    """Row 3, the first row the batch reads past the empty and one-entry rows, starts at
+    indptr[3] and ends at indptr[4]: the message quotes the broken one, from every op."""
+    csr, rows, weight = case
+    indptr = csr.indptr.clone()
+    indptr[entry] = value
+    grad = torch.randn(rows.numel(), weight.shape[1], dtype=weight.dtype, device=weight.device)
+    for op in raise_all_three(indptr, csr.indices, csr.values, rows, weight, grad):
+        with pytest.raises(ValueError, match=rf"at row 3: indptr\[{entry}\] = {value}, and indptr "
+                                             r"must be non-decreasing within \[0, nnz = \d+\]$"):
+            op()
 
 
 def test_indptr_not_matching_indices(case):
@@ -311,6 +326,74 @@ def test_without_validation_bad_entries_contribute_nothing(case):
     torch.testing.assert_close(out, call(kept, rows, weight))
 
 
+def bad_entries_case(device):
+    """Without validation, every kind of bad entry at once: rows -2 (not the second last), -1
+    and 12 (out of range), row 11 running past nnz, and the columns 10**6 and -3 in row 3."""
+    csr, rows, weight = make_case(device, torch.int64, width=4, seed=5)
+    rows = torch.cat([rows, torch.tensor([-2, 11, -1, 12, 2], device=device)])
+    indptr, indices = csr.indptr.clone(), csr.indices.clone()
+    indptr[12] += 5
+    bad_columns = [int(indptr[3]), int(indptr[3]) + 2]
+    indices[bad_columns[0]], indices[bad_columns[1]] = 10**6, -3
+    return csr._replace(indptr=indptr, indices=indices), rows, weight, bad_columns
+
+
+def valid_twin(csr, rows, bad_columns):
+    """What the bad entries must amount to: the bad columns as column 0 with value 0, and the
+    bad rows read as row 0 (empty)."""
+    indptr, indices, values = csr.indptr.clone(), csr.indices.clone(), csr.values.clone()
+    indptr[12] = indices.numel()
+    indices[bad_columns] = 0
+    values[bad_columns] = 0
+    rows = torch.where((rows < 0) | (rows >= 11), 0, rows)
+    return csr._replace(indptr=indptr, indices=indices, values=values), rows
+
+
+@pytest.mark.parametrize("sparse_grad", [False, True], ids=["dense", "sparse"])
+def test_without_validation_bad_entries_get_no_gradient(device, sparse_grad):
+    """The sparse weight gradient keeps the promise the kernels keep: a bad row or column
+    contributes nothing (and the row-sparse gradient holds only rows of the table)."""
+    csr, rows, weight, bad_columns = bad_entries_case(device)
+    twin, twin_rows = valid_twin(csr, rows, bad_columns)
+    upstream = torch.randn(rows.numel(), weight.shape[1], dtype=weight.dtype, device=device)
+    grads = []
+    for c, r, validate in ((csr, rows, False), (twin, twin_rows, True)):
+        w = weight.clone().requires_grad_()
+        v = c.values.clone().requires_grad_()
+        out = ops.sparse_rows_matmul(c.indptr, c.indices, v, r, w, validate=validate,
+                                     sparse_grad=sparse_grad and not validate)
+        grads.append((out.detach(), *torch.autograd.grad((out * upstream).sum(), (w, v))))
+    (out, grad_w, grad_v), (twin_out, twin_grad_w, twin_grad_v) = grads
+    torch.testing.assert_close(out, twin_out)
+    if sparse_grad:
+        assert grad_w.layout == torch.sparse_coo and grad_w.is_coalesced()
+        # torch's own invariant check: every stored row inside the table
+        torch.sparse_coo_tensor(grad_w.indices(), grad_w.values(), grad_w.shape,
+                                check_invariants=True)
+        r = twin_rows.long().cpu()
+        indptr, indices = twin.indptr.long().cpu(), twin.indices.long().cpu()
+        assert grad_w.indices()[0].cpu().tolist() == sorted(
+            {int(indices[k]) for b in r for k in range(indptr[b], indptr[b + 1])
+             if twin.values[k] != 0})
+        grad_w = grad_w.to_dense()
+    torch.testing.assert_close(grad_w, twin_grad_w)
+    twin_grad_v[bad_columns] = 0  # the twin zeroed their values, not their gradient
+    torch.testing.assert_close(grad_v, twin_grad_v)
+
+
+def test_batch_entries_skips_bad_rows_as_the_kernels_do(device):
+    csr = random_csr(12, 9, seed=0, device=device)
+    indptr = csr.indptr.clone()
+    indptr[6] = indptr[5] - 1  # row 5 ends before it starts
+    rows = torch.tensor([3, -2, -1, 12, 5, 1], device=device)
+    local_indptr, columns, values = ops.batch_entries(indptr, csr.indices, csr.values, rows)
+    row3, row1 = (slice(int(indptr[r]), int(indptr[r + 1])) for r in (3, 1))
+    n3, n1 = row3.stop - row3.start, row1.stop - row1.start
+    assert local_indptr.tolist() == [0, n3, n3, n3, n3, n3, n3 + n1]
+    torch.testing.assert_close(columns, torch.cat([csr.indices[row3], csr.indices[row1]]))
+    torch.testing.assert_close(values, torch.cat([csr.values[row3], csr.values[row1]]))
+
+
 # ----------------------------------------------------------------------- row-sparse weight gradient
 
 
@@ -332,6 +415,30 @@ def test_sparse_grad_equals_dense_grad(device, index_dtype, with_values, width):
     touched = sorted({int(c) for b in r for c in indices[indptr[b]:indptr[b + 1]]})
     assert grad.indices()[0].cpu().tolist() == touched
     torch.testing.assert_close(grad.to_dense(), dense_w.grad)
+
+
+@pytest.mark.parametrize("sparse_grad", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("with_values", [True, False], ids=["values", "ones"])
+def test_double_backward_raises(device, sparse_grad, with_values):
+    """The backward is not differentiable: create_graph=True through the op raises, rather than
+    giving a second derivative of zero (the float64 reference's is not)."""
+    csr, rows, weight = make_case(device, torch.int64, width=3, seed=6)
+    values = csr.values.clone().requires_grad_() if with_values else None
+    weight.requires_grad_()
+    args = (csr.indptr, csr.indices, values, rows, weight)
+    gw, = torch.autograd.grad(reference.sparse_rows_matmul(*args).pow(2).sum(), weight,
+                              create_graph=True)
+    if with_values:
+        assert torch.autograd.grad(gw.sum(), values)[0].abs().sum() > 0
+    message = (r"dmfx.sparse_rows_matmul: double backward \(create_graph=True through this op\) "
+               "is not supported")
+    for loss in (lambda out: out.pow(2).sum(), lambda out: out.sum()):  # grad needs grad, or not
+        out = ops.sparse_rows_matmul(*args, sparse_grad=sparse_grad)
+        with pytest.raises(RuntimeError, match=message):
+            torch.autograd.grad(loss(out), weight, create_graph=True)
+    out = ops.sparse_rows_matmul(*args, sparse_grad=sparse_grad)
+    first, = torch.autograd.grad(out.pow(2).sum(), weight)
+    torch.testing.assert_close(first.to_dense(), gw.detach())
 
 
 def test_sparse_grad_of_values_and_empty_batch(device):

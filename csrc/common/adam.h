@@ -1,6 +1,7 @@
 #pragma once
 // One Adam update of one element, shared by the CPU and CUDA row-sparse Adam kernels. The
-// formula is torch.optim.Adam's (and SparseAdam's) without weight decay or amsgrad:
+// formula is torch.optim.Adam's without weight decay or amsgrad (SparseAdam's differs: it adds
+// eps to sqrt(v) before the bias correction):
 //   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2,
 //   w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
 #include <cmath>

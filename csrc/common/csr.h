@@ -43,8 +43,13 @@ DMFX_HOST_DEVICE inline bool checked_row_range(const index_t* indptr, int64_t nu
   }
   const int64_t b = indptr[row];
   const int64_t e = indptr[row + 1];
-  if (b < 0 || e < b || e > nnz) {
+  // The report names the entry at fault: the start when it lies outside [0, nnz], else the end.
+  if (b < 0 || b > nnz) {
     report_error(error, csr_key(slot, -1), kBadIndptr, row, b);
+    return false;
+  }
+  if (e < b || e > nnz) {
+    report_error(error, csr_key(slot, -1), kBadIndptrEnd, row, e);
     return false;
   }
   *begin = b;

@@ -16,12 +16,13 @@ namespace dmfx {
 enum ErrorCode : int64_t {
   kOk = 0,
   kRowOutOfRange = 1,     // position: batch slot, value: the row id
-  kBadIndptr = 2,         // position: CSR row, value: indptr[row]
+  kBadIndptr = 2,         // position: CSR row, value: indptr[row], outside [0, nnz]
   kIndexOutOfRange = 3,   // position: nnz slot, value: the column id
   kRowNotSorted = 4,      // position: CSR row, value: nnz slot where order breaks
   kNoNegativeLeft = 5,    // position: batch slot, value: the user id
   kTargetOutOfRange = 6,  // position: batch slot, value: op-specific
   kIndptrEnds = 7,        // position: 0 or num_rows, value: indptr there
+  kBadIndptrEnd = 8,      // position: CSR row, value: indptr[row + 1], below indptr[row] or > nnz
 };
 
 constexpr int kErrorRecordSize = 5;

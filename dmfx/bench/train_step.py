@@ -8,7 +8,8 @@ times the steps of a whole epoch (training only, no evaluation).
 - ``dmfx``: the trainer's step — :class:`dmfx.models.DMF` (each distinct user / item of the batch
   once through ``sparse_rows_matmul``, fused ``cosine_nce_loss``) and fused Adam.
 - ``dmfx-sparse-grad``: the same with ``sparse_grad=True`` (``--sparse-grad``): row-sparse
-  first-layer gradients and SparseAdam, so the step no longer touches every row of the tables.
+  first-layer gradients and the row-wise Adam (``RowSparseAdam``), so the step no longer
+  touches every row of the tables.
 - ``dense-input``: RecBole's DMF method — each pair's rating rows written into a dense ``B x N``
   (and ``B x M``) tensor by ``index_put_``, a bias-free ``Linear`` first layer, no deduplication;
   the same later layers, the eager cosine + clamp + nce, torch's default Adam.
@@ -198,7 +199,7 @@ def prepare(p: Problem, name: str) -> Contender:
             first = p.batches[0]
             assert_agree([net.loss(*first)], [model.loss(*first)], what=f"{name} loss vs dmfx")
         check = "first-batch loss equals dmfx's on the same weights (rtol 1e-4)"
-    # dmfx's contenders use the trainer's optimizer (fused Adam, SparseAdam for row-sparse
+    # dmfx's contenders use the trainer's optimizer (fused Adam, RowSparseAdam for row-sparse
     # gradients), the peers torch's default Adam.
     optimizer = (make_optimizer(net, TrainConfig(lr=1e-4)) if isinstance(net, DMF)
                  else torch.optim.Adam(net.parameters(), lr=1e-4))

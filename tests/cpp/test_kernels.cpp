@@ -156,10 +156,17 @@ void test_sparse_rows_matmul_reports_bad_input_without_reading_it() {
   EXPECT(out[3] == 0 && out[4] == 0 && out[5] == 0);
 
   Fixture h;
-  h.indptr[2] = 1;  // row 2 would start before row 1 ends
+  h.indptr[2] = 1;  // row 1 (slot 2) would end before it starts: its end is named
   int64_t error3[dmfx::kErrorRecordSize] = {};
   dmfx::cpu::sparse_rows_matmul_forward(h.csr(), h.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error3);
-  EXPECT(error3[dmfx::kCode] == dmfx::kBadIndptr);
+  EXPECT(error3[dmfx::kCode] == dmfx::kBadIndptrEnd && error3[dmfx::kPosition] == 1 &&
+         error3[dmfx::kValue] == 1);
+  Fixture s;
+  s.indptr[2] = -1;  // row 2 (slot 0) starts before 0: its start is named
+  int64_t error4[dmfx::kErrorRecordSize] = {};
+  dmfx::cpu::sparse_rows_matmul_forward(s.csr(), s.weight.data(), 4, 3, out.data(), 0, 4, 0, 3, error4);
+  EXPECT(error4[dmfx::kCode] == dmfx::kBadIndptr && error4[dmfx::kPosition] == 2 &&
+         error4[dmfx::kValue] == -1);
 }
 
 void test_error_record_keeps_the_first_problem_in_serial_order() {
