@@ -27,7 +27,7 @@ from . import distributed, ops
 from .checkpoint import (RunFolderBusy, RunLock, atomic_write, json_text, load_checkpoint,
                          write_json)
 from .config import file_flags, options, toml_text
-from .data import DATASETS, DataFormatError, DatasetUnavailableError, write_atomic
+from .data import DATASETS, DataFormatError, DatasetUnavailableError, Interactions, write_atomic
 from .data.readers import COUNTS_WARNING
 from .evaluate import PREFIX, Ranking, evaluate, parse_protocol, save_ranks
 from .experiment import DataSpec, data_record, load_trained, save_model
@@ -465,6 +465,10 @@ def cmd_train(args) -> int:
         flags = {f: flag for flag, (f, _, _) in TRAIN_FLAGS.items()}
         raise ValueError(f"--{flags[field]} {rest}" if field in flags else str(error)) from None
     config = replace(config, protocol=_protocol(args)[0])
+    # The model's settings are checked on a 2 x 2 stand-in now, not after minutes of reading
+    # large data (pre-trained parts are loaded, and checked, once the data is there).
+    build_model(name, Interactions(np.arange(2), np.arange(2), [0, 1], [0, 1], [1.0, 1.0]),
+                params, "cpu", restore=True)
     if args.no_full_ranking and config.protocol == "full":
         raise ValueError("--no-full-ranking leaves out the full-ranking metrics that --protocol "
                          "full reports: give one of them")

@@ -320,3 +320,15 @@ def test_sep_backslash_t_means_a_tab(tmp_path):
 
     assert parse_args(["train", "--sep", "\\t"]).sep == "\t"
     assert parse_args(["train", "--sep", ";"]).sep == ";"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mu", "2"], "mu must lie in (0, 0.5)"),
+    (["--user-layers", "16,8", "--item-layers", "16,4"], "the towers must end at one latent size"),
+    (["--model", "itemknn", "--neighbours", "0"], "neighbours must be an integer >= 1")])
+def test_model_settings_are_refused_before_the_data_is_read(flags, message, tmp_path, capsys):
+    # reading this file would fail: the model's own error must come first
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_text("not a ratings file\n")
+    assert main(["train", "--data", str(garbage), *flags, "--output", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
