@@ -139,10 +139,12 @@ def make_optimizer(model: Recommender, config: TrainConfig):
         if sparse_ids:
             raise ValueError("optimizer 'sgd' does not take row-sparse gradients (sparse_grad)")
         return torch.optim.SGD(dense, lr=config.lr)
-    adam = torch.optim.Adam(dense, lr=config.lr, fused=fused)
     if not sparse_ids:
-        return adam
-    return SplitAdam(adam, RowSparseAdam(model.sparse_grad_parameters(), lr=config.lr))
+        return torch.optim.Adam(dense, lr=config.lr, fused=fused)
+    sparse = RowSparseAdam(model.sparse_grad_parameters(), lr=config.lr)
+    if not dense:  # one-layer towers: every parameter is a row-sparse first layer
+        return sparse
+    return SplitAdam(torch.optim.Adam(dense, lr=config.lr, fused=fused), sparse)
 
 
 def peak_memory_mb(device: torch.device) -> float:

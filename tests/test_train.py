@@ -252,6 +252,22 @@ def test_sparse_grad_learns(split):
     assert evaluate(model, split, "test")["hr@10"] > 10 / 31
 
 
+def test_sparse_grad_with_one_layer_towers_trains_and_resumes(split, tmp_path):
+    # every parameter is then a row-sparse first layer: no dense optimizer at all
+    def one_layer():
+        torch.manual_seed(0)
+        return DMF(split.train, (8,), (8,), sparse_grad=True)
+
+    whole = one_layer()
+    fit(whole, split, config(epochs=2))
+    model = one_layer()
+    state = fit(model, split, config(epochs=1), checkpoint=tmp_path / "c.pt")
+    assert state.history[0]["loss"] > 0
+    fit(model, split, config(epochs=2), checkpoint=tmp_path / "c.pt", resume=True)
+    for (name, x), y in zip(whole.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="resample"):
         TrainConfig(resample="always")
