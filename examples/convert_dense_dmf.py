@@ -19,13 +19,17 @@ item_first = nn.Linear(num_users, hidden, bias=False)
 
 users_layer = SparseRowLinear.from_linear(user_first).bind(Y)  # rows of Y: users
 items_layer = SparseRowLinear.from_linear(item_first).bind(Y.T)  # rows of Y^T: items
-batch_users, batch_items = [0, 1, 2, 3, 4], [7, 3, 7, 150, 199]
+observed = Y.tocoo()  # a batch of rated pairs (a trainer would add sampled unrated ones)
+batch_users, batch_items = observed.row[:5].tolist(), observed.col[:5].tolist()
 users, items = torch.tensor(batch_users), torch.tensor(batch_items)
-dense_rows = torch.from_numpy(Y[batch_users].toarray())  # what the port fed to nn.Linear
-torch.testing.assert_close(users_layer(users), user_first(dense_rows))  # same outputs
+# what the port fed to nn.Linear, dense rows of Y and of Y^T, gives the same outputs
+dense_user_rows = torch.from_numpy(Y[batch_users].toarray())
+dense_item_rows = torch.from_numpy(Y.T.tocsr()[batch_items].toarray())
+torch.testing.assert_close(users_layer(users), user_first(dense_user_rows))
+torch.testing.assert_close(items_layer(items), item_first(dense_item_rows))
 
 loss_fn = CosineNCELoss(mu=1e-6)
-target = torch.from_numpy(Y[batch_users, batch_items].A1)  # the pairs' ratings, in [0, 1)
+target = torch.from_numpy(observed.data[:5])  # the pairs' ratings, in (0, 1)
 optimizer = torch.optim.Adam([*users_layer.parameters(), *items_layer.parameters()], lr=0.01)
 before = loss_fn(users_layer(users), items_layer(items), target)
 optimizer.zero_grad()

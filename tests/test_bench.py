@@ -175,3 +175,18 @@ def test_every_op_end_to_end_on_cuda(tmp_path, capsys):
     assert list(report["ops"]) == list(OPS)
     for op, result in report["ops"].items():
         _assert_all_checked_and_timed(result, op)
+
+
+def test_one_width_towers_time_every_train_step_contender(tmp_path):
+    out = tmp_path / "one.json"
+    flags = [*TINY, "--hidden", "8", "--ops", "train_step", "--quiet", "--json", str(out)]
+    assert main(["bench", *flags]) == 0
+    contenders = json.loads(out.read_text())["ops"]["train_step"]["contenders"]
+    assert "dmfx-sparse-grad" in contenders
+
+
+def test_a_negative_seed_is_refused_by_argparse(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", *TINY, "--seed", "-1"])
+    assert exit.value.code == 2
+    assert "argument --seed: a seed must lie in [0, 2**63), got -1" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import write_json
+from ..reproduce import seed_arg
 from ..data import synthetic
 from . import (OPS, cosine_nce_loss, hybrid_bce_loss, sample_negatives, sparse_rows_matmul,
                train_step)
@@ -74,7 +75,7 @@ def add_parser(sub) -> None:
                         "256)")
     g.add_argument("--negatives", type=int, default=7,
                    help="negatives per observed pair (sample_negatives, train_step; default 7)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic matrix")
+    g.add_argument("--seed", type=seed_arg, default=0, help="seed of the synthetic matrix")
     r = p.add_argument_group("run")
     r.add_argument("--ops", nargs="+", default=None, metavar="OP",
                    help=f"ops to time (default all): {', '.join(OP_NAMES)}")

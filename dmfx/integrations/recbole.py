@@ -22,7 +22,8 @@ Same model, same numbers:
 * Checkpoints: the first layers' ``weight`` is stored ``[in_features, out_features]``
   (SparseRowLinear's layout); ``DmfxDMF.load_state_dict`` also takes a RecBole DMF state dict
   (``nn.Linear``'s ``[out, in]`` is transposed on load), so a trained RecBole DMF converts
-  without retraining.
+  without retraining, unless a first layer is square (then it raises: see
+  :class:`dmfx.nn.SparseRowLinear`'s notes on loading).
 
 Usage (RecBole 1.2.1's ``recbole.quick_start.run_recbole`` looks a model up by name among
 RecBole's own, so it cannot take this class; :func:`run_recbole` here is the same pipeline for a
