@@ -65,7 +65,8 @@ class TrainConfig:
     # batch (memory scales with the batch; see the module docstring)
     pairs: str = "epoch"
     # stop after this many optimizer steps in all (0: no limit), the epoch in progress included:
-    # for bounded runs on large data
+    # for bounded runs on large data. The epoch it cuts counts as done (evaluated, checkpointed):
+    # a resume goes on with the next epoch, not with the rest of the cut one.
     max_steps: int = 0
     track_test: bool = False  # also record test metrics per epoch (for curves; never for selection)
     progress: bool = True
@@ -287,7 +288,15 @@ class GradientEpochs:
         self.optimizer.load_state_dict(state["optimizer"])
 
     def run(self, epoch: int, max_steps: int = 0) -> dict:
-        """One epoch, or its first ``max_steps`` steps (0: all)."""
+        """One epoch, or its first ``max_steps`` steps (0: all). Dropout (EINMF) draws from
+        torch's global generator: it is seeded from (seed, epoch) for the epoch, so a resumed
+        run draws the same masks, and given back as it was afterwards."""
+        device = self.model.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(derive_seed(self.config.seed, epoch, 4))
+            return self._run(epoch, max_steps)
+
+    def _run(self, epoch: int, max_steps: int) -> dict:
         model, config = self.model, self.config
         model.train()
         start = time.perf_counter()

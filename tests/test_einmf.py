@@ -169,3 +169,19 @@ def test_state_dict_round_trip():
     again.load_state_dict(model.state_dict())
     users = torch.arange(split.train.num_users)
     torch.testing.assert_close(again.eval().scorer().all_items(users), model.scorer().all_items(users))
+
+
+def test_a_resumed_run_draws_the_same_dropout_masks(split, tmp_path):
+    def trained(phases, path):
+        for i, epochs in enumerate(phases):
+            torch.manual_seed(i)  # a new process starts from another global generator state
+            model = EINMF(split.train, factors=4, layers=[8], dropout=0.5)
+            config = TrainConfig(loss="hybrid", epochs=epochs, batch_size=256, lr=1e-2,
+                                 patience=0, progress=False)
+            model.fit(split, config, checkpoint=path, resume=i > 0)
+        return model
+
+    whole = trained([2], tmp_path / "a.pt")
+    resumed = trained([1, 2], tmp_path / "b.pt")
+    for (name, x), y in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(x, y), name
