@@ -147,6 +147,17 @@ def test_score_and_similar_items(data):
         model.score(users, torch.tensor([0, 1, data.num_items]))
     with pytest.raises(ValueError, match="one shape"):
         model.score(users, torch.tensor([0, 1]))
+    # ids of another rank are refused in one line, not deep inside torch
+    with pytest.raises(ValueError, match=r"users must be 1-D, got shape \(1, 3\)"):
+        model.score(users.unsqueeze(0), items.unsqueeze(0))
+    with pytest.raises(ValueError, match=r"users must be 1-D, got shape \(\)"):
+        model.recommend(torch.tensor(0))
+    with pytest.raises(ValueError, match=r"items must be 1-D, got shape \(1, 2\)"):
+        model.similar_items(torch.tensor([[3, 7]]))
+    with pytest.raises(TypeError, match="items must hold integer ids"):
+        model.similar_items(torch.tensor([3.0]))
+    # unsigned numpy ids are ids too
+    torch.testing.assert_close(model.score(np.array([0, 1, 2], dtype=np.uint32), items), expected)
     similar, sims = model.similar_items(torch.tensor([3, 7]), 4)
     assert 3 not in similar[0].tolist() and 7 not in similar[1].tolist()
     vectors = torch.nn.functional.normalize(model.item_vectors(), dim=1)

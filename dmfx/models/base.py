@@ -271,7 +271,8 @@ class Recommender(nn.Module):
     @torch.no_grad()
     def score(self, users: Tensor, items: Tensor) -> Tensor:
         """Scores of ``users[n]`` against ``items[n]`` (``[n]``) or ``items[n, :]`` (``[n, c]``)."""
-        users, items = self._ids(users, "users", self.num_users), self._ids(items, "items", self.num_items)
+        users = self._ids(users, "users", self.num_users)
+        items = self._ids(items, "items", self.num_items, dims=(1, 2))
         if items.dim() == 1:
             if users.shape != items.shape:
                 raise ValueError(f"users and items must have one shape, got {tuple(users.shape)} "
@@ -385,10 +386,13 @@ class Recommender(nn.Module):
         finally:
             self.train(was_training)
 
-    def _ids(self, ids, what: str, count: int) -> Tensor:
+    def _ids(self, ids, what: str, count: int, dims: tuple = (1,)) -> Tensor:
         ids = torch.as_tensor(ids, device=self.device)
-        if ids.dtype not in (torch.int32, torch.int64):
+        if ids.dtype == torch.bool or ids.dtype.is_floating_point or ids.dtype.is_complex:
             raise TypeError(f"{what} must hold integer ids, got dtype {ids.dtype}")
+        if ids.dim() not in dims:
+            raise ValueError(f"{what} must be {' or '.join(f'{d}-D' for d in dims)}, got shape "
+                             f"{tuple(ids.shape)}")
         ids = ids.long()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= count):
             raise IndexError(f"{what} must lie in [0, {count}), got [{int(ids.min())}, {int(ids.max())}]")
