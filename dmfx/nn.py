@@ -414,8 +414,7 @@ class CosineNCELoss(nn.Module):
         super().__init__()
         owner = "CosineNCELoss"
         mu = _check_real(owner, "mu", mu)
-        if not 0 < mu < 0.5:
-            raise ValueError(f"{owner}: mu must lie in (0, 0.5), got {mu}")
+        ops.check_mu(owner, mu)
         self.mu = mu
         self.reduction = _check_reduction(owner, reduction)
         self.validate = _check_flag(owner, "validate", validate)

@@ -394,6 +394,13 @@ def cosine_nce_loss(
 _CNL = "dmfx.cosine_nce_loss"
 
 
+def check_mu(owner: str, mu: float) -> None:
+    """The range of the cosine clamp ``mu`` (ValueError naming ``owner``), for the op and the
+    modules and models that hold a mu for it, so that they refuse it when built."""
+    torch._check_value(0 < mu < 0.5,
+                       lambda: f"{owner}: mu must lie in (0, 0.5) so that mu < 1 - mu, got {_num(mu)}")
+
+
 def _check_cosine_nce_loss(p, q, target, mu, reduction):
     """csrc/cosine_nce_loss.h Inputs."""
     _check_loss_floating(_CNL, "p", p)
@@ -409,8 +416,7 @@ def _check_cosine_nce_loss(p, q, target, mu, reduction):
     torch._check_value(target.dim() == 1 and target.shape[0] == p.shape[0],
                        lambda: f"{_CNL}: target must be 1-D with one entry per row of p "
                                f"({p.shape[0]}), got shape {_shape(target)}")
-    torch._check_value(0 < mu < 0.5,
-                       lambda: f"{_CNL}: mu must lie in (0, 0.5) so that mu < 1 - mu, got {_num(mu)}")
+    check_mu(_CNL, mu)
     dtype = _compute_dtype(p.dtype)
     smallest = torch.finfo(dtype).tiny
     torch._check_value(mu >= smallest,

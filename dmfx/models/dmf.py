@@ -107,8 +107,7 @@ class TwoTower(Recommender):
                  store_seen: bool = True, eval_batch: int = 4096):
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-        if not 0 < mu < 0.5:  # the loss would refuse it at the first step
-            raise ValueError(f"mu must lie in (0, 0.5), got {mu}")
+        ops.check_mu(type(self).__name__, mu)  # when built, not at the first step's loss
         super().__init__(train, store_seen)
         self.mu, self.score_kind, self.eval_batch = mu, score, eval_batch
 
