@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops import check_mu
 from ..data import CSR, Interactions, as_csr
 from .base import Recommender, VectorScorer
 
@@ -107,7 +108,7 @@ class TwoTower(Recommender):
                  store_seen: bool = True, eval_batch: int = 4096):
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-        ops.check_mu(type(self).__name__, mu)  # when built, not at the first step's loss
+        check_mu(type(self).__name__, mu)  # when built, not at the first step's loss
         super().__init__(train, store_seen)
         self.mu, self.score_kind, self.eval_batch = mu, score, eval_batch
 
