@@ -194,7 +194,11 @@ TRAIN_FLAGS = {
     "pairs": ("pairs", str, "epoch: build each epoch's pairs at once and shuffle them together; "
               "batch: draw each batch's negatives as it is taken (memory for pairs scales with "
               "the batch: for large data)"),
-    "max-steps": ("max_steps", int, "stop after this many optimizer steps in all (0: no limit)"),
+    "max-steps": ("max_steps", int, "stop after this many optimizer steps in all (0: no limit); "
+                  "--resume with a larger limit finishes the epoch it cut"),
+    "checkpoint-every": ("checkpoint_every", int, "also write OUTPUT/checkpoint.pt every this "
+                         "many steps of an epoch (0: after each epoch only), so that --resume "
+                         "loses at most that many"),
 }
 
 
@@ -313,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "random, on random shares of all interactions. "
                        "Writes OUTPUT/config.toml (every setting of the run; --config "
                        "OUTPUT/config.toml repeats it) at the start, OUTPUT/checkpoint.pt (for "
-                       "--resume) and a line of OUTPUT/epochs.jsonl after every epoch, then "
+                       "--resume; also inside epochs with --checkpoint-every) and a line of "
+                       "OUTPUT/epochs.jsonl after every epoch, then "
                        "OUTPUT/model.pt (the best epoch with its split: evaluate, recommend and "
                        "export need nothing else), OUTPUT/ranks.npz (every held-out row's rank "
                        "under each protocol, for paired tests: dmfx.evaluate.load_ranks) and "
@@ -580,6 +585,8 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
         log.append(entry)
         valid = entry.get("valid", {})
         speed = f", {entry['pairs_per_s']:,.0f} pairs/s" if "pairs_per_s" in entry else ""
+        if entry.get("steps", 0) < entry.get("batches", 0):  # cut by --max-steps
+            speed += f", {entry['steps']:,} of its {entry['batches']:,} steps"
         _log(args, f"epoch {epoch:3d}  loss {entry['loss']:.4f}  {_fmt(valid)}  "
                    f"{entry['seconds']:.1f}s ({speed.lstrip(', ')}{', ' if speed else ''}"
                    f"peak memory {entry['peak_memory_mb']:,.0f} MB)")

@@ -407,23 +407,31 @@ class World(LocalRun):
         return self.on_main(f"the {which} evaluation on rank 0",
                             lambda: evaluate(model, split, which, **kwargs))
 
-    def shard_path(self, path, epoch: int) -> Path:
+    def shard_path(self, path, epoch: int, partial_steps: Optional[int] = None) -> Path:
+        """This rank's shard of the checkpoint after ``epoch`` finished epochs (and
+        ``partial_steps`` of the next): each commit its own file, so a kill inside a write
+        leaves the committed shards whole."""
         path = Path(path)
-        return path.with_name(f"{path.stem}.rank{self.rank}-of-{self.size}.epoch{epoch}{path.suffix}")
+        step = "" if partial_steps is None else f".step{partial_steps}"
+        return path.with_name(f"{path.stem}.rank{self.rank}-of-{self.size}.epoch{epoch}{step}"
+                              f"{path.suffix}")
 
     def save(self, path, model: Recommender, runner, state: TrainState, payload: dict) -> None:
         if self.mode == "ddp":  # every rank holds the same model and optimizer state
             if self.main:
                 super().save(path, model, runner, state, payload)
             return
-        mine = self.shard_path(path, state.epoch)
+        partial_steps = state.partial["steps"] if state.partial else None
+        mine = self.shard_path(path, state.epoch, partial_steps)
         save_checkpoint(mine, {"model_state": model.state_dict(), "runner": runner.state_dict(),
                                "best_state": state.best_state, "epoch": state.epoch,
-                               "rank": self.rank, "world_size": self.size})
+                               "partial_steps": partial_steps, "rank": self.rank,
+                               "world_size": self.size})
         self.barrier("waiting for every rank's checkpoint shard")
         if self.main:  # the commit: the epoch whose shards a resume reads
             save_checkpoint(path, {"train_state": asdict(replace(state, best_state=None)),
-                                   "shards": {"epoch": state.epoch}, **payload})
+                                   "shards": {"epoch": state.epoch,
+                                              "partial_steps": partial_steps}, **payload})
         self.barrier("waiting for rank 0 to commit the checkpoint")
         for old in mine.parent.glob(f"{Path(path).stem}.rank{self.rank}-of-{self.size}.epoch*"):
             if old != mine:
@@ -432,13 +440,14 @@ class World(LocalRun):
     def restore(self, path, saved: dict, model: Recommender, runner) -> TrainState:
         if self.mode == "ddp":
             return super().restore(path, saved, model, runner)
-        epoch = saved["shards"]["epoch"]
-        mine = self.shard_path(path, epoch)
+        epoch, partial_steps = saved["shards"]["epoch"], saved["shards"].get("partial_steps")
+        mine = self.shard_path(path, epoch, partial_steps)
         if not mine.is_file():
             raise CheckpointError(f"{path} continues from epoch {epoch}, but this rank's shard "
                                   f"{mine.name} is missing")
         shard = load_checkpoint(mine, map_location=self.device)
-        if (shard.get("epoch"), shard.get("rank"), shard.get("world_size")) != (epoch, self.rank, self.size):
+        if (shard.get("epoch"), shard.get("partial_steps"), shard.get("rank"),
+                shard.get("world_size")) != (epoch, partial_steps, self.rank, self.size):
             raise CheckpointError(f"{mine} is not rank {self.rank}'s shard of epoch {epoch}")
         model.load_state_dict(shard["model_state"])
         runner.load_state_dict(shard["runner"])
@@ -481,8 +490,8 @@ class DistributedEpochs(GradientEpochs):
         # dtype on every rank.
         self.dtype = next(model.parameters()).dtype
 
-    def run(self, epoch: int, max_steps: int = 0) -> dict:
-        stats = super().run(epoch, max_steps)
+    def run(self, epoch: int, **kwargs) -> dict:
+        stats = super().run(epoch, **kwargs)
         stats["peak_memory_mb_per_rank"] = self.world.gather_floats(
             peak_memory_mb(self.model.device), "gathering peak memory")
         return stats

@@ -2,7 +2,7 @@
 where the data comes from and how it is split, which model was trained on it, and fingerprints
 that tell whether the data read now is the data the model was trained on.
 
-A run folder holds two files. ``checkpoint.pt`` (rewritten every epoch) is for ``--resume``: the
+A run folder holds two files. ``checkpoint.pt`` (rewritten every epoch, or more often) is for ``--resume``: the
 last and best weights, the optimizer state and the data *settings*; using it re-reads the data
 file. ``model.pt`` (written once training ends) is the trained model on its own: the best
 weights, the model settings and the split itself (training interactions, held-out items and

@@ -6,7 +6,9 @@ ce) with ``num_negatives`` items the user never interacted with (target 0), draw
 on mini-batches. Negatives are redrawn every epoch (``resample="epoch"``, what most
 re-implementations do) or drawn once (``"once"``, the paper's literal reading). Every random
 choice derives from (seed, epoch), so a run resumed from a checkpoint retraces the uninterrupted
-run exactly on CPU.
+run exactly on CPU. A checkpoint taken inside an epoch (``checkpoint_every``, or the step where
+``max_steps`` cuts the run) holds the epoch's progress: its steps, loss so far and the state of
+torch's generator (dropout), so a resume goes on with the epoch's next batch.
 
 ``pairs="epoch"`` builds the epoch's pairs in full and shuffles them together (Algorithm 1's
 order); they cost ~(1 + num_negatives) x 20-32 bytes per rating, ~10 GB at 50M ratings and 7
@@ -22,7 +24,7 @@ import os
 import resource
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -65,9 +67,13 @@ class TrainConfig:
     # batch (memory scales with the batch; see the module docstring)
     pairs: str = "epoch"
     # stop after this many optimizer steps in all (0: no limit), the epoch in progress included:
-    # for bounded runs on large data. The epoch it cuts counts as done (evaluated, checkpointed):
-    # a resume goes on with the next epoch, not with the rest of the cut one.
+    # for bounded runs on large data. The epoch it cuts is evaluated (its history entry has
+    # "steps" < "batches"); the checkpoint keeps it unfinished, and a resume with a larger limit
+    # finishes it.
     max_steps: int = 0
+    # also write the checkpoint every this many steps of an epoch (0: at epoch ends only): a run
+    # whose epochs take hours loses at most that many steps to a kill
+    checkpoint_every: int = 0
     track_test: bool = False  # also record test metrics per epoch (for curves; never for selection)
     progress: bool = True
 
@@ -87,6 +93,9 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0 (0: no limit), got {self.max_steps}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: at epoch ends only), got "
+                             f"{self.checkpoint_every}")
         if self.pairs == "batch" and self.resample == "once":
             raise ValueError("resample 'once' keeps every pair's negatives for the whole run, "
                              "which pairs 'batch' exists to avoid: use pairs 'epoch'")
@@ -102,7 +111,9 @@ class TrainState:
     best_metric: float = -math.inf  # the first finite epoch is the best so far, whatever its metric
     best_state: Optional[dict] = None  # the best epoch's weights; None once fit returns them
     bad_epochs: int = 0
-    steps: int = 0  # optimizer steps taken (gradient-trained models)
+    steps: int = 0  # optimizer steps taken (gradient-trained models), the unfinished epoch's included
+    # the next epoch's progress when a checkpoint was taken inside it (see GradientEpochs.run)
+    partial: Optional[dict] = None
 
 
 class SplitAdam:
@@ -231,14 +242,14 @@ class EpochPairs(_Pairs):
         order = torch.randperm(users.numel(), generator=g).to(self.device)
         return users, items, targets, order
 
-    def batches(self, epoch: int, batch_size: int):
-        """(number of batches, the batches as (users, items, targets))."""
+    def batches(self, epoch: int, batch_size: int, start: int = 0):
+        """(number of batches, the batches from the ``start``-th on as (users, items, targets))."""
         users, items, targets, order = self.epoch(epoch)
         # Shuffled once, so each batch is a slice (a view), not three gathers per step.
         users, items, targets = users[order], items[order], targets[order]
         batches = list(zip(users.split(batch_size), items.split(batch_size),
                            targets.split(batch_size)))
-        return len(batches), iter(batches)
+        return len(batches), iter(batches[start:])
 
 
 class BatchPairs(_Pairs):
@@ -246,7 +257,7 @@ class BatchPairs(_Pairs):
     taken. A batch holds ``batch_size // (1 + num_negatives)`` observed pairs (``// num_negatives``
     for bpr) and their sampled ones, seeded by (seed, epoch, batch)."""
 
-    def batches(self, epoch: int, batch_size: int):
+    def batches(self, epoch: int, batch_size: int, start: int = 0):
         config, nnz = self.config, self.users.numel()
         per_pair = config.num_negatives if config.loss == "bpr" else 1 + config.num_negatives
         per = max(1, batch_size // per_pair)
@@ -256,7 +267,7 @@ class BatchPairs(_Pairs):
         count = -(-nnz // per)
 
         def generate():
-            for b in range(count):
+            for b in range(start, count):
                 take = order[b * per:(b + 1) * per]
                 users = self.users[take]
                 negatives = self.sample(users, derive_seed(config.seed, epoch, 3, b))
@@ -287,26 +298,47 @@ class GradientEpochs:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def run(self, epoch: int, max_steps: int = 0) -> dict:
-        """One epoch, or its first ``max_steps`` steps (0: all). Dropout (EINMF) draws from
-        torch's global generator: it is seeded from (seed, epoch) for the epoch, so a resumed
-        run draws the same masks, and given back as it was afterwards."""
+    def run(self, epoch: int, max_steps: int = 0, progress: Optional[dict] = None,
+            save_every: int = 0, save: Optional[Callable[[dict], None]] = None) -> dict:
+        """One epoch, or its next ``max_steps`` steps (0: all of them).
+
+        ``progress`` continues an epoch from a checkpoint taken inside it (``"progress"`` of an
+        earlier result, or what ``save`` was given); ``save(progress)`` is called after every
+        ``save_every``-th step of the epoch but its last. The result has the epoch's mean loss and
+        pairs per second, its ``steps`` done of its ``batches``, the steps ``taken`` by this
+        call, and ``progress`` when the epoch is unfinished.
+
+        Dropout (EINMF) draws from torch's global generator: it is seeded from (seed, epoch)
+        for the epoch (and its state kept in ``progress``), so a resumed run draws the same
+        masks, and given back as it was afterwards."""
         device = self.model.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(derive_seed(self.config.seed, epoch, 4))
-            return self._run(epoch, max_steps)
+            if progress is not None:
+                _set_generator_state(progress["generator"], device)
+            return self._run(epoch, max_steps, progress or {}, save_every, save)
 
-    def _run(self, epoch: int, max_steps: int) -> dict:
+    def _run(self, epoch: int, max_steps: int, progress: dict, save_every: int, save) -> dict:
         model, config = self.model, self.config
         model.train()
         start = time.perf_counter()
-        count, batches = self.pairs.batches(epoch, config.batch_size)
-        if max_steps:
-            count = min(count, max_steps)
+        begun = progress.get("steps", 0)
+        count, batches = self.pairs.batches(epoch, config.batch_size, start=begun)
+        end = min(count, begun + max_steps) if max_steps else count
         loss_fn = model.pairwise_loss if config.loss == "bpr" else model.loss
-        total = torch.zeros((), device=model.device, dtype=torch.float64)
-        done = steps = 0
-        bar = tqdm(total=count, desc=f"epoch {epoch}", unit="batch", leave=False,
+        total = torch.tensor(progress.get("loss_sum", 0.0), device=model.device,
+                             dtype=torch.float64)
+        done, steps, before = progress.get("pairs", 0), begun, progress.get("seconds", 0.0)
+
+        def seconds() -> float:
+            return before + time.perf_counter() - start
+
+        def snapshot() -> dict:
+            return {"epoch": epoch, "steps": steps, "batches": count, "loss_sum": total.item(),
+                    "pairs": done, "seconds": seconds(),
+                    "generator": _generator_state(model.device)}
+
+        bar = tqdm(total=count, initial=begun, desc=f"epoch {epoch}", unit="batch", leave=False,
                    disable=not config.progress, mininterval=0.5)
         for batch_users, batch_items, batch_targets in batches:
             total += self.step(loss_fn, batch_users, batch_items, batch_targets)
@@ -314,14 +346,18 @@ class GradientEpochs:
             steps += 1
             bar.update()
             if steps % 100 == 0 and config.progress:  # reading the loss syncs: only now and then
-                bar.set_postfix(loss=f"{total.item() / done:.4f}",
-                                pairs_s=f"{done / (time.perf_counter() - start):,.0f}")
-            if steps == count:
+                bar.set_postfix(loss=f"{total.item() / max(1, done):.4f}",
+                                pairs_s=f"{done / seconds():,.0f}")
+            if steps == end:
                 break
+            if save is not None and save_every and steps % save_every == 0:
+                save(snapshot())
         bar.close()
-        seconds = time.perf_counter() - start
-        return {"loss": total.item() / max(1, done), "pairs_per_s": done / max(seconds, 1e-9),
-                "steps": steps}
+        stats = {"loss": total.item() / max(1, done), "pairs_per_s": done / max(seconds(), 1e-9),
+                 "steps": steps, "batches": count, "taken": steps - begun}
+        if steps < count:
+            stats["progress"] = snapshot()
+        return stats
 
     def step(self, loss_fn, users: torch.Tensor, items: torch.Tensor,
              targets: torch.Tensor) -> torch.Tensor:
@@ -333,9 +369,33 @@ class GradientEpochs:
         return loss.detach() * users.numel()
 
 
+def _unfinished_stats(progress: dict) -> dict:
+    """The result of an epoch cut at ``progress`` without a step more (see :func:`fit`)."""
+    return {"loss": progress["loss_sum"] / max(1, progress["pairs"]),
+            "pairs_per_s": progress["pairs"] / max(progress["seconds"], 1e-9),
+            "steps": progress["steps"], "batches": progress["batches"], "taken": 0,
+            "progress": progress}
+
+
+def _generator_state(device: torch.device) -> dict:
+    """torch's global generator (dropout draws from it) for the device that trains."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_generator_state(state: dict, device: torch.device) -> None:
+    # A run that moves between devices on resume keeps only the CPU stream.
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
 # Settings a resumed run may change: they decide how long it runs and what it records, not what
 # a step computes. Any other change would continue the run under settings it never had.
-RESUMABLE_CHANGES = ("epochs", "patience", "max_steps", "track_test", "progress")
+RESUMABLE_CHANGES = ("epochs", "patience", "max_steps", "checkpoint_every", "track_test",
+                     "progress")
 
 
 def _ranks_text(record) -> str:
@@ -409,8 +469,10 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
     computed in closed form (which then stop after one epoch).
 
     Args:
-        checkpoint: file written (atomically) after every epoch; with ``resume=True`` and an
-            existing file, training continues from it.
+        checkpoint: file written (atomically) after every epoch, every
+            ``config.checkpoint_every`` steps inside one, and where ``config.max_steps`` cuts
+            the run; with ``resume=True`` and an existing file, training continues from it (in
+            the middle of an epoch where it was taken there).
         extra: stored in the checkpoint as is (the CLI keeps its data and model settings there).
         on_epoch_end: called with (epoch, history entry) after each epoch.
         world: the processes that train together (:class:`dmfx.distributed.World`); default
@@ -433,22 +495,43 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             first = (str(error).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"{checkpoint} does not fit this model ({first})") from None
-    if config.max_steps and not isinstance(runner, GradientEpochs):
-        raise ValueError(f"max_steps counts gradient steps; {type(model).__name__} is not "
-                         "trained by them")
+    for name in ("max_steps", "checkpoint_every"):
+        if getattr(config, name) and not isinstance(runner, GradientEpochs):
+            raise ValueError(f"{name} counts gradient steps; {type(model).__name__} is not "
+                             "trained by them")
+    if state.partial is not None and state.partial["epoch"] != state.epoch + 1:
+        raise CheckpointError(f"{checkpoint} holds progress of epoch {state.partial['epoch']} "
+                              f"after {state.epoch} finished epochs")
     has_valid = len(split.valid_users) > 0
+    payload = {"train_config": asdict(config), **extra}
 
     def out_of_steps() -> bool:
         return 0 < config.max_steps <= state.steps
 
+    # An unfinished epoch is taken up again even without steps left: it is then evaluated as
+    # the run that was cut there evaluated it.
     stopped = state.bad_epochs >= config.patience > 0 or (state.epoch > 0 and runner.converged) \
-        or out_of_steps()
+        or out_of_steps() and state.partial is None
     for epoch in range(state.epoch + 1, 0 if stopped else config.epochs + 1):
         start = time.perf_counter()
-        if config.max_steps:
-            stats = runner.run(epoch, max_steps=config.max_steps - state.steps)
-        else:
+        progress, state.partial = state.partial, None
+        steps_before = state.steps
+
+        def save_progress(partial: dict) -> None:
+            taken = partial["steps"] - (progress["steps"] if progress else 0)
+            world.save(checkpoint, model, runner,
+                       replace(state, steps=steps_before + taken, partial=partial), payload)
+
+        if not isinstance(runner, GradientEpochs):
             stats = runner.run(epoch)
+        elif out_of_steps():
+            stats = _unfinished_stats(progress)
+        else:
+            stats = runner.run(epoch, max_steps=config.max_steps - state.steps
+                               if config.max_steps else 0, progress=progress,
+                               save_every=config.checkpoint_every,
+                               save=save_progress if checkpoint is not None else None)
+        unfinished = stats.pop("progress", None)
         if not math.isfinite(stats.get("loss", 0.0)):
             # Diverged: the epoch is neither evaluated nor checkpointed (a resume redoes it) and
             # the model goes back to the best epoch's weights, as after early stopping.
@@ -460,8 +543,13 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
             warnings.warn(f"{message}; training stops and keeps epoch {state.best_epoch}",
                           RuntimeWarning, stacklevel=2)
             break
-        state.steps += stats.get("steps", 0)
-        entry = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start,
+        state.steps += stats.pop("taken", 0)
+        # What the checkpoint of a cut epoch holds: the run before this epoch's evaluation, so
+        # that a resume goes on as if it had never been cut.
+        resumable = replace(state, history=list(state.history), partial=unfinished) \
+            if unfinished else state
+        seconds = time.perf_counter() - start + (progress["seconds"] if progress else 0.0)
+        entry = {"epoch": epoch, **stats, "seconds": seconds,
                  "peak_memory_mb": peak_memory_mb(device)}
         watched = (config.protocol,)
         if has_valid:
@@ -483,12 +571,12 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         stop = runner.converged or config.patience > 0 and state.bad_epochs >= config.patience \
             or out_of_steps()
         if checkpoint is not None:
-            world.save(checkpoint, model, runner, state,
-                       {"train_config": asdict(config), **extra})
+            world.save(checkpoint, model, runner, resumable, payload)
         if on_epoch_end is not None:
             on_epoch_end(epoch, entry)
         if stop:
             break
+    state.partial = None
     if state.best_state is not None:
         # The model holds them now: a second copy of the tables would stay alive for as long
         # as the caller keeps the state (through evaluation and saving, at Amazon scale 0.8 GB).

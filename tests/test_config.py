@@ -216,8 +216,21 @@ def test_pairs_batch_and_max_steps_from_the_command_line(data_file, tmp_path, ca
                  "--epochs", "3", "--pairs", "batch", "--max-steps", "2"]) == 0
     logged = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
     assert [(e["epoch"], e["steps"]) for e in logged] == [(1, 2)]
+    assert logged[0]["batches"] > 2
     saved = tomllib.loads((out / "config.toml").read_text())
     assert (saved["pairs"], saved["max-steps"]) == ("batch", 2)
+    # Without the limit, a resume finishes the cut epoch and the others: as a run never cut.
+    assert main(["train", "--data", str(data_file), "--output", str(out), *TINY, "--epochs", "3",
+                 "--pairs", "batch", "--max-steps", "0", "--checkpoint-every", "3",
+                 "--resume"]) == 0
+    straight = tmp_path / "straight"
+    assert main(["train", "--data", str(data_file), "--output", str(straight), *TINY,
+                 "--epochs", "3", "--pairs", "batch"]) == 0
+    timeless = lambda run: [(e["epoch"], e["loss"], e["steps"], e["valid"]) for e in
+                            (json.loads(line) for line in
+                             (run / "epochs.jsonl").read_text().splitlines())]
+    assert timeless(out) == timeless(straight) and len(timeless(out)) == 3
+    assert metrics(out)["test"] == metrics(straight)["test"]
     assert main(["train", "--data", str(data_file), "--output", str(tmp_path / "knn"),
                  "--model", "itemknn", "--max-steps", "2", "--quiet"]) == 2
     assert "--max-steps does not apply to model itemknn" in capsys.readouterr().err

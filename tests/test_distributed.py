@@ -39,9 +39,9 @@ def _split():
     return leave_one_out(synthetic(60, 120, 1480, seed=3), num_negatives=20, seed=0)
 
 
-def _config(epochs=EPOCHS):
+def _config(epochs=EPOCHS, checkpoint_every=0):
     return TrainConfig(epochs=epochs, batch_size=BATCH, lr=3e-3, num_negatives=3, patience=0,
-                       progress=False)
+                       checkpoint_every=checkpoint_every, progress=False)
 
 
 def _layers(sparse_grad):
@@ -68,7 +68,9 @@ def _rank_main(scenario: str, out: str) -> None:
     elif scenario == "killed":
         world = World("sharded", CPU, 60)
         try:
-            _train(world, split, True, out / "killed", kill_in_epoch=EPOCHS)
+            # checkpoints every 2 steps: the last one, after step 4, is inside the epoch
+            _train(world, split, True, out / "killed", kill_in_epoch=EPOCHS,
+                   checkpoint_every=2)
         except DistributedError as error:
             (out / f"error{world.rank}.txt").write_text(str(error))
             os._exit(3)
@@ -104,7 +106,8 @@ def _share(world, out: Path) -> None:
         (out / f"share-error{world.rank}.txt").write_text(str(error))
 
 
-def _train(world, split, sparse_grad, prefix: Path, kill_in_epoch=None, resume=False):
+def _train(world, split, sparse_grad, prefix: Path, kill_in_epoch=None, resume=False,
+           checkpoint_every=0):
     torch.manual_seed(0)
     model = world.build_model("dmf", split.train, _layers(sparse_grad), seed=0).double()
     whole = world.gather_model(model, split.train)
@@ -121,7 +124,8 @@ def _train(world, split, sparse_grad, prefix: Path, kill_in_epoch=None, resume=F
             return loss(*args)
 
         model.loss = dying_loss
-    state = fit(model, split, _config(), world=world, checkpoint=prefix.with_suffix(".pt"),
+    state = fit(model, split, _config(checkpoint_every=checkpoint_every), world=world,
+                checkpoint=prefix.with_suffix(".pt"),
                 resume=resume, on_epoch_end=lambda epoch, entry: epochs_done.append(epoch))
     final = world.gather_model(model, split.train)
     if world.main:
@@ -309,9 +313,10 @@ def test_a_dead_rank_stops_the_other_with_a_one_line_error(killed):
     error = run["error"]
     assert error.startswith("rank 0 of 2: ") and "another rank stopped" in error, error
     assert "--resume" in error and "\n" not in error
-    # the last epoch was cut short: its predecessor is committed, with every rank's shard
-    assert run["committed"] == {"epoch": EPOCHS - 1}
-    assert run["shards"] == [f"killed.rank{r}-of-2.epoch{EPOCHS - 1}.pt" for r in (0, 1)]
+    # the last epoch was cut short after step 4: the checkpoint of its step 4 is committed,
+    # with every rank's shard
+    assert run["committed"] == {"epoch": EPOCHS - 1, "partial_steps": 4}
+    assert run["shards"] == [f"killed.rank{r}-of-2.epoch{EPOCHS - 1}.step4.pt" for r in (0, 1)]
 
 
 def test_one_process_refuses_the_checkpoint_of_two_ranks(killed, split):

@@ -185,3 +185,19 @@ def test_a_resumed_run_draws_the_same_dropout_masks(split, tmp_path):
     resumed = trained([1, 2], tmp_path / "b.pt")
     for (name, x), y in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_a_run_resumed_inside_an_epoch_draws_the_same_dropout_masks(split, tmp_path):
+    def trained(limits, path):
+        for i, limit in enumerate(limits):
+            torch.manual_seed(i)  # a new process starts from another global generator state
+            model = EINMF(split.train, factors=4, layers=[8], dropout=0.5)
+            config = TrainConfig(loss="hybrid", epochs=2, batch_size=256, lr=1e-2, patience=0,
+                                 max_steps=limit, progress=False)
+            model.fit(split, config, checkpoint=path, resume=i > 0)
+        return model
+
+    whole = trained([0], tmp_path / "a.pt")
+    resumed = trained([3, 0], tmp_path / "b.pt")  # cut after 3 steps of epoch 1
+    for (name, x), y in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(x, y), name

@@ -108,18 +108,81 @@ def test_batch_pairs_train_and_resume_to_the_same_weights(split, tmp_path):
         assert torch.equal(x, y), name
 
 
+def assert_same_weights(a, b):
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def same_history(a, b):
+    """The history entries less what depends on the clock."""
+    timeless = lambda h: {k: v for k, v in h.items() if k not in ("seconds", "pairs_per_s",
+                                                                   "peak_memory_mb")}
+    return [timeless(h) for h in a] == [timeless(h) for h in b]
+
+
 def test_max_steps_bounds_the_steps_of_the_whole_run(split, tmp_path):
     per_epoch = -(-split.train.nnz * 8 // 64)
     limit = per_epoch + 5
-    state = fit(make_model(split), split, config(epochs=5, max_steps=limit),
-                checkpoint=tmp_path / "c.pt")
-    assert [h["steps"] for h in state.history] == [per_epoch, 5] and state.steps == limit
-    # a resumed run may raise the limit: it goes on from where it stopped
+    cut = make_model(split)
+    state = fit(cut, split, config(epochs=5, max_steps=limit), checkpoint=tmp_path / "c.pt")
+    assert [(h["steps"], h["batches"]) for h in state.history] == [(per_epoch, per_epoch),
+                                                                   (5, per_epoch)]
+    assert state.steps == limit
+    # The cut epoch is evaluated, and the checkpoint keeps it unfinished.
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)["train_state"]
+    assert (saved["epoch"], saved["steps"], saved["partial"]["steps"]) == (1, limit, 5)
+    assert len(saved["history"]) == 1
+    # A resume without more steps ends as the cut run did.
+    again = make_model(split, seed=7)
+    same = fit(again, split, config(epochs=5, max_steps=limit), checkpoint=tmp_path / "c.pt",
+               resume=True)
+    assert same_history(same.history, state.history) and same.best_epoch == state.best_epoch
+    assert_same_weights(again, cut)
+    # A larger limit finishes the cut epoch: as a run that never stopped at the first limit.
     more = fit(make_model(split), split, config(epochs=5, max_steps=limit + 3),
                checkpoint=tmp_path / "c.pt", resume=True)
-    assert [h["steps"] for h in more.history] == [per_epoch, 5, 3] and more.steps == limit + 3
+    assert [h["steps"] for h in more.history] == [per_epoch, 8] and more.steps == limit + 3
+    straight = fit(make_model(split), split, config(epochs=5, max_steps=limit + 3))
+    assert same_history(more.history, straight.history)
     with pytest.raises(ValueError, match="max_steps counts gradient steps; EALS"):
         fit(EALS(split.train), split, config(max_steps=3))
+    with pytest.raises(ValueError, match="checkpoint_every counts gradient steps; EALS"):
+        fit(EALS(split.train), split, config(checkpoint_every=3))
+
+
+@pytest.mark.parametrize("pairs", ["epoch", "batch"])
+def test_a_run_killed_inside_an_epoch_resumes_from_its_last_checkpoint(split, tmp_path,
+                                                                       monkeypatch, pairs):
+    from dmfx.train import GradientEpochs
+    per_epoch = -(-split.train.nnz * 8 // 64)
+    every = 7
+    uninterrupted = make_model(split)
+    whole = fit(uninterrupted, split, config(epochs=2, pairs=pairs))
+    # Killed inside epoch 2, 3 steps after its checkpoint at step 2 * every.
+    kill_at = per_epoch + 2 * every + 3
+    step, taken = GradientEpochs.step, []
+
+    def dying(self, *args):
+        taken.append(1)
+        if len(taken) == kill_at:
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(GradientEpochs, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_model(split), split, config(epochs=2, pairs=pairs, checkpoint_every=every),
+            checkpoint=tmp_path / "k.pt")
+    monkeypatch.setattr(GradientEpochs, "step", step)
+    saved = torch.load(tmp_path / "k.pt", weights_only=True)["train_state"]
+    assert (saved["epoch"], saved["partial"]["epoch"], saved["partial"]["steps"]) == \
+        (1, 2, 2 * every)
+    assert saved["steps"] == per_epoch + 2 * every
+    resumed = make_model(split, seed=5)
+    state = fit(resumed, split, config(epochs=2, pairs=pairs), checkpoint=tmp_path / "k.pt",
+                resume=True)
+    assert_same_weights(uninterrupted, resumed)
+    assert same_history(state.history, whole.history) and state.steps == 2 * per_epoch
+    assert state.partial is None
 
 
 def test_training_learns(split):
@@ -165,8 +228,8 @@ def diverging_at(epoch, monkeypatch):
     from dmfx.train import GradientEpochs
     run = GradientEpochs.run
 
-    def diverging(self, e, max_steps=0):
-        stats = run(self, e, max_steps)
+    def diverging(self, e, **kwargs):
+        stats = run(self, e, **kwargs)
         if e == epoch:
             with torch.no_grad():
                 for p in self.model.parameters():
@@ -279,6 +342,8 @@ def test_config_errors():
         TrainConfig(pairs="all")
     with pytest.raises(ValueError, match="max_steps must be >= 0"):
         TrainConfig(max_steps=-1)
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 0"):
+        TrainConfig(checkpoint_every=-1)
     with pytest.raises(ValueError, match="resample 'once' keeps every pair's negatives"):
         TrainConfig(pairs="batch", resample="once")
 

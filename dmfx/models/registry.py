@@ -58,7 +58,7 @@ class Param:
 # The TrainConfig fields each kind of trainer uses; the others do not apply to its models.
 TRAINERS = {
     "gradient": ("epochs", "batch_size", "lr", "num_negatives", "resample", "loss", "optimizer",
-                 "patience", "pairs", "max_steps"),
+                 "patience", "pairs", "max_steps", "checkpoint_every"),
     "als": ("epochs", "patience"),
     "closed-form": (),
 }
