@@ -53,7 +53,8 @@ run: setup
 	$(VENV)/bin/dmfx train --dataset ml-100k --output $(RUN_DIR) \
 		$(if $(wildcard $(RUN_DIR)/checkpoint.pt),--resume)
 
-test: test-cpp test-python
+# setup first: a broken install fails before the C++ kernels are built and tested.
+test: setup test-cpp test-python
 
 test-cpp:
 	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release > /dev/null
