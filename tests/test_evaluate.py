@@ -94,8 +94,9 @@ def test_a_nan_model_gets_chance_level_not_a_perfect_score():
 def test_nan_scored_items_are_left_out_of_recommendations():
     nan = float("nan")
     for generator in (None, torch.Generator().manual_seed(0)):
-        top, _ = topk_items(torch.tensor([[0.3, nan, 0.1, nan]]), 4, generator=generator)
+        top, values = topk_items(torch.tensor([[0.3, nan, 0.1, nan]]), 4, generator=generator)
         assert top.tolist() == [[0, 2, -1, -1]]
+        assert values.tolist() == [[pytest.approx(0.3), pytest.approx(0.1), -math.inf, -math.inf]]
 
 
 def test_one_held_out_item_by_hand():

@@ -153,7 +153,8 @@ def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Opt
     scores = scores.float()
     if copy or not scores.is_contiguous():
         scores = scores.clone(memory_format=torch.contiguous_format)
-    scores.masked_fill_(scores.isnan(), -torch.inf)
+    if generator is None:  # else the keys rank NaN last, and the values are masked below
+        scores.masked_fill_(scores.isnan(), -torch.inf)
     if exclude is not None:
         rows, cols, _ = row_entries(exclude.indptr, exclude.indices, None,
                                     users.to(exclude.indptr.device))
@@ -162,7 +163,7 @@ def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Opt
     # Without a generator the float scores order themselves (half the bytes of the keys).
     keys = scores if generator is None else _order_keys(scores, generator)
     top = torch.topk(keys, k_eff, dim=1).indices
-    values = scores.gather(1, top)
+    values = _nan_lowest(scores.gather(1, top))
     top = torch.where(torch.isneginf(values), -1, top)
     if k_eff < k:
         pad = k - k_eff
