@@ -31,7 +31,9 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,7 +47,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
-from .checkpoint import write_json
+from .checkpoint import atomic_write, write_json
 
 __all__ = ["EXPERIMENTS", "Row", "Table", "Experiment", "reproduce"]
 
@@ -508,7 +510,7 @@ def confidence_interval(values: Sequence[float], level: float = 0.95) -> Optiona
     """Half-width of the t-based confidence interval of the mean of ``values`` (independent
     seeds): ``t_{(1 + level) / 2, n - 1} * std / sqrt(n)`` with the sample std; None below two
     values."""
-    if len(values) < 2:
+    if len(values) < 2 or not _finite(values):
         return None
     return _half_width(statistics.stdev(values), len(values), level)
 
@@ -522,12 +524,16 @@ def _half_width(std: float, n: int, level: float = 0.95) -> float:
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, Optional[float]]:
     """``(mean of a - b, two-sided p-value)`` of the paired t-test of ``a[s]`` against ``b[s]``
     (one pair per seed): t = mean(d) / (std(d) / sqrt(n)) with n - 1 degrees of freedom. The
-    p-value is None below two pairs or when every difference is the same (no spread to test)."""
+    p-value is None below two pairs or when every difference is the same, to rounding (no
+    spread to test)."""
     from scipy import stats
 
     d = [x - y for x, y in zip(a, b, strict=True)]
+    if not _finite(d):
+        return math.nan, None
     mean = statistics.mean(d)
-    if len(d) < 2 or statistics.stdev(d) == 0:
+    # Differences equal but for rounding (0.41 - 0.37 vs 0.40 - 0.36) have no spread either.
+    if len(d) < 2 or statistics.stdev(d) <= 1e-12 * max(1.0, abs(mean)):
         return mean, None
     t = mean / (statistics.stdev(d) / len(d) ** 0.5)
     return mean, float(2 * stats.t.sf(abs(t), len(d) - 1))
@@ -539,10 +545,18 @@ def _with_full(metrics: Sequence[str]) -> list:
     return [*metrics, *(f"full_{m}" for m in metrics if not m.startswith("user_"))]
 
 
+def _finite(values) -> bool:
+    """Every value a finite number (a metric of no query is NaN, saved as null)."""
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
 def _mean_std(values: list) -> tuple:
-    """(mean, sample std); the std is None for a single value."""
+    """(mean, sample std); the std is None for a single value. NaN (shown as such) where a
+    seed has no finite value."""
     if not values:
         return None, None
+    if not _finite(values):
+        return math.nan, None
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
@@ -556,16 +570,19 @@ def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list, metrics_shown: 
             candidates.append({"args": list(args), "complete": False})
             continue
         metrics = [job.metrics() for job in runs]
-        valid = [m["valid"].get("ndcg@10", float("nan")) for m in metrics]
+        valid = [m["valid"].get("ndcg@10") for m in metrics]
         candidates.append({"args": list(args), "complete": True,
-                           "valid_ndcg@10": statistics.mean(valid), "metrics": metrics,
+                           "valid_ndcg@10": statistics.mean(valid) if _finite(valid) else math.nan,
+                           "metrics": metrics,
                            "folders": [str(job.folder) for job in runs]})
     complete = [c for c in candidates if c["complete"]]
     out = {"label": row.label, "model": row.model, "paper": None,
            "candidates": [{k: v for k, v in c.items() if k != "metrics"} for c in candidates]}
     if not complete:
         return out
-    best = max(complete, key=lambda c: c["valid_ndcg@10"])
+    # A setting without a finite validation value on every seed is chosen only if all are so.
+    best = max(complete, key=lambda c: c["valid_ndcg@10"] if math.isfinite(c["valid_ndcg@10"])
+               else -math.inf)
     metrics = best["metrics"]
     shown = dict.fromkeys(_with_full(("hr@10", "ndcg@10", *metrics_shown)))
     out.update({
@@ -589,11 +606,14 @@ def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list, metrics_shown: 
 
 def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output: Path,
               jobs: int = 1, quick: bool = False, log: Callable[[str], None] = print,
-              command: str = "", only: Sequence[str] = (), split_seed: Optional[int] = None) -> dict:
+              command: str = "", only: Sequence[str] = (), split_seed: Optional[int] = None,
+              data_identity: Optional[dict] = None) -> dict:
     """Runs experiment ``name`` (its tables named in ``only``, or all) and writes its results
     under ``output``; returns results.json. ``data_args`` are the ``dmfx train`` data
     arguments but the split seed: seed s uses split seed s, or ``split_seed`` for every seed
-    when given; ``command`` is recorded as the way the results were made."""
+    when given; ``command`` is recorded as the way the results were made. ``data_identity``
+    (:func:`data_identity`) is what a finished run in ``output`` must have been trained and
+    evaluated on to be reused: one that was not is refused."""
     split_of = {seed: seed if split_seed is None else split_seed for seed in seeds}
     experiment = EXPERIMENTS[name]
     tables = experiment.tables(quick)
@@ -639,6 +659,10 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
                     jobs_of[(row.label, args, seed)] = Job(row.model, resolved, seed,
                                                            split_of[seed], folder)
         unique = {job.folder: job for job in jobs_of.values()}
+        if data_identity is not None:
+            for job in unique.values():
+                if job.done:
+                    _check_same_data(job, data_identity)
         if unique:
             log(f"{len(unique)} runs for {', '.join(r.label for r in ready)} "
                 f"({sum(not j.done for j in unique.values())} to do)")
@@ -668,6 +692,29 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
     results.update(_timing(results, clock))
     _write_outputs(results, output, log)
     return results
+
+
+def data_identity(spec, data) -> dict:
+    """What makes the runs of a reproduction comparable: where the data comes from (the
+    ``dmfx.experiment.DataSpec``), what was read (``data``'s fingerprint) and the number of
+    sampled items; the split itself follows each run's seed and arguments."""
+    from .experiment import fingerprint
+
+    return {"dataset": spec.dataset, "data": spec.data, "sep": spec.sep,
+            "eval_negatives": spec.eval_negatives, "fingerprint": fingerprint(data)}
+
+
+def _check_same_data(job: Job, identity: dict) -> None:
+    recorded = job.metrics()["config"]["data"]
+    had = {**{k: recorded["spec"].get(k) for k in identity if k != "fingerprint"},
+           "fingerprint": recorded.get("fingerprint")}
+    changed = [f"{k} {had[k]!r} (now {identity[k]!r})" for k in identity
+               if k != "fingerprint" and had[k] != identity[k]]
+    if had["fingerprint"] != identity["fingerprint"]:
+        changed.append("the interactions read")
+    if changed:
+        raise ValueError(f"{job.folder} is a finished run on other data or with other sampled "
+                         f"items ({'; '.join(changed)}): give this reproduction its own --output")
 
 
 def _timing(results: dict, clock: _WallClock) -> dict:
@@ -749,8 +796,16 @@ def _setting(row: dict) -> str:
         shown.append(arg)
     text = " ".join(shown) or "defaults"
     if len(row["candidates"]) > 1:
-        text += f" (best of {len(row['candidates'])} on validation)"
+        complete = sum(c["complete"] for c in row["candidates"])
+        missing = len(row["candidates"]) - complete
+        text += f" (best of {complete} on validation" + \
+            (f"; {missing} with failed runs left out)" if missing else ")")
     return text
+
+
+def _paper_value(value: float) -> str:
+    """A paper's value as printed: three decimals, or four where the paper gives four."""
+    return f"{value:.3f}" if abs(value - round(value, 3)) < 1e-9 else f"{value:.4f}"
 
 
 def _span(values: list) -> str:
@@ -781,14 +836,14 @@ def _table_rows(table: dict) -> list:
         out.append({"method": row["label"]})
         out[-1].update({_name(m): _cell(test[m], n) if test else "—" for m in _with_full(metrics)})
         if with_paper:
-            out[-1].update({f"paper {_name(m)}": f"{paper[m]:.3f}" if m in paper else "—"
+            out[-1].update({f"paper {_name(m)}": _paper_value(paper[m]) if m in paper else "—"
                             for m in metrics})
             out[-1][f"{_name(first)} − paper"] = f"{test[first][0] - paper[first]:+.3f}" \
                 if first in paper and test else "—"
         out[-1].update({f"{_name(m)} vs {table['reference']}": _paired_cell(row, reference, m)
                         for m in _with_full([first])})
         out[-1].update({
-            "valid NDCG@10": _cell(row["valid"]["ndcg@10"], n) if test else "—",
+            "valid NDCG@10": _cell(row["valid"].get("ndcg@10"), n) if test else "—",
             "best epoch": _span([s["best_epoch"] for s in seeds]) if seeds else "—",
             "epochs run": _span([s["epochs"] for s in seeds]) if seeds else "—",
             "setting": _setting(row),
@@ -871,11 +926,15 @@ def _figures(results: dict, output: Path, log: Callable[[str], None]) -> dict:
                 means = {m: [statistics.mean(c[i][m] for c in curves) for i in range(length)]
                          for m in ("hr@10", "ndcg@10")}
                 lines.append((row["label"], epochs, means))
+            if not lines:  # every row failed: a table without curves
+                plt.close(fig)
+                continue
             for ax, metric in zip(axes, ("hr@10", "ndcg@10")):
                 # Rows far below the rest (a variant that does not train) would flatten the
                 # others: the axis starts a little below the weakest row that gets close.
                 best = max(max(m[metric]) for _, _, m in lines)
-                floor = min(min(m[metric]) for _, _, m in lines if max(m[metric]) > 0.8 * best)
+                close = [min(m[metric]) for _, _, m in lines if max(m[metric]) > 0.8 * best]
+                floor = min(close or [min(m[metric]) for _, _, m in lines])
                 for label, epochs, means in lines:
                     off = max(means[metric]) < floor
                     ax.plot(epochs, means[metric], marker="o", markersize=3,
@@ -889,6 +948,8 @@ def _figures(results: dict, output: Path, log: Callable[[str], None]) -> dict:
             fig.suptitle(f"{results['dataset']}: test metrics per epoch, mean over seeds")
         elif table["chart"]:
             rows = [r for r in table["rows"] if r.get("test")]
+            if not rows:
+                continue
             fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
             x = range(len(rows))
             shown = [m for m in table["metrics"] if m.endswith("@10")][:2] or table["metrics"][:2]
@@ -923,7 +984,7 @@ def _readme_text(readme: Path, name: str, dataset: str) -> str:
         text = readme.read_text()
     except OSError as error:
         raise ValueError(f"--readme {readme}: {error.strerror or error}") from None
-    if start not in text or end not in text:
+    if start not in text or end not in text.split(start, 1)[1]:
         raise ValueError(f"--readme {readme} has no block {start} ... {end} to replace")
     return text
 
@@ -942,7 +1003,8 @@ def update_readme(readme: Path, output: Path, name: str, dataset: str, figures_d
         report = report.replace(f"]({png.name})", f"]({link})")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{report}{end}{tail}")
+    new = f"{head}{start}\n{report}{end}{tail}"
+    atomic_write(readme, lambda f: f.write(new.encode()))
 
 
 # --------------------------------------------------------------------------- command line
@@ -1002,12 +1064,16 @@ def cmd_reproduce(args) -> int:
     if args.sep:
         data_args += ["--sep", args.sep]
     data_args += ["--protocol", f"sampled:{negatives}"]
-    spec.split()  # fails here, once, on data that cannot be read or split
+    data = spec.load()
+    spec.split(data)  # fails here, once, on data that cannot be read or split
+    identity = data_identity(spec, data)
+    del data  # the runs read it themselves
     if args.readme:  # before the runs, not hours later
         _readme_text(Path(args.readme), args.experiment, spec.name)
     output = Path(args.output or f"runs/{args.experiment}-{spec.name}{'-quick' if args.quick else ''}")
     shown = [f"--dataset {spec.dataset}" if spec.dataset else "",
              f"--data {args.data}" if args.data else "",
+             f"--sep {shlex.quote(args.sep)}" if args.sep else "",
              f"--split-seed {args.split_seed}" if args.split_seed is not None else "",
              f"--protocol sampled:{negatives}" if negatives != 100 else "",
              "--seeds " + " ".join(map(str, args.seeds)), "--quick" if args.quick else "",
@@ -1015,7 +1081,8 @@ def cmd_reproduce(args) -> int:
     command = " ".join(["dmfx reproduce", args.experiment, *filter(None, shown)])
     results = reproduce(args.experiment, data_args, spec.name, args.seeds, output, args.jobs,
                         args.quick, log=lambda text: print(text, file=sys.stderr, flush=True),
-                        command=command, only=args.only, split_seed=args.split_seed)
+                        command=command, only=args.only, split_seed=args.split_seed,
+                        data_identity=identity)
     print((output / "report.md").read_text())
     if args.readme:
         readme = Path(args.readme)

@@ -88,6 +88,20 @@ def test_finished_runs_are_not_repeated(reproduced, data_file):
     assert not again["unrecorded_earlier_runs"]
 
 
+def test_finished_runs_on_other_data_are_refused(reproduced, data_file, tmp_path, capsys):
+    # Other sampled items, then other interactions under the same output: never the old runs.
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), "--quick", "--seeds", "0",
+                 "1", "--eval-negatives", "30", "--output", str(reproduced)]) == 2
+    err = capsys.readouterr().err
+    assert "is a finished run on other data or with other sampled items (eval_negatives 20 " \
+           "(now 30))" in err and "its own --output" in err
+    other = tmp_path / data_file.name
+    clustered(num_users=100, num_items=120, per_user=15, seed=1).save_npz(other)
+    assert main(["reproduce", "dmf-paper", "--data", str(other), *QUICK,
+                 "--output", str(reproduced)]) == 2
+    assert "the interactions read" in capsys.readouterr().err
+
+
 def test_interrupted_invocations_count_in_the_wall_clock(tmp_path):
     key = {"experiment": "dmf-paper", "seeds": [0]}
     first = _WallClock(tmp_path, key)
@@ -140,6 +154,47 @@ def test_statistics_against_scipy():
     assert confidence_interval(a) == pytest.approx((high - low) / 2)
     assert confidence_interval([0.5]) is None and paired_t_test([0.5], [0.4]) == (pytest.approx(0.1), None)
     assert paired_t_test([0.5, 0.6], [0.4, 0.5])[1] is None  # every difference alike: no test
+    # alike to rounding: 0.41 - 0.37 and 0.40 - 0.36 differ in the last bit
+    assert paired_t_test([0.4, 0.41], [0.36, 0.37])[1] is None
+    # a seed without a value (NaN, or null once saved) is no number, and no crash
+    nan = float("nan")
+    assert confidence_interval([0.5, nan]) is None and confidence_interval([0.5, None]) is None
+    diff, p = paired_t_test([0.5, nan], [0.4, 0.3])
+    assert diff != diff and p is None
+
+
+def test_figures_of_tables_whose_rows_all_failed_are_left_out(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dmfx.reproduce import _figures
+
+    flat = [{"epoch": e, "hr@10": 0.0, "ndcg@10": 0.0} for e in (1, 2)]
+    results = {"dataset": "x", "tables": [
+        {"key": "failed", "curves": True, "chart": False, "rows": [{"label": "A"}]},
+        {"key": "zero", "curves": True, "chart": False,
+         "rows": [{"label": "B", "curves": [flat]}]},
+        {"key": "chart", "curves": False, "chart": True, "title": "T", "metrics": ["hr@10"],
+         "rows": [{"label": "C"}]}]}
+    assert set(_figures(results, tmp_path, print)) == {"zero"}
+
+
+def test_the_choice_skips_settings_without_a_validation_value():
+    from dmfx.reproduce import Row, _summarise
+
+    class Done:
+        def __init__(self, valid):
+            self.done, self.folder = True, f"run-{valid}"
+            self.result = {"test": {m: 0.5 for m in ("hr@10", "ndcg@10", "full_hr@10",
+                                                     "full_ndcg@10")},
+                           "valid": {"ndcg@10": valid}, "config": {"data": {"spec": {"seed": 0}}},
+                           "best_epoch": 1, "history": [{"epoch": 1}], "seconds": 1.0}
+
+        def metrics(self):
+            return self.result
+
+    grid = [("--a",), ("--b",), ("--c",)]
+    jobs = {(("--a",), 0): Done(None), (("--b",), 0): Done(0.3), (("--c",), 0): Done(0.2)}
+    summary = _summarise(Row("X", "dmf", grid), grid, jobs, [0], ())
+    assert summary["args"] == ["--b"]
 
 
 def test_runs_finished_before_full_ranking_only_add_it(reproduced, data_file):
@@ -172,11 +227,14 @@ def test_readme_block_is_replaced(reproduced, data_file, tmp_path):
         assert (tmp_path / "docs" / "dmf-paper-clustered-table2.png").is_file()
 
 
-@pytest.mark.parametrize("readme", ["missing", "without-block"])
+@pytest.mark.parametrize("readme", ["missing", "without-block", "end-first"])
 def test_a_bad_readme_is_refused_before_any_run(readme, data_file, tmp_path, capsys):
     path = tmp_path / "README.md"
     if readme == "without-block":
         path.write_text("intro\n")
+    if readme == "end-first":
+        path.write_text("<!-- /reproduce:dmf-paper:clustered -->\n"
+                        "<!-- reproduce:dmf-paper:clustered -->\n")
     out = tmp_path / "out"
     assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
                  "--output", str(out), "--readme", str(path)]) == 2
