@@ -259,7 +259,8 @@ def evaluate_per_user(model: Recommender, users: np.ndarray, items: np.ndarray, 
     """Per-user top-K over all items against the set of each user's held-out items (rows
     ``(users[n], items[n])``; a user may have many): HR@K is the share of users with at least
     one held-out item in their top K, NDCG@K = DCG@K / the ideal DCG@K of min(K, held-out
-    count) hits (EINMF paper, Eq. 17-18). ``exclude``: a CSR of items to leave out of each
+    count) hits (EINMF paper, Eq. 17-18, as the README's EINMF section reads them: Eq. 17 as
+    printed sums the hits, Eq. 18 divides by an unstated constant). ``exclude``: a CSR of items to leave out of each
     user's list (None: rank every item, the user's training items included)."""
     k = max(ks)
     ids, inverse = np.unique(users, return_inverse=True)

@@ -10,7 +10,9 @@ A model is an ``nn.Module`` over the internal user and item ids of one data set 
 * :meth:`Recommender.recommend` -- the top-k items of many users at once, the items each user
   interacted with in training left out;
 * :meth:`Recommender.recommend_rows` -- the same for users the model never saw, described by
-  their rating rows (models that read rating rows, DMF; and ItemPop, which needs no user);
+  their rating rows (models whose user side is a function of them: DMF, EINMF with
+  ``input="rows"``, ItemKNN; and ItemPop, which needs no user;
+  :meth:`Recommender.can_score_rows` tells);
 * :meth:`Recommender.similar_items` -- the items closest to given items.
 
 How a model learns is its :meth:`Recommender.epoch_runner`: gradient models use the default (Adam
