@@ -277,6 +277,9 @@ def batch_entries(indptr: Tensor, indices: Tensor, values: Optional[Tensor], row
     local_indptr = torch.zeros(rows.numel() + 1, dtype=torch.long, device=rows.device)
     torch.cumsum(counts, 0, out=local_indptr[1:])
     total = int(local_indptr[-1])
+    if total > torch.iinfo(indptr.dtype).max:  # its offsets would wrap
+        raise ValueError(f"dmfx.batch_entries: the batch's rows hold {total:,} entries, more than "
+                         f"{indptr.dtype} offsets can count: use int64 indptr")
     position = torch.arange(total, device=rows.device) + torch.repeat_interleave(
         starts - local_indptr[:-1], counts, output_size=total)
     return (local_indptr.to(indptr.dtype), indices[position],
@@ -641,7 +644,8 @@ def row_sparse_adam_(
         rows: int32/int64 ``[n]`` distinct row ids.
         grad_rows: ``[n, H]``.
         validate: raise when a row id is out of range or repeated (on CUDA: a sync). Without it,
-            an out-of-range row is skipped and repeated rows race.
+            an out-of-range row is skipped, and a repeated row is updated by several threads
+            at once: its result is undefined (and may differ between runs).
     """
     torch.ops.dmfx.row_sparse_adam_(weight, exp_avg, exp_avg_sq, rows, grad_rows, lr, beta1,
                                     beta2, eps, step, validate)

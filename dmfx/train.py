@@ -188,6 +188,12 @@ class _Pairs:
         seen = train.csr("binary", device=device)  # the sampler reads the pattern, not values
         self.indptr, self.indices = seen.indptr, seen.indices
         self.users = torch.from_numpy(train.users).to(device)
+        if config.num_negatives:
+            # Checked once, each user once (a user who rated every item is named here); the
+            # rounds then sample unchecked: a checked round reads a user's row for each of its
+            # pairs, O(sum of squared degrees), and syncs on CUDA.
+            ops.sample_negatives(self.indptr, self.indices, torch.unique(self.users),
+                                 self.num_items, 1, seed=0)
         self.items = torch.from_numpy(train.items).to(device)
         ratings = torch.from_numpy(train.ratings).to(device)
         scaled = config.loss in ("nce", "hybrid")
@@ -204,8 +210,8 @@ class _Pairs:
 
     def sample(self, users: torch.Tensor, seed: int) -> torch.Tensor:
         """``num_negatives`` unobserved items of each of ``users``: [len(users), num_negatives]."""
-        return ops.sample_negatives(self.indptr, self.indices, users,
-                                    self.num_items, self.config.num_negatives, seed=seed)
+        return ops.sample_negatives(self.indptr, self.indices, users, self.num_items,
+                                    self.config.num_negatives, seed=seed, validate=False)
 
     def combine(self, users, items, targets, negatives):
         """(users, items, targets) of observed pairs and their sampled items; for bpr,

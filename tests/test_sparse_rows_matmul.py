@@ -394,6 +394,14 @@ def test_batch_entries_skips_bad_rows_as_the_kernels_do(device):
     torch.testing.assert_close(values, torch.cat([csr.values[row3], csr.values[row1]]))
 
 
+def test_batch_entries_refuses_more_entries_than_int32_offsets_count():
+    # One row of 2**16 entries taken 2**15 + 1 times: 2**31 + 2**16 entries in the batch.
+    indptr = torch.tensor([0, 2**16], dtype=torch.int32)
+    indices = torch.zeros(2**16, dtype=torch.int32)
+    with pytest.raises(ValueError, match="2,147,549,184 entries, more than torch.int32 offsets"):
+        ops.batch_entries(indptr, indices, None, torch.zeros(2**15 + 1, dtype=torch.long))
+
+
 # ----------------------------------------------------------------------- row-sparse weight gradient
 
 

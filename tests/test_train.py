@@ -3,6 +3,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -395,3 +396,17 @@ def test_nce_targets_need_a_positive_rating_scale(ratings):
             EpochPairs(SimpleNamespace(train=data), TrainConfig(loss=loss, progress=False),
                        torch.device("cpu"))
     EpochPairs(SimpleNamespace(train=data), TrainConfig(loss="ce", progress=False), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("pairs", ["epoch", "batch"])
+def test_a_user_who_rated_every_item_is_named_before_training(pairs):
+    from dataclasses import replace
+
+    from dmfx.data import Interactions
+    rng = np.random.default_rng(0)
+    users = np.concatenate([np.zeros(12, int), np.repeat(np.arange(1, 30), 5)])
+    items = np.concatenate([np.arange(12)] + [rng.choice(12, 5, replace=False) for _ in range(29)])
+    data = Interactions.from_arrays(users, items, np.ones(len(users)))
+    split = replace(leave_one_out(data, num_negatives=0, seed=0, valid=False), train=data)
+    with pytest.raises(ValueError, match="user 0 .* has interacted with all 12 items"):
+        fit(DMF(split.train, (8,), (8,)), split, config(epochs=1, pairs=pairs))
