@@ -301,6 +301,20 @@ def test_the_first_bad_target_is_named_whatever_the_threads():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_summed_loss_is_the_same_for_every_thread_count(dtype):
+    """Partial sums over fixed blocks, added in block order (csrc/cpu/parallel.h)."""
+    p, q, target = make_case("cpu", batch=1_000_003, dim=2, dtype=dtype, seed=4)
+    threads, sums = torch.get_num_threads(), []
+    try:
+        for count in (1, 2, 3, 7):
+            torch.set_num_threads(count)
+            sums.append(ops.cosine_nce_loss(p, q, target, reduction="sum"))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(s, sums[0]) for s in sums[1:]), sums
+
+
 @pytest.mark.skipif(not CUDA_READY, reason="needs CUDA")
 def test_cuda_names_the_bad_target_cpu_names():
     p, q, target = make_case("cpu", batch=50000, dim=2)

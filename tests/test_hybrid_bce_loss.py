@@ -233,6 +233,21 @@ def test_elementwise_results_do_not_depend_on_position(dtype):
     assert torch.equal(split, whole)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_summed_loss_is_the_same_for_every_thread_count(dtype):
+    """Partial sums over fixed blocks, added in block order (csrc/cpu/parallel.h): not over one
+    chunk per thread, whose edges would move the double sum's roundings with the count."""
+    logits, implicit, explicit = make_case("cpu", batch=1_000_003, dtype=dtype, seed=4)
+    threads, sums = torch.get_num_threads(), []
+    try:
+        for count in (1, 2, 3, 7):
+            torch.set_num_threads(count)
+            sums.append(ops.hybrid_bce_loss(logits, implicit, explicit, ETA, reduction="sum"))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(s, sums[0]) for s in sums[1:]), sums
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_nan_logit_gives_nan_loss_and_gradient(device, reduction):
     logits, implicit, explicit = make_case(device, batch=13)

@@ -2,8 +2,6 @@
 // registered for the CPU dispatch key.
 #include <torch/library.h>
 
-#include <functional>
-
 #include "../cosine_nce_loss.h"
 #include "cosine_nce_loss_cpu.h"
 #include "output_alloc.h"
@@ -31,14 +29,9 @@ at::Tensor forward(const at::Tensor& p_, const at::Tensor& q_, const at::Tensor&
         cpu::cosine_nce_loss_forward(pp, qp, tp, dim, mu, lp, b0, b1, e);
       });
     } else {
-      // Partial sums in double, combined in a fixed order: deterministic for a thread count.
-      const double total = at::parallel_reduce(
-          0, batch, grain, 0.0,
-          [&](int64_t b0, int64_t b1, double acc) {
-            return acc + cpu::cosine_nce_loss_forward<scalar_t>(pp, qp, tp, dim, mu, nullptr, b0,
-                                                                b1, e);
-          },
-          std::plus<double>());
+      const double total = cpu::blocked_sum(batch, [&](int64_t b0, int64_t b1) {
+        return cpu::cosine_nce_loss_forward<scalar_t>(pp, qp, tp, dim, mu, nullptr, b0, b1, e);
+      });
       const double value = in.reduction == Reduction::kSum ? total : total / batch;
       result = at::scalar_tensor(value, in.p.options());
     }

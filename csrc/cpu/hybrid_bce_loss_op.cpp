@@ -2,8 +2,6 @@
 // registered for the CPU dispatch key.
 #include <torch/library.h>
 
-#include <functional>
-
 #include "../hybrid_bce_loss.h"
 #include "hybrid_bce_loss_cpu.h"
 #include "output_alloc.h"
@@ -38,14 +36,9 @@ at::Tensor forward(const at::Tensor& logits_, const at::Tensor& implicit_target_
         cpu::hybrid_bce_loss_forward(xp, ip, ep, eta, lp, b0, b1, e);
       });
     } else {
-      // Partial sums in double, combined in a fixed order: deterministic for a thread count.
-      const double total = at::parallel_reduce(
-          0, batch, kForwardGrain, 0.0,
-          [&](int64_t b0, int64_t b1, double acc) {
-            return acc + cpu::hybrid_bce_loss_forward<scalar_t>(xp, ip, ep, eta, nullptr, b0, b1,
-                                                                 e);
-          },
-          std::plus<double>());
+      const double total = cpu::blocked_sum(batch, [&](int64_t b0, int64_t b1) {
+        return cpu::hybrid_bce_loss_forward<scalar_t>(xp, ip, ep, eta, nullptr, b0, b1, e);
+      });
       // The mean of an empty batch is 0 / 0 = NaN, as torch's mean and cosine_nce_loss give.
       const double value = in.reduction == Reduction::kSum ? total : total / batch;
       result = at::scalar_tensor(value, in.logits.options());

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace dmfx {
 namespace cpu {
@@ -38,6 +39,26 @@ void parallel_tiles(int64_t rows, int64_t width, int64_t work_per_row, const Fn&
       fn(rc * rows / row_chunks, (rc + 1) * rows / row_chunks, h0, h1);
     }
   });
+}
+
+// The sum over [0, n) of partial(b0, b1), a double, taken over fixed blocks of kSumBlock items
+// that run in parallel and are added in block order: the same sum for every thread count (the
+// CUDA kernels' fixed grid gives one too), where at::parallel_reduce's chunks follow the threads.
+constexpr int64_t kSumBlock = 4096;
+
+template <typename Fn>
+double blocked_sum(int64_t n, const Fn& partial) {
+  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+  if (blocks <= 1) return n > 0 ? partial(int64_t{0}, n) : 0.0;
+  std::vector<double> sums(blocks);
+  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      sums[k] = partial(k * kSumBlock, std::min(n, (k + 1) * kSumBlock));
+    }
+  });
+  double total = 0;
+  for (const double s : sums) total += s;
+  return total;
 }
 
 }  // namespace cpu
