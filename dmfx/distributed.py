@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
@@ -409,8 +409,8 @@ class World(LocalRun):
 
     def shard_path(self, path, epoch: int, partial_steps: Optional[int] = None) -> Path:
         """This rank's shard of the checkpoint after ``epoch`` finished epochs (and
-        ``partial_steps`` of the next): each commit its own file, so a kill inside a write
-        leaves the committed shards whole."""
+        ``partial_steps`` of the next): each point of a run has its own file, so a kill inside
+        the write of a later one leaves the committed shards whole."""
         path = Path(path)
         step = "" if partial_steps is None else f".step{partial_steps}"
         return path.with_name(f"{path.stem}.rank{self.rank}-of-{self.size}.epoch{epoch}{step}"
@@ -429,7 +429,7 @@ class World(LocalRun):
                                "world_size": self.size})
         self.barrier("waiting for every rank's checkpoint shard")
         if self.main:  # the commit: the epoch whose shards a resume reads
-            save_checkpoint(path, {"train_state": asdict(replace(state, best_state=None)),
+            save_checkpoint(path, {"train_state": replace(state, best_state=None).as_dict(),
                                    "shards": {"epoch": state.epoch,
                                               "partial_steps": partial_steps}, **payload})
         self.barrier("waiting for rank 0 to commit the checkpoint")
@@ -441,14 +441,16 @@ class World(LocalRun):
         if self.mode == "ddp":
             return super().restore(path, saved, model, runner)
         epoch, partial_steps = saved["shards"]["epoch"], saved["shards"].get("partial_steps")
+        where = f"epoch {epoch}" if partial_steps is None else \
+            f"step {partial_steps} of epoch {epoch + 1}"
         mine = self.shard_path(path, epoch, partial_steps)
         if not mine.is_file():
-            raise CheckpointError(f"{path} continues from epoch {epoch}, but this rank's shard "
+            raise CheckpointError(f"{path} continues from {where}, but this rank's shard "
                                   f"{mine.name} is missing")
         shard = load_checkpoint(mine, map_location=self.device)
         if (shard.get("epoch"), shard.get("partial_steps"), shard.get("rank"),
                 shard.get("world_size")) != (epoch, partial_steps, self.rank, self.size):
-            raise CheckpointError(f"{mine} is not rank {self.rank}'s shard of epoch {epoch}")
+            raise CheckpointError(f"{mine} is not rank {self.rank}'s shard of {where}")
         model.load_state_dict(shard["model_state"])
         runner.load_state_dict(shard["runner"])
         return TrainState(**{**saved["train_state"], "best_state": shard["best_state"]})
@@ -490,8 +492,8 @@ class DistributedEpochs(GradientEpochs):
         # dtype on every rank.
         self.dtype = next(model.parameters()).dtype
 
-    def run(self, epoch: int, **kwargs) -> dict:
-        stats = super().run(epoch, **kwargs)
+    def run(self, epoch: int, max_steps: int = 0, **kwargs) -> dict:
+        stats = super().run(epoch, max_steps, **kwargs)
         stats["peak_memory_mb_per_rank"] = self.world.gather_floats(
             peak_memory_mb(self.model.device), "gathering peak memory")
         return stats

@@ -236,14 +236,29 @@ def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optiona
         split = _split_from_data(path, saved["data"], data, allow_data_change)
     model = build_model(saved["model"]["kind"], split.train, saved["model"]["config"], device,
                         restore=True)
-    # A checkpoint's result is its best validation epoch; model_state is the last one (--resume).
-    best = saved.get("train_state", {}).get("best_state")
     try:
-        model.load_state_dict(best if best is not None else saved["model_state"])
+        model.load_state_dict(_result_weights(path, saved))
     except RuntimeError as error:
         first = (str(error).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path} does not fit the data read now ({first})") from None
     return Trained(model, split)
+
+
+def _result_weights(path, saved: dict) -> dict:
+    """A checkpoint's result: its best validation epoch. model_state holds the last weights
+    (--resume), which are the result when the run ended in an epoch cut by --max-steps whose
+    evaluation made it the best (as in model.pt)."""
+    state = saved.get("train_state", {})
+    partial = state.get("partial")
+    if partial and partial.get("evaluated_best"):
+        return saved["model_state"]
+    if state.get("best_state") is not None:
+        return state["best_state"]
+    if partial:
+        raise CheckpointError(f"{path} was written {partial['steps']} steps into epoch "
+                              f"{partial['epoch']}, before any epoch was evaluated: it holds no "
+                              "result yet (--resume continues it)")
+    return saved["model_state"]
 
 
 def _split_from_data(path: str, record: dict, data: Optional[str],

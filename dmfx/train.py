@@ -24,7 +24,7 @@ import os
 import resource
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -114,6 +114,11 @@ class TrainState:
     steps: int = 0  # optimizer steps taken (gradient-trained models), the unfinished epoch's included
     # the next epoch's progress when a checkpoint was taken inside it (see GradientEpochs.run)
     partial: Optional[dict] = None
+
+    def as_dict(self) -> dict:
+        """The fields as a dict for a checkpoint, tensors shared, not copied: ``asdict`` would
+        copy ``best_state`` (the tables, 0.8 GB at Amazon scale) at every save."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class SplitAdam:
@@ -310,7 +315,9 @@ class GradientEpochs:
 
         ``progress`` continues an epoch from a checkpoint taken inside it (``"progress"`` of an
         earlier result, or what ``save`` was given); ``save(progress)`` is called after every
-        ``save_every``-th step of the epoch but its last. The result has the epoch's mean loss and
+        ``save_every``-th step of the epoch but the last this call takes (the epoch's end, or
+        where ``max_steps`` cuts it: the caller saves there) and while the loss is finite. The
+        result has the epoch's mean loss and
         pairs per second, its ``steps`` done of its ``batches``, the steps ``taken`` by this
         call, and ``progress`` when the epoch is unfinished.
 
@@ -357,7 +364,9 @@ class GradientEpochs:
             if steps == end:
                 break
             if save is not None and save_every and steps % save_every == 0:
-                save(snapshot())
+                state = snapshot()
+                if math.isfinite(state["loss_sum"]):  # a diverging epoch is redone on resume
+                    save(state)
         bar.close()
         stats = {"loss": total.item() / max(1, done), "pairs_per_s": done / max(seconds(), 1e-9),
                  "steps": steps, "batches": count, "taken": steps - begun}
@@ -455,7 +464,7 @@ class LocalRun:
 
     def save(self, path, model: Recommender, runner, state: TrainState, payload: dict) -> None:
         save_checkpoint(path, {"model_state": model.state_dict(), "runner": runner.state_dict(),
-                               "train_state": asdict(state), **payload})
+                               "train_state": state.as_dict(), **payload})
 
     def restore(self, path, saved: dict, model: Recommender, runner) -> TrainState:
         model.load_state_dict(saved["model_state"])
@@ -517,7 +526,7 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
     # An unfinished epoch is taken up again even without steps left: it is then evaluated as
     # the run that was cut there evaluated it.
     stopped = state.bad_epochs >= config.patience > 0 or (state.epoch > 0 and runner.converged) \
-        or out_of_steps() and state.partial is None
+        or (out_of_steps() and state.partial is None)
     for epoch in range(state.epoch + 1, 0 if stopped else config.epochs + 1):
         start = time.perf_counter()
         progress, state.partial = state.partial, None
@@ -539,8 +548,9 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
                                save=save_progress if checkpoint is not None else None)
         unfinished = stats.pop("progress", None)
         if not math.isfinite(stats.get("loss", 0.0)):
-            # Diverged: the epoch is neither evaluated nor checkpointed (a resume redoes it) and
-            # the model goes back to the best epoch's weights, as after early stopping.
+            # Diverged: the epoch is neither evaluated nor checkpointed (a resume redoes it from
+            # its last checkpoint with a finite loss) and the model goes back to the best epoch's
+            # weights, as after early stopping.
             message = f"epoch {epoch}: the training loss is {stats['loss']}: the model diverged"
             if isinstance(runner, GradientEpochs):
                 message += f" (try a lower learning rate than lr={config.lr:g})"
@@ -548,6 +558,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
                 raise FloatingPointError(f"{message}; no earlier epoch to keep")
             warnings.warn(f"{message}; training stops and keeps epoch {state.best_epoch}",
                           RuntimeWarning, stacklevel=2)
+            # Its steps taken before a resume do not count either, as in a run never resumed.
+            state.steps = steps_before - (progress["steps"] if progress else 0)
             break
         state.steps += stats.pop("taken", 0)
         # What the checkpoint of a cut epoch holds: the run before this epoch's evaluation, so
@@ -569,6 +581,10 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
                                            protocols=watched)
         state.history.append(entry)
         state.epoch = epoch
+        if unfinished:
+            # Whether this evaluation of the cut epoch made it the run's result: the checkpoint
+            # then gives its weights (model_state) to evaluate and recommend, as model.pt does.
+            unfinished["evaluated_best"] = metric > state.best_metric
         if metric > state.best_metric:
             state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
             state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -5,6 +5,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 from dmfx.cli import _device, main, parse_args
 from dmfx.config import file_flags, read_settings, toml_text, tomllib
@@ -219,6 +220,11 @@ def test_pairs_batch_and_max_steps_from_the_command_line(data_file, tmp_path, ca
     assert logged[0]["batches"] > 2
     saved = tomllib.loads((out / "config.toml").read_text())
     assert (saved["pairs"], saved["max-steps"]) == ("batch", 2)
+    # The checkpoint of the cut run gives its result too: the cut epoch, evaluated as the best.
+    from dmfx.experiment import load_trained
+    from_checkpoint = load_trained(out / "checkpoint.pt").model.state_dict()
+    for name, x in load_trained(out / "model.pt").model.state_dict().items():
+        assert torch.equal(x, from_checkpoint[name]), name
     # Without the limit, a resume finishes the cut epoch and the others: as a run never cut.
     assert main(["train", "--data", str(data_file), "--output", str(out), *TINY, "--epochs", "3",
                  "--pairs", "batch", "--max-steps", "0", "--checkpoint-every", "3",

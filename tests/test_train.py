@@ -254,6 +254,53 @@ def test_a_diverged_epoch_stops_training_and_keeps_the_best_weights(split, tmp_p
     assert saved["train_state"]["epoch"] == 2  # the diverged epoch is not checkpointed
 
 
+def test_a_run_diverging_inside_an_epoch_resumes_to_the_same_end(split, tmp_path, monkeypatch):
+    from dmfx.train import GradientEpochs
+    per_epoch = -(-split.train.nnz * 8 // 64)
+    step, taken = GradientEpochs.step, []
+
+    def poisoned(self, *args):  # from this step of epoch 2 on, the weights and losses are NaN
+        taken.append(1)
+        if len(taken) >= per_epoch + 12:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.fill_(float("nan"))
+        return step(self, *args)
+
+    monkeypatch.setattr(GradientEpochs, "step", poisoned)
+    with pytest.warns(RuntimeWarning, match="epoch 2: the training loss is nan"):
+        whole = fit(make_model(split), split, config(epochs=3, checkpoint_every=5),
+                    checkpoint=tmp_path / "d.pt")
+    saved = torch.load(tmp_path / "d.pt", weights_only=True)["train_state"]
+    # The last checkpoint is the one before the NaN: step 10 of epoch 2.
+    assert (saved["epoch"], saved["partial"]["steps"]) == (1, 10)
+    taken.clear()
+    taken += [1] * (per_epoch + 10)  # the resumed run's steps continue the count
+    resumed_model = make_model(split, seed=3)
+    with pytest.warns(RuntimeWarning, match="epoch 2: the training loss is nan"):
+        resumed = fit(resumed_model, split, config(epochs=3, checkpoint_every=5),
+                      checkpoint=tmp_path / "d.pt", resume=True)
+    assert resumed.steps == whole.steps == per_epoch
+    assert same_history(resumed.history, whole.history)
+
+
+def test_a_checkpoint_gives_the_result_of_its_run():
+    from dmfx.checkpoint import CheckpointError
+    from dmfx.experiment import _result_weights
+    last, best = {"w": torch.ones(1)}, {"w": torch.zeros(1)}
+    cut = {"epoch": 2, "steps": 5}
+    assert _result_weights("c.pt", {"model_state": last, "train_state": {"best_state": best}}) is best
+    # an epoch cut by max_steps whose evaluation made it the best: the last weights
+    assert _result_weights("c.pt", {"model_state": last, "train_state": {
+        "best_state": best, "partial": {**cut, "evaluated_best": True}}}) is last
+    assert _result_weights("c.pt", {"model_state": last, "train_state": {
+        "best_state": best, "partial": {**cut, "evaluated_best": False}}}) is best
+    with pytest.raises(CheckpointError, match="5 steps into epoch 2, before any epoch was "
+                                              "evaluated"):
+        _result_weights("c.pt", {"model_state": last, "train_state": {"best_state": None,
+                                                                      "partial": cut}})
+
+
 def test_divergence_in_the_first_epoch_is_an_error(split, monkeypatch):
     diverging_at(1, monkeypatch)
     with pytest.raises(FloatingPointError, match="epoch 1: the training loss is nan.*no earlier"):
