@@ -85,7 +85,11 @@ def _known(new: NewUsers) -> sp.csr_matrix:
     has = new.valid_items >= 0
     valid = sp.csr_matrix((np.ones(int(has.sum())), (np.flatnonzero(has), new.valid_items[has])),
                           shape=new.rows.shape)
-    return ((new.rows != 0).astype(np.float32) + valid).tocsr()
+    # The pattern, not the values: an item rated 0 (an implicit 0 in some data) is rated too.
+    rows = new.rows.tocsr()
+    rated = sp.csr_matrix((np.ones(rows.nnz, dtype=np.float32), rows.indices, rows.indptr),
+                          shape=rows.shape)
+    return (rated + valid).tocsr()
 
 
 @torch.no_grad()

@@ -125,6 +125,9 @@ class SparseRowLinear(nn.Module):
     weight saved by SparseRowLinear (or one whose metadata was dropped, e.g. by safetensors)
     loads as it is, and a square weight saved by another module raises (load it into the layer
     it came from and convert that with :meth:`from_linear` / :meth:`from_embedding_bag`).
+    Shapes alone cannot tell an ``nn.EmbeddingBag(out_features, in_features)`` weight from an
+    ``nn.Linear(in_features, out_features)`` one (both ``[out_features, in_features]``): such a
+    weight is read as nn.Linear's; a SparseRowLinear state dict of that shape is refused.
 
     Args:
         in_features: columns of the matrix (items for the user tower, users for the item one).
@@ -215,7 +218,7 @@ class SparseRowLinear(nn.Module):
         # Checked once here: the bound matrix is read by every call.
         _check_parts(indptr, indices, values,
                      (indptr.numel() - 1, self.in_features) if shape is None else shape,
-                     _MATRIX, "column")
+                     _MATRIX, "column", self.weight.dtype)
         device = self.weight.device
         self.indptr = indptr.detach().to(device)
         self.indices = indices.detach().to(device)
@@ -245,6 +248,7 @@ class SparseRowLinear(nn.Module):
             indptr, indices, values, shape = _csr_parts(matrix, _MATRIX)
             _check_csr_tensors(indices, values)
             self._check_width(shape)
+            indptr, indices = _one_index_dtype(indptr, indices, _MATRIX)  # as bind and as_csr
             if values is not None and values.dtype != self.weight.dtype:
                 raise TypeError(f"{_MATRIX} values are {values.dtype} but the layer's weight is "
                                 f"{self.weight.dtype}: cast the matrix's values, or bind it "
@@ -372,11 +376,13 @@ class SparseRowLinear(nn.Module):
         ours = (self.in_features, self.out_features)
         linears = (self.out_features, self.in_features)
         rejected = False
+        version = local_metadata.get("version")
         if isinstance(weight, Tensor) and weight.dim() == 2 and ours != linears:
-            if tuple(weight.shape) == linears:  # nn.Linear's [out, in]
+            # nn.Linear's [out, in]; a SparseRowLinear's own state dict of another shape is
+            # left to fail as a size mismatch
+            if tuple(weight.shape) == linears and version != self._version:
                 state_dict[key] = weight.t().contiguous()
         elif isinstance(weight, Tensor) and tuple(weight.shape) == ours:
-            version = local_metadata.get("version")
             if version is not None and version != self._version:
                 rejected = True
                 error_msgs.append(

@@ -172,17 +172,20 @@ def write_recommendations(path, blocks, trained: Trained, *,
 class RowTower(nn.Module):
     """A DMF tower as a function of rating rows alone, for ``torch.export``: ``(indptr [n + 1],
     indices [nnz], values [nnz])`` of n rows (int64 ids, float32 ratings; columns ascending
-    within a row) -> ``[n, d]`` normalised vectors, whose dot products are DMF's cosines."""
+    within a row) -> ``[n, d]`` vectors whose dot products are the model's scores: normalised
+    for a cosine-scored DMF (``normalize``), as they come out of the tower for ``score="dot"``."""
 
-    def __init__(self, tower: nn.Module):
+    def __init__(self, tower: nn.Module, normalize: bool):
         super().__init__()
         self.first, self.mlp, self.binary = tower.first, tower.mlp, tower.binary
+        self.normalize = normalize
 
     def forward(self, indptr: Tensor, indices: Tensor, values: Tensor) -> Tensor:
         rows = torch.arange(indptr.shape[0] - 1, device=indptr.device)
         h = ops.sparse_rows_matmul(indptr, indices, None if self.binary else values, rows,
                                    self.first)
-        return F.normalize(self.mlp(h), dim=1)
+        out = self.mlp(h)
+        return F.normalize(out, dim=1) if self.normalize else out
 
 
 def _export_tower(tower: RowTower, example: CSR, path: Path) -> None:
@@ -227,12 +230,14 @@ def export_model(trained: Trained, output) -> dict:
     save_npy("item_ids.npy", trained.item_ids)
     seen = trained.split.train.to_scipy("binary")
     atomic_write(out / "seen.npz", lambda f: sp.save_npz(f, seen))
+    normalised = getattr(model, "score_kind", None) == "cosine"
     if hasattr(model, "embed_users"):
         train, values = trained.split.train, model.config()["input"]
         for side, tower in (("user", model.user_tower), ("item", model.item_tower)):
             # A few real rows to trace with; the program takes any number of rows.
             example = as_csr(train.to_scipy(values, transpose=side == "item")[:3], name=side)
-            _export_tower(RowTower(tower).eval(), example, out / f"{side}_tower.pt2")
+            _export_tower(RowTower(tower, normalised).eval(), example,
+                          out / f"{side}_tower.pt2")
             files.append(f"{side}_tower.pt2")
     from . import __version__
 
@@ -241,6 +246,6 @@ def export_model(trained: Trained, output) -> dict:
             "dim": int(scorer.users.shape[1]),
             "score": "user_vectors[u] @ item_vectors[i]"
                      + (" + item_bias[i]" if scorer.item_bias is not None else ""),
-            "normalised": getattr(model, "score_kind", None) == "cosine", "files": files}
+            "normalised": normalised, "files": files}
     atomic_write(out / "meta.json", lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return meta

@@ -52,6 +52,13 @@ def test_from_arrays_builds_sorted_deterministic_id_maps() -> None:
     assert x.ratings.dtype == np.float32 and x.timestamps.dtype == np.int64
 
 
+def test_unsigned_ids_beyond_int64_are_refused_not_wrapped() -> None:
+    fits = Interactions.from_arrays(np.array([2**63 - 1, 1], np.uint64), [1, 2], [1, 1])
+    assert fits.user_ids.tolist() == [1, 2**63 - 1]
+    with pytest.raises(ValueError, match=r"users_raw holds ids above 2\*\*63 - 1.*as strings"):
+        Interactions.from_arrays(np.array([2**63 + 5, 1], np.uint64), [1, 2], [1, 1])
+
+
 def test_index_lookup_accepts_str_and_int() -> None:
     x = small()
     assert x.user_index("bob") == 1

@@ -264,6 +264,12 @@ def test_duplicates_are_summed_in_every_format():
         torch.testing.assert_close(layer(matrix, rows_batch), want)
     # the scipy/torch COO inputs were not coalesced in place
     assert coo.nnz == 6 and torch_coo._nnz() == 6
+    # bools and small ints are summed as numbers, as torch COO's are: no saturation, no wrap
+    twice = ([0, 0], [1, 1])
+    for data, want in (([True, True], 2.0), (np.array([100, 100], np.int8), 200.0)):
+        for matrix in (sp.coo_matrix((data, twice), shape=(1, 2)),
+                       torch.sparse_coo_tensor(twice, torch.as_tensor(data), (1, 2))):
+            assert as_csr(matrix).values.tolist() == [want], type(matrix)
 
 
 def test_unsorted_coo():
@@ -358,6 +364,9 @@ BAD = [
      ValueError, "m holds non-finite values"),
     ("NaN dmfx CSR", lambda: as_csr(csr_with(values=torch.full((NNZ,), float("nan"))), name="m"),
      ValueError, "m holds non-finite values"),
+    ("beyond float32", lambda: as_csr(sp.csr_matrix(([1e39, 1.0], ([0, 0], [0, 1])),
+                                                    shape=(1, 2)), name="m"),
+     ValueError, "m holds non-finite values .*, or values beyond torch.float32's range"),
     ("negative id", lambda: as_csr(csr_with(indices=negative_id()), name="m"),
      ValueError, r"m has negative column ids \(smallest -1\)"),
     ("negative id scipy", lambda: as_csr(

@@ -272,11 +272,22 @@ def test_square_foreign_state_dict_is_refused_not_guessed():
     assert torch.equal(SparseRowLinear.from_linear(linear).weight, linear.weight.t())
 
 
+def test_a_per_call_matrix_may_mix_index_dtypes_as_bind_allows():
+    csr = make_csr(8, 21)
+    layer = SparseRowLinear(21, 5, dtype=F64)
+    mixed = CSR(csr.indptr.int(), csr.indices, csr.values, csr.shape)
+    rows = torch.tensor([3, 0, 5])
+    torch.testing.assert_close(layer(mixed, rows), layer(csr, rows))
+
+
 def test_bias_mismatch_and_wrong_shape_raise():
     with pytest.raises(RuntimeError, match="bias"):
         SparseRowLinear(9, 4).load_state_dict(nn.Linear(9, 4).state_dict())
     with pytest.raises(RuntimeError, match="size mismatch"):
         SparseRowLinear(9, 4).load_state_dict(nn.Linear(8, 4, bias=False).state_dict())
+    # its own state dict of the transposed shape is another layer, not an nn.Linear one
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        SparseRowLinear(4, 3).load_state_dict(SparseRowLinear(3, 4).state_dict())
 
 
 # ------------------------------------------------------------------------------- sparse_grad

@@ -263,6 +263,31 @@ def test_new_user_metrics_equal_a_dense_reference():
         torch.where(full < 10, 1 / (full + 1.0), 0.0).mean().item())
 
 
+def test_a_float64_dmf_scores_new_users():
+    split = small_split()
+    model = dmf(split).double()
+    rows = split.train.to_scipy("rating")[:3]
+    torch.testing.assert_close(F.normalize(model.embed_users(rows), dim=1),
+                               model._eval_scorer().users[:3])
+    items, _ = model.recommend_rows(rows, k=5)
+    assert torch.equal(items, model.recommend(torch.arange(3), k=5)[0])
+
+
+def test_full_ranking_of_new_users_leaves_out_items_they_rated_0():
+    from dataclasses import replace
+
+    from dmfx.inductive import _known
+    data = synthetic(40, 60, 700, seed=0)
+    ratings = data.ratings.copy()
+    ratings[::3] = 0  # an implicit 0, as Book-Crossing stores it
+    split = leave_one_out(replace(data, ratings=ratings), num_negatives=10, seed=0)
+    _, new = hold_out_users(split, 0.3, seed=0)
+    rated = new.rows.tocoo()
+    assert (rated.data == 0).any()
+    known = _known(new).toarray() > 0
+    assert known[rated.row, rated.col].all()
+
+
 def test_train_with_held_out_users_reports_new_user_metrics(tmp_path, capsys):
     data = tmp_path / "d.npz"
     synthetic(50, 90, 1200, seed=2).save_npz(data)
@@ -484,6 +509,24 @@ def test_export_writes_vectors_that_rank_like_the_model_and_towers_that_embed(ru
     # as the docs say: a fresh process loads the towers after `import dmfx.ops`
     load = (f"import torch, dmfx.ops; torch.export.load({str(target / 'user_tower.pt2')!r})")
     subprocess.run([sys.executable, "-c", load], check=True, capture_output=True)
+
+
+def test_exported_towers_of_a_dot_scored_dmf_give_its_vectors(tmp_path):
+    data = tmp_path / "d.npz"
+    synthetic(30, 40, 400, seed=1).save_npz(data)
+    out = tmp_path / "dot"
+    assert main(["train", "--data", str(data), "--score", "dot", "--activation", "none",
+                 "--user-layers", "8,4", "--item-layers", "8,4", "--epochs", "1",
+                 "--eval-negatives", "10", "--no-full-ranking", "--quiet", "--output",
+                 str(out)]) == 0
+    target = tmp_path / "export"
+    assert main(["export", str(out / "model.pt"), "--output", str(target)]) == 0
+    assert not json.loads((target / "meta.json").read_text())["normalised"]
+    users = torch.from_numpy(np.load(target / "user_vectors.npy"))
+    tower = torch.export.load(str(target / "user_tower.pt2")).module()
+    csr = as_csr(load_trained(out / "model.pt").split.train.to_scipy("rating")[:3])
+    torch.testing.assert_close(tower(csr.indptr.long(), csr.indices.long(), csr.values),
+                               users[:3], rtol=1e-5, atol=1e-7)
 
 
 def test_export_refuses_models_without_vectors(tmp_path, capsys):

@@ -55,6 +55,9 @@ def _as_id_array(raw: object, what: str) -> np.ndarray:
     arr = np.asarray(raw)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{what} holds ids above 2**63 - 1 ({arr.max()}), which int64 ids "
+                         "cannot hold: pass them as strings")
     if arr.size == 0 or arr.dtype.kind in "iu":
         return arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "U":

@@ -115,7 +115,10 @@ def _read(matrix: Any, name: str):
     if sp.issparse(matrix):
         shape = _shape(matrix.shape, name)
         if matrix.format not in ("csr", "csc"):
-            # Their constructors have checked the ids; tocsr sums duplicates.
+            # Their constructors have checked the ids; tocsr sums duplicates, in a float as
+            # the torch path does (bools would saturate, small ints wrap).
+            if matrix.dtype.kind in "iub":
+                matrix = matrix.astype(np.float64)
             matrix = matrix.tocsr()
         return (_from_numpy(matrix.indptr), _from_numpy(matrix.indices),
                 _from_numpy(matrix.data), shape, matrix.format == "csr")
@@ -137,11 +140,14 @@ def _one_index_dtype(indptr: Tensor, indices: Tensor, name: str):
 
 
 def _check_parts(indptr: Tensor, indices: Tensor, values: Optional[Tensor],
-                 shape: Optional[tuple[int, int]], name: str, ids: str):
+                 shape: Optional[tuple[int, int]], name: str, ids: str,
+                 value_dtype: Optional[torch.dtype] = None):
     """Check a CSR's arrays (``indptr`` and ``indices`` of one index dtype); returns
     ``(shape, canonical)``, inferring a missing shape (the columns from the largest id) and
     telling whether every row is strictly ascending.
     ``ids`` names what the column ids are ("column", or "row" for a transposed input).
+    ``value_dtype``: the dtype the values will be cast to, whose range they must fit (a
+    float64 1e39 would become a float32 infinity).
 
     The data checks are reductions gathered into one host read (one sync on CUDA)."""
     for part, tensor in (("indptr", indptr), ("indices", indices)):
@@ -164,7 +170,11 @@ def _check_parts(indptr: Tensor, indices: Tensor, values: Optional[Tensor],
     if nnz:
         flags["smallest"], flags["largest"] = indices.min(), indices.max()
         if values is not None and values.is_floating_point():
-            flags["non_finite"] = ~torch.isfinite(values).all()
+            finite = torch.isfinite(values)
+            largest = torch.finfo(value_dtype or values.dtype).max
+            if largest < torch.finfo(values.dtype).max:
+                finite &= values.abs() <= largest
+            flags["non_finite"] = ~finite.all()
         increasing = indices[1:] > indices[:-1]
         # The first entry of a row follows the previous row's last: no order between them.
         starts = indptr[1:-1].long()
@@ -186,7 +196,8 @@ def _check_parts(indptr: Tensor, indices: Tensor, values: Optional[Tensor],
         raise ValueError(f"{name} has {ids} ids up to {read['largest']}, outside its "
                          f"{shape[1]} {ids}s")
     if read.get("non_finite"):
-        raise ValueError(f"{name} holds non-finite values (NaN or infinity)")
+        beyond = f", or values beyond {value_dtype}'s range" if value_dtype is not None else ""
+        raise ValueError(f"{name} holds non-finite values (NaN or infinity){beyond}")
     return shape, not read["unsorted"]
 
 
@@ -249,7 +260,8 @@ def as_csr(matrix: Any, *, num_cols: Optional[int] = None, transpose: bool = Fal
         dtype: of the values, float32 (default) or float64. A ``values=None`` CSR-like input
             (a 0/1 matrix) gets ones.
         index_dtype: of ``indptr`` and ``indices``, torch.int32 or torch.int64 (checked to
-            fit); default: the input's, int64 where its two differ.
+            fit); default: the input's for a CSR already canonical, int64 where its two differ
+            or where the input had to be sorted or converted (COO, CSC, unsorted rows).
 
     Raises:
         TypeError: an unsupported kind of matrix or dtype.
@@ -268,7 +280,7 @@ def as_csr(matrix: Any, *, num_cols: Optional[int] = None, transpose: bool = Fal
     indptr, indices = indptr.contiguous(), indices.contiguous()
     values = None if values is None else values.contiguous()
     shape, canonical = _check_parts(indptr, indices, values, shape, name,
-                                    "row" if transpose else "column")
+                                    "row" if transpose else "column", dtype)
     if num_cols is not None and shape[1] != num_cols:
         what = "rows" if transpose else "columns"
         got = shape[::-1] if transpose else shape

@@ -205,14 +205,16 @@ class DMF(TwoTower):
         ids are the model's internal ones). A trained user's own training row gives back its
         stored vector, so users the model never saw are scored without retraining."""
         return self.user_tower.embed(as_csr(rows, num_cols=self.num_items, name="rows",
-                                            device=self.device))
+                                            device=self.device,
+                                            dtype=self.user_tower.first.dtype))
 
     @torch.no_grad()
     def embed_items(self, columns) -> Tensor:
         """Item-tower outputs of items described by their columns of Y: ``columns`` is
         ``[num_users, n]``, the ratings the model's users gave each new item."""
         return self.item_tower.embed(as_csr(columns, num_cols=self.num_users, transpose=True,
-                                            name="columns", device=self.device))
+                                            name="columns", device=self.device,
+                                            dtype=self.item_tower.first.dtype))
 
     @torch.no_grad()
     def scorer_for_rows(self, rows) -> VectorScorer:
