@@ -73,7 +73,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "changes (DMFX_NO_CACHE=1: parse every time)")
     g.add_argument("--sep", default=None, type=_separator,
                    help="field separator of --data when not detected ('\\t' for a tab)")
-    g.add_argument("--split-seed", type=seed_arg, default=0, help="seed of the leave-one-out split")
+    g.add_argument("--split-seed", type=seed_arg, default=0,
+                   help="seed of the split (the held-out items, the sampled ones, and the random "
+                        "split's shares)")
     g.add_argument("--protocol", default=None, metavar="sampled:N|full",
                    help="evaluation protocol of early stopping (validation NDCG@10) and of the "
                         "headline metrics: sampled:N ranks each held-out item among N items the "
@@ -398,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a model's user and item vectors, id maps and (DMF) "
                        "towers for serving", description="Writes OUTPUT/user_vectors.npy, "
-                       "item_vectors.npy (a score is their dot product; DMF's are normalised), "
-                       "user_ids.npy, item_ids.npy, seen.npz (training interactions, scipy CSR), "
+                       "item_vectors.npy (a score is their dot product, plus item_bias.npy where "
+                       "the model has one; cosine DMF's are normalised), user_ids.npy, item_ids.npy, seen.npz (training interactions, scipy CSR), "
                        "meta.json and, for DMF, user_tower.pt2 / item_tower.pt2 (torch.export "
                        "programs that embed rating rows of new users and items; load them with "
                        "torch.export.load after `import dmfx.ops`).")

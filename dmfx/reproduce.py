@@ -134,7 +134,8 @@ def _widths(*widths) -> str:
 
 
 def _dmf_paper(quick: bool) -> list:
-    # quick: a smoke version of every table (tiny towers, two epochs, one setting per grid)
+    # quick: a smoke version of every table (tiny towers, two epochs, one setting per grid but
+    # ItemKNN's two neighbourhoods, which cost nothing)
     first = 16 if quick else 256
     short = ("--epochs", "2", "--patience", "0") if quick else ()
     curve_epochs = "2" if quick else "20"
@@ -1034,7 +1035,8 @@ def add_parser(sub, add_data_args: Callable) -> None:
                    help="runs at once, one CPU thread each (1: in this process, torch's threads)")
     p.add_argument("--output", default=None, help="folder (default runs/EXPERIMENT-DATASET)")
     p.add_argument("--quick", action="store_true",
-                   help="a small smoke version: tiny models, two epochs, one setting per grid")
+                   help="a small smoke version: tiny models, two epochs, one setting per grid "
+                   "(ItemKNN keeps its two neighbourhoods)")
     p.add_argument("--only", nargs="+", default=[], metavar="TABLE",
                    help="run only these tables (keys as in the output: table2, figure2, ...)")
     p.add_argument("--readme", default=None,

@@ -200,6 +200,7 @@ def _export_tower(tower: RowTower, example: CSR, path: Path) -> None:
     torch.export.save(program, str(path))
 
 
+@torch.no_grad()
 def export_model(trained: Trained, output) -> dict:
     """Writes to the folder ``output``: ``user_vectors.npy`` and ``item_vectors.npy`` (float32,
     one row per internal id; a user's score of an item is the dot product, plus
@@ -220,11 +221,12 @@ def export_model(trained: Trained, output) -> dict:
     def save_npy(name: str, array: np.ndarray) -> None:
         atomic_write(out / name, lambda f: np.save(f, array, allow_pickle=False))
 
-    save_npy("user_vectors.npy", scorer.users.float().numpy())
-    save_npy("item_vectors.npy", scorer.items.float().numpy())
+    # detached: some scorers hand out their parameters themselves (GMF's, BPR-MF's tables)
+    save_npy("user_vectors.npy", scorer.users.detach().float().numpy())
+    save_npy("item_vectors.npy", scorer.items.detach().float().numpy())
     files = ["user_vectors.npy", "item_vectors.npy", "user_ids.npy", "item_ids.npy", "seen.npz"]
     if scorer.item_bias is not None:
-        save_npy("item_bias.npy", scorer.item_bias.float().numpy())
+        save_npy("item_bias.npy", scorer.item_bias.detach().float().numpy())
         files.append("item_bias.npy")
     save_npy("user_ids.npy", trained.user_ids)
     save_npy("item_ids.npy", trained.item_ids)

@@ -529,6 +529,27 @@ def test_exported_towers_of_a_dot_scored_dmf_give_its_vectors(tmp_path):
                                users[:3], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("model", ["gmf", "bpr"])
+def test_models_scored_by_their_tables_export(model, tmp_path):
+    data = tmp_path / "d.npz"
+    synthetic(30, 40, 400, seed=1).save_npz(data)
+    out = tmp_path / model
+    assert main(["train", "--data", str(data), "--model", model, "--factors", "4", "--epochs",
+                 "1", "--eval-negatives", "10", "--no-full-ranking", "--quiet", "--output",
+                 str(out)]) == 0
+    target = tmp_path / "export"
+    assert main(["export", str(out / "model.pt"), "--output", str(target)]) == 0
+    trained = load_trained(out / "model.pt")
+    users, items = np.load(target / "user_vectors.npy"), np.load(target / "item_vectors.npy")
+    scores = users @ items.T
+    if (target / "item_bias.npy").is_file():
+        scores = scores + np.load(target / "item_bias.npy")
+    pairs = torch.tensor([0, 1, 2]), torch.tensor([5, 6, 7])
+    np.testing.assert_allclose(scores[pairs[0], pairs[1]],
+                               trained.model.score(*pairs).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_export_refuses_models_without_vectors(tmp_path, capsys):
     data = tmp_path / "d.npz"
     synthetic(30, 40, 400, seed=1).save_npz(data)
