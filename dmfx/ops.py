@@ -197,15 +197,24 @@ def sparse_rows_matmul(
             gives; pair it with :class:`dmfx.optim.RowSparseAdam`. A backward then costs the batch's
             nnz, not ``weight.size(0) * H``: for tables far larger than a batch touches. Costs a
             sort of the batch's column ids (and a few syncs on CUDA, to size the sparse
-            gradient). Eager autograd only.
+            gradient). Eager autograd only: under ``torch.compile`` the call runs eagerly (a
+            graph break; with ``fullgraph=True``, an error naming ``_sparse_grad_rows_matmul``).
 
     Returns:
         ``[B, H]`` tensor. Differentiable with respect to ``weight`` and ``values``, once:
         double backward (``create_graph=True`` through this op) raises ``RuntimeError``.
     """
     if sparse_grad:
-        return _SparseGradRowsMatmul.apply(indptr, indices, values, rows, weight, validate)
+        return _sparse_grad_rows_matmul(indptr, indices, values, rows, weight, validate)
     return torch.ops.dmfx.sparse_rows_matmul(indptr, indices, values, rows, weight, validate)
+
+
+# Sized by data (the batch's entries and touched rows), its backward cannot be traced: compiled
+# code calls it eagerly rather than tracing into it.
+@torch.compiler.disable
+def _sparse_grad_rows_matmul(indptr, indices, values, rows, weight, validate):
+    """:func:`sparse_rows_matmul` with ``sparse_grad=True``, always run eagerly."""
+    return _SparseGradRowsMatmul.apply(indptr, indices, values, rows, weight, validate)
 
 
 _SRM = "dmfx.sparse_rows_matmul"

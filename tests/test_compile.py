@@ -58,6 +58,29 @@ def test_compiled_step_matches_eager(device, backend):
         torch.testing.assert_close(c, e)
 
 
+def test_sparse_grad_runs_eagerly_inside_compiled_code(device):
+    y = random_csr(10, 14, density=0.4, device=device)
+    weight = torch.randn(14, 6, dtype=torch.float64, device=device, requires_grad=True)
+    rows = torch.tensor([0, 3, 3, 9], device=device)
+
+    def loss(w):
+        h = ops.sparse_rows_matmul(y.indptr, y.indices, y.values, rows, w, sparse_grad=True)
+        return torch.relu(h).sum()
+
+    eager = torch.autograd.grad(loss(weight), weight)[0]
+    compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager")(weight), weight)[0]
+    assert compiled.layout == torch.sparse_coo
+    torch.testing.assert_close(compiled.to_dense(), eager.to_dense())
+    # fullgraph cannot take the eager call: the error names it (a function of its own, as
+    # compiled frames are cached by code object)
+    def whole(w):
+        return ops.sparse_rows_matmul(y.indptr, y.indices, y.values, rows, w,
+                                      sparse_grad=True).sum()
+
+    with pytest.raises(Exception, match="_sparse_grad_rows_matmul"):
+        torch.compile(whole, fullgraph=True, backend="aot_eager")(weight)
+
+
 def test_export_matches_eager(device):
     """torch.export traces the two towers' first layers and the loss into one program."""
     torch.manual_seed(0)
