@@ -209,12 +209,18 @@ def sparse_rows_matmul(
     return torch.ops.dmfx.sparse_rows_matmul(indptr, indices, values, rows, weight, validate)
 
 
-# Sized by data (the batch's entries and touched rows), its backward cannot be traced: compiled
-# code calls it eagerly rather than tracing into it.
-@torch.compiler.disable
+_eager_sparse_grad = None
+
+
 def _sparse_grad_rows_matmul(indptr, indices, values, rows, weight, validate):
-    """:func:`sparse_rows_matmul` with ``sparse_grad=True``, always run eagerly."""
-    return _SparseGradRowsMatmul.apply(indptr, indices, values, rows, weight, validate)
+    """:func:`sparse_rows_matmul` with ``sparse_grad=True``, always run eagerly: sized by data
+    (the batch's entries and touched rows), its backward cannot be traced, so compiled code
+    calls it rather than tracing into it. Wrapped on first use: ``torch.compiler.disable``
+    imports torch._dynamo (~2 s), which ``import dmfx.ops`` should not pay."""
+    global _eager_sparse_grad
+    if _eager_sparse_grad is None:
+        _eager_sparse_grad = torch.compiler.disable(_SparseGradRowsMatmul.apply)
+    return _eager_sparse_grad(indptr, indices, values, rows, weight, validate)
 
 
 _SRM = "dmfx.sparse_rows_matmul"
