@@ -573,7 +573,7 @@ def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list, metrics_shown: 
         metrics = [job.metrics() for job in runs]
         valid = [m["valid"].get("ndcg@10") for m in metrics]
         candidates.append({"args": list(args), "complete": True,
-                           "valid_ndcg@10": statistics.mean(valid) if _finite(valid) else math.nan,
+                           "valid_ndcg@10": _mean_std(valid)[0],
                            "metrics": metrics,
                            "folders": [str(job.folder) for job in runs]})
     complete = [c for c in candidates if c["complete"]]
@@ -707,11 +707,9 @@ def data_identity(spec, data) -> dict:
 
 def _check_same_data(job: Job, identity: dict) -> None:
     recorded = job.metrics()["config"]["data"]
-    had = {**{k: recorded["spec"].get(k) for k in identity if k != "fingerprint"},
-           "fingerprint": recorded.get("fingerprint")}
-    changed = [f"{k} {had[k]!r} (now {identity[k]!r})" for k in identity
-               if k != "fingerprint" and had[k] != identity[k]]
-    if had["fingerprint"] != identity["fingerprint"]:
+    changed = [f"{k} {recorded['spec'].get(k)!r} (now {identity[k]!r})" for k in identity
+               if k != "fingerprint" and recorded["spec"].get(k) != identity[k]]
+    if recorded.get("fingerprint") != identity["fingerprint"]:
         changed.append("the interactions read")
     if changed:
         raise ValueError(f"{job.folder} is a finished run on other data or with other sampled "

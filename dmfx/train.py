@@ -368,10 +368,10 @@ class GradientEpochs:
                 if math.isfinite(state["loss_sum"]):  # a diverging epoch is redone on resume
                     save(state)
         bar.close()
-        stats = {"loss": total.item() / max(1, done), "pairs_per_s": done / max(seconds(), 1e-9),
-                 "steps": steps, "batches": count, "taken": steps - begun}
+        final = snapshot()
+        stats = _epoch_stats(final, taken=steps - begun)
         if steps < count:
-            stats["progress"] = snapshot()
+            stats["progress"] = final
         return stats
 
     def step(self, loss_fn, users: torch.Tensor, items: torch.Tensor,
@@ -384,12 +384,12 @@ class GradientEpochs:
         return loss.detach() * users.numel()
 
 
-def _unfinished_stats(progress: dict) -> dict:
-    """The result of an epoch cut at ``progress`` without a step more (see :func:`fit`)."""
+def _epoch_stats(progress: dict, taken: int) -> dict:
+    """An epoch's result from its progress (see GradientEpochs.run), ``taken`` steps of it
+    by this call."""
     return {"loss": progress["loss_sum"] / max(1, progress["pairs"]),
             "pairs_per_s": progress["pairs"] / max(progress["seconds"], 1e-9),
-            "steps": progress["steps"], "batches": progress["batches"], "taken": 0,
-            "progress": progress}
+            "steps": progress["steps"], "batches": progress["batches"], "taken": taken}
 
 
 def _generator_state(device: torch.device) -> dict:
@@ -539,8 +539,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
 
         if not isinstance(runner, GradientEpochs):
             stats = runner.run(epoch)
-        elif out_of_steps():
-            stats = _unfinished_stats(progress)
+        elif out_of_steps():  # an epoch cut where this resume has no step left to take
+            stats = {**_epoch_stats(progress, taken=0), "progress": progress}
         else:
             stats = runner.run(epoch, max_steps=config.max_steps - state.steps
                                if config.max_steps else 0, progress=progress,
