@@ -485,7 +485,9 @@ def hybrid_bce_loss(
     mean). They work from the logits (``log yhat = -softplus(-x)``,
     ``log(1 - yhat) = -softplus(x)``), so any finite logit, however large (``1e4``, ``-1e30``),
     gives a finite loss and gradient: no ``log(0)``, and no ``-100`` clamp as
-    ``F.binary_cross_entropy`` on probabilities has.
+    ``F.binary_cross_entropy`` on probabilities has. ``1 - t`` is blended from ``1 - ir`` and
+    ``1 - e`` rather than formed from the rounded ``t``, so a confident positive's small loss and
+    gradient keep their float32 digits where ``t`` is close to 1.
 
     NaN is never hidden: a NaN logit gives a NaN loss (and gradient) for its element, as in
     :func:`dmfx.reference.hybrid_bce_loss`. A target outside [0, 1] or NaN raises with

@@ -87,13 +87,16 @@ def hybrid_bce_loss(
     Cross-entropy is linear in its target, so the sum is one cross-entropy against the blended
     target ``t = eta * ir + (1 - eta) * e``, computed so, in the stable log-sigmoid form
     (``log yhat = logsigmoid(x)``, ``log(1 - yhat) = logsigmoid(-x)``), as the kernels compute
-    it. For finite logits the two forms are equal. For an infinite one the two-term sum can be
-    NaN where the blend is not (``x = inf``, ``ir = 1``, ``t < 1``: ``L_I`` meets ``0 * inf``,
-    the blend gives ``inf``); the blend is NaN only where ``t`` itself meets ``0 * inf``."""
+    it. ``1 - t`` is blended from ``1 - ir`` and ``1 - e``, as the kernels blend it: formed from
+    the rounded ``t`` it would lose most of its digits when ``t`` is close to 1. For finite
+    logits the two forms are equal. For an infinite one the two-term sum can be NaN where the
+    blend is not (``x = inf``, ``ir = 1``, ``t < 1``: ``L_I`` meets ``0 * inf``, the blend gives
+    ``inf``); the blend is NaN only where ``t`` itself meets ``0 * inf``."""
     target = eta * implicit_target + (1 - eta) * explicit_target
+    complement = eta * (1 - implicit_target) + (1 - eta) * (1 - explicit_target)
     log_yhat = torch.nn.functional.logsigmoid(logits)
     log_not_yhat = torch.nn.functional.logsigmoid(-logits)
-    loss = -(target * log_yhat + (1 - target) * log_not_yhat)
+    loss = -(target * log_yhat + complement * log_not_yhat)
     return _reduce(loss, reduction)
 
 

@@ -119,6 +119,24 @@ def test_confident_right_answers_keep_their_tiny_loss(device):
     torch.testing.assert_close(out, want, rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("op", [ops.hybrid_bce_loss, reference.hybrid_bce_loss],
+                         ids=["kernel", "reference"])
+def test_float32_targets_close_to_one_keep_their_loss_and_gradient(device, op):
+    """In float32, t = eta ir + (1 - eta) e rounds to within 6e-8 of its value: 1 - t formed
+    from it would lose most of a confident positive's loss (c x, c = 5e-7) and its gradient.
+    Both are blended from the targets' complements instead, and the gradient of x >= 0 is
+    c - e^-x / (1 + e^-x), not a sigmoid rounded to 1 minus t."""
+    logits = torch.tensor([20.0, 20.0, 30.0, -20.0], device=device)
+    implicit = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)
+    explicit = torch.tensor([0.999999, 1.0, 1.0, 1e-6], device=device)
+    out, grad = loss_and_grad(op, logits, implicit, explicit, 0.5, reduction="none")
+    want, want_grad = loss_and_grad(reference.hybrid_bce_loss, logits.double(), implicit.double(),
+                                    explicit.double(), 0.5, reduction="none")
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=0)
+    assert grad[1].item() < 0  # sigmoid(20) - 1, not 0
+
+
 @pytest.mark.parametrize("value", [0.0, 1.0])
 def test_targets_at_the_ends_of_the_unit_interval(device, value):
     logits, _, _ = make_case(device, batch=19, seed=2)

@@ -164,21 +164,23 @@ DMFX_VEC_INLINE vec_t<scalar_t> neg_abs(const vec_t<scalar_t>& x) {
 // bce_with_logits of csrc/common/hybrid_bce.h, lane by lane.
 template <typename scalar_t>
 DMFX_VEC_INLINE vec_t<scalar_t> bce_with_logits(const vec_t<scalar_t>& x,
-                                                const vec_t<scalar_t>& t) {
+                                                const vec_t<scalar_t>& t,
+                                                const vec_t<scalar_t>& c) {
   using V = vec_t<scalar_t>;
   const V zero{};
-  const V linear = x > zero ? (scalar_t(1) - t) * x : -t * x;
+  const V linear = x > zero ? c * x : -t * x;
   return linear + log1p_unit<scalar_t>(exp_nonpositive<scalar_t>(neg_abs<scalar_t>(x)));
 }
 
 // bce_with_logits_grad of csrc/common/hybrid_bce.h: sigmoid(x) - t.
 template <typename scalar_t>
 DMFX_VEC_INLINE vec_t<scalar_t> bce_with_logits_grad(const vec_t<scalar_t>& x,
-                                                     const vec_t<scalar_t>& t) {
+                                                     const vec_t<scalar_t>& t,
+                                                     const vec_t<scalar_t>& c) {
   using V = vec_t<scalar_t>;
-  const V one = splat(scalar_t(1));
   const V e = exp_nonpositive<scalar_t>(neg_abs<scalar_t>(x));
-  return (x >= V{} ? one : e) / (one + e) - t;
+  const V s = e / (scalar_t(1) + e);
+  return x >= V{} ? c - s : s - t;
 }
 
 // The weights eta and 1 - eta of the blended target, as vectors.
@@ -194,11 +196,19 @@ DMFX_VEC_INLINE BlendWeights<scalar_t> blend_weights(double eta) {
   return {splat(w), splat(scalar_t(1) - w)};
 }
 
+// The blended target t and its complement c = 1 - t, as csrc/common/hybrid_bce.h forms them.
 template <typename scalar_t>
-DMFX_VEC_INLINE vec_t<scalar_t> blend(const BlendWeights<scalar_t>& w,
+struct Blend {
+  vec_t<scalar_t> t, c;
+};
+
+template <typename scalar_t>
+DMFX_VEC_INLINE Blend<scalar_t> blend(const BlendWeights<scalar_t>& w,
                                       const vec_t<scalar_t>& implicit_target,
                                       const vec_t<scalar_t>& explicit_target) {
-  return w.implicit_w * implicit_target + w.explicit_w * explicit_target;
+  const scalar_t one(1);
+  return {w.implicit_w * implicit_target + w.explicit_w * explicit_target,
+          w.implicit_w * (one - implicit_target) + w.explicit_w * (one - explicit_target)};
 }
 
 // The elements [i, end) (fewer than a vector) copied into a zero-padded vector, so the tail gets
@@ -245,7 +255,8 @@ DMFX_CPU_CLONES double hybrid_bce_loss_forward(const scalar_t* logits,
   for (; b + L <= end; b += L) {
     const V it = load(implicit_target + b), et = load(explicit_target + b);
     if (error) outside |= ~((it >= zero) & (it <= one) & (et >= zero) & (et <= one));
-    const V l = bce_with_logits<scalar_t>(load(logits + b), blend(w, it, et));
+    const Blend<scalar_t> tc = blend(w, it, et);
+    const V l = bce_with_logits<scalar_t>(load(logits + b), tc.t, tc.c);
     if (loss) store(loss + b, l);
     acc += __builtin_convertvector(l, A);
   }
@@ -255,7 +266,8 @@ DMFX_CPU_CLONES double hybrid_bce_loss_forward(const scalar_t* logits,
     const int64_t n = end - b;
     const V it = load_tail(implicit_target + b, n), et = load_tail(explicit_target + b, n);
     if (error) outside |= ~((it >= zero) & (it <= one) & (et >= zero) & (et <= one));
-    const V l = bce_with_logits<scalar_t>(load_tail(logits + b, n), blend(w, it, et));
+    const Blend<scalar_t> tc = blend(w, it, et);
+    const V l = bce_with_logits<scalar_t>(load_tail(logits + b, n), tc.t, tc.c);
     for (int64_t j = 0; j < n; ++j) {
       if (loss) loss[b + j] = l[j];
       total += l[j];
@@ -282,15 +294,17 @@ DMFX_CPU_CLONES void hybrid_bce_loss_backward(const scalar_t* grad, int64_t grad
   const V upstream0 = grad_stride == 0 ? splat(grad[0]) * scale : V{};
   int64_t b = begin;
   for (; b + L <= end; b += L) {
-    const V t = blend(w, load(implicit_target + b), load(explicit_target + b));
+    const Blend<scalar_t> tc = blend(w, load(implicit_target + b), load(explicit_target + b));
     const V upstream = grad_stride == 0 ? upstream0 : load(grad + b) * scale;
-    store(grad_logits + b, bce_with_logits_grad<scalar_t>(load(logits + b), t) * upstream);
+    store(grad_logits + b,
+          bce_with_logits_grad<scalar_t>(load(logits + b), tc.t, tc.c) * upstream);
   }
   if (b < end) {
     const int64_t n = end - b;
-    const V t = blend(w, load_tail(implicit_target + b, n), load_tail(explicit_target + b, n));
+    const Blend<scalar_t> tc =
+        blend(w, load_tail(implicit_target + b, n), load_tail(explicit_target + b, n));
     const V upstream = grad_stride == 0 ? upstream0 : load_tail(grad + b, n) * scale;
-    const V g = bce_with_logits_grad<scalar_t>(load_tail(logits + b, n), t) * upstream;
+    const V g = bce_with_logits_grad<scalar_t>(load_tail(logits + b, n), tc.t, tc.c) * upstream;
     for (int64_t j = 0; j < n; ++j) grad_logits[b + j] = g[j];
   }
 }

@@ -58,7 +58,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ logits,
       }
     }
     const scalar_t l =
-        bce_with_logits<scalar_t>(logits[b], blended_target(it, et, w_implicit, w_explicit));
+        bce_with_logits<scalar_t>(logits[b], blended_target(it, et, w_implicit, w_explicit),
+                                  blended_complement(it, et, w_implicit, w_explicit));
     if (loss != nullptr) {
       loss[b] = l;
     } else {
@@ -94,10 +95,11 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, int64_t grad_
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < batch;
        b += stride) {
-    const scalar_t t =
-        blended_target(implicit_target[b], explicit_target[b], w_implicit, w_explicit);
+    const scalar_t it = implicit_target[b], et = explicit_target[b];
+    const scalar_t t = blended_target(it, et, w_implicit, w_explicit);
+    const scalar_t c = blended_complement(it, et, w_implicit, w_explicit);
     grad_logits[b] =
-        bce_with_logits_grad<scalar_t>(logits[b], t) * (grad[b * grad_stride] * grad_scale);
+        bce_with_logits_grad<scalar_t>(logits[b], t, c) * (grad[b * grad_stride] * grad_scale);
   }
 }
 
