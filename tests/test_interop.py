@@ -286,6 +286,21 @@ def test_unsorted_coo():
         np.testing.assert_array_equal(dense_of(csr), DENSE)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_big_endian_scipy_arrays_are_read(fmt):
+    """Arrays read from a big-endian file (np.load of '>f4', HDF5, FITS) are swapped, not
+    refused by torch.from_numpy."""
+    m = sp.csr_matrix(DENSE).asformat(fmt)
+    m.data = m.data.astype(">f4")
+    if fmt == "coo":
+        m.row, m.col = m.row.astype(">i4"), m.col.astype(">i8")
+    else:
+        m.indices, m.indptr = m.indices.astype(">i4"), m.indptr.astype(">i4")
+    np.testing.assert_array_equal(dense_of(as_csr(m)), DENSE)
+    data = Interactions.from_scipy(m)
+    np.testing.assert_array_equal(data.to_scipy().toarray(), DENSE)
+
+
 def test_non_contiguous_inputs():
     s = torch.from_numpy(DENSE).to_sparse_csr()
     spread = torch.zeros(2 * s.values().numel())

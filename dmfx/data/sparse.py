@@ -19,8 +19,8 @@ already holds the CSR asked for: a :class:`CSR`, a scipy CSR or a torch ``sparse
 of the transpose), with int32 or int64 ``indptr`` and ``indices`` of one dtype, contiguous
 (writable, for numpy arrays), sorted duplicate-free rows, values of the requested dtype, on the
 requested device. Anything else is copied once, in the step that needs it: another format or
-orientation is converted, mixed index dtypes become int64, values are cast, unsorted rows are
-sorted, the result is moved to ``device``.
+orientation is converted, mixed index dtypes become int64, values are cast, arrays of the other
+byte order are swapped, unsorted rows are sorted, the result is moved to ``device``.
 
 Duplicates. Entries stored twice at one (row, column) are summed, as ``scipy.sparse`` and
 ``torch.Tensor.coalesce`` do: a COO with duplicates stands for their sum. Explicitly stored
@@ -64,7 +64,10 @@ def _accepted(name: str) -> str:
 
 
 def _from_numpy(array: np.ndarray) -> Tensor:
-    """A tensor sharing ``array``'s memory where torch can (contiguous and writable)."""
+    """A tensor sharing ``array``'s memory where torch can (contiguous, writable, in the
+    machine's byte order: torch holds no other, so a big-endian array is converted)."""
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     if not array.flags.writeable:  # torch would share it but warn: writes are undefined
         return torch.from_numpy(np.array(array))
     return torch.from_numpy(np.ascontiguousarray(array))
