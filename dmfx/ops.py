@@ -390,6 +390,11 @@ def cosine_nce_loss(
     A NaN target raises with ``validate=True``; without validation its loss is NaN (and so are
     the row's gradients, unless the clamp is active there).
 
+    The squared norms are summed in the compute dtype, unscaled (as in the reference and in
+    ``F.cosine_similarity``): in float32 a vector longer than about 1.8e19 overflows its squared
+    norm to inf, and its pair's cosine comes out 0 (``yhat = mu``, zero gradient) or NaN instead
+    of its value. Such outputs mean a diverged model; train in float64 if they are real.
+
     Args:
         p, q: ``[B, k]`` tower outputs, one dtype: float32 or float64, or float16 / bfloat16
             (computed in float32; the loss is float32).
