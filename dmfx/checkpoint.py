@@ -62,13 +62,16 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """A checkpoint written by :func:`save_checkpoint`; anything else raises :class:`CheckpointError`."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool = False) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`; anything else raises :class:`CheckpointError`.
+
+    ``mmap=True`` maps the tensors' storage from the file instead of reading it: for a caller
+    that wants the records and few of the weights (they are read when touched)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        saved = torch.load(path, map_location=map_location, weights_only=True)
+        saved = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # garbage, torn or foreign files fail in many ways inside torch
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"{path} is not a readable dmfx checkpoint ({reason})") from None

@@ -499,7 +499,7 @@ def _check_pretrained_parts(params: dict, record: dict, held_out_users) -> None:
         return
     for key in keys:
         path = params[key]
-        part = load_checkpoint(path).get("data")
+        part = load_checkpoint(path, mmap=True).get("data")  # NeuMF reads the weights later
         if not isinstance(part, dict) or "fingerprint" not in part:
             raise ValueError(f"{key} {path} does not record the data it was trained on")
         if part["fingerprint"] != record["fingerprint"]:

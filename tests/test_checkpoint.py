@@ -72,6 +72,14 @@ def test_a_crafted_checkpoint_runs_no_code(trained, data_file, tmp_path, capsys)
     assert not marker.exists()
 
 
+def test_a_mapped_checkpoint_holds_what_a_read_one_holds(trained):
+    read = load_checkpoint(trained / "checkpoint.pt")
+    mapped = load_checkpoint(trained / "checkpoint.pt", mmap=True)
+    assert mapped.keys() == read.keys() and mapped["data"] == read["data"]
+    for name, value in read["model_state"].items():
+        assert torch.equal(mapped["model_state"][name], value)
+
+
 def test_a_checkpoint_from_before_the_header_is_named_as_such(trained, tmp_path):
     saved = load_checkpoint(trained / "checkpoint.pt")
     old = tmp_path / "old.pt"
@@ -101,8 +109,9 @@ def test_broken_and_foreign_checkpoints_give_one_line(trained, content, message,
         torch.save({**torch.load(path, weights_only=True), "version": 99}, path)
     else:
         path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=message):
-        load_checkpoint(path)
+    for mmap in (False, True):
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(path, mmap=mmap)
     assert main(["evaluate", str(path)]) == 2
     one_line_error(capsys, message)
 
