@@ -88,7 +88,8 @@ def test_op_specific_rates_and_inputs(tmp_path, capsys):
     assert report["ops"]["sparse_rows_matmul"]["contenders"]["dmfx-validate"]["status"] == "skipped"
 
 
-def test_progress_bar_and_skipped_rows(tmp_path, capsys):
+def test_progress_bar_and_skipped_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar is drawn
     code, report, captured = _bench(tmp_path, capsys, "--device", "cpu",
                                     "--ops", "cosine_nce_loss", "--skip", "compile")
     assert code == 0
@@ -112,6 +113,27 @@ def test_a_peer_that_computes_something_else_is_not_timed(tmp_path, capsys, monk
     assert "eager vs dmfx, output 0" in row["reason"]
     assert "dmfx: error: hybrid_bce_loss: eager: eager vs dmfx" in captured.err
     assert report["ops"]["hybrid_bce_loss"]["contenders"]["bce-logits"]["status"] == "ok"
+
+
+def test_no_progress_bar_off_a_terminal(tmp_path, capsys):
+    code, _, captured = _bench(tmp_path, capsys, "--device", "cpu",
+                               "--ops", "hybrid_bce_loss", "--skip", "compile")
+    assert code == 0 and captured.err == ""  # a log file gets no carriage-return bars
+
+
+def test_a_peer_that_raises_costs_its_row_not_the_table(tmp_path, capsys, monkeypatch):
+    def broken(logits, implicit, explicit):
+        raise RuntimeError("backend exploded\nsecond line")
+
+    monkeypatch.setitem(hybrid_bce_loss._EAGER, "eager", broken)
+    code, report, captured = _bench(tmp_path, capsys, "--device", "cpu", "--quiet",
+                                    "--ops", "hybrid_bce_loss", "--skip", "compile")
+    assert code == 1
+    rows = report["ops"]["hybrid_bce_loss"]["contenders"]
+    assert rows["eager"] == {"status": "error", "reason": "RuntimeError: backend exploded"}
+    assert rows["dmfx"]["status"] == rows["bce-logits"]["status"] == "ok"
+    assert "dmfx: error: hybrid_bce_loss: eager: RuntimeError: backend exploded" in captured.err
+    assert "error: RuntimeError: backend exploded" in captured.out  # its table row
 
 
 def test_plot_writes_a_png(tmp_path, capsys):

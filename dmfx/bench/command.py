@@ -183,7 +183,8 @@ def cmd_bench(args) -> int:
     if args.plot:
         plot(report, args.plot)
     failed = [f"{op}: {name}: {row['reason']}" for op, result in report["ops"].items()
-              for name, row in result["contenders"].items() if row["status"] == "check failed"]
+              for name, row in result["contenders"].items()
+              if row["status"] in ("check failed", "error")]
     for line in failed:
         print(f"dmfx: error: {line}", file=sys.stderr)
     return 1 if failed else 0
@@ -237,6 +238,11 @@ def _time(op, problem, name: str, *, skip: set, min_time: float) -> dict:
         return {"status": "check failed", "reason": str(exc)}
     except torch.cuda.OutOfMemoryError:
         return {"status": "skipped", "reason": _OUT_OF_MEMORY}
+    except Exception as exc:  # a peer's library failing (a compiler, a sparse backend) costs
+        # its own row, not the table: the run goes on and exits 1 (a sticky CUDA error would
+        # still fail the contenders after it)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return {"status": "error", "reason": f"{type(exc).__name__}: {first}".rstrip(": ")}
     return {"status": "ok", "check": contender.check, "median_s": m.median, "iqr_s": m.iqr,
             "runs": len(m.times), "calls_per_run": m.number_per_run,
             **op.rates(problem, m.median)}
@@ -248,7 +254,7 @@ def run(inputs: Inputs, ops: list[str], device: torch.device, *, skip: set = fro
     data = _Data(inputs, device)
     results = {}
     with tqdm(total=sum(len(OPS[name].contenders) for name in ops), unit="contender",
-              disable=quiet, file=sys.stderr, leave=False) as bar, \
+              disable=quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False) as bar, \
             (torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()):
         for name in ops:
             op = OPS[name]
