@@ -36,6 +36,7 @@
 # MAX_JOBS reach setup.py.
 set -uo pipefail  # no -e: a failed step is recorded and the next one runs
 cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1  # a step killed at its timeout still leaves its output in the log
 
 PYTHON=${PYTHON:-python3}
 STATE=build/gpu-check
@@ -332,7 +333,9 @@ step_bench() {
 
 step_dmfx_bench() {  # the command users run, on the benchmark shapes, one log
     gpu_step_ready dmfx-bench || return
-    local rc runs=build/gpu-check/dmfx-bench
+    local rc f runs=build/gpu-check/dmfx-bench
+    # The JSON reports go straight into $OUT: a call cut at the device's limit keeps those done.
+    [[ -n $OUT_DIR ]] && runs=$OUT_DIR/dmfx-bench
     rm -rf "$runs"
     mkdir -p "$runs"
     # Every peer is checked against dmfx, then timed. Each command runs whatever the one before
@@ -352,6 +355,11 @@ step_dmfx_bench() {  # the command users run, on the benchmark shapes, one log
     local IFS=$'\n'
     run_logged dmfx-bench "${DMFX_BENCH_TIMEOUT:-400}" bash -c "${script[*]}"
     rc=$?
+    if [[ -n $OUT_DIR ]]; then
+        for f in "$runs"/*.json; do
+            [[ -s $f ]] && out_files+=("dmfx-bench/${f##*/}")
+        done
+    fi
     record dmfx-bench "$(result_of "$rc")" "$ELAPSED" "tables in dmfx-bench.log ($runs)"
 }
 
