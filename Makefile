@@ -1,6 +1,6 @@
 # dmfx developer entry points. Every target sets up what it needs first.
 #   make run         setup, then train DMF-2-nce on the bundled MovieLens-100K and print HR/NDCG@10
-#   make setup       .venv with torch (CPU build unless a GPU is present) + dmfx built and installed
+#   make setup       .venv with torch (PyPI's; TORCH_PIP_ARGS below for the CPU wheel) + dmfx built
 #   make test        setup, then the C++ kernel tests (ctest) and the Python tests (pytest)
 #   make bench       setup, then the CPU benchmarks (pytest-benchmark), apart from the tests
 #   make cuda-check  compile every CUDA kernel with nvcc and the CUDA paths of the op glue

@@ -106,7 +106,7 @@ class Ranking:
     ``users[n]``, ``items[n]``: the row (internal ids); ``ranks[n]``: its place in the user's
     ranking; ``candidates[n]``: how many items that ranking held (N + 1 under ``sampled``, the
     unmasked items under ``full``). ``top``: under ``full``, the top-K items of each evaluated
-    user (sorted ids, ``-1`` past the candidates), for coverage.
+    user (best first, ``-1`` past the candidates), for coverage.
     """
 
     protocol: str
