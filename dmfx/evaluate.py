@@ -20,7 +20,9 @@ item takes a uniformly random place among the candidates that tie with it
 (:func:`ranks_from_scores`); under ``full`` every (user, item) gets a random key that orders
 equal scores (the rule of :meth:`dmfx.models.Recommender.recommend`), so the held-out items'
 ranks and the top-K lists come from one random order. Under both protocols a NaN score counts
-as ``-inf``, the lowest: a diverged model ranks its NaN-scored items last, never first.
+as ``-inf``, the lowest: a diverged model ranks its NaN-scored items last, never first. The
+top-K lists of the per-user metrics and of coverage are what ``recommend`` shows, which leaves
+out items scored ``-inf`` or NaN: a model that scores everything so gets 0 there, not chance.
 
 Metrics
 -------
