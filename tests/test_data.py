@@ -27,6 +27,8 @@ from dmfx.data import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The fixtures' ratings.dat repeats a pair on purpose (tests/test_data_readers.py checks the warning).
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*duplicated \(user, item\) row:UserWarning")
 
 
 def small() -> Interactions:
@@ -281,6 +283,14 @@ def test_damaged_local_zip_is_a_data_format_error(tmp_path: Path) -> None:
     for path in (truncated, corrupt):
         with pytest.raises(DataFormatError, match=rf"^{path}: expected a zip archive, got a truncated or corrupt"):
             load_dataset("ml-1m", data=path)
+
+
+def test_a_warning_from_a_local_zip_names_the_member(tmp_path: Path) -> None:
+    archive = tmp_path / "ml-1m.zip"
+    archive.write_bytes(_zip_bytes("ml-1m/ratings.dat", FIXTURES / "ratings.dat"))
+    with pytest.warns(UserWarning, match="duplicated") as caught:
+        load_dataset("ml-1m", data=archive)
+    assert [str(w.message).split(":")[0] for w in caught] == [f"{archive}/ml-1m/ratings.dat"]
 
 
 def test_bad_line_in_local_zip_names_the_member(tmp_path: Path) -> None:

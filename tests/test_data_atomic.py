@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from dmfx.data import (Interactions, leave_one_out, load_dataset, ratio_split, read_atomic,
-                       synthetic, write_atomic)
+from dmfx.data import (DataFormatError, Interactions, leave_one_out, load_dataset, ratio_split,
+                       read_atomic, synthetic, write_atomic)
 
 
 def assert_same_split(a, b):
@@ -154,3 +154,72 @@ def test_train_on_a_written_split_equals_training_on_the_data(tmp_path, capsys):
     with pytest.raises(ValueError, match="--data FOLDER/NAME"):
         from dmfx.experiment import DataSpec
         DataSpec(dataset="ml-100k", protocol="atomic")
+
+
+HEAD = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+
+
+def write_parts(folder, name, train, valid="1\t12\t5\t200\n2\t11\t4\t201\n",
+                test="1\t13\t5\t300\n2\t13\t4\t301\n"):
+    """A split folder of another tool's files: ``.inter`` parts only."""
+    base = folder / name
+    base.mkdir()
+    for part, rows in (("train", train), ("valid", valid), ("test", test)):
+        (base / f"{name}.{part}.inter").write_text(HEAD + rows)
+    return base
+
+
+def test_a_pair_in_two_parts_or_twice_in_one_is_refused(tmp_path):
+    """A held-out pair that is also in train would be trained on (leakage); one twice in a
+    part used to fail later in to_scipy, naming no file."""
+    base = write_parts(tmp_path, "leak", "1\t10\t5\t100\n1\t11\t4\t101\n2\t10\t3\t102\n",
+                       test="1\t13\t5\t300\n2\t10\t4\t301\n")
+    with pytest.raises(ValueError, match=rf"^{base}/leak\.train\.inter:4 and {base}/leak\.test\.inter:3 "
+                                         r"both hold user 2, item 10"):
+        read_atomic(tmp_path, "leak", num_negatives=0)
+    base = write_parts(tmp_path, "twice", "1\t10\t5\t100\n\n1\t10\t4\t101\n2\t10\t3\t102\n")
+    with pytest.raises(ValueError, match=rf"^{base}/twice\.train\.inter holds user 1, item 10 twice "
+                                         r"\(lines 2 and 4\)"):
+        read_atomic(tmp_path, "twice", num_negatives=0)
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("1\t11\tfive\t101", "expected a numeric rating, got 'five'"),
+    ("1\t11\tnan\t101", "expected a finite rating, got 'nan'"),
+    ("1\t11\tinf\t101", "expected a finite rating, got 'inf'"),
+    ("1\t11\t-4\t101", "expected a rating >= 0, got '-4'"),
+    ("1\t11\t4\tyesterday", "expected a timestamp .*, got 'yesterday'"),
+    ("1\t11\t4\tnan", "expected a timestamp .*, got 'nan'"),
+    ("1\t11\t4\t1e30", "expected a timestamp \\(a number in the int64 range\\), got '1e30'"),
+    ("1\t11\t4", "3 fields where the header has 4"),
+])
+def test_bad_values_name_the_physical_line(tmp_path, line, expected):
+    """Blank lines count: the message points at the line an editor shows."""
+    base = write_parts(tmp_path, "bad", f"1\t10\t5\t100\n\n\n{line}\n2\t10\t3\t102\n")
+    with pytest.raises(DataFormatError, match=rf"^{base}/bad\.train\.inter:5: {expected}"):
+        read_atomic(tmp_path, "bad", num_negatives=0)
+
+
+def test_fractional_timestamps_are_rounded_down_and_a_byte_order_mark_is_read(tmp_path):
+    base = write_parts(tmp_path, "bom", "1\t10\t5\t100.7\n1\t11\t4\t101\n2\t10\t3\t102\n")
+    train = base / "bom.train.inter"
+    train.write_bytes(b"\xef\xbb\xbf" + train.read_bytes())
+    data, split = read_atomic(tmp_path, "bom", num_negatives=0)
+    assert split.train.timestamps.tolist() == [100, 101, 102]
+    assert data.user_ids.tolist() == [1, 2] and data.nnz == 7
+
+
+@pytest.mark.parametrize("which", ["held-out", "train"])
+def test_a_sampled_item_the_user_has_is_refused(tmp_path, which):
+    data, split = leave_one_out_pair()
+    folder = write_atomic(data, split, tmp_path, "ok")
+    neg = folder / "ok.test.neg"
+    lines = neg.read_text().splitlines()
+    user, item, lists = lines[3].split("\t")
+    seen = item if which == "held-out" else str(
+        data.item_ids[split.train.items[split.train.users == data.user_index(user)][0]])
+    lines[3] = "\t".join([user, item, " ".join([seen, *lists.split(" ")[1:]])])
+    neg.write_text("\n".join(lines) + "\n")
+    what = "the row's own held-out item" if which == "held-out" else f"an item user {user} interacted with"
+    with pytest.raises(DataFormatError, match=rf"^{folder}/ok\.test\.neg:4: sampled item {seen} is {what}; "):
+        read_atomic(tmp_path, "ok")

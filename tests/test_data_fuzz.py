@@ -41,6 +41,9 @@ from dmfx.data import (
     read_file,
 )
 
+# Mutated files repeat (user, item) pairs at random: the readers warn, which is not what is fuzzed.
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*duplicated \(user, item\) row:UserWarning")
+
 INPUTS_PER_SEED = 1000  # x 5 calls: about 2 s per seed
 # A tiny file reads in milliseconds; this only has to catch a hang or a quadratic blow-up
 # while the 2-core machine is busy with other work.

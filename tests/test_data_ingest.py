@@ -35,6 +35,8 @@ from dmfx.data import (
 from dmfx.data._idcodes import IdCoder
 
 FIELDS = ("user_ids", "item_ids", "users", "items", "ratings", "timestamps")
+# The files below rate pairs again on purpose (see lines()); the tests about that check the warning.
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*duplicated \(user, item\) row:UserWarning")
 
 
 def assert_same(got: Interactions, want: Interactions) -> None:
@@ -158,9 +160,12 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> l
 def test_chunked_read_equals_whole_file_read(case: str, packed: bool, engine: list | None, tmp_path: Path) -> None:
     path, (reader, sep, columns, header, id_kind) = write_case(tmp_path, case, packed=packed)
     want = whole_file(path, sep, columns, header, id_kind)
-    got = reader(path)
+    with pytest.warns(UserWarning) as caught:
+        got = reader(path)
     assert_same(got, want)
     assert got.nnz < 72  # duplicates across chunks were dropped, keeping the latest
+    assert [str(w.message) for w in caught] == [
+        f"{path}: {72 - got.nnz} duplicated (user, item) rows; kept the latest of each"]
     if engine is not None and sep is not None and len(sep) == 1:
         assert engine[-1] is not None, "the pyarrow path fell back to np.loadtxt"
     if case == "delimited-auto-int":
@@ -269,6 +274,20 @@ def test_count_like_ratings_warn_once_per_read_parsed_or_cached(parses: list, tm
         messages = [str(w.message) for w in caught]
         assert len(messages) == 1 and messages[0].startswith(f"{path}: the ratings look like counts")
     assert len(parses) == 1
+
+
+def test_duplicated_rows_warn_when_parsed_not_when_cached(parses: list, tmp_path: Path) -> None:
+    """The cache keeps the parse's result, in which the duplicates are gone: a cached read cannot
+    count them again, and does not warn."""
+    path = tmp_path / "dup.tsv"
+    path.write_text("u1\ti1\t5\nu1\ti1\t3\nu2\ti1\t4\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = read_file(path)
+        assert [str(w.message) for w in caught] == [f"{path}: 1 duplicated (user, item) row; kept the latest of each"]
+        again = read_file(path)
+    assert len(caught) == 1 and len(parses) == 1
+    assert_same(again, first)
 
 
 def test_a_changed_file_is_parsed_again(parses: list, tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ import pytest
 from dmfx.data import (
     DataFormatError,
     Interactions,
+    leave_one_out,
+    load_dataset,
     read_amazon_csv,
     read_delimited,
     read_file,
@@ -22,10 +24,13 @@ from dmfx.data import (
     read_movielens_csv,
     read_movielens_dat,
     read_npz,
+    readers,
     synthetic,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The fixtures' ratings.dat repeats a pair on purpose; the tests that are about it check the warning.
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*duplicated \(user, item\) row:UserWarning")
 
 
 def triples(x: Interactions) -> set[tuple[object, object, float]]:
@@ -63,7 +68,8 @@ def test_movielens_100k_reader() -> None:
 
 
 def test_movielens_dat_reader_keeps_latest_duplicate() -> None:
-    x = read_movielens_dat(FIXTURES / "ratings.dat")
+    with pytest.warns(UserWarning, match=r"ratings\.dat: 1 duplicated \(user, item\) row; kept the latest of each"):
+        x = read_movielens_dat(FIXTURES / "ratings.dat")
     assert x.num_users == 3 and x.num_items == 3
     # (1, 10) occurs twice: the later timestamp (rating 5) wins although it comes first
     assert x.nnz == 5
@@ -407,3 +413,82 @@ def test_rating_scales_do_not_warn(ratings: list[float], tmp_path: Path) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_file(path)
+
+
+# --- what the readers used to accept silently -----------------------------------------
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["pyarrow", "loadtxt"])
+def test_duplicated_rows_warn_once_per_file_with_their_count(arrow: bool, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    if not arrow:
+        monkeypatch.setattr(readers, "_pyarrow", lambda: None)
+    path = write(tmp_path, "dup.csv", "u1,i1,5,100\nu1,i1,3,50\nu1,i2,4,101\nu2,i1,1,7\n"
+                                      "u1,i1,2,60\nu2,i1,2,8\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = read_file(path)
+    assert [str(w.message) for w in caught] == [f"{path}: 3 duplicated (user, item) rows; kept the latest of each"]
+    assert triples(x) == {("u1", "i1", 5.0), ("u1", "i2", 4.0), ("u2", "i1", 2.0)}  # the latest by timestamp
+
+
+def test_the_bundled_data_reads_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_dataset("ml-100k").nnz == 100_000
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["pyarrow", "loadtxt"])
+@pytest.mark.parametrize(
+    ("reader", "text", "line", "expected"),
+    [
+        (read_file, ",i0,1,100\n,i1,2,101\nu1,i0,1,100\n", 1, "expected a user id, got an empty field"),
+        (read_amazon_csv, "A1,B1,5,1\nA2,B2,4,2\n\nA2,,4,3\n", 4, "expected an item id, got an empty field"),
+        (lambda path: read_delimited(path, ",", ("user", "item")), "\u00e91,i1\n\u00e92,i1\n,i2\n", 3,
+         "expected a user id, got an empty field"),  # unicode ids rather than bytes
+        (lambda path: read_file(path, sep="\t"), "u\ti\tr\nu1\ti1\t1\n\ti2\t1\n", 3,
+         "expected a user id, got an empty field"),
+    ],
+    ids=["detected", "amazon", "unicode", "sep"],
+)
+def test_an_empty_id_field_is_located(reader, text: str, line: int, expected: str, arrow: bool,  # type: ignore[no-untyped-def]
+                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty field used to be the id '' of every row that had one."""
+    if not arrow:
+        monkeypatch.setattr(readers, "_pyarrow", lambda: None)
+    path = write(tmp_path, "r.csv", text)
+    with pytest.raises(DataFormatError, match=rf"^{path}:{line}: {expected}$"):
+        reader(path)
+
+
+def test_the_same_rows_as_csv_and_tsv_read_alike(tmp_path: Path) -> None:
+    """A four-field comma file was read as an Amazon CSV, with string ids ("10" < "9"): another
+    id order, and another split, than the same rows tab-separated."""
+    rng = np.random.default_rng(0)
+    columns = (rng.integers(0, 30, 600), rng.integers(0, 50, 600), rng.integers(1, 6, 600), rng.permutation(600))
+    rows = {(int(u), int(i)): (int(r), int(t)) for u, i, r, t in zip(*columns)}  # distinct pairs
+    for sep, name in ((",", "r.csv"), ("\t", "r.tsv")):
+        write(tmp_path, name, "".join(sep.join(map(str, (*k, *v))) + "\n" for k, v in rows.items()))
+    csv, tsv = read_file(tmp_path / "r.csv"), read_file(tmp_path / "r.tsv")
+    for name in ("user_ids", "item_ids", "users", "items", "ratings", "timestamps"):
+        a, b = getattr(csv, name), getattr(tsv, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    a, b = (leave_one_out(x, num_negatives=5, seed=0) for x in (csv, tsv))
+    assert np.array_equal(a.test_items, b.test_items) and np.array_equal(a.test_negatives, b.test_negatives)
+    # ids that are not canonical integers stay strings, as ASINs must
+    leading = read_file(write(tmp_path, "asin.csv", "0001,B00X,5,100\n1,B00Y,4,101\n"))
+    assert leading.user_ids.tolist() == ["0001", "1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "user_ids", "nnz"),
+    [
+        ("user_id,item_id\n1,1\n1,2\n2,1\n", [1, 2], 3),  # the header was user 'user_id'
+        ("user_id,item_id\r\n\r\n1,1\r\n1,2\r\n", [1], 2),
+        ("1,1\n1,2\n2,1\n", [1, 2], 3),
+        ("user,5\n1,1\n2,1\n", ["1", "2", "user"], 3),  # a number in the first line: not names
+    ],
+)
+def test_sep_detects_the_header_of_a_two_field_file(text: str, user_ids: list, nnz: int, tmp_path: Path) -> None:
+    x = read_file(write(tmp_path, "pairs.csv", text), sep=",")
+    assert x.user_ids.tolist() == user_ids and x.nnz == nnz

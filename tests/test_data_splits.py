@@ -299,3 +299,30 @@ def test_ratio_split_keeps_a_training_interaction_per_user_and_checks_ratios():
             ratio_split(data, ratios)
     with pytest.raises(ValueError, match="num_negatives=39"):
         ratio_split(data, num_negatives=39)
+
+
+
+def test_the_split_depends_on_row_order_only_where_documented() -> None:
+    """The docstrings' promise: with distinct timestamps leave_one_out does not depend on the
+    order of the interactions (a file's row order); without them, and for ratio_split, the order
+    is an input as much as the seed."""
+    from dmfx.data import ratio_split
+
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(40), 12)
+    items = np.tile(np.arange(12), 40) + 12 * rng.integers(0, 30, 480)  # 12 distinct per user
+    stamps, shuffled = rng.permutation(480), rng.permutation(480)
+
+    def rows(timed: bool) -> list[Interactions]:
+        return [Interactions.from_arrays(users[o], items[o], np.ones(480), stamps[o] if timed else None)
+                for o in (np.arange(480), shuffled)]
+
+    def pairs(x: Interactions, users: np.ndarray, items: np.ndarray) -> list:
+        return sorted(zip(x.user_ids[users].tolist(), x.item_ids[items].tolist()))
+
+    for timed in (True, False):
+        held_out = [pairs(x, s.test_users, s.test_items) + pairs(x, s.valid_users, s.valid_items)
+                    for x in rows(timed) for s in [leave_one_out(x, num_negatives=5, seed=0)]]
+        assert (held_out[0] == held_out[1]) == timed
+    test = [pairs(x, s.test_users, s.test_items) for x in rows(True) for s in [ratio_split(x, seed=0)]]
+    assert test[0] != test[1]

@@ -18,7 +18,11 @@
 Files written by another tool work too: without ``.user`` / ``.item`` the ids are those of the
 ``.inter`` files (sorted; integers where every id is one), and without ``.neg`` files the
 sampled items are drawn from ``seed`` by the sampler of :func:`dmfx.data.leave_one_out` (never
-an item the user has in any part).
+an item the user has in any part), row by row in the ``.inter`` files' order: the seed and that
+order fix them.  Reading refuses, naming the file and line, what would make the split wrong: a
+(user, item) pair in two parts (a held-out pair that is also trained on) or twice in one, a
+rating that is not a finite number >= 0, a timestamp that is not a number, and a ``.neg`` item
+that the user has in any part (the held-out item included).
 
 RecBole (``benchmark_filename`` loads pre-split files, ``data_path/dataset/dataset.PART.inter``)::
 
@@ -34,12 +38,15 @@ that can take them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
+from ._keys import sorted_contains
+from .errors import DataFormatError
 from .interactions import Interactions
 from .splits import Split, _check_unseen, _negatives_dtype, _sample_negatives
 
@@ -131,17 +138,25 @@ def _kind(ids: np.ndarray) -> str:
     return "int" if ids.dtype.kind in "iu" else "str"
 
 
-def _read_table(path: Path) -> dict:
-    """Columns of an atomic file by field name (``user_id:token`` -> ``user_id``), as text."""
-    with open(path, encoding="utf-8") as handle:
+class _Table(NamedTuple):
+    path: Path
+    columns: dict  # field name (``user_id:token`` -> ``user_id``) -> the column as text
+    lines: np.ndarray  # the 1-based line of each row in the file, for messages
+
+
+def _read_table(path: Path) -> _Table:
+    """The columns of an atomic file, as text, and the line each row is on."""
+    # utf-8-sig: a byte-order mark (spreadsheet exports) would otherwise join the first field name.
+    with open(path, encoding="utf-8-sig") as handle:
         header = handle.readline().rstrip("\n").split("\t")
-        rows = [line.rstrip("\n").split("\t") for line in handle if line.strip()]
+        numbered = [(n, line.rstrip("\n").split("\t")) for n, line in enumerate(handle, 2) if line.strip()]
     names = [h.split(":", 1)[0] for h in header]
-    for n, row in enumerate(rows, 2):
+    for n, row in numbered:
         if len(row) != len(names):
-            raise ValueError(f"{path}:{n}: {len(row)} fields where the header has {len(names)}")
-    columns = list(zip(*rows)) if rows else [()] * len(names)
-    return {name: np.asarray(column, dtype=str) for name, column in zip(names, columns)}
+            raise DataFormatError(f"{path}:{n}: {len(row)} fields where the header has {len(names)}")
+    columns = list(zip(*(row for _, row in numbered))) if numbered else [()] * len(names)
+    return _Table(path, {name: np.asarray(column, dtype=str) for name, column in zip(names, columns)},
+                  np.asarray([n for n, _ in numbered], dtype=np.int64))
 
 
 def _plain_int(token: str) -> bool:
@@ -154,12 +169,54 @@ def _as_ids(text: np.ndarray, kind: Optional[str]) -> np.ndarray:
     return text.astype(np.int64) if kind == "int" else text
 
 
-def _as_times(text: np.ndarray) -> np.ndarray:
+def _float_or_nan(token: str) -> float:
+    try:
+        return float(token)
+    except ValueError:
+        return math.nan
+
+
+def _floats(text: np.ndarray) -> np.ndarray:
+    """``text`` as float64, NaN where an entry is not a number (numpy parses as float() does)."""
+    try:
+        return text.astype(np.float64)
+    except ValueError:
+        return np.array([_float_or_nan(t) for t in text], dtype=np.float64)
+
+
+def _refuse(table: _Table, row: int, problem: str) -> DataFormatError:
+    return DataFormatError(f"{table.path}:{table.lines[row]}: {problem}")
+
+
+def _as_ratings(table: _Table) -> np.ndarray:
+    """The ratings, finite and >= 0 as the text readers demand: the losses divide by the
+    largest rating, for targets in [0, 1]."""
+    text = table.columns["rating"]
+    values = _floats(text)
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
+    if len(bad):
+        token = str(text[bad[0]])
+        try:
+            value = float(token)
+        except ValueError:
+            raise _refuse(table, bad[0], f"expected a numeric rating, got {token!r}") from None
+        raise _refuse(table, bad[0], f"expected a finite rating, got {token!r}" if not math.isfinite(value)
+                      else f"expected a rating >= 0, got {token!r} (targets are rating / largest rating)")
+    return values.astype(np.float32)
+
+
+def _as_times(table: _Table) -> np.ndarray:
     """Integer timestamps exactly; another tool's fractional ones rounded down."""
+    text = table.columns["timestamp"]
     try:
         return text.astype(np.int64)
-    except ValueError:
-        return np.floor(text.astype(np.float64)).astype(np.int64)
+    except (ValueError, OverflowError):
+        values = _floats(text)
+    bad = np.flatnonzero(~((values >= -2.0**63) & (values < 2.0**63)))  # NaN compares False
+    if len(bad):
+        raise _refuse(table, bad[0], f"expected a timestamp (a number in the int64 range), "
+                                     f"got {str(text[bad[0]])!r}")
+    return np.floor(values).astype(np.int64)
 
 
 def read_atomic(folder: str | os.PathLike, name: str, num_negatives: int = 100,
@@ -175,43 +232,46 @@ def read_atomic(folder: str | os.PathLike, name: str, num_negatives: int = 100,
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     kinds = meta.get("id_types", {})
     tables = {part: _read_table(base / f"{name}.{part}.inter") for part in _PARTS}
-    for part, table in tables.items():
-        missing = {"user_id", "item_id"} - set(table)
+    for table in tables.values():
+        missing = {"user_id", "item_id"} - set(table.columns)
         if missing:
-            raise ValueError(f"{base / f'{name}.{part}.inter'} has no {', '.join(sorted(missing))} field")
+            raise DataFormatError(f"{table.path} has no {', '.join(sorted(missing))} field")
     maps = {}
     for what in ("user", "item"):
         listed = base / f"{name}.{what}"
-        text = (_read_table(listed)[f"{what}_id"] if listed.is_file()
-                else np.concatenate([t[f"{what}_id"] for t in tables.values()]))
+        text = (_read_table(listed).columns[f"{what}_id"] if listed.is_file()
+                else np.concatenate([t.columns[f"{what}_id"] for t in tables.values()]))
         ids = np.unique(_as_ids(text, kinds.get(what)))
         maps[what] = ids
-    has_time = all("timestamp" in t for t in tables.values())
+    has_time = all("timestamp" in t.columns for t in tables.values())
     rows = {}
     for part, table in tables.items():
-        users = _index(maps["user"], _as_ids(table["user_id"], kinds.get("user") or _kind(maps["user"])), "user")
-        items = _index(maps["item"], _as_ids(table["item_id"], kinds.get("item") or _kind(maps["item"])), "item")
-        ratings = table["rating"].astype(np.float32) if "rating" in table else np.ones(len(users), np.float32)
-        times = _as_times(table["timestamp"]) if has_time else None
+        columns = table.columns
+        users = _index(maps["user"], _as_ids(columns["user_id"], kinds.get("user") or _kind(maps["user"])), "user")
+        items = _index(maps["item"], _as_ids(columns["item_id"], kinds.get("item") or _kind(maps["item"])), "item")
+        ratings = _as_ratings(table) if "rating" in columns else np.ones(len(users), np.float32)
+        times = _as_times(table) if has_time else None
         rows[part] = (users, items, ratings, times)
+    seen_keys = _distinct_keys(tables, rows, maps)
     everything = Interactions(maps["user"], maps["item"],
                               *(np.concatenate([r[k] for r in rows.values()]) for k in range(3)),
                               np.concatenate([r[3] for r in rows.values()]) if has_time else None)
     train = Interactions(maps["user"], maps["item"], *rows["train"])
-    seen_keys = np.sort(everything.users * everything.num_items + everything.items)
     counts = np.bincount(everything.users, minlength=everything.num_users)
     negatives = {}
     for stream, part in zip(np.random.SeedSequence(seed).spawn(2), ("valid", "test")):
         users = rows[part][0]
         listed = base / f"{name}.{part}.neg"
         if listed.is_file():
-            lists = _read_table(listed)["neg_items"]
+            table = _read_table(listed)
+            lists = table.columns["neg_items"]
             flat = _index(maps["item"], _as_ids(np.asarray(" ".join(lists).split(), dtype=str),
                                                 kinds.get("item") or _kind(maps["item"])), "item")
             negatives[part] = (flat.reshape(len(lists), -1) if len(lists) else np.zeros((0, 0))
                                ).astype(_negatives_dtype(len(maps["item"])))
             if len(negatives[part]) != len(users):
                 raise ValueError(f"{listed} has {len(lists)} lines for {len(users)} {part} rows")
+            _check_unseen_lists(table, negatives[part], rows[part], seen_keys, maps)
         else:
             count = meta.get("num_negatives", num_negatives)
             _check_unseen(everything, np.unique(users), counts, count)
@@ -222,6 +282,54 @@ def read_atomic(folder: str | os.PathLike, name: str, num_negatives: int = 100,
     split = Split(train, rows["valid"][0], rows["valid"][1], rows["test"][0], rows["test"][1],
                   negatives["valid"], negatives["test"], holdout)
     return everything, split
+
+
+def _distinct_keys(tables: dict, rows: dict, maps: dict) -> np.ndarray:
+    """The sorted ``user * num_items + item`` keys of every part's rows, which must be distinct:
+    a pair held out and also in train would be trained on, and one twice in a part is one
+    interaction read twice."""
+    num_items = len(maps["item"])
+    keys = np.concatenate([users * num_items + items for users, items, *_ in rows.values()])
+    seen_keys = np.sort(keys)
+    if not len(keys) or bool(np.all(seen_keys[1:] != seen_keys[:-1])):
+        return seen_keys
+    order = np.argsort(keys, kind="stable")  # equal keys in reading order: train, valid, test
+    again = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    k = np.argmin(order[again + 1])  # the first row that repeats an earlier one
+    first, second = order[again[k]], order[again[k] + 1]
+    starts = np.cumsum([0] + [len(r[0]) for r in rows.values()])
+    places = []
+    for pos in (first, second):
+        part = int(np.searchsorted(starts, pos, side="right")) - 1
+        table = tables[list(rows)[part]]
+        places.append((table.path, table.lines[pos - starts[part]]))
+    pair = (f"user {maps['user'][keys[first] // num_items].item()!r}, "
+            f"item {maps['item'][keys[first] % num_items].item()!r}")
+    (path, line), (other, other_line) = places
+    if path == other:
+        raise DataFormatError(f"{path} holds {pair} twice (lines {line} and {other_line}); "
+                              "each (user, item) pair must be one row of one part")
+    raise DataFormatError(f"{path}:{line} and {other}:{other_line} both hold {pair}; each (user, item) "
+                          "pair must be one row of one part, or a held-out pair is trained on")
+
+
+def _check_unseen_lists(table: _Table, negatives: np.ndarray, rows: tuple, seen_keys: np.ndarray,
+                        maps: dict) -> None:
+    """The sampled protocol ranks each held-out item among items its user never interacted with:
+    a listed item the user has in any part (the held-out one included) would be a false negative."""
+    users, items = rows[0], rows[1]
+    num_items = len(maps["item"])
+    keys = users[:, None] * num_items + negatives
+    seen = sorted_contains(seen_keys, keys.ravel()).reshape(keys.shape)
+    bad = np.flatnonzero(seen.any(axis=1))
+    if len(bad):
+        row = bad[0]
+        item = negatives[row][seen[row]][0]
+        user = maps["user"][users[row]].item()
+        what = ("the row's own held-out item" if item == items[row]
+                else f"an item user {user!r} interacted with")
+        raise _refuse(table, row, f"sampled item {maps['item'][item].item()!r} is {what}; the sampled protocol "
+                                  "ranks the held-out item among items the user never interacted with")
 
 
 def _index(ids: np.ndarray, raw: np.ndarray, what: str) -> np.ndarray:

@@ -44,8 +44,9 @@ CACHE_MIN_BYTES = 1 << 20
 """Smaller files are parsed every time: that takes well under a second, and their entries would
 only clutter the cache."""
 
-FORMAT_VERSION = 1
-"""Layout of an entry and of what the readers put in it; bump it when either changes."""
+FORMAT_VERSION = 2
+"""Layout of an entry and of what the readers put in it; bump it when either changes (2: empty
+ids refused, comma files of integer ids read as integers, two-column headers detected)."""
 
 _KEY_MEMBER = "dmfx_cache_key"
 

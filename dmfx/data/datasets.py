@@ -27,6 +27,7 @@ import os
 import tempfile
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -300,11 +301,18 @@ def _read_member(spec: Dataset, path: Path) -> Interactions:
     with tempfile.TemporaryDirectory(prefix="dmfx-") as tmp:
         target = Path(tmp) / spec.filename
         member = _extract(spec, path, target)
+        # Errors and warnings name the member of the user's archive, not the temporary copy.
+        named = f"{path}/{member}"
         try:
-            return spec.reader(target)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                data = spec.reader(target)
         except DataFormatError as exc:
-            # Name the member of the user's archive, not the temporary copy.
-            raise DataFormatError(str(exc).replace(os.fspath(target), f"{path}/{member}", 1)) from None
+            raise DataFormatError(str(exc).replace(os.fspath(target), named, 1)) from None
+        for w in caught:  # re-issued under the caller's own filters
+            warnings.warn(str(w.message).replace(os.fspath(target), named, 1), w.category,
+                          stacklevel=2)
+        return data
 
 
 SYNTHETIC_PREFIX = "synthetic:"

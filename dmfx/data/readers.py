@@ -183,6 +183,8 @@ def _check_fields(fields: list[str], columns: Sequence[Column], sep: str | None,
                 problem = f"expected a rating >= 0, got {text!r} (targets are rating / largest rating)"
         elif column == "timestamp":
             problem = _int_problem(text, "timestamp")
+        elif column in ("user", "item") and not text:
+            problem = f"expected {'an item' if column == 'item' else 'a user'} id, got an empty field"
         elif column in ("user", "item") and id_kind == "int":
             problem = _int_problem(text, f"{column} id")
         if problem is not None:
@@ -299,6 +301,11 @@ class _Gathered:
         ratings = chunk.get("rating")
         if ratings is not None and not bool(np.isfinite(ratings).all() and (ratings >= 0).all()):
             raise diagnose("negative or non-finite rating")
+        for column in self.coders:
+            values = chunk[column][0]
+            # An empty field would be one id for every such row; bytes and unicode alike.
+            if values.dtype.kind in "SU" and bool((values == values.dtype.type()).any()):
+                raise diagnose(f"empty {column} id")
         for column, value in chunk.items():
             if column in self.coders:
                 self.coders[column].add(*value)
@@ -308,7 +315,11 @@ class _Gathered:
         self.rows += len(values if rows is None else rows)
 
     def interactions(self, name: str) -> Interactions:
-        """The gathered file as Interactions; the chunks are released as they are copied."""
+        """The gathered file as Interactions; the chunks are released as they are copied.
+
+        Of rows that repeat a (user, item) pair the latest is kept (see
+        :meth:`Interactions.from_arrays`), with a warning that says how many were dropped.
+        """
         if self.numbers["rating"]:
             ratings = gather(self.numbers["rating"], np.float64)
             _warn_if_counts(name, ratings)
@@ -318,7 +329,12 @@ class _Gathered:
         timestamps = gather(self.numbers["timestamp"], np.int64) if self.numbers["timestamp"] else None
         user_ids, users = self.coders["user"].finish()
         item_ids, items = self.coders["item"].finish()
-        return Interactions._latest(user_ids, item_ids, users, items, ratings, timestamps)
+        data = Interactions._latest(user_ids, item_ids, users, items, ratings, timestamps)
+        dropped = self.rows - data.nnz
+        if dropped:
+            warnings.warn(f"{name}: {dropped} duplicated (user, item) row{'s' if dropped > 1 else ''}; "
+                          f"kept the latest of each", UserWarning)
+        return data
 
 
 def _loadtxt_chunks(
@@ -554,7 +570,9 @@ def read_movielens_csv(path: PathLike) -> Interactions:
 def read_amazon_csv(path: PathLike) -> Interactions:
     """Amazon "ratings only" CSV: ``user,item,rating,timestamp`` without header.
 
-    Ids are kept as strings: ASINs may be all digits with leading zeros.
+    Ids are kept as strings: ASINs may be all digits with leading zeros.  (:func:`read_file`
+    detects such a file but reads its ids as :func:`read_delimited` does, integers where every
+    one is a canonical integer; ``fmt="amazon-csv"`` reads it here.)
     """
     return _read_table(path, ",", _UIRT, header=False, id_kind="str")
 
@@ -635,9 +653,10 @@ def _read_sniffed(path: PathLike, sep: str) -> Interactions:
     """``read_delimited`` with columns and header guessed from the first line.
 
     2, 3 or 4 fields mean user,item[,rating[,timestamp]]; a first line whose
-    rating field is not a number is taken as a header.
+    rating field is not a number is taken as a header, and so is a first line of
+    two fields that are not numbers followed by a line of two integer ids.
     """
-    head = _head(path, 1)
+    head = _head(path, 2)
     name = os.fspath(path)
     if not head:
         raise DataFormatError(f"{name}:1: expected user{sep}item[{sep}rating[{sep}timestamp]], got an empty file")
@@ -650,7 +669,12 @@ def _read_sniffed(path: PathLike, sep: str) -> Interactions:
             f"use read_delimited(path, sep, columns=...) for other layouts (on the command line: "
             f"a file of those columns)"
         )
-    header = len(fields) >= 3 and not _is_float(fields[2])
+    if len(fields) >= 3:
+        header = not _is_float(fields[2])
+    else:  # no rating to look at: names above integer ids (string ids cannot tell them apart)
+        second = head[1][1].split(sep) if len(head) > 1 else []
+        header = (not any(_is_float(f) for f in fields) and len(second) == 2
+                  and all(_is_int(f) for f in second))
     return read_delimited(path, sep, _UIRT[: len(fields)], header=header)
 
 
@@ -661,12 +685,21 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None, ca
     :meth:`Interactions.save_npz`; a first line containing ``::`` is a
     MovieLens ``ratings.dat``; a ``userId,movieId`` header a MovieLens
     ``ratings.csv``; four tab-separated integers a MovieLens ``u.data``; four
-    comma-separated fields with a numeric third one an Amazon ratings CSV;
-    otherwise 3 or 4 fields separated by tabs, commas or runs of whitespace,
-    the third numeric, are ``user item rating [timestamp]`` (a header line
-    before them is skipped).  ``fmt`` names one of :data:`FORMATS`
-    explicitly; ``sep`` reads any delimited ``user,item[,rating[,timestamp]]``
-    file.
+    comma-separated fields with a numeric third one an Amazon-style
+    ``user,item,rating,timestamp`` CSV; otherwise 3 or 4 fields separated by
+    tabs, commas or runs of whitespace, the third numeric, are ``user item
+    rating [timestamp]`` (a header line before them is skipped).  Detected
+    files other than MovieLens' get ids as :func:`read_delimited` gives them:
+    int64 where every id of the column is a canonical integer, else strings
+    (a column with an ASIN such as ``B00005JNOG`` or an id such as ``0001``
+    stays strings); ``fmt="amazon-csv"`` keeps every id a string.  ``fmt``
+    names one of :data:`FORMATS` explicitly; ``sep`` reads any delimited
+    ``user,item[,rating[,timestamp]]`` file.
+
+    Rows that repeat a (user, item) pair keep the latest (by timestamp, else
+    the last in the file), as :meth:`Interactions.from_arrays` does; the text
+    readers warn how many rows were dropped when they parse such a file (a
+    read served from the parse cache does not warn again).
 
     Implicit feedback counts (plays, clicks) are read as ratings, unchanged.
     When the ratings look like counts (whole numbers, the largest above 10
@@ -745,7 +778,10 @@ def _read_file(path: PathLike, sep: str | None, fmt: str | None) -> Interactions
     if len(tab_fields) == 4 and all(_is_int(f) for f in tab_fields):
         return read_movielens_100k(path)
     if len(comma_fields) == 4 and _is_float(comma_fields[2]):
-        return read_amazon_csv(path)
+        # Ids as every other detected layout reads them, so that the same rows as .csv and as
+        # .tsv give the same ids and split; a column with an ASIN (letters or a leading zero)
+        # stays strings.
+        return read_delimited(path, ",", _UIRT)
     layout = _generic_layout(head)
     if layout is not None:
         generic_sep, width, header = layout

@@ -3,9 +3,10 @@
 The paper holds out each user's latest interaction as the test item and ranks
 it against 100 items the user never interacted with (HR@K / NDCG@K).  This
 module builds that split, plus an optional validation item per user chosen at
-random among the remaining interactions, reproducibly from a seed.  Data
-without timestamps has no latest interaction; there the test item is drawn at
-random too (see :func:`leave_one_out`).
+random among the remaining interactions, reproducibly from a seed and the
+order of the interactions (see :func:`leave_one_out`).  Data without
+timestamps has no latest interaction; there the test item is drawn at random
+too.
 """
 
 from __future__ import annotations
@@ -198,9 +199,15 @@ def leave_one_out(
       validation and test.  A user with fewer unseen items is an error
       rather than a silently shorter row.
 
-    Everything is fixed by ``seed``; the test item, the test negatives and
-    the validation choice come from separate random streams, so the test side
-    does not change with ``valid``.
+    The split is fixed by ``seed`` and the order of the interactions (a
+    file's row order, which the readers keep).  With timestamps each user's
+    interactions are taken by timestamp, the row order deciding only among
+    equal timestamps, so reordering a file's rows changes the split only for
+    users with such ties; without timestamps the random picks are made over
+    the rows in their order, so reordering them changes the test and
+    validation items (not the sampled negatives).  The test item, the test
+    negatives and the validation choice come from separate random streams,
+    so the test side does not change with ``valid``.
     """
     if num_negatives < 0:
         raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
@@ -276,7 +283,11 @@ def ratio_split(
     * A user whose interactions all fall in validation or test keeps one of them (at random) in
       train, so that every evaluated user has training data; items may still be held out
       without any training interaction (cold items), as a random split of ratings makes them.
-    * ``ratios[1] == 0`` gives no validation rows. Everything is fixed by ``seed``.
+    * ``ratios[1] == 0`` gives no validation rows.
+
+    The split is fixed by ``seed`` and the order of the interactions (a file's row order, which
+    the readers keep): the random permutation assigns shares by position, so reordering a file's
+    rows changes the split, timestamps or not.
     """
     shares = np.asarray(ratios, dtype=np.float64)
     if shares.shape != (3,) or not np.all(np.isfinite(shares)) or shares.min() < 0 \
