@@ -11,6 +11,8 @@ import fcntl
 import json
 import math
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ import torch
 from ._files import atomic_write
 
 __all__ = ["CheckpointError", "RunFolderBusy", "RunLock", "save_checkpoint", "load_checkpoint",
-           "atomic_write", "json_text", "write_json"]
+           "atomic_write", "json_text", "write_json", "make_folder"]
 
 FORMAT = "dmfx-checkpoint"
 # Bumped whenever the layout of the saved dict changes; other versions are refused by name.
@@ -26,6 +28,8 @@ VERSION = 1
 # A training checkpoint of the first releases, saved before FORMAT and VERSION were, recognised
 # by its keys so that it is refused as what it is, not as a foreign file.
 _TRAINING_KEYS = {"model_state", "runner", "train_state", "train_config", "data", "model"}
+# torch.save writes a zip archive: its first bytes tell a torch file from any other.
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(ValueError):
@@ -70,10 +74,19 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool =
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        zipped = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # garbage, torn or foreign files fail in many ways inside torch
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        # torch's own messages are not passed on: they advise loading with weights_only=False,
+        # which would run the file's code.
+        if zipped and not zipfile.is_zipfile(path):  # the archive's directory is at its end
+            reason = "torn or truncated: a torch checkpoint cut short"
+        elif zipped and isinstance(error, pickle.UnpicklingError):
+            reason = "a torch file that holds objects other than tensors and plain data"
+        else:
+            reason = "not a torch checkpoint, or it holds objects other than tensors and plain data"
         raise CheckpointError(f"{path} is not a readable dmfx checkpoint ({reason})") from None
     if isinstance(saved, dict) and "format" not in saved and _TRAINING_KEYS <= saved.keys():
         raise CheckpointError(f"{path} was written by an early dmfx, before checkpoint format "
@@ -84,6 +97,21 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool =
         raise CheckpointError(f"{path} is a dmfx checkpoint of format version "
                               f"{saved.get('version')!r}; this dmfx reads version {VERSION}")
     return saved
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``folder``, created with its parents where missing, as every dmfx command creates the
+    folder it writes to. One that cannot be made raises a one-line OSError that names why: a
+    file in the way, or the file system's reason."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        taken = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{taken} exists and is not a folder" if taken is not None else \
+            f"cannot create the folder {folder} ({error.strerror or error})"
+        raise OSError(f"--output: {reason}") from None
+    return folder
 
 
 class RunLock:
@@ -98,7 +126,7 @@ class RunLock:
         self._file = None
 
     def __enter__(self) -> "RunLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
         self._file = open(self.folder / ".lock", "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)

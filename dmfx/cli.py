@@ -14,6 +14,8 @@ baselines, and reproduce the papers' experiments.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 import time
 import warnings
@@ -24,19 +26,20 @@ import numpy as np
 import torch
 
 from . import distributed, ops
-from .checkpoint import (RunFolderBusy, RunLock, atomic_write, json_text, load_checkpoint,
-                         write_json)
+from .checkpoint import (CheckpointError, RunFolderBusy, RunLock, atomic_write, json_text,
+                         load_checkpoint, make_folder, write_json)
 from .config import file_flags, options, toml_text
 from .data import DATASETS, DataFormatError, DatasetUnavailableError, Interactions, write_atomic
 from .data.readers import COUNTS_WARNING
 from .evaluate import PREFIX, Ranking, evaluate, parse_protocol, save_ranks
+from .experiment import PROTOCOLS as SPLITS
 from .experiment import DataSpec, data_record, load_trained, save_model
 from .models import MODELS, build_model, train_config
 from .models.base import CANNOT_SCORE_NEW_USERS
 from .models.registry import TRAINERS, spec_of
 from .provenance import EpochLog, environment
 from .reproduce import seed_arg
-from .train import TrainConfig, _check_resumable
+from .train import RESUMABLE_CHANGES, ResumeRefused, TrainConfig, _check_resumable
 
 # OSError covers what the file system refuses: a missing file, --output under a file, a full disk.
 USER_ERRORS = (ValueError, KeyError, OSError, DataFormatError, DatasetUnavailableError,
@@ -60,7 +63,7 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, split_seed_default: str = "0") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
                    help=f"named data set ({', '.join(DATASETS)}), or synthetic:UxIxN (U users, "
@@ -75,7 +78,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="field separator of --data when not detected ('\\t' for a tab)")
     g.add_argument("--split-seed", type=seed_arg, default=0,
                    help="seed of the split (the held-out items, the sampled ones, and the random "
-                        "split's shares)")
+                        f"split's shares; default {split_seed_default})")
     g.add_argument("--protocol", default=None, metavar="sampled:N|full",
                    help="evaluation protocol of early stopping (validation NDCG@10) and of the "
                         "headline metrics: sampled:N ranks each held-out item among N items the "
@@ -105,6 +108,9 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
                    help="report the final metrics of --protocol sampled:N alone, without the "
                         "full-ranking ones (full_*), which score every user against every item: "
                         "for data too large for that (2M users x 1M items on a CPU)")
+    g.add_argument("--full-ranking", dest="no_full_ranking", action="store_false", default=False,
+                   help="report the full-ranking metrics too (the default): undoes "
+                        "no-full-ranking = true of a --config file")
     g.add_argument("--held-out-users", type=float, default=None, metavar="SHARE",
                    help="train without this share of the evaluated users, then score them from "
                         "their ratings alone and report new_hr@K / new_ndcg@K (models that read "
@@ -165,17 +171,32 @@ def _cutoffs(text: str) -> list[int]:
     return ks
 
 
-def _ratios(text: str) -> tuple:
+def _ratios(text: str, read: bool) -> tuple:
+    """The shares of ``--split-ratios``; checked by dmfx.data.ratio_split's rule where the split
+    reads them (``read``), so that they are refused before the data is read, not after."""
     try:
-        return tuple(float(r) for r in str(text).split(","))
+        ratios = tuple(float(r) for r in str(text).split(","))
     except ValueError:
         raise ValueError(f"--split-ratios: expected three shares like 0.8,0.1,0.1, got {text!r}") from None
+    if read and (len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios)
+                 or ratios[0] <= 0 or ratios[2] <= 0 or abs(sum(ratios) - 1) > 1e-6):
+        raise ValueError("--split-ratios must be three shares (train, validation, test) that sum "
+                         f"to 1, train and test above 0, got {text!r}")
+    return ratios
 
 
 def _data_spec(args) -> DataSpec:
+    if args.sep == "":
+        raise ValueError("--sep: expected a field separator (\\t for a tab), got none")
+    if args.data is not None and not Path(args.data).expanduser().exists():
+        raise FileNotFoundError(f"--data: no file at {args.data}")
     dataset = args.dataset if args.dataset or args.data else "ml-100k"
-    protocol = {"protocol": args.split, "ratios": _ratios(args.split_ratios)} \
-        if hasattr(args, "split") else {}
+    protocol = {}
+    if hasattr(args, "split"):
+        if args.split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+        protocol = {"protocol": args.split,
+                    "ratios": _ratios(args.split_ratios, args.split == "random")}
     return DataSpec(dataset=dataset, data=args.data, sep=args.sep, seed=args.split_seed,
                     eval_negatives=_protocol(args)[1], **protocol)
 
@@ -237,8 +258,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
             text = "; ".join(f"{m}: {q.help} (default {_defaults_text({m: q.default})}"
                              + (f"; one of {', '.join(q.choices)})" if q.choices else ")")
                              for m, q in users)
-        if isinstance(param.default, bool):
-            g.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        if isinstance(param.default, bool):  # --no-X: a --config file's X = true can be undone
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             # Values are checked by the registry (a one-line error), not by argparse's choices.
             g.add_argument(flag, default=None, metavar=name.upper(), help=text)
@@ -249,7 +270,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         t.add_argument("--" + flag, type=kind, default=None,
                        help=f"{text} (default: {_defaults_text(defaults)})")
     t.add_argument("--seed", type=seed_arg, default=0, help="seed of initialisation, negatives, order")
-    t.add_argument("--track-test", action="store_true",
+    t.add_argument("--track-test", action=argparse.BooleanOptionalAction, default=False,
                    help="also record test HR/NDCG@10 after every epoch (for curves; the best "
                         "epoch is still chosen on the validation item)")
 
@@ -293,6 +314,61 @@ def _parse(param, name: str, text: str):
         raise ValueError(f"--{name.replace('_', '-')}: {error}") from None
 
 
+def _setting_flags() -> dict:
+    """Setting -> its flag: TrainConfig's fields (num_negatives -> --negatives) and the
+    models' parameters (user_layers -> --user-layers)."""
+    flags = {field_name: f"--{flag}" for flag, (field_name, _, _) in TRAIN_FLAGS.items()}
+    flags.update({name: "--" + name.replace("_", "-") for spec in MODELS.values()
+                  for name in spec.params})
+    return flags
+
+
+def _flagged(error: Exception) -> ValueError:
+    """``error`` with the settings it names written as their flags: a name with an underscore
+    wherever it stands (user_layers, gmf_checkpoint), a plain word (mu, lr, loss) where it
+    begins the message or follows its "Owner: " prefix, the one place where it surely names
+    the setting and not the thing ("DMF: mu must lie in ..." -> "DMF: --mu must lie in ...")."""
+    message = str(error)
+    for name, flag in _setting_flags().items():
+        if "_" in name:
+            message = re.sub(rf"\b{name}\b", flag, message)
+        else:
+            message = re.sub(rf"^((?:[\w-]+: )?){name}\b", rf"\g<1>{flag}", message)
+    return ValueError(message)
+
+
+# DataSpec's fields -> their flags.
+_SPEC_FLAGS = {"dataset": "--dataset", "data": "--data", "sep": "--sep", "seed": "--split-seed",
+               "eval_negatives": "--protocol sampled:N", "protocol": "--split",
+               "ratios": "--split-ratios"}
+# Where a resumed run's refused setting is recorded (see dmfx.train.ResumeRefused) -> its flag.
+_RECORD_FLAGS = {"seed": "--seed", "track_test": "--track-test", "protocol": "--protocol",
+                 "model.kind": "--model", "data.held_out_users": "--held-out-users",
+                 **{f"data.spec.{name}": flag for name, flag in _SPEC_FLAGS.items()}}
+
+
+def _record_flag(name: str) -> str:
+    """The flag that sets a setting :class:`dmfx.train.ResumeRefused` names, or the name itself
+    where no flag does (data.fingerprint.sha256: what the data file holds)."""
+    if name.startswith("model.config."):
+        return "--" + name.removeprefix("model.config.").replace("_", "-")
+    return _RECORD_FLAGS.get(name) or _setting_flags().get(name, name)
+
+
+def _refusal_in_flags(refused: ResumeRefused) -> str:
+    """The message of ``refused`` in flags: "(lr 0.0001 -> 0.01; data.spec.sep None -> ',')" ->
+    "(--lr 0.0001 -> 0.01; --sep not given -> ',')"."""
+    def shown(value) -> str:
+        return "not given" if value is None else repr(value)
+
+    changes = "; ".join(f"{_record_flag(name)} {shown(before)} -> {shown(now)}"
+                        for name, before, now in refused.changes)
+    # progress (bars on a terminal or not) has no flag of its own
+    allowed = [_record_flag(name) for name in RESUMABLE_CHANGES if name != "progress"]
+    return (f"{refused.path} was trained with other settings ({changes}); a resumed run may "
+            f"change only {', '.join(allowed)}")
+
+
 def _add_restore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="a run's model.pt (self-contained; or the run's folder), or its "
@@ -306,8 +382,17 @@ def _add_restore_args(p: argparse.ArgumentParser) -> None:
                         "if it changed since training (refused by default)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser, and its subcommands' parsers, that take long flags only as spelled in full:
+    an abbreviation (--mod for --model) would escape what parse_args does with a --config file's
+    flags that the command line replaces."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dmfx", description="Deep Matrix Factorization (Xue et al., IJCAI 2017) on sparse "
         "C++/CUDA kernels, with the DMF paper's baselines: train, evaluate, recommend, reproduce.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -331,7 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
     o = t.add_argument_group("run")
     o.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     o.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    o.add_argument("--full-ranking", action="store_true", help=argparse.SUPPRESS)  # always now
     o.add_argument("--output", default=None, help="run folder (default runs/DATASET-MODEL-seedSEED)")
     o.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT/checkpoint.pt (OUTPUT/epochs.jsonl is first made to "
@@ -468,14 +552,24 @@ def cmd_train(args) -> int:
                               # bars on a terminal only: a log file gets the per-epoch lines
                               progress=_progress_bar(args))
     except ValueError as error:  # "batch_size must be ..." -> "--batch-size must be ..."
-        field, _, rest = str(error).partition(" ")
-        flags = {f: flag for flag, (f, _, _) in TRAIN_FLAGS.items()}
-        raise ValueError(f"--{flags[field]} {rest}" if field in flags else str(error)) from None
+        raise _flagged(error) from None
     config = replace(config, protocol=_protocol(args)[0])
     # The model's settings are checked on a 2 x 2 stand-in now, not after minutes of reading
     # large data (pre-trained parts are loaded, and checked, once the data is there).
-    build_model(name, Interactions(np.arange(2), np.arange(2), [0, 1], [0, 1], [1.0, 1.0]),
-                params, "cpu", restore=True)
+    try:
+        build_model(name, Interactions(np.arange(2), np.arange(2), [0, 1], [0, 1], [1.0, 1.0]),
+                    params, "cpu", restore=True)
+    except ValueError as error:  # "DMF: mu must lie in ..." -> "DMF: --mu must lie in ..."
+        raise _flagged(error) from None
+    if args.held_out_users is not None:
+        if not 0 < args.held_out_users < 1:
+            raise ValueError(f"--held-out-users: expected a share in (0, 1), got "
+                             f"{args.held_out_users:g}")
+        if spec.protocol == "random":
+            raise ValueError("--held-out-users needs one test item per user: --split loo, not "
+                             "random")
+        if not spec_of(name).cls.can_score_rows(params):
+            raise ValueError(f"--held-out-users: {name} {CANNOT_SCORE_NEW_USERS}")
     if args.no_full_ranking and config.protocol == "full":
         raise ValueError("--no-full-ranking leaves out the full-ranking metrics that --protocol "
                          "full reports: give one of them")
@@ -497,8 +591,8 @@ def _check_pretrained_parts(params: dict, record: dict, held_out_users) -> None:
     keys = ("gmf_checkpoint", "mlp_checkpoint")
     if not all(params.get(key) for key in keys):  # none, or NeuMF says it needs both
         return
-    for key in keys:
-        path = params[key]
+    for name in keys:
+        path, key = params[name], "--" + name.replace("_", "-")
         part = load_checkpoint(path, mmap=True).get("data")  # NeuMF reads the weights later
         if not isinstance(part, dict) or "fingerprint" not in part:
             raise ValueError(f"{key} {path} does not record the data it was trained on")
@@ -513,7 +607,8 @@ def _check_pretrained_parts(params: dict, record: dict, held_out_users) -> None:
         else:  # only the random split reads them
             del theirs["ratios"], ours["ratios"]
         if theirs != ours:
-            changed = ", ".join(f"{k} {theirs[k]} (this run: {ours[k]})"
+            flags = {**_SPEC_FLAGS, "held_out_users": "--held-out-users"}
+            changed = ", ".join(f"{flags[k]} {theirs[k]} (this run: {ours[k]})"
                                 for k in ours if theirs[k] != ours[k])
             raise ValueError(f"{key} {path} was trained on another split of the data: {changed}")
 
@@ -523,8 +618,6 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     """The run of ``dmfx train`` in the folder ``out``, whose lock the caller holds; with
     ``world``, this rank's part (rank 0 writes the files and evaluates the gathered model)."""
     ks = _cutoffs(args.topk)
-    if args.held_out_users is not None and not spec_of(name).cls.can_score_rows(params):
-        raise ValueError(f"--held-out-users: {name} {CANNOT_SCORE_NEW_USERS}")
     checkpoint = out / "checkpoint.pt"
     if args.resume and not checkpoint.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
@@ -540,12 +633,16 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
                 warnings.filterwarnings("ignore", message=COUNTS_WARNING, category=UserWarning)
             data = spec.load()
         split = spec.split(data)
-        held_out = {"latest": "test item: each user's latest interaction",
-                    "random": "test item: a random interaction per user (the data has no timestamps)",
-                    "ratio": f"{len(np.unique(split.test_users)):,} users; random split "
+        tests = len(split.test_users)
+        held_out = {"latest": f"{tests:,} evaluated; test item: each user's latest interaction",
+                    "random": f"{tests:,} evaluated; test item: a random interaction per user "
+                              "(the data has no timestamps)",
+                    # a row per held-out interaction, several per user
+                    "ratio": f"{tests:,} held-out test interactions of "
+                             f"{len(np.unique(split.test_users)):,} users; random split "
                              f"{'/'.join(f'{r:g}' for r in spec.ratios)}"}[split.holdout]
         _log(args, f"data: {spec.name}: {data.num_users:,} users x {data.num_items:,} items, "
-                   f"{data.nnz:,} interactions; {len(split.test_users):,} evaluated; {held_out}")
+                   f"{data.nnz:,} interactions; {held_out}")
         # The ratings as read are not kept (the split's training part holds the same id maps),
         # nor the training timestamps (the model file leaves them out too).
         return replace(split, train=replace(split.train, timestamps=None)), data_record(spec, data)
@@ -556,12 +653,18 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     if args.held_out_users is not None:
         from .inductive import hold_out_users
 
-        split, new_users = hold_out_users(split, args.held_out_users, seed=spec.seed)
+        try:  # a split folder of the random split, or too few users to hold some out
+            split, new_users = hold_out_users(split, args.held_out_users, seed=spec.seed)
+        except ValueError as error:
+            raise ValueError(f"--held-out-users: {error}") from None
         _log(args, f"held out: {len(new_users.users):,} users, scored from their ratings only")
     _check_pretrained_parts(params, record, args.held_out_users)
     torch.manual_seed(args.seed)
-    model = build_model(name, split.train, params, device) if world is None else \
-        world.build_model(name, split.train, params, args.seed)
+    try:  # NeuMF-p reads its parts now: "gmf_checkpoint X holds ..." -> "--gmf-checkpoint X ..."
+        model = build_model(name, split.train, params, device) if world is None else \
+            world.build_model(name, split.train, params, args.seed)
+    except ValueError as error:
+        raise _flagged(error) from None
     extra = {"data": record, "model": {"kind": name, "config": model.config()}}
     if world is not None:
         extra.update(world.record())
@@ -571,7 +674,10 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
     if args.resume:
         # Refused here as in fit, before config.toml and the log of the run are touched.
         saved = load_checkpoint(checkpoint)
-        _check_resumable(checkpoint, saved, config, extra)
+        try:
+            _check_resumable(checkpoint, saved, config, extra)
+        except ResumeRefused as refused:
+            raise CheckpointError(_refusal_in_flags(refused)) from None
         history = saved.get("train_state", {}).get("history", [])
     settings = _settings(args, device, name, params, spec, config)
     main = world is None or world.main
@@ -589,7 +695,8 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
         speed = f", {entry['pairs_per_s']:,.0f} pairs/s" if "pairs_per_s" in entry else ""
         if entry.get("steps", 0) < entry.get("batches", 0):  # cut by --max-steps
             speed += f", {entry['steps']:,} of its {entry['batches']:,} steps"
-        _log(args, f"epoch {epoch:3d}  loss {entry['loss']:.4f}  {_fmt(valid)}  "
+        _log(args, f"epoch {epoch:3d}  loss {entry['loss']:.4f}  "
+                   f"{'valid ' if valid else ''}{_fmt(valid)}  "
                    f"{entry['seconds']:.1f}s ({speed.lstrip(', ')}{', ' if speed else ''}"
                    f"peak memory {entry['peak_memory_mb']:,.0f} MB)")
 
@@ -645,8 +752,9 @@ def _load(args):
                         allow_data_change=args.allow_data_change)
 
 
-# Flags that say where and how a run is shown, not what it computes: left out of config.toml.
-_NOT_SAVED = ("output", "resume", "quiet")
+# Flags that say where and how a run is shown, not what it computes, and --full-ranking, the
+# other spelling of no-full-ranking (it would be saved inverted): left out of config.toml.
+_NOT_SAVED = ("output", "resume", "quiet", "full-ranking")
 
 
 def _settings(args, device, name: str, params: dict, spec: DataSpec, config: TrainConfig) -> dict:
@@ -711,6 +819,9 @@ def cmd_recommend(args) -> int:
         raise ValueError(f"-k must be >= 1, got {args.k}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for flag, path in (("--users-file", args.users_file), ("--ratings", args.ratings)):
+        if path is not None and not Path(path).is_file():  # before the model is read
+            raise FileNotFoundError(f"{flag}: no file at {path}")
     trained = _load(args)
     model = trained.model
     if args.ratings:
@@ -764,6 +875,7 @@ def cmd_export(args) -> int:
 
 def cmd_split(args) -> int:
     spec = _data_spec(args)
+    make_folder(args.output)  # a file in the way is named before the data is read
     data = spec.load()
     split = spec.split(data)
     folder = write_atomic(data, split, args.output, args.name or spec.name)

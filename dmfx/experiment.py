@@ -239,8 +239,11 @@ def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optiona
     try:
         model.load_state_dict(_result_weights(path, saved))
     except RuntimeError as error:
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path} does not fit the data read now ({first})") from None
+        # torch's first line only names the model ("Error(s) in loading state_dict for LFM:");
+        # the next one says which weights do not fit and how.
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        reason = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:300]
+        raise CheckpointError(f"{path} does not fit the data read now ({reason})") from None
     return Trained(model, split)
 
 
@@ -263,6 +266,8 @@ def _result_weights(path, saved: dict) -> dict:
 
 def _split_from_data(path: str, record: dict, data: Optional[str],
                      allow_data_change: bool) -> Split:
+    if data is not None and not Path(data).exists():
+        raise FileNotFoundError(f"--data: no file at {data}")
     spec = DataSpec(**{**record["spec"], **({"data": data} if data is not None else {})})
     change = "; pass --allow-data-change to use the model on it anyway"
     if spec.data and record["file"] and not allow_data_change:

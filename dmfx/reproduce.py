@@ -462,9 +462,9 @@ class _WallClock:
 
 
 def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], None],
-             on_finished: Callable[[], object] = lambda: None) -> list:
-    """Runs the jobs not done yet, calling ``on_finished`` after each; returns the ones that
-    failed, with their error."""
+             on_finished: Callable[[], object] = lambda: None, progress: bool = False) -> list:
+    """Runs the jobs not done yet, calling ``on_finished`` after each, under a progress bar
+    with ``progress``; returns the ones that failed, with their error."""
     todo = [job for job in jobs if not job.done]
     if not todo:
         return []
@@ -489,7 +489,8 @@ def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], Non
         lines = log_file.read_text().strip().splitlines()
         return code, lines[-1] if lines else ""
 
-    with tqdm(total=len(todo), desc="runs", unit="run") as bar, ThreadPoolExecutor(workers) as pool:
+    with tqdm(total=len(todo), desc="runs", unit="run", disable=not progress) as bar, \
+            ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(one, job): job for job in todo}
         for future in as_completed(futures):
             job = futures[future]
@@ -608,13 +609,14 @@ def _summarise(row: Row, grid: list, jobs_of: dict, seeds: list, metrics_shown: 
 def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output: Path,
               jobs: int = 1, quick: bool = False, log: Callable[[str], None] = print,
               command: str = "", only: Sequence[str] = (), split_seed: Optional[int] = None,
-              data_identity: Optional[dict] = None) -> dict:
+              data_identity: Optional[dict] = None, progress: bool = False) -> dict:
     """Runs experiment ``name`` (its tables named in ``only``, or all) and writes its results
     under ``output``; returns results.json. ``data_args`` are the ``dmfx train`` data
     arguments but the split seed: seed s uses split seed s, or ``split_seed`` for every seed
     when given; ``command`` is recorded as the way the results were made. ``data_identity``
     (:func:`data_identity`) is what a finished run in ``output`` must have been trained and
-    evaluated on to be reused: one that was not is refused."""
+    evaluated on to be reused: one that was not is refused. ``progress`` draws a progress bar of
+    the runs."""
     split_of = {seed: seed if split_seed is None else split_seed for seed in seeds}
     experiment = EXPERIMENTS[name]
     tables = experiment.tables(quick)
@@ -667,7 +669,7 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
         if unique:
             log(f"{len(unique)} runs for {', '.join(r.label for r in ready)} "
                 f"({sum(not j.done for j in unique.values())} to do)")
-        failed_all += _run_all(list(unique.values()), data_args, jobs, log, clock.save)
+        failed_all += _run_all(list(unique.values()), data_args, jobs, log, clock.save, progress)
         for row in ready:
             summary = _summarise(row, grids[row.label],
                                  {(a, s): jobs_of[(row.label, a, s)] for a in grids[row.label]
@@ -1024,13 +1026,14 @@ def add_parser(sub, add_data_args: Callable) -> None:
     p = sub.add_parser("reproduce", help="re-run a paper's experiments (tables and figures)",
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("experiment", choices=list(EXPERIMENTS), help="which paper's experiments")
-    add_data_args(p)
+    add_data_args(p, split_seed_default="each seed's own: seed s trains on split seed s")
     p.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2],
                    help="seeds (initialisation, negatives, order); seed s also trains on split "
-                        "seed s unless --split-seed fixes one split for all")
+                        "seed s unless --split-seed fixes one split for all (default 0 1 2)")
     p.set_defaults(split_seed=None)  # None: the split seed follows the seed
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once, one CPU thread each (1: in this process, torch's threads)")
+                   help="runs at once, one CPU thread each (1, the default: in this process, "
+                        "torch's threads)")
     p.add_argument("--output", default=None, help="folder (default runs/EXPERIMENT-DATASET)")
     p.add_argument("--quick", action="store_true",
                    help="a small smoke version: tiny models, two epochs, one setting per grid "
@@ -1042,11 +1045,12 @@ def add_parser(sub, add_data_args: Callable) -> None:
                         "... <!-- /reproduce:EXPERIMENT:DATASET --> by the report")
     p.add_argument("--figures-dir", default=None,
                    help="where --readme copies the figures (default: docs/ beside the file)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_reproduce)
 
 
 def cmd_reproduce(args) -> int:
-    from .cli import _data_spec, _protocol
+    from .cli import _data_spec, _progress_bar, _protocol
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
@@ -1082,7 +1086,7 @@ def cmd_reproduce(args) -> int:
     results = reproduce(args.experiment, data_args, spec.name, args.seeds, output, args.jobs,
                         args.quick, log=lambda text: print(text, file=sys.stderr, flush=True),
                         command=command, only=args.only, split_seed=args.split_seed,
-                        data_identity=identity)
+                        data_identity=identity, progress=_progress_bar(args))
     print((output / "report.md").read_text())
     if args.readme:
         readme = Path(args.readme)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, make_folder
 from .data import CSR, DataFormatError, as_csr
 from .experiment import Trained
 from .models import VectorScorer
@@ -119,8 +119,8 @@ def write_recommendations(path, blocks, trained: Trained, *,
                           user_ids: Optional[np.ndarray] = None) -> int:
     """Writes the blocks of :func:`recommend_blocks` to ``path`` with raw ids, one row per
     (user, rank): CSV (``.csv``, ``.tsv``) or Parquet (``.parquet``, needs pyarrow). The file
-    appears whole or not at all. ``user_ids`` names the blocks' users (default: the model's raw
-    user ids). Returns the number of rows."""
+    appears whole or not at all; missing folders above it are created. ``user_ids`` names the
+    blocks' users (default: the model's raw user ids). Returns the number of rows."""
     suffix = Path(path).suffix.lower()
     if suffix not in (".csv", ".tsv", ".parquet"):
         raise ValueError(f"--output: expected a .csv, .tsv or .parquet file, got {path}")
@@ -165,6 +165,7 @@ def write_recommendations(path, blocks, trained: Trained, *,
             text.flush()
             text.detach()
 
+    make_folder(Path(path).parent)
     atomic_write(path, write)
     return count
 
@@ -215,8 +216,7 @@ def export_model(trained: Trained, output) -> dict:
         raise ValueError(f"{model.name} scores a pair with more than a dot product of two "
                          "vectors, so it has no vectors to export; its model file is what "
                          "serves it (dmfx recommend)")
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(output)
 
     def save_npy(name: str, array: np.ndarray) -> None:
         atomic_write(out / name, lambda f: np.save(f, array, allow_pickle=False))

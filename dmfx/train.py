@@ -39,7 +39,7 @@ from .evaluate import PREFIX, PROTOCOLS, evaluate
 from .models import Recommender
 from .optim import RowSparseAdam
 
-__all__ = ["TrainConfig", "fit", "make_optimizer", "LocalRun", "RESUMABLE_CHANGES"]
+__all__ = ["TrainConfig", "fit", "make_optimizer", "LocalRun", "RESUMABLE_CHANGES", "ResumeRefused"]
 
 
 @dataclass
@@ -89,6 +89,9 @@ class TrainConfig:
         for name in ("num_negatives", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.loss == "bpr" and self.num_negatives < 1:  # each pair needs its sampled item
+            raise ValueError(f"num_negatives must be >= 1 under the bpr loss, got "
+                             f"{self.num_negatives}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.max_steps < 0:
@@ -295,8 +298,6 @@ class GradientEpochs:
         if config.loss not in model.losses:
             raise ValueError(f"{type(model).__name__} trains with loss "
                              f"{' or '.join(model.losses)}, not {config.loss!r}")
-        if config.loss == "bpr" and config.num_negatives < 1:
-            raise ValueError("the bpr loss needs num_negatives >= 1")
         self.model, self.config = model, config
         self.optimizer = make_optimizer(model, config)
         pairs = EpochPairs if config.pairs == "epoch" else BatchPairs
@@ -413,6 +414,19 @@ RESUMABLE_CHANGES = ("epochs", "patience", "max_steps", "checkpoint_every", "tra
                      "progress")
 
 
+class ResumeRefused(CheckpointError):
+    """A run cannot be continued under other settings than those it was started with.
+    ``changes`` holds ``(setting, before, now)`` of each change, the setting named as a
+    :class:`TrainConfig` field or by its place in the checkpoint's records
+    (``data.spec.sep``, ``model.config.user_layers``)."""
+
+    def __init__(self, path, changes: list):
+        self.path, self.changes = path, changes
+        shown = "; ".join(f"{name} {before!r} -> {now!r}" for name, before, now in changes)
+        super().__init__(f"{path} was trained with other settings ({shown}); a resumed run may "
+                         f"change only {', '.join(RESUMABLE_CHANGES)}")
+
+
 def _ranks_text(record) -> str:
     return "one process" if record is None else \
         f"{record['world_size']} rank(s) under --distributed {record['mode']}"
@@ -430,22 +444,20 @@ def _check_resumable(path, saved: dict, config: TrainConfig, extra: dict) -> Non
     before = saved.get("train_config", {})
     # A setting added after the checkpoint was written had its default then.
     before = {**asdict(TrainConfig()), **before}
-    changed = [f"{name} {before.get(name)!r} -> {value!r}" for name, value in asdict(config).items()
+    changed = [(name, before.get(name), value) for name, value in asdict(config).items()
                if name not in RESUMABLE_CHANGES and before.get(name) != value]
     for key, value in extra.items():
         if key != "distributed" and saved.get(key) != value:
             changed += _differences(key, saved.get(key), value)
     if changed:
-        raise CheckpointError(
-            f"{path} was trained with other settings ({'; '.join(changed)}); a resumed run may "
-            f"change only {', '.join(RESUMABLE_CHANGES)}")
+        raise ResumeRefused(path, changed)
 
 
-def _differences(name: str, before, after) -> list[str]:
+def _differences(name: str, before, after) -> list[tuple]:
     if isinstance(before, dict) and isinstance(after, dict):
         return [d for key in sorted(set(before) | set(after), key=str)
                 for d in _differences(f"{name}.{key}", before.get(key), after.get(key))]
-    return [] if before == after else [f"{name} {before!r} -> {after!r}"]
+    return [] if before == after else [(name, before, after)]
 
 
 class LocalRun:

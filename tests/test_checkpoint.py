@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -88,10 +89,19 @@ def test_a_checkpoint_from_before_the_header_is_named_as_such(trained, tmp_path)
         load_checkpoint(old)
 
 
+NOT_TORCH = "is not a readable dmfx checkpoint (not a torch checkpoint, or it holds objects other " \
+            "than tensors and plain data)"
+
+
 @pytest.mark.parametrize("content, message", [
-    (b"", "is not a readable dmfx checkpoint"),
-    (b"\x00garbage" * 100, "is not a readable dmfx checkpoint"),
-    ("truncated", "is not a readable dmfx checkpoint"),
+    (b"", NOT_TORCH),
+    (b"\x00garbage" * 100, NOT_TORCH),
+    (b'{"model": "dmf"}\n', NOT_TORCH),  # '{' is a pickle opcode: torch tried to unpickle it
+    (b"user,item,rating\n1,2,5\n", NOT_TORCH),
+    ("truncated", "is not a readable dmfx checkpoint (torn or truncated: a torch checkpoint cut "
+                  "short)"),
+    ("module", "is not a readable dmfx checkpoint (a torch file that holds objects other than "
+               "tensors and plain data)"),
     ("foreign", "is not a dmfx checkpoint"),
     ("list", "is not a dmfx checkpoint"),
     ("version", "format version 99; this dmfx reads version 1"),
@@ -101,6 +111,8 @@ def test_broken_and_foreign_checkpoints_give_one_line(trained, content, message,
     whole = path.read_bytes()
     if content == "truncated":
         path.write_bytes(whole[: len(whole) // 2])
+    elif content == "module":
+        torch.save(torch.nn.Linear(2, 2), path)
     elif content == "foreign":
         torch.save({"model_state": {}}, path)
     elif content == "list":
@@ -110,10 +122,12 @@ def test_broken_and_foreign_checkpoints_give_one_line(trained, content, message,
     else:
         path.write_bytes(content)
     for mmap in (False, True):
-        with pytest.raises(CheckpointError, match=message):
+        with pytest.raises(CheckpointError, match=re.escape(message)):
             load_checkpoint(path, mmap=mmap)
     assert main(["evaluate", str(path)]) == 2
-    one_line_error(capsys, message)
+    err = one_line_error(capsys, message)
+    # not torch's advice to load with weights_only=False (which runs the file's code), no colours
+    assert "weights_only" not in err and "\x1b" not in err
 
 
 def test_a_second_run_on_a_busy_folder_is_refused_at_start(data_file, tmp_path, capsys):
@@ -223,6 +237,18 @@ def test_evaluate_refuses_changed_data_unless_allowed(trained, data_file, capsys
     assert "hr@10" in json.loads(capsys.readouterr().out)["test"]
 
 
+def test_data_with_a_new_item_names_the_weights_that_do_not_fit(trained, data_file, capsys):
+    data = read_npz(data_file)
+    extra = np.array([0])  # user 0 rates an item the model never saw
+    type(data)(data.user_ids, np.append(data.item_ids, 10**6), np.append(data.users, extra),
+               np.append(data.items, data.num_items), np.append(data.ratings, 5.0),
+               np.append(data.timestamps, data.timestamps.max() + 1)).save_npz(data_file)
+    assert main(["evaluate", str(trained / "checkpoint.pt"), "--allow-data-change"]) == 2
+    # torch's first line names the model alone; the one after it says what does not fit
+    one_line_error(capsys, "does not fit the data read now (size mismatch for ",
+                   "torch.Size([90, 16])", "torch.Size([91, 16])")
+
+
 def test_a_checkpoint_pointing_at_another_file_reads_none_of_it(trained, tmp_path, capsys):
     secret = tmp_path / "secret.txt"
     secret.write_text("top-secret-line\n")
@@ -252,16 +278,21 @@ def test_evaluate_from_elsewhere_and_after_a_move(data_file, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--lr", "0.01"], "lr 0.003 -> 0.01"),
-    (["--negatives", "3"], "num_negatives 7 -> 3"),
-    (["--loss", "ce"], "loss 'nce' -> 'ce'"),
-    (["--user-layers", "32,8"], "model.config.user_layers"),
+    (["--lr", "0.01"], "(--lr 0.003 -> 0.01)"),
+    (["--negatives", "3"], "(--negatives 7 -> 3)"),
+    (["--loss", "ce"], "(--loss 'nce' -> 'ce')"),
+    (["--user-layers", "32,8"], "(--user-layers [16, 8] -> [32, 8])"),
+    (["--eval-negatives", "10"], "(--protocol sampled:N 20 -> 10)"),
+    (["--split-seed", "1"], "(--split-seed 0 -> 1)"),
 ])
 def test_resume_refuses_changed_settings(trained, data_file, flags, message, capsys):
     argv = ["train", "--data", str(data_file), "--epochs", "2", "--output", str(trained),
             "--resume", *TINY]
     assert main(argv + flags) == 2
-    one_line_error(capsys, message, "may change only epochs, patience")
+    # named by the flags that set them; progress, which no flag sets, is left out
+    err = one_line_error(capsys, message)
+    assert err.endswith("; a resumed run may change only --epochs, --patience, --max-steps, "
+                        "--checkpoint-every, --track-test")
     assert main(argv + ["--patience", "3"]) == 0  # how long it runs may change
 
 
@@ -272,17 +303,14 @@ def test_resume_refuses_changed_data(trained, data_file, capsys):
     one_line_error(capsys, "data.fingerprint")
 
 
-@pytest.mark.parametrize("make, argv_extra, message", [
-    ("file", [], "File exists"),
-    ("under-file", ["sub"], "Not a directory"),
-])
-def test_output_that_cannot_hold_a_run_fails_before_training(data_file, tmp_path, make, argv_extra,
-                                                             message, capsys):
+@pytest.mark.parametrize("argv_extra", [[], ["sub"]], ids=["file", "under-file"])
+def test_output_that_cannot_hold_a_run_fails_before_training(data_file, tmp_path, argv_extra,
+                                                             capsys):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     out = blocker.joinpath(*argv_extra)
     assert main(["train", "--data", str(data_file), "--output", str(out), *TINY]) == 2
-    one_line_error(capsys, message)
+    one_line_error(capsys, f"dmfx: error: --output: {blocker} exists and is not a folder")
     assert "epoch" not in capsys.readouterr().err
 
 

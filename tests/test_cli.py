@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dmfx.checkpoint import load_checkpoint
-from dmfx.cli import main
+from dmfx.cli import main, parse_args
 from dmfx.train import peak_memory_mb
 
 TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
@@ -159,7 +159,8 @@ def test_neumf_p_from_pretrained_runs(data_file, tmp_path, capsys):
     # Parts trained on another split have seen this run's test items: refused, as is other data.
     parts = ["--gmf-checkpoint", str(tmp_path / "gmf" / "checkpoint.pt"),
              "--mlp-checkpoint", str(tmp_path / "mlp" / "checkpoint.pt")]
-    for other, message in ((["--split-seed", "1"], "another split of the data: seed 0 (this run: 1)"),
+    for other, message in ((["--split-seed", "1"],
+                            "another split of the data: --split-seed 0 (this run: 1)"),
                            (["--dataset", "synthetic:30x40x300"], "was trained on other data")):
         argv = ["train", "--model", "neumf", "--factors", "8", "--layers", "16,8", *parts, *common,
                 *other, "--output", str(tmp_path / "refused")]
@@ -167,7 +168,7 @@ def test_neumf_p_from_pretrained_runs(data_file, tmp_path, capsys):
             argv = [a for a in argv if a not in ("--data", str(data_file))]
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "gmf_checkpoint" in err and message in err, err
+        assert "--gmf-checkpoint" in err and message in err, err
     # the trained model is restored without its pre-trained parts: they may be gone by now
     (tmp_path / "gmf" / "checkpoint.pt").unlink()
     assert main(["evaluate", str(out / "checkpoint.pt")]) == 0
@@ -186,7 +187,7 @@ def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--data", "/nonexistent/ratings.csv"], "nonexistent"),
+    (["train", "--data", "/nonexistent/ratings.csv"], "--data: no file at /nonexistent/ratings.csv"),
     (["train", "--dataset", "no-such-set"], "unknown data set 'no-such-set'"),
     (["evaluate", "/nonexistent/checkpoint.pt"], "no checkpoint at"),
     (["train", "--dataset", "ml-100k", "--model", "lfm", "--sparse-grad"],
@@ -199,7 +200,8 @@ def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
     (["train", "--activation", "tanh"], "--activation: expected one of eq6, hidden, all, none"),
     (["train", "--resample", "never"], "resample must be one of epoch, once"),
     (["train", "--model", "gmf", "--loss", "bpr"], "trains with loss ce or nce"),
-    (["train", "--model", "neumf", "--gmf-checkpoint", "/nonexistent/c.pt", "--quiet"], "both"),
+    (["train", "--model", "neumf", "--gmf-checkpoint", "/nonexistent/c.pt", "--quiet"],
+     "NeuMF-p needs both --gmf-checkpoint and --mlp-checkpoint (or neither)"),
     (["train", "--dataset", "synthetic:10x20"], "synthetic:USERSxITEMSxRATINGS"),
     (["train", "--dataset", "synthetic:10x0x5"], "must be positive"),
 ])
@@ -323,12 +325,74 @@ def test_sep_backslash_t_means_a_tab(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--mu", "2"], "mu must lie in (0, 0.5)"),
-    (["--user-layers", "16,8", "--item-layers", "16,4"], "the towers must end at one latent size"),
-    (["--model", "itemknn", "--neighbours", "0"], "neighbours must be an integer >= 1")])
+    (["--mu", "2"], "DMF: --mu must lie in (0, 0.5)"),
+    (["--user-layers", "16,8", "--item-layers", "16,4"],
+     "the towers must end at one latent size, got --user-layers [16, 8] and --item-layers [16, 4]"),
+    (["--user-layers", "256,32"], "got --user-layers [256, 32] and --item-layers [256, 64]"),
+    (["--model", "itemknn", "--neighbours", "0"], "--neighbours must be an integer >= 1"),
+    (["--model", "gmf", "--factors", "0"], "--factors must be a positive integer, got 0"),
+    (["--model", "einmf", "--dropout", "2"], "--dropout must lie in [0, 1), got 2.0"),
+    (["--model", "bpr", "--negatives", "0"], "--negatives must be >= 1 under the bpr loss, got 0"),
+    (["--split", "foo"], "--split must be one of loo, random, atomic, got 'foo'"),
+    (["--split", "random", "--split-ratios", "0.8,0.1"],
+     "--split-ratios must be three shares (train, validation, test) that sum to 1"),
+    (["--split", "random", "--split-ratios", "0.5,0.1,0.1"], "--split-ratios must be three shares"),
+    (["--sep="], "--sep: expected a field separator"),
+    (["--held-out-users", "1.5"], "--held-out-users: expected a share in (0, 1), got 1.5"),
+    (["--split", "random", "--held-out-users", "0.1"],
+     "--held-out-users needs one test item per user: --split loo, not random"),
+    (["--model", "gmf", "--held-out-users", "0.1"], "--held-out-users: gmf learns a vector per user")])
 def test_model_settings_are_refused_before_the_data_is_read(flags, message, tmp_path, capsys):
-    # reading this file would fail: the model's own error must come first
+    # reading this file would fail: the settings' own error must come first, naming the flag,
+    # before anything is written
     garbage = tmp_path / "garbage.csv"
     garbage.write_text("not a ratings file\n")
     assert main(["train", "--data", str(garbage), *flags, "--output", str(tmp_path / "x")]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("dmfx: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_abbreviated_flags_are_refused(tmp_path, capsys):
+    # Beside --config an abbreviation escaped the override of the file's model parameters.
+    config = tmp_path / "config.toml"
+    config.write_text('model = "dmf"\nuser-layers = [16, 8]\n')
+    for argv in (["train", "--mod", "gmf"], ["train", "--config", str(config), "--mod", "gmf"],
+                 ["recommend", "model.pt", "--user", "1", "--out", "recs.csv"]):
+        with pytest.raises(SystemExit) as exit:
+            parse_args(argv)
+        assert exit.value.code == 2
+        assert "unrecognized arguments: --" in capsys.readouterr().err
+
+
+def test_split_names_a_file_in_the_way_of_its_output(data_file, tmp_path, capsys):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    assert main(["split", "--data", str(data_file), "--output", str(blocker / "splits")]) == 2
+    assert capsys.readouterr().err == f"dmfx: error: --output: {blocker} exists and is not a folder\n"
+
+
+def test_recommend_names_its_missing_files(trained, capsys):
+    for flag in ("--users-file", "--ratings"):
+        assert main(["recommend", str(trained / "model.pt"), flag, "/nonexistent/users.txt"]) == 2
+        assert capsys.readouterr().err == f"dmfx: error: {flag}: no file at /nonexistent/users.txt\n"
+
+
+def test_progress_lines_name_validation_metrics_and_held_out_interactions(data_file, tmp_path,
+                                                                          capsys):
+    from dmfx.data import ratio_split, read_npz
+
+    assert main(["train", "--data", str(data_file), "--epochs", "1", "--output",
+                 str(tmp_path / "loo"), *[a for a in TINY if a != "--quiet"]]) == 0
+    captured = capsys.readouterr()
+    epoch = [line for line in captured.err.splitlines() if line.startswith("epoch")]
+    assert len(epoch) == 1 and "  valid HR@10 0." in epoch[0] and "  NDCG@10 0." in epoch[0]
+    assert "dmf on tiny: test HR@10 0." in captured.out
+    assert main(["train", "--data", str(data_file), "--model", "itempop", "--split", "random",
+                 "--eval-negatives", "20", "--output", str(tmp_path / "random")]) == 0
+    split = ratio_split(read_npz(data_file), (0.8, 0.1, 0.1), num_negatives=20, seed=0)
+    data = [line for line in capsys.readouterr().err.splitlines() if line.startswith("data:")]
+    # a test row per held-out interaction, several per user
+    assert data == [f"data: tiny: 50 users x 90 items, 1,200 interactions; "
+                    f"{len(split.test_users)} held-out test interactions of "
+                    f"{len(set(split.test_users))} users; random split 0.8/0.1/0.1"]

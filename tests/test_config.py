@@ -101,6 +101,24 @@ def test_data_and_model_flags_replace_what_they_make_moot_in_the_file(tmp_path):
     assert (args.user_layers, args.loss, args.activation) == ("8", "nce", None)
 
 
+def test_on_off_settings_of_a_file_can_be_turned_off(tmp_path):
+    path = write(tmp_path, "sparse-grad = true\ntrack-test = true\nno-full-ranking = true\n")
+    args = parse_args(["train", "--config", str(path)])
+    assert (args.sparse_grad, args.track_test, args.no_full_ranking) == (True, True, True)
+    args = parse_args(["train", "--config", str(path), "--no-sparse-grad", "--no-track-test",
+                       "--full-ranking"])
+    assert (args.sparse_grad, args.track_test, args.no_full_ranking) == (False, False, False)
+
+
+def test_a_file_sparse_grad_turned_off_trains_without_it(data_file, tmp_path):
+    path = write(tmp_path, f'data = "{data_file}"\nsparse-grad = true\nepochs = 1\n')
+    out = tmp_path / "dense"
+    assert main(["train", "--config", str(path), "--no-sparse-grad", "--output", str(out),
+                 *TINY]) == 0
+    assert metrics(out)["config"]["model_config"]["sparse_grad"] is False
+    assert tomllib.loads((out / "config.toml").read_text())["sparse-grad"] is False
+
+
 def test_a_missing_config_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "none.toml"
     assert main(["train", "--config", str(missing)]) == 2
@@ -154,7 +172,10 @@ def test_config_toml_holds_every_effective_setting(run, data_file):
     assert saved["activation"] == "eq6" and saved["sparse-grad"] is False
     assert (saved["epochs"], saved["lr"], saved["negatives"], saved["patience"]) == (2, 0.003, 7, 5)
     assert saved["device"] == AUTO_DEVICE and saved["threads"] >= 1
-    assert not {"output", "resume", "quiet", "config", "neighbours", "factors"} & set(saved)
+    # nor the spelling --full-ranking of no-full-ranking = false (it would be saved inverted)
+    assert not {"output", "resume", "quiet", "config", "neighbours", "factors",
+                "full-ranking"} & set(saved)
+    assert saved["no-full-ranking"] is False and saved["track-test"] is False
     assert metrics(run)["config"]["settings"] == saved
 
 

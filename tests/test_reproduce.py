@@ -1,5 +1,6 @@
 """`dmfx reproduce`: the smoke version end to end on a tiny data set, the paper's values, reuse."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -266,6 +267,27 @@ def test_bad_input_gives_one_line(argv, message, capsys):
     assert main(["reproduce", "dmf-paper", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dmfx: error:") and message in err and "\n" not in err
+
+
+def test_help_states_the_defaults():
+    from dmfx.cli import build_parser
+
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["reproduce"]
+                    .format_help().split())
+    assert "fixes one split for all (default 0 1 2)" in text
+    assert "(1, the default: in this process" in text
+    assert "default each seed's own: seed s trains on split seed s)" in text
+
+
+@pytest.mark.parametrize("terminal, quiet, bar", [(False, False, False), (True, False, True),
+                                                  (True, True, False)])
+def test_the_progress_bar_is_drawn_on_a_terminal_only(data_file, tmp_path, monkeypatch, capsys,
+                                                      terminal, quiet, bar):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), "--quick", "--seeds", "0",
+                 "--eval-negatives", "20", "--only", "table3", "--output", str(tmp_path / "out"),
+                 *(["--quiet"] if quiet else [])]) == 0
+    assert ("runs: 100%" in capsys.readouterr().err) == bar
 
 
 def test_einmf_paper_quick_end_to_end(data_file, tmp_path):

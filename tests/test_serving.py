@@ -446,6 +446,25 @@ def test_recommend_command_for_many_users_and_for_a_new_user(run, tmp_path, caps
     assert ":1: unknown user 'nobody'" in capsys.readouterr().err
 
 
+def test_output_folders_are_made_and_a_file_in_their_way_is_named(run, tmp_path, capsys):
+    out, _ = run
+    user = str(load_trained(out / "model.pt").user_ids[3])
+    # as train, export and split make their --output folder, recommend makes its file's
+    nested = tmp_path / "new" / "folders" / "recs.csv"
+    assert main(["recommend", str(out / "model.pt"), "--user", user, "-k", "2",
+                 "--output", str(nested)]) == 0
+    assert nested.read_text().startswith("user,rank,item,score\n")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    capsys.readouterr()
+    for argv in (["recommend", str(out / "model.pt"), "--user", user,
+                  "--output", str(blocker / "recs.csv")],
+                 ["export", str(out / "model.pt"), "--output", str(blocker)],
+                 ["export", str(out / "model.pt"), "--output", str(blocker / "serving")]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"dmfx: error: --output: {blocker} exists and is not a folder\n"
+
+
 def test_recommend_for_a_new_user_refuses_id_models_in_one_line(tmp_path, capsys):
     data = tmp_path / "d.npz"
     synthetic(30, 80, 400, seed=0).save_npz(data)
