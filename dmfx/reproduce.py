@@ -47,7 +47,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, write_json
+from .checkpoint import atomic_write, make_folder, write_json
 
 __all__ = ["EXPERIMENTS", "Row", "Table", "Experiment", "reproduce"]
 
@@ -625,7 +625,7 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
         raise ValueError(f"--only: experiment {name} has no table {', '.join(unknown)} (it has "
                          f"{', '.join(t.key for t in tables)})")
     tables = [t for t in tables if not only or t.key in only]
-    output.mkdir(parents=True, exist_ok=True)
+    make_folder(output)
     clock = _WallClock(output, {"experiment": name, "dataset": dataset_name, "seeds": seeds,
                                 "split_seeds": [split_of[seed] for seed in seeds],
                                 "quick": quick, "only": sorted(only)})

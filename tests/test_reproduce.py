@@ -89,6 +89,14 @@ def test_finished_runs_are_not_repeated(reproduced, data_file):
     assert not again["unrecorded_earlier_runs"]
 
 
+def test_an_output_under_a_file_is_named(data_file, tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
+                 "--output", str(tmp_path / "taken" / "out")]) == 2
+    assert capsys.readouterr().err == f"dmfx: error: --output: {tmp_path / 'taken'} exists and " \
+                                      "is not a folder\n"
+
+
 def test_finished_runs_on_other_data_are_refused(reproduced, data_file, tmp_path, capsys):
     # Other sampled items, then other interactions under the same output: never the old runs.
     assert main(["reproduce", "dmf-paper", "--data", str(data_file), "--quick", "--seeds", "0",
