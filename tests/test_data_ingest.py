@@ -276,18 +276,22 @@ def test_count_like_ratings_warn_once_per_read_parsed_or_cached(parses: list, tm
     assert len(parses) == 1
 
 
-def test_duplicated_rows_warn_when_parsed_not_when_cached(parses: list, tmp_path: Path) -> None:
-    """The cache keeps the parse's result, in which the duplicates are gone: a cached read cannot
-    count them again, and does not warn."""
+def test_duplicated_rows_warn_when_parsed_and_when_cached(parses: list, tmp_path: Path) -> None:
+    """The cache keeps the parse's result, in which the duplicates are gone, and the parse's
+    warning with it: a cached read warns as the parse did."""
     path = tmp_path / "dup.tsv"
     path.write_text("u1\ti1\t5\nu1\ti1\t3\nu2\ti1\t4\n")
+    said = f"{path}: 1 duplicated (user, item) row; kept the latest of each"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = read_file(path)
-        assert [str(w.message) for w in caught] == [f"{path}: 1 duplicated (user, item) row; kept the latest of each"]
         again = read_file(path)
-    assert len(caught) == 1 and len(parses) == 1
+    assert [str(w.message) for w in caught] == [said, said] and len(parses) == 1
     assert_same(again, first)
+    with warnings.catch_warnings():  # the caller's filters apply to the warning given again
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="duplicated"):
+            read_file(path)
 
 
 def test_a_changed_file_is_parsed_again(parses: list, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ The key is the file's absolute path, size, modification and status-change times 
 how it was read, the entry layout :data:`FORMAT_VERSION` and the dmfx version: any change to
 the file, a file renamed over it, or a new dmfx makes the entry stale.  A stale, damaged or
 unreadable entry is never used: the file is parsed again and the entry rewritten.
+What the parse warned about (duplicated rows dropped, ratings that look like counts) is kept
+with the entry and warned again when the entry is loaded, as if the file had been parsed.
 ``DMFX_NO_CACHE=1`` (or ``cache=False`` to those functions) neither reads nor writes entries.
 """
 
@@ -46,9 +48,11 @@ only clutter the cache."""
 
 FORMAT_VERSION = 2
 """Layout of an entry and of what the readers put in it; bump it when either changes (2: empty
-ids refused, comma files of integer ids read as integers, two-column headers detected)."""
+ids refused, comma files of integer ids read as integers, two-column headers detected, the
+parse's warnings kept)."""
 
 _KEY_MEMBER = "dmfx_cache_key"
+_WARNINGS_MEMBER = "dmfx_warnings"
 
 
 def default_cache_dir() -> Path:
@@ -75,8 +79,9 @@ def _key(path: Path, how: str) -> str | None:
     }, sort_keys=True)
 
 
-def _load(entry: Path, key: str) -> Interactions | None:
-    """The interactions stored in ``entry`` under ``key``; None when it is missing, stale or damaged."""
+def _load(entry: Path, key: str) -> tuple[Interactions, list[str]] | None:
+    """The interactions stored in ``entry`` under ``key`` and the parse's warnings; None when it
+    is missing, stale or damaged."""
     if not entry.is_file():
         return None
     try:
@@ -86,15 +91,17 @@ def _load(entry: Path, key: str) -> Interactions | None:
         with loaded as npz:
             if _KEY_MEMBER not in npz.files or str(npz[_KEY_MEMBER]) != key:
                 return None
-        return read_npz(entry)  # checks every member's CRC and the arrays themselves
+            said = [str(m) for m in npz[_WARNINGS_MEMBER]] if _WARNINGS_MEMBER in npz.files else []
+        return read_npz(entry), said  # read_npz checks every member's CRC and the arrays
     # The errors of np.load on a file that is not a sound npz (read_npz turns its own into DataFormatError).
     except (DataFormatError, OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error):
         return None
 
 
-def _store(entry: Path, key: str, data: Interactions) -> None:
+def _store(entry: Path, key: str, data: Interactions, said: list[str]) -> None:
     arrays = {"user_ids": data.user_ids, "item_ids": data.item_ids, "users": data.users,
-              "items": data.items, "ratings": data.ratings}
+              "items": data.items, "ratings": data.ratings,
+              _WARNINGS_MEMBER: np.array(said, dtype=str)}
     if data.timestamps is not None:
         arrays["timestamps"] = data.timestamps
     try:
@@ -118,7 +125,8 @@ def cached(
 
     ``how`` names the reader and its options, so that one file read two ways has two entries.
     A miss stores the result unless the file changed while it was read; failing to store only
-    warns.  Errors of ``read()`` propagate unchanged.
+    warns.  The UserWarnings ``read()`` gave are stored with it and given again on a hit.
+    Errors of ``read()`` propagate unchanged.
     """
     resolved = Path(path).resolve()
     key = _key(resolved, how) if enabled and caching_enabled() else None
@@ -127,9 +135,17 @@ def cached(
     name = hashlib.sha256(json.dumps([str(resolved), how]).encode()).hexdigest()[:32]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     entry = root / "parsed" / f"{name}.npz"
-    data = _load(entry, key)
-    if data is None:
+    hit = _load(entry, key)
+    if hit is not None:
+        data, said = hit
+        for message in said:
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every one recorded; given on below under the caller's filters
         data = read()
-        if _key(resolved, how) == key:
-            _store(entry, key, data)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if _key(resolved, how) == key:
+        _store(entry, key, data, [str(w.message) for w in caught if w.category is UserWarning])
     return data

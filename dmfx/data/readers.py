@@ -698,8 +698,8 @@ def read_file(path: PathLike, sep: str | None = None, fmt: str | None = None, ca
 
     Rows that repeat a (user, item) pair keep the latest (by timestamp, else
     the last in the file), as :meth:`Interactions.from_arrays` does; the text
-    readers warn how many rows were dropped when they parse such a file (a
-    read served from the parse cache does not warn again).
+    readers warn how many rows were dropped (again when the parse comes from
+    the cache).
 
     Implicit feedback counts (plays, clicks) are read as ratings, unchanged.
     When the ratings look like counts (whole numbers, the largest above 10
