@@ -20,7 +20,8 @@ item takes a uniformly random place among the candidates that tie with it
 (:func:`ranks_from_scores`); under ``full`` every (user, item) gets a random key that orders
 equal scores (the rule of :meth:`dmfx.models.Recommender.recommend`), so the held-out items'
 ranks and the top-K lists come from one random order. Under both protocols a NaN score counts
-as ``-inf``, the lowest: a diverged model ranks its NaN-scored items last, never first. The
+as ``-inf``, the lowest: a diverged model ranks its NaN-scored items last, never first. Scores
+are compared as float32 under both protocols (a float64 model's are rounded first). The
 top-K lists of the per-user metrics and of coverage are what ``recommend`` shows, which leaves
 out items scored ``-inf`` or NaN: a model that scores everything so gets 0 there, not chance.
 
@@ -199,7 +200,7 @@ def rank_sampled(scorer, users: np.ndarray, items: np.ndarray, negatives: np.nda
         u = torch.as_tensor(users[s], device=device)
         candidates = torch.cat([torch.as_tensor(items[s], device=device, dtype=torch.int64).unsqueeze(1),
                                 torch.as_tensor(negatives[s], device=device, dtype=torch.int64)], 1)
-        scores = scorer.candidates(u, candidates)
+        scores = scorer.candidates(u, candidates).float()  # compared as full ranking compares them
         ranks.append(ranks_from_scores(scores[:, 0], scores[:, 1:], generator).cpu())
     ranks = torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
     return Ranking("sampled", np.asarray(users), np.asarray(items), ranks,
