@@ -48,6 +48,7 @@ import numpy as np
 from ._keys import sorted_contains
 from .errors import DataFormatError
 from .interactions import Interactions
+from .readers import _rating_problem
 from .splits import Split, _check_unseen, _negatives_dtype, _sample_negatives
 
 __all__ = ["write_atomic", "read_atomic"]
@@ -194,14 +195,8 @@ def _as_ratings(table: _Table) -> np.ndarray:
     text = table.columns["rating"]
     values = _floats(text)
     bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
-    if len(bad):
-        token = str(text[bad[0]])
-        try:
-            value = float(token)
-        except ValueError:
-            raise _refuse(table, bad[0], f"expected a numeric rating, got {token!r}") from None
-        raise _refuse(table, bad[0], f"expected a finite rating, got {token!r}" if not math.isfinite(value)
-                      else f"expected a rating >= 0, got {token!r} (targets are rating / largest rating)")
+    if len(bad):  # the text readers' message for the field
+        raise _refuse(table, bad[0], _rating_problem(str(text[bad[0]])))
     return values.astype(np.float32)
 
 

@@ -165,6 +165,18 @@ def _int_problem(text: str, what: str) -> str | None:
     return None
 
 
+def _rating_problem(text: str) -> str | None:
+    """What is wrong with one rating field, or None: the losses divide by the largest rating,
+    for targets in [0, 1]."""
+    if not _is_float(text):
+        return f"expected a numeric rating, got {text!r}"
+    if not math.isfinite(float(text)):
+        return f"expected a finite rating, got {text!r}"
+    if float(text) < 0:
+        return f"expected a rating >= 0, got {text!r} (targets are rating / largest rating)"
+    return None
+
+
 def _check_fields(fields: list[str], columns: Sequence[Column], sep: str | None, id_kind: IdKind) -> str | None:
     """What is wrong with one split line, or None; mirrors the fast path's parsing."""
     if len(fields) != len(columns):
@@ -175,12 +187,7 @@ def _check_fields(fields: list[str], columns: Sequence[Column], sep: str | None,
     for column, text in zip(columns, fields, strict=True):
         problem = None
         if column == "rating":
-            if not _is_float(text):
-                problem = f"expected a numeric rating, got {text!r}"
-            elif not math.isfinite(float(text)):
-                problem = f"expected a finite rating, got {text!r}"
-            elif float(text) < 0:
-                problem = f"expected a rating >= 0, got {text!r} (targets are rating / largest rating)"
+            problem = _rating_problem(text)
         elif column == "timestamp":
             problem = _int_problem(text, "timestamp")
         elif column in ("user", "item") and not text:
