@@ -119,14 +119,20 @@ class RunLock:
 
     ``flock`` on ``FOLDER/.lock``: the kernel releases it when the process dies, even by SIGKILL,
     so a killed run never leaves the folder locked. Taking it also proves the folder is writable,
-    before any time is spent training. Stale temporary files of killed writers are removed."""
+    before any time is spent training. Stale temporary files of killed writers are removed.
+    A run that wrote nothing (it failed on its data, say) leaves nothing: the lock file and the
+    folders it made are removed again, so a failed command does not litter ``runs/``."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self._file = None
+        self._made: list[Path] = []
+        self._before: set[str] = set()
 
     def __enter__(self) -> "RunLock":
+        self._made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         make_folder(self.folder)
+        self._before = {p.name for p in self.folder.iterdir()}
         self._file = open(self.folder / ".lock", "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -144,5 +150,15 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        # Only a lock file this run made, beside nothing it wrote, goes; removed while held.
+        wrote_nothing = ".lock" not in self._before and \
+            {p.name for p in self.folder.iterdir()} == self._before | {".lock"}
+        if wrote_nothing:
+            (self.folder / ".lock").unlink()
         fcntl.flock(self._file, fcntl.LOCK_UN)
         self._file.close()
+        for folder in self._made if wrote_nothing else ():  # deepest first; a used one is kept
+            try:
+                folder.rmdir()
+            except OSError:
+                break

@@ -157,6 +157,25 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
         assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
+def test_a_run_that_wrote_nothing_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # a failure after the lock is taken: the default runs/NAME folder and runs/ itself go again
+    assert main(["train", "--data", "ratings.csv", *TINY]) == 2
+    one_line_error(capsys, "--data: no file at ratings.csv")
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with RunLock(kept / "a" / "b"):
+        (kept / "other").mkdir()  # made meanwhile by someone else: kept, and so is kept/
+    assert sorted(p.name for p in kept.iterdir()) == ["other"]
+    with RunLock(kept):  # a folder that was there before is kept, the run's lock file is not
+        pass
+    assert sorted(p.name for p in kept.iterdir()) == ["other"]
+    with RunLock(kept):
+        (kept / "metrics.json").write_text("{}")  # a run that wrote keeps its lock file
+    assert sorted(p.name for p in kept.iterdir()) == [".lock", "metrics.json", "other"]
+
+
 def test_concurrent_writers_never_tear_a_file(tmp_path):
     path = tmp_path / "checkpoint.pt"
     errors, seen = [], set()
