@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from dmfx.data import atomic
 from dmfx.data import (DataFormatError, Interactions, leave_one_out, load_dataset, ratio_split,
                        read_atomic, synthetic, write_atomic)
 
@@ -106,7 +107,17 @@ def test_mistakes_are_one_clear_error(tmp_path):
     user, item, lists = lines[1].split("\t")
     lines[1] = "\t".join([user, item, " ".join(["99999", *lists.split(" ")[1:]])])
     neg.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match="item id 99999 is not in the item list"):
+    with pytest.raises(DataFormatError, match=rf"^{folder}/ok\.test\.neg:2: item id 99999 is not in "
+                                              "the item list"):
+        read_atomic(tmp_path, "ok")
+    neg.write_text("\n".join(lines[:3] + ["\t".join([user, item, "1 2"])] + lines[4:]) + "\n")
+    with pytest.raises(DataFormatError, match=rf"^{folder}/ok\.test\.neg:4: 2 sampled items where "
+                                              "line 2 has 3"):
+        read_atomic(tmp_path, "ok")
+    ids = folder / "ok.user"
+    ids.write_text(ids.read_text().replace("\n3\n", "\n3x\n"))
+    with pytest.raises(DataFormatError, match=rf"^{folder}/ok\.user:5: expected an integer user id, "
+                                              r"got '3x' \(the split's \.dmfx\.json says"):
         read_atomic(tmp_path, "ok")
 
 
@@ -207,6 +218,39 @@ def test_fractional_timestamps_are_rounded_down_and_a_byte_order_mark_is_read(tm
     data, split = read_atomic(tmp_path, "bom", num_negatives=0)
     assert split.train.timestamps.tolist() == [100, 101, 102]
     assert data.user_ids.tolist() == [1, 2] and data.nnz == 7
+
+
+def test_line_ends_blank_lines_and_utf8_ids_read_as_a_text_editor_shows_them(tmp_path):
+    """CRLF and lone CR end lines, lines of only spaces and tabs are blank, ids keep their
+    spaces and any UTF-8 text, and plain integers only become integer ids."""
+    base = write_parts(tmp_path, "text", "", valid="", test="")
+    head = "user_id:token\titem_id:token\trating:float\r\n"
+    rows = ["ana\tcafé\t5", " \t\t ", "ana\t 7\t4", "", "bø\tcafé\t3", "bø\t7\t2.5"]
+    (base / "text.train.inter").write_bytes((head + "\r\n".join(rows) + "\r").encode())
+    (base / "text.valid.inter").write_text(head + "ana\t07\t1\n")
+    (base / "text.test.inter").write_text(head + "bø\t07\t1")  # no line end at the end
+    data, split = read_atomic(tmp_path, "text", num_negatives=0)
+    assert data.user_ids.tolist() == ["ana", "bø"]
+    assert data.item_ids.tolist() == [" 7", "07", "7", "café"]  # "07" and " 7" are not 7
+    assert split.train.ratings.tolist() == [5, 4, 3, 2.5] and split.train.nnz == 4
+    (base / "text.test.inter").write_bytes(head.encode() + b"b\xf8\t07\t1\n")
+    with pytest.raises(DataFormatError, match=rf"^{base}/text\.test\.inter:2: expected UTF-8 text"):
+        read_atomic(tmp_path, "text", num_negatives=0)
+
+
+def test_many_rows_read_in_pieces_as_in_one(tmp_path, monkeypatch):
+    """The reader cuts a file a few MB at a time; pieces must join without a seam."""
+    data, split = leave_one_out_pair()
+    write_atomic(data, split, tmp_path, "pieces")
+    whole = read_atomic(tmp_path, "pieces")
+    monkeypatch.setattr(atomic, "_CHUNK_BYTES", 7)  # lines of ~20 bytes: a piece per line
+    monkeypatch.setattr(atomic, "_GATHER", 3)
+    pieces = read_atomic(tmp_path, "pieces")
+    assert_same_split(whole[1], pieces[1])
+    assert_same_split(split, pieces[1])
+    base = write_parts(tmp_path, "late", "1\t10\t5\t100\n2\t10\t3\t102\n\n1\t11\n")
+    with pytest.raises(DataFormatError, match=rf"^{base}/late\.train\.inter:5: 2 fields where"):
+        read_atomic(tmp_path, "late", num_negatives=0)
 
 
 @pytest.mark.parametrize("which", ["held-out", "train"])
