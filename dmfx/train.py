@@ -189,7 +189,8 @@ class _Pairs:
     with one sampled item.
     """
 
-    def __init__(self, split: Split, config: TrainConfig, device: torch.device):
+    def __init__(self, split: Split, config: TrainConfig, device: torch.device,
+                 dtype: torch.dtype = torch.float32):
         train = split.train
         self.config, self.device = config, device
         self.num_items = train.num_items
@@ -203,7 +204,8 @@ class _Pairs:
             ops.sample_negatives(self.indptr, self.indices, torch.unique(self.users),
                                  self.num_items, 1, seed=0)
         self.items = torch.from_numpy(train.items).to(device)
-        ratings = torch.from_numpy(train.ratings).to(device)
+        # In the model's dtype: a float64 model's losses take float64 targets.
+        ratings = torch.from_numpy(train.ratings).to(device, dtype)
         scaled = config.loss in ("nce", "hybrid")
         if scaled and (train.nnz == 0 or train.ratings.min() < 0 or train.max_rating <= 0):
             low, high = (train.ratings.min(), train.max_rating) if train.nnz else (None, None)
@@ -235,8 +237,9 @@ class _Pairs:
 class EpochPairs(_Pairs):
     """``pairs="epoch"``: all pairs of an epoch built at once and shuffled together."""
 
-    def __init__(self, split: Split, config: TrainConfig, device: torch.device):
-        super().__init__(split, config, device)
+    def __init__(self, split: Split, config: TrainConfig, device: torch.device,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(split, config, device, dtype)
         self.fixed_negatives = None
 
     def negatives(self, epoch: int) -> torch.Tensor:
@@ -301,7 +304,8 @@ class GradientEpochs:
         self.model, self.config = model, config
         self.optimizer = make_optimizer(model, config)
         pairs = EpochPairs if config.pairs == "epoch" else BatchPairs
-        self.pairs = pairs(split, config, model.device)
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.pairs = pairs(split, config, model.device, dtype)
         self.converged = False
 
     def state_dict(self) -> dict:

@@ -211,3 +211,25 @@ def test_dot_score_is_a_logit_with_binary_cross_entropy(data):
         DMF(data, score="sigmoid")
     with pytest.raises(ValueError, match="activation must be one of"):
         DMF(data, activation="relu")
+
+
+@pytest.mark.parametrize("name", [n for n, spec in MODELS.items() if spec.trainer == "gradient"])
+def test_float64_models_train_and_score_new_rows_in_float64(data, name):
+    """A float64 model's targets, loss and scores stay float64 (EINMF's hybrid loss refused the
+    trainer's float32 targets; NCF's cross-entropy came out float32)."""
+    from dmfx.data import leave_one_out
+    split = leave_one_out(data, num_negatives=5, seed=0)
+    model = build_model(name, split.train).double()
+    losses = []
+    original = model.pairwise_loss if name == "bpr" else model.loss
+
+    def loss(*args):
+        losses.append(original(*args))
+        return losses[-1]
+    setattr(model, "pairwise_loss" if name == "bpr" else "loss", loss)
+    model.fit(split, train_config(name, epochs=1, progress=False, batch_size=64))
+    assert losses and all(v.dtype == torch.float64 for v in losses)
+    assert model.scorer().all_items(torch.arange(3)).dtype == torch.float64
+    if type(model).can_score_rows(model.config()):
+        rows = split.train.csr("rating")
+        assert model.scorer_for_rows(rows).all_items(torch.arange(3)).dtype == torch.float64

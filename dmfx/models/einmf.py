@@ -179,7 +179,8 @@ class EINMF(Recommender):
         if not self.can_score_rows(self._config):
             raise ValueError("EINMF with input='ids' learns a vector per user id, so it cannot "
                              "score a user it was not trained on; input='rows' reads rating rows")
-        matrix = as_csr(rows, num_cols=self.num_items, device=self.device)
+        matrix = as_csr(rows, num_cols=self.num_items, name="rows", device=self.device,
+                        dtype=self.predict.weight.dtype)
         return self._scorer(self.user_latent.embed(with_implicit(matrix)), self.item_vectors())
 
     def _scorer(self, p: Tensor, q: Tensor) -> SumScorer:
