@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "parallel, for models that fit on every device (the default under "
                         "torchrun); sharded (dmf), each rank holds a 1/N share of the rows of the "
                         "two first-layer tables and their Adam state. Either takes the steps of "
-                        "one process on the same global batches; --output must be a folder every "
+                        "one process on the same global batches (but for dropout masks); --output must be a folder every "
                         "rank sees")
     o.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    metavar="SECONDS",

@@ -3,7 +3,8 @@
 Every rank builds the epoch's training pairs exactly as one process does (the sampler on the
 training device, seeded by run and epoch) and takes its slice of each global batch, so N ranks
 take the optimizer steps of one process on the same global batches; only the order in which
-partial sums are added differs. Seeds per rank would make a run depend on the number of ranks;
+partial sums are added differs, and dropout's masks (each rank draws its slice's from its own
+seed). Seeds per rank would make a run depend on the number of ranks;
 shared ones cost each rank the whole epoch's pairs, unless they are built batch by batch
 (``--pairs batch``: every rank draws the same negatives for the same global batch). Each rank's
 loss is weighted by its share of the batch, so the summed gradients are those of the batch's
@@ -69,7 +70,9 @@ DEFAULT_TIMEOUT = 1800.0
 # in place, rather than copied.
 BUCKET = 1 << 24
 INIT_BLOCK = 4096  # rows of a first-layer table drawn from one seed (see ShardedDMF)
-_INIT = 3  # purpose of derive_seed for initial weights (the trainer uses 1 and 2)
+# derive_seed(seed, _INIT, table, block) seeds initial weights; the trainer's seeds put the
+# epoch second and their purpose (1 to 4) third, and no table is numbered 3.
+_INIT = 3
 
 # Older torch (>= 2.4) names the single-tensor collectives *_tensor.
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -271,25 +274,32 @@ class World(LocalRun):
 
     def _sum_row_sparse(self, params: Sequence[nn.Parameter]) -> None:
         """Row-sparse gradients summed over the ranks: every rank's rows gathered (NCCL has no
-        sparse all-reduce), rows that several ranks hold added up."""
-        local = []
+        sparse all-reduce), rows that several ranks hold added up. A gradient with no rows on
+        any rank stays an empty one, not None, as in one process: the optimizer counts the step."""
+        local, held = [], []
         for p in params:
+            held.append(p.grad is not None)
             if p.grad is None:
                 rows = torch.empty(0, dtype=torch.long, device=p.device)
                 local.append((rows, p.new_zeros((0, *p.shape[1:]))))
             else:
                 grad = p.grad.coalesce()
                 local.append((grad.indices()[0], grad.values()))
-        counts = torch.tensor([len(rows) for rows, _ in local], device=self.device)
+        # rows + 1 where a rank holds a gradient, 0 where it holds None
+        counts = torch.tensor([len(rows) + has for (rows, _), has in zip(local, held)],
+                              device=self.device)
         everyone = counts.new_empty(self.size * len(params))
         with self.guard("the all-gather of row-sparse gradient sizes"):
             _all_gather(everyone, counts)
         everyone = everyone.view(self.size, len(params)).cpu()
         for k, (p, (rows, values)) in enumerate(zip(params, local)):
-            sizes = everyone[:, k]
+            if int(everyone[:, k].max()) == 0:
+                p.grad = None
+                continue
+            sizes = (everyone[:, k] - 1).clamp(min=0)
             most = int(sizes.max())
             if most == 0:
-                p.grad = None
+                p.grad = torch.sparse_coo_tensor(rows.new_empty((1, 0)), values, p.shape).coalesce()
                 continue
             padded_rows = rows.new_zeros(most)
             padded_rows[: len(rows)] = rows
@@ -491,6 +501,12 @@ class DistributedEpochs(GradientEpochs):
         # The loss's dtype on a rank with an empty slice: the flat all-reduce must have one
         # dtype on every rank.
         self.dtype = next(model.parameters()).dtype
+
+    def dropout_seed(self, epoch: int) -> int:
+        """Rank 0's is one process's; the others' are their own: with one seed, rank r's slice
+        would get the masks of rank 0's, row for row."""
+        seed = super().dropout_seed(epoch)
+        return derive_seed(seed, self.world.rank) if self.world.rank else seed
 
     def run(self, epoch: int, max_steps: int = 0, **kwargs) -> dict:
         stats = super().run(epoch, max_steps, **kwargs)

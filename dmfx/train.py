@@ -331,10 +331,13 @@ class GradientEpochs:
         masks, and given back as it was afterwards."""
         device = self.model.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(derive_seed(self.config.seed, epoch, 4))
+            torch.manual_seed(self.dropout_seed(epoch))
             if progress is not None:
                 _set_generator_state(progress["generator"], device)
             return self._run(epoch, max_steps, progress or {}, save_every, save)
+
+    def dropout_seed(self, epoch: int) -> int:
+        return derive_seed(self.config.seed, epoch, 4)
 
     def _run(self, epoch: int, max_steps: int, progress: dict, save_every: int, save) -> dict:
         model, config = self.model, self.config

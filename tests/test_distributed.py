@@ -63,6 +63,7 @@ def _rank_main(scenario: str, out: str) -> None:
         _share(World("sharded", CPU, 60), out)
         for mode, sparse_grad in CASES:
             _train(World(mode, CPU, 60), split, sparse_grad, out / f"{mode}-{sparse_grad}")
+        _dropout_seed(World("ddp", CPU, 60), split, out)
         # the run the "killed" scenario left behind, continued
         _train(World("sharded", CPU, 60), split, True, out / "killed", resume=True)
     elif scenario == "killed":
@@ -104,6 +105,16 @@ def _share(world, out: Path) -> None:
         world.share_split(fails)
     except FileNotFoundError as error:
         (out / f"share-error{world.rank}.txt").write_text(str(error))
+
+
+def _dropout_seed(world, split, out: Path) -> None:
+    """The seed of each rank's dropout masks in epoch 1 (EINMF under ddp)."""
+    from dmfx.distributed import DistributedEpochs
+    from dmfx.models import build_model, train_config
+
+    epochs = DistributedEpochs(build_model("einmf", split.train), split,
+                               train_config("einmf", progress=False), world)
+    (out / f"dropout{world.rank}.txt").write_text(str(epochs.dropout_seed(1)))
 
 
 def _train(world, split, sparse_grad, prefix: Path, kill_in_epoch=None, resume=False,
@@ -275,6 +286,17 @@ def test_a_rank_builds_only_its_columns_of_y(split, input, ranks):
             assert (rebuilt != whole[:, lo:hi]).nnz == 0
 
 
+def test_each_rank_draws_its_own_dropout_masks(matched, split):
+    """One seed on every rank gave rank r's slice the masks of rank 0's, row for row."""
+    from dmfx.models import build_model, train_config
+    from dmfx.train import GradientEpochs
+
+    seeds = [int((matched / f"dropout{rank}.txt").read_text()) for rank in range(2)]
+    one = GradientEpochs(build_model("einmf", split.train), split,
+                         train_config("einmf", progress=False))
+    assert seeds[0] == one.dropout_seed(1) and seeds[1] != seeds[0]
+
+
 def test_rank_0_alone_reads_and_splits_and_the_others_receive_the_split(matched):
     main, other = (np.load(matched / f"shared{rank}.npz") for rank in (0, 1))
     assert (int(main["reads"]), int(other["reads"])) == (1, 0)
@@ -407,3 +429,23 @@ def test_sharded_on_one_rank_without_torchrun(data_file, tmp_path, capsys, devic
     assert main(["evaluate", str(out / "model.pt")]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(metrics["test"])
+
+
+def test_a_row_sparse_gradient_without_rows_stays_a_gradient():
+    """A batch whose items no one rated leaves the item table an empty sparse gradient: one
+    process's optimizer counts that step, so a rank's must too (None skipped it)."""
+    from dmfx.distributed import World, init_process_group
+    from dmfx.optim import RowSparseAdam
+
+    init_process_group(CPU, timeout=60)
+    with World("ddp", CPU, 60) as world:
+        empty, untouched = (torch.nn.Parameter(torch.ones(4, 3)) for _ in range(2))
+        empty.grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.long),
+                                             torch.zeros(0, 3), (4, 3))
+        world.sum_gradients([], [empty, untouched], torch.zeros((), dtype=torch.float64))
+        assert untouched.grad is None
+        assert empty.grad is not None and empty.grad.is_sparse and empty.grad._nnz() == 0
+        optimizer = RowSparseAdam([empty, untouched], lr=0.1)
+        optimizer.step()
+        assert optimizer.state[empty]["step"] == 1 and untouched not in optimizer.state
+    assert not torch.distributed.is_initialized()
