@@ -213,7 +213,7 @@ TRAIN_FLAGS = {
              "bpr: pairwise; hybrid: EINMF's eta-weighted implicit + explicit targets"),
     "optimizer": ("optimizer", str, "adam, or sgd (NeuMF-p fine-tuning)"),
     "patience": ("patience", int, "stop after this many epochs without a better validation "
-                 "NDCG@10 (0: never)"),
+                 "NDCG@10, or training loss where the split has no validation rows (0: never)"),
     "pairs": ("pairs", str, "epoch: build each epoch's pairs at once and shuffle them together; "
               "batch: draw each batch's negatives as it is taken (memory for pairs scales with "
               "the batch: for large data)"),

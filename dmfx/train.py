@@ -56,7 +56,8 @@ class TrainConfig:
     # "hybrid" (EINMF: two targets per pair, implicit 1 and explicit rating / max rating)
     loss: str = "nce"
     optimizer: str = "adam"  # "adam" or "sgd" (NeuMF fine-tuned from pre-trained parts)
-    # epochs without a better validation NDCG@topk (under `protocol`) before stopping; 0: never
+    # epochs without a better validation NDCG@topk (under `protocol`; the training loss where the
+    # split has no validation rows) before stopping; 0: never
     patience: int = 5
     topk: int = 10
     # validation protocol of early stopping: "sampled" (the split's negatives) or "full" (all
@@ -192,6 +193,8 @@ class _Pairs:
     def __init__(self, split: Split, config: TrainConfig, device: torch.device,
                  dtype: torch.dtype = torch.float32):
         train = split.train
+        if train.nnz == 0:  # else one empty batch, a NaN loss and a "diverged" error
+            raise ValueError("the training part has no interactions: nothing to train on")
         self.config, self.device = config, device
         self.num_items = train.num_items
         seen = train.csr("binary", device=device)  # the sampler reads the pattern, not values
@@ -207,8 +210,8 @@ class _Pairs:
         # In the model's dtype: a float64 model's losses take float64 targets.
         ratings = torch.from_numpy(train.ratings).to(device, dtype)
         scaled = config.loss in ("nce", "hybrid")
-        if scaled and (train.nnz == 0 or train.ratings.min() < 0 or train.max_rating <= 0):
-            low, high = (train.ratings.min(), train.max_rating) if train.nnz else (None, None)
+        if scaled and (train.ratings.min() < 0 or train.max_rating <= 0):
+            low, high = train.ratings.min(), train.max_rating
             raise ValueError(f"the {config.loss} loss's target rating / max rating needs ratings "
                              f">= 0 with a positive maximum, got ratings in [{low}, {high}]")
         if config.loss == "nce":
@@ -496,7 +499,9 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         extra: dict | None = None,
         on_epoch_end: Callable[[int, dict], None] | None = None,
         world: LocalRun | None = None) -> TrainState:
-    """Trains ``model`` on ``split.train`` and keeps the weights of the best validation epoch.
+    """Trains ``model`` on ``split.train`` and keeps the weights of the best validation epoch
+    (best by validation NDCG@``config.topk``; by training loss where the split has no
+    validation rows).
 
     What an epoch does is ``model.epoch_runner(split, config)``: Adam steps on sampled pairs for
     gradient models (:class:`GradientEpochs`), an ALS sweep for eALS, a single pass for models

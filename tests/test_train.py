@@ -457,3 +457,19 @@ def test_a_user_who_rated_every_item_is_named_before_training(pairs):
     split = replace(leave_one_out(data, num_negatives=0, seed=0, valid=False), train=data)
     with pytest.raises(ValueError, match="user 0 .* has interacted with all 12 items"):
         fit(DMF(split.train, (8,), (8,)), split, config(epochs=1, pairs=pairs))
+
+
+@pytest.mark.parametrize("name, pairs", [("gmf", "epoch"), ("gmf", "batch"), ("bpr", "epoch"),
+                                         ("dmf", "epoch")])
+def test_a_training_part_without_interactions_is_refused(name, pairs):
+    """It took one empty batch and stopped with 'the model diverged' (ce and bpr losses)."""
+    from dmfx.data import Interactions, Split
+    from dmfx.models import build_model, train_config
+
+    data = synthetic(8, 10, 40, seed=0)
+    empty = Interactions(data.user_ids, data.item_ids, np.zeros(0, np.int64),
+                         np.zeros(0, np.int64), np.zeros(0, np.float32))
+    split = Split(empty, *(np.zeros(0, np.int64),) * 4, *(np.zeros((0, 0), np.int64),) * 2, "latest")
+    model = build_model(name, data)
+    with pytest.raises(ValueError, match="the training part has no interactions"):
+        model.fit(split, train_config(name, epochs=1, progress=False, pairs=pairs))
