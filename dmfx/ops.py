@@ -352,6 +352,10 @@ class _SparseGradRowsMatmul(torch.autograd.Function):
             raise RuntimeError(f"{_SRM}: double backward (create_graph=True through this op) is "
                                "not supported: its backward is not differentiable")
         grad = grad.contiguous()
+        # Under autocast the forward ran on float32 copies of half values / weight (the op's
+        # autocast kernel): so does the backward; autograd casts the gradients back.
+        values = None if values is None else values.to(grad.dtype)
+        weight = weight.to(grad.dtype)
         grad_values = grad_weight = None
         if ctx.needs_input_grad[2]:
             grad_values = torch.ops.dmfx.sparse_rows_matmul_backward_values(

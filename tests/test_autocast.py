@@ -85,3 +85,24 @@ def test_autocast_leaves_float64_alone():
     target = torch.rand(4, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ops.cosine_nce_loss(p, p, target).dtype == torch.float64
+
+
+@pytest.mark.parametrize("half_weight", [False, True])
+def test_autocast_row_sparse_weight_gradient_equals_the_dense_one(half_weight):
+    """sparse_grad=True saved the uncast half tensors, and its backward met a float32 gradient
+    beside them (TypeError)."""
+    y = random_csr(10, 14, density=0.4, dtype=torch.float32)
+    rows = torch.tensor([1, 3, 3, 0])
+    grads = []
+    for sparse_grad in (False, True):
+        weight = torch.randn(14, 5, generator=torch.Generator().manual_seed(0))
+        weight = (weight.bfloat16() if half_weight else weight).requires_grad_()
+        values = y.values.bfloat16().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ops.sparse_rows_matmul(y.indptr, y.indices, values, rows, weight,
+                                         sparse_grad=sparse_grad)
+        (out * torch.arange(5.0)).sum().backward()
+        assert weight.grad.dtype == weight.dtype and values.grad.dtype == torch.bfloat16
+        grads.append((weight.grad.to_dense() if sparse_grad else weight.grad, values.grad))
+    for dense, sparse in zip(*grads):
+        torch.testing.assert_close(sparse, dense, rtol=0, atol=0)
