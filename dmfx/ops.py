@@ -585,7 +585,7 @@ def sample_negatives(
         users: int32/int64 ``[B]`` user ids; repeats are fine.
         num_items: the number of items (columns).
         num_negatives: draws per user.
-        seed: the samples are a pure function of ``seed`` (the same on CPU and CUDA). Without
+        seed: an int64; the samples are a pure function of it (the same on CPU and CUDA). Without
             it, a seed is drawn from ``generator`` (default: torch's default CPU generator, so
             ``torch.manual_seed`` makes calls reproducible). A CUDA generator costs a sync.
             Traced code (``torch.compile(fullgraph=True)``, ``torch.export``,
@@ -600,10 +600,14 @@ def sample_negatives(
 
     Returns:
         int64 ``[B, num_negatives]`` on the device of ``users``. Without validation, a user with
-        no free item gets -1.
+        no free item gets -1, and so does a user id outside the CSR or a row whose ``indptr``
+        entries are out of order or out of range.
     """
     if seed is not None and generator is not None:
         raise ValueError("dmfx.sample_negatives: give seed or generator, not both")
+    if isinstance(seed, int) and not -2**63 <= seed < 2**63:
+        raise ValueError(f"dmfx.sample_negatives: seed must lie in the int64 range [-2**63, "
+                         f"2**63), got {seed}")
     if seed is None:
         # is_compiling() first: a constant under dynamo, which then never traces the second.
         if torch.compiler.is_compiling() or torch._guards.detect_fake_mode(users) is not None:

@@ -112,18 +112,21 @@ def sample_negatives(
 
     Membership is a binary search of ``user * num_items + item`` in the sorted keys of all
     interactions. The loop runs until every draw is a negative, so a user who interacted with
-    every item is rejected up front.
+    every item (counted once per distinct item) is rejected up front, and so is an item id
+    outside [0, num_items), which would stand for another user's item and hide a free one.
     """
     device = users.device
     users = users.long()
     indptr = indptr.long()
-    degree = indptr[users + 1] - indptr[users]
-    if bool((degree >= num_items).any()):
-        raise ValueError("a user has interacted with every item; no negative can be sampled")
+    if indices.numel() and not bool(((indices >= 0) & (indices < num_items)).all()):
+        raise IndexError(f"indices: item ids must lie in [0, {num_items})")
     row_of_entry = torch.repeat_interleave(
         torch.arange(indptr.numel() - 1, device=device), indptr[1:] - indptr[:-1]
     )
-    keys = torch.sort(row_of_entry * num_items + indices.long()).values
+    keys = torch.unique(row_of_entry * num_items + indices.long())  # sorted
+    distinct = torch.bincount(keys // max(num_items, 1), minlength=indptr.numel() - 1)
+    if bool((distinct[users] >= num_items).any()):
+        raise ValueError("a user has interacted with every item; no negative can be sampled")
     user_col = users.unsqueeze(1).expand(-1, num_negatives).reshape(-1)
     out = torch.empty(user_col.numel(), dtype=torch.long, device=device)
     todo = torch.arange(user_col.numel(), device=device)

@@ -59,6 +59,21 @@ def test_matches_the_reference_distribution(device):
     assert stats.chi2_contingency(observed).pvalue > 1e-3
 
 
+def test_the_reference_refuses_what_would_make_it_loop_forever():
+    """An item id >= num_items in user 0's row is user 1's item under the key u * N + i: it hid
+    user 1's only free item, and the rejection loop never ended."""
+    indptr, indices = torch.tensor([0, 1, 3]), torch.tensor([3, 1, 2])
+    with pytest.raises(IndexError, match=r"indices: item ids must lie in \[0, 3\)"):
+        reference.sample_negatives(indptr, indices, torch.tensor([1]), 3, 1)
+    # Repeated ids count once: item 2 is still free for user 0.
+    out = reference.sample_negatives(torch.tensor([0, 3]), torch.tensor([0, 0, 1]),
+                                     torch.tensor([0, 0]), 3, 4)
+    assert out.eq(2).all()
+    with pytest.raises(ValueError, match="interacted with every item"):
+        reference.sample_negatives(torch.tensor([0, 4]), torch.tensor([0, 2, 1, 2]),
+                                   torch.tensor([0]), 3, 1)
+
+
 def test_reproducible_from_a_seed_and_from_the_global_seed(case):
     csr, users = case
     assert torch.equal(sample(csr, users, seed=42), sample(csr, users, seed=42))
@@ -188,6 +203,10 @@ def test_argument_errors(case):
         sample(csr, users.float())
     with pytest.raises(ValueError, match="give seed or generator, not both"):
         sample(csr, users, seed=1, generator=torch.Generator())
+    for seed in (2**63, -2**63 - 1):  # random.getrandbits(64), say: torch's error named no seed
+        with pytest.raises(ValueError, match=r"seed must lie in the int64 range .*, got "):
+            sample(csr, users, seed=seed)
+    assert sample(csr, users, seed=2**63 - 1).shape == sample(csr, users, seed=-2**63).shape
     with pytest.raises(ValueError, match=r"indptr\[30\] = \d+ but must be"):
         sample(csr._replace(indices=csr.indices[:-1]), users)
 
