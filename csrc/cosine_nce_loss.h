@@ -14,6 +14,11 @@ namespace cosine_nce_loss {
 
 constexpr const char* kOp = "dmfx.cosine_nce_loss";
 
+inline void raise_bad_target(int64_t position) {
+  TORCH_CHECK_VALUE(false, kOp, ": target[", position,
+                    "] is not in [0, 1]; nce targets are rating / max rating, ce targets 0 or 1");
+}
+
 // Checked inputs of one call, contiguous and in the dtype the kernels compute in (float32 for
 // half-precision p and q; the loss comes out in it too).
 struct Inputs {
@@ -22,7 +27,7 @@ struct Inputs {
   Reduction reduction;
 
   Inputs(const at::Tensor& p_, const at::Tensor& q_, const at::Tensor& target_, double mu,
-         c10::string_view reduction_name) {
+         c10::string_view reduction_name, bool validate = false) {
     check_loss_floating(kOp, "p", p_);
     check_same_dtype(kOp, "q", q_, "p", p_);
     TORCH_CHECK_TYPE(at::isFloatingType(target_.scalar_type()), kOp,
@@ -48,6 +53,12 @@ struct Inputs {
                       ", the smallest normal ", is_double ? "float64" : "float32",
                       " (the dtype this call computes in), got ", mu);
     reduction = parse_reduction(kOp, reduction_name);
+    // The kernels check the target in the compute dtype, where a float64 entry just outside
+    // [0, 1] (1 + 1e-9) rounds into it: such a target is checked before the cast.
+    if (validate && target_.scalar_type() == at::kDouble && dtype != at::kDouble) {
+      const at::Tensor bad = ((target_ >= 0) & (target_ <= 1)).logical_not().nonzero();
+      if (bad.numel() > 0) raise_bad_target(bad[0][0].item<int64_t>());
+    }
     p = p_.to(dtype).contiguous();
     q = q_.to(dtype).contiguous();
     target = target_.to(dtype).contiguous();
@@ -61,8 +72,7 @@ inline void raise_if_bad_target(const at::Tensor& record) {
   const ErrorReport r = read_error(record);
   if (r.code == kOk) return;
   TORCH_CHECK(r.code == kTargetOutOfRange, kOp, ": kernel reported unknown error code ", r.code);
-  TORCH_CHECK_VALUE(false, kOp, ": target[", r.position,
-                    "] is not in [0, 1]; nce targets are rating / max rating, ce targets 0 or 1");
+  raise_bad_target(r.position);
 }
 
 // The kernels' signatures, as the dispatcher calls them.

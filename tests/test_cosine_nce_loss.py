@@ -216,6 +216,18 @@ def test_target_outside_unit_interval(case):
         ops.cosine_nce_loss(p, q, target)
 
 
+@pytest.mark.parametrize("bad", [1 + 1e-9, -1e-50])
+def test_a_float64_target_is_checked_before_its_cast_to_float32(case, bad):
+    """Cast first, 1 + 1e-9 became 1 and -1e-50 became -0: both passed the kernel's check."""
+    p, q, target = case
+    target = target.clone()
+    target[7] = bad
+    p, q = p.float(), q.float()
+    with pytest.raises(ValueError, match=r"target\[7\] is not in \[0, 1\]"):
+        ops.cosine_nce_loss(p, q, target)
+    assert ops.cosine_nce_loss(p, q, target, validate=False).isfinite()
+
+
 def test_shape_and_dtype_errors_name_the_argument(case):
     p, q, target = case
     with pytest.raises(ValueError, match="q must have the shape of p"):

@@ -13,7 +13,7 @@ namespace {
 
 at::Tensor forward(const at::Tensor& p_, const at::Tensor& q_, const at::Tensor& target_,
                    double mu, c10::string_view reduction_name, bool validate) {
-  const Inputs in(p_, q_, target_, mu, reduction_name);
+  const Inputs in(p_, q_, target_, mu, reduction_name, validate);
   const at::Tensor error = new_error_record(in.p.device(), validate);
   int64_t* e = error_ptr(error);
   const int64_t batch = in.batch, dim = in.dim, grain = cpu::grain(3 * dim + 16);

@@ -14,7 +14,7 @@ namespace {
 
 at::Tensor forward(const at::Tensor& p_, const at::Tensor& q_, const at::Tensor& target_,
                    double mu, c10::string_view reduction_name, bool validate) {
-  const Inputs in(p_, q_, target_, mu, reduction_name);
+  const Inputs in(p_, q_, target_, mu, reduction_name, validate);
   const c10::cuda::CUDAGuard guard(in.p.device());
   const at::Tensor error = new_error_record(in.p.device(), validate);
   at::Tensor loss = at::empty({in.batch}, in.p.options());
