@@ -38,7 +38,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -461,40 +463,19 @@ class _WallClock:
         return seconds
 
 
-def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], None],
+def _run_all(jobs: list, data_args: list, workers: int,
              on_finished: Callable[[], object] = lambda: None, progress: bool = False) -> list:
     """Runs the jobs not done yet, calling ``on_finished`` after each, under a progress bar
-    with ``progress``; returns the ones that failed, with their error."""
+    with ``progress``; returns the ones that failed, with their error. One worker trains in
+    this process, one run after another; more start a process per run. A failing run is that
+    run's failure, never the command's; Ctrl-C stops the runs under way and starts no other."""
     todo = [job for job in jobs if not job.done]
     if not todo:
         return []
     failed = []
 
-    def one(job: Job):
-        job.folder.mkdir(parents=True, exist_ok=True)
-        (job.folder / "args.json").write_text(json.dumps(
-            {"model": job.model, "args": list(job.args), "seed": job.seed,
-             "split_seed": job.split_seed}) + "\n")
-        log_file = job.folder / "train.log"
-        if workers == 1:
-            from .cli import main
-
-            with open(log_file, "a") as handle, redirect_stdout(handle), redirect_stderr(handle):
-                code = main(job.argv(data_args, None))
-        else:
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            with open(log_file, "a") as handle:
-                code = subprocess.run([sys.executable, "-m", "dmfx", *job.argv(data_args, 1)],
-                                      stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
-        lines = log_file.read_text().strip().splitlines()
-        return code, lines[-1] if lines else ""
-
-    with tqdm(total=len(todo), desc="runs", unit="run", disable=not progress) as bar, \
-            ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(one, job): job for job in todo}
-        for future in as_completed(futures):
-            job = futures[future]
-            code, err = future.result()
+    with tqdm(total=len(todo), desc="runs", unit="run", disable=not progress) as bar:
+        def finished(job: Job, code: int, err: str) -> None:
             bar.update()
             on_finished()
             if code != 0 or not job.done:
@@ -505,7 +486,80 @@ def _run_all(jobs: list, data_args: list, workers: int, log: Callable[[str], Non
                 test = job.metrics()["test"]
                 bar.write(f"{job.folder.parent.name} seed {job.seed}: HR@10 {test['hr@10']:.4f} "
                           f"NDCG@10 {test['ndcg@10']:.4f}")
+
+        if workers == 1:
+            for job in todo:
+                finished(job, *_run_here(job, data_args))
+        else:
+            _run_in_processes(todo, data_args, workers, finished)
     return failed
+
+
+def _prepare(job: "Job") -> Path:
+    """The run's folder with its arguments; returns its log file."""
+    job.folder.mkdir(parents=True, exist_ok=True)
+    (job.folder / "args.json").write_text(json.dumps(
+        {"model": job.model, "args": list(job.args), "seed": job.seed,
+         "split_seed": job.split_seed}) + "\n")
+    return job.folder / "train.log"
+
+
+def _last_line(log_file: Path) -> str:
+    lines = log_file.read_text().strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _run_here(job: "Job", data_args: list) -> tuple[int, str]:
+    """One run in this process, its output in its log: (exit status, the log's last line)."""
+    from .cli import main
+
+    log_file = _prepare(job)
+    with open(log_file, "a") as handle, redirect_stdout(handle), redirect_stderr(handle):
+        try:
+            code = main(job.argv(data_args, None))
+        except Exception:  # a crash (out of memory, a bug): this run's failure, as in a process
+            traceback.print_exc()
+            code = 1
+    if code == 130:  # main() turned Ctrl-C into "dmfx: interrupted": stop here too
+        raise KeyboardInterrupt
+    return code, _last_line(log_file)
+
+
+def _run_in_processes(todo: list, data_args: list, workers: int,
+                      finished: Callable[["Job", int, str], None]) -> None:
+    """Each job in a process of its own, ``workers`` at a time."""
+    lock, running, stopping = threading.Lock(), set(), threading.Event()
+
+    def one(job: Job) -> tuple[int, str]:
+        log_file = _prepare(job)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with open(log_file, "a") as handle:
+            with lock:  # none starts once stopping
+                if stopping.is_set():
+                    return 130, "interrupted"
+                process = subprocess.Popen([sys.executable, "-m", "dmfx", *job.argv(data_args, 1)],
+                                           stdout=handle, stderr=subprocess.STDOUT, env=env)
+                running.add(process)
+            try:
+                code = process.wait()
+            finally:
+                with lock:
+                    running.discard(process)
+        return code, _last_line(log_file)
+
+    pool = ThreadPoolExecutor(workers)
+    try:
+        futures = {pool.submit(one, job): job for job in todo}
+        for future in as_completed(futures):
+            finished(futures[future], *future.result())
+    except BaseException:
+        with lock:
+            stopping.set()
+            for process in running:
+                process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def confidence_interval(values: Sequence[float], level: float = 0.95) -> Optional[float]:
@@ -669,7 +723,7 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
         if unique:
             log(f"{len(unique)} runs for {', '.join(r.label for r in ready)} "
                 f"({sum(not j.done for j in unique.values())} to do)")
-        failed_all += _run_all(list(unique.values()), data_args, jobs, log, clock.save, progress)
+        failed_all += _run_all(list(unique.values()), data_args, jobs, clock.save, progress)
         for row in ready:
             summary = _summarise(row, grids[row.label],
                                  {(a, s): jobs_of[(row.label, a, s)] for a in grids[row.label]

@@ -371,3 +371,91 @@ def test_paper_columns_only_where_the_paper_has_values():
     assert b["paper HR@10"] == "—" and b["HR@10 vs B"] == "reference"
     table["rows"][0]["paper"] = None
     assert not any(key.startswith("paper") for key in _table_rows(table)[0])
+
+
+def _jobs(tmp_path, models):
+    from dmfx.reproduce import Job
+    return [Job(model, (), 0, 0, tmp_path / model / "seed0") for model in models]
+
+
+def _finish(argv):
+    """What a finished run leaves: its metrics."""
+    folder = argv[argv.index("--output") + 1]
+    with open(f"{folder}/metrics.json", "w") as handle:
+        json.dump({"test": {"hr@10": 0.5, "ndcg@10": 0.25, "full_hr@10": 0.1}}, handle)
+
+
+def test_one_worker_survives_a_crashing_run_and_reports_on_the_console(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A run that raised (not a user error) ended the whole reproduction with --jobs 1, and
+    the progress lines went into the next run's log."""
+    import dmfx.cli
+    from dmfx.reproduce import _run_all
+
+    def fake_main(argv):
+        if argv[argv.index("--model") + 1] == "lfm":
+            raise RuntimeError("simulated out of memory")
+        print("training")
+        _finish(argv)
+        return 0
+
+    monkeypatch.setattr(dmfx.cli, "main", fake_main)
+    jobs = _jobs(tmp_path, ["dmf", "lfm", "gmf"])
+    failed = _run_all(jobs, [], 1)
+    assert [job.model for job, _ in failed] == ["lfm"]
+    assert "RuntimeError: simulated out of memory" in (jobs[1].folder / "train.log").read_text()
+    for job in (jobs[0], jobs[2]):
+        assert (job.folder / "train.log").read_text() == "training\n"
+    out = capsys.readouterr().out
+    assert "failed: lfm" in out and "HR@10 0.5000" in out
+
+
+def test_ctrl_c_stops_one_worker_at_once(tmp_path, monkeypatch):
+    import dmfx.cli
+    from dmfx.reproduce import _run_all
+
+    started = []
+    monkeypatch.setattr(dmfx.cli, "main", lambda argv: started.append(argv) or 130)
+    with pytest.raises(KeyboardInterrupt):
+        _run_all(_jobs(tmp_path, ["dmf", "lfm"]), [], 1)
+    assert len(started) == 1
+
+
+def test_ctrl_c_stops_the_processes_under_way_and_starts_no_other(tmp_path, monkeypatch):
+    """The pool used to run every queued run to its end before the interrupt took effect."""
+    import threading
+
+    import dmfx.reproduce as reproduce
+
+    started, lock, second = [], threading.Lock(), threading.Event()
+
+    class FakeProcess:
+        def __init__(self, argv, **kwargs):
+            self.model = argv[argv.index("--model") + 1]
+            self.stopped = threading.Event()
+            self.terminated = False
+            with lock:
+                started.append(self)
+            if self.model == "second":
+                second.set()
+
+        def wait(self):
+            if self.model == "first":  # ends once the second is under way
+                assert second.wait(30)
+                return 1
+            assert self.stopped.wait(30), "never terminated"
+            return -15
+
+        def terminate(self):
+            self.terminated = True
+            self.stopped.set()
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", FakeProcess)
+    jobs = _jobs(tmp_path, ["first", "second", "third", "fourth", "fifth"])
+    with pytest.raises(KeyboardInterrupt):
+        reproduce._run_all(jobs, [], 2, on_finished=ctrl_c)
+    assert started[0].model == "first" and 2 <= len(started) <= 3
+    assert all(p.terminated for p in started[1:])
