@@ -8,7 +8,8 @@ seed s (``--split-seed N`` fixes one split for every seed instead), so the sprea
 holds the split's variance as well as the training's. Where a row lists several settings (a
 grid), the one with the best mean validation NDCG@10 over the seeds is reported -- the test item
 is never used to choose. Every run is an ordinary ``dmfx train`` run folder under
-``OUTPUT/runs/MODEL-HASH/seedS[-splitT]`` (the hash is of the row's arguments; the split seed T is
+``OUTPUT/runs/MODEL-HASH/seedS[-splitT]`` (the hash is of the row's arguments, a run it
+starts from named by its own MODEL-HASH; the split seed T is
 named unless it is 0, the split of every run made before split seeds varied, so those runs keep
 their folders); a run that finished is not run again, a run that was interrupted resumes from its
 checkpoint, and a finished run without full-ranking metrics (made before they were always
@@ -711,7 +712,9 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
             for args in grids[row.label]:
                 for seed in seeds:
                     resolved = tuple(_resolve(a, summaries, seeds.index(seed)) for a in args)
-                    folder = (output / "runs" / _run_key(row.model, resolved)
+                    keyed = tuple(_resolve(a, summaries, seeds.index(seed), key=True)
+                                  for a in args)
+                    folder = (output / "runs" / _run_key(row.model, keyed)
                               / _seed_folder(seed, split_of[seed]))
                     jobs_of[(row.label, args, seed)] = Job(row.model, resolved, seed,
                                                            split_of[seed], folder)
@@ -803,12 +806,15 @@ def _wall_clock(results: dict) -> str:
     return text + ")"
 
 
-def _resolve(arg: str, summaries: dict, index: int) -> str:
-    """``{ROW:dir}`` -> the run folder of ROW's chosen setting for the ``index``-th seed."""
+def _resolve(arg: str, summaries: dict, index: int, key: bool = False) -> str:
+    """``{ROW:dir}`` -> the run folder of ROW's chosen setting for the ``index``-th seed; with
+    ``key``, the name of that setting's runs (``MODEL-HASH``), the same for every seed and
+    whatever the spelling of ``--output``: what a run's own key holds."""
     for label, summary in summaries.items():
         token = "{" + label + ":dir}"
         if token in arg and "folders" in summary:
-            arg = arg.replace(token, summary["folders"][index])
+            folder = Path(summary["folders"][index])
+            arg = arg.replace(token, folder.parent.name if key else str(folder))
     return arg
 
 

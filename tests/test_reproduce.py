@@ -74,13 +74,16 @@ def test_neumf_p_starts_from_the_chosen_gmf_and_mlp_runs(reproduced):
             run = args[args.index(f"--{part}-checkpoint") + 1].rsplit("/", 1)[0]
             assert run == rows[part.upper()]["folders"][seed]
             assert run.endswith("seed0" if seed == 0 else f"seed{seed}-split{seed}")
+    assert len({folder.rsplit("/", 1)[0] for folder in rows["NeuMF-p"]["folders"]}) == 1
 
 
-def test_finished_runs_are_not_repeated(reproduced, data_file):
+def test_finished_runs_are_not_repeated(reproduced, data_file, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in reproduced.glob("runs/*/*/metrics.json")}
     first = json.loads((reproduced / "results.json").read_text())
+    # --output spelled otherwise: NeuMF-p's key held its parts' folders as spelled
+    monkeypatch.chdir(reproduced.parent)
     assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
-                 "--output", str(reproduced)]) == 0
+                 "--output", reproduced.name]) == 0
     assert {p: p.stat().st_mtime_ns for p in reproduced.glob("runs/*/*/metrics.json")} == before
     again = json.loads((reproduced / "results.json").read_text())
     assert again["invocations"] == first["invocations"] + 1
