@@ -952,6 +952,21 @@ def _not_overridden(flags: list, argv: list, given: argparse.Namespace) -> list:
     return [flag for flag in flags if flag[2:].split("=", 1)[0] not in moot]
 
 
+def train_settings(argv: list) -> dict:
+    """The model and training settings that a ``dmfx train`` run of ``argv`` records in its
+    metrics.json (``config.model_config``, pre-trained parts' paths left out, and
+    ``config.train``), found without reading data: what ``dmfx reproduce`` compares a finished
+    run with before it reuses the run."""
+    args = parse_args(argv)
+    name, params, given = _model_choice(args)
+    spec = spec_of(name)
+    config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
+                          progress=False)
+    model = {key: value for key, value in {**spec.defaults(), **params}.items()
+             if not spec.params[key].init_only}
+    return {"model_config": model, "train": asdict(replace(config, protocol=_protocol(args)[0]))}
+
+
 def main(argv=None) -> int:
     shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line
     try:

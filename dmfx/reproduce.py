@@ -11,9 +11,10 @@ is never used to choose. Every run is an ordinary ``dmfx train`` run folder unde
 ``OUTPUT/runs/MODEL-HASH/seedS[-splitT]`` (the hash is of the row's arguments, a run it
 starts from named by its own MODEL-HASH; the split seed T is
 named unless it is 0, the split of every run made before split seeds varied, so those runs keep
-their folders); a run that finished is not run again, a run that was interrupted resumes from its
-checkpoint, and a finished run without full-ranking metrics (made before they were always
-recorded) is resumed only to evaluate them.
+their folders); a run that finished is not run again (if its recorded settings are still what
+its arguments mean: one made under other defaults is refused), a run that was interrupted
+resumes from its checkpoint, and a finished run without full-ranking metrics (made before they
+were always recorded) is resumed only to evaluate them.
 
 Writes ``OUTPUT/results.json`` (every run and every row's choice), one CSV and one Markdown file
 per table with the paper's values beside ours, ``OUTPUT/report.md`` (all tables and figures), and
@@ -719,9 +720,10 @@ def reproduce(name: str, data_args: list, dataset_name: str, seeds: list, output
                     jobs_of[(row.label, args, seed)] = Job(row.model, resolved, seed,
                                                            split_of[seed], folder)
         unique = {job.folder: job for job in jobs_of.values()}
-        if data_identity is not None:
-            for job in unique.values():
-                if job.done:
+        for job in unique.values():
+            if job.done:
+                _check_same_settings(job, data_args)
+                if data_identity is not None:
                     _check_same_data(job, data_identity)
         if unique:
             log(f"{len(unique)} runs for {', '.join(r.label for r in ready)} "
@@ -773,6 +775,28 @@ def _check_same_data(job: Job, identity: dict) -> None:
     if changed:
         raise ValueError(f"{job.folder} is a finished run on other data or with other sampled "
                          f"items ({'; '.join(changed)}): give this reproduction its own --output")
+
+
+# Settings that do not change what a run computes.
+_UNSCORED = ("progress", "track_test", "checkpoint_every", "max_steps")
+
+
+def _check_same_settings(job: Job, data_args: list) -> None:
+    """A finished run is reused only where its arguments still mean the settings it ran with:
+    a row that leaves a setting at its default would otherwise be served a run made under an
+    older default. Settings a run did not record (added since) are not compared."""
+    from .cli import train_settings
+
+    recorded = job.metrics()["config"]
+    now = json.loads(json.dumps(train_settings(job.argv(data_args, None))))
+    changed = [f"{key} {recorded[part][key]!r} (now {value!r})"
+               for part in ("model_config", "train") for key, value in now[part].items()
+               if key not in _UNSCORED and key in recorded.get(part, {})
+               and recorded[part][key] != value]
+    if changed:
+        raise ValueError(f"{job.folder} is a finished run with other settings ({'; '.join(changed)}"
+                         "), defaults of another dmfx version: delete it to train it again, or "
+                         "give this reproduction its own --output")
 
 
 def _timing(results: dict, clock: _WallClock) -> dict:

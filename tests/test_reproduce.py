@@ -1,5 +1,6 @@
 """`dmfx reproduce`: the smoke version end to end on a tiny data set, the paper's values, reuse."""
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -319,6 +320,29 @@ def test_einmf_paper_quick_end_to_end(data_file, tmp_path):
     # every run used the random split and reported the per-user metrics of every cut-off
     run = json.loads(next((out / "runs").glob("einmf-*/seed0/metrics.json")).read_text())
     assert run["config"]["holdout"] == "ratio"
+    assert_reused(out, ["einmf-paper", "--data", str(data_file), "--quick", "--seeds", "0",
+                        "--eval-negatives", "20", "--only", "table3", "figure4"])
+
+
+def assert_reused(out, argv):
+    """A second invocation trains nothing: every finished run's settings are still those its
+    arguments mean."""
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.json")}
+    assert before and main(["reproduce", *argv, "--output", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.json")} == before
+
+
+def test_a_finished_run_under_other_defaults_is_refused(reproduced, data_file, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(reproduced, out)
+    path = next(out.glob("runs/dmf-*/seed0/metrics.json"))
+    metrics = json.loads(path.read_text())
+    metrics["config"]["train"]["lr"] = 0.5  # as if the default had been 0.5 then
+    path.write_text(json.dumps(metrics))
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK,
+                 "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path.parent} is a finished run with other settings (lr 0.5 (now " in err
 
 
 def test_einmf_paper_tables_and_values(capsys):
@@ -355,6 +379,7 @@ def test_dmf_new_users_quick_end_to_end(data_file, tmp_path):
         folder = next((out / "runs").glob(f"dmf-*/seed{seed}*"))
         run = json.loads((folder / "metrics.json").read_text())
         assert run["config"]["data"]["held_out_users"] == 0.1
+    assert_reused(out, ["dmf-new-users", "--data", str(data_file), *QUICK])
 
 
 def test_paper_columns_only_where_the_paper_has_values():
