@@ -63,7 +63,20 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _add_data_args(p: argparse.ArgumentParser, split_seed_default: str = "0") -> None:
+_PROTOCOL_HELP = ("evaluation protocol of early stopping (validation NDCG@10) and of the "
+                  "headline metrics: sampled:N ranks each held-out item among N items the "
+                  "user never interacted with, drawn with the split (the DMF paper: "
+                  "sampled:100, the default); full ranks it among all items but the user's "
+                  "training items (and, for test, validation items). Full-ranking metrics "
+                  "(full_*) are reported under either")
+_SAMPLED_ONLY_HELP = ("sampled:N ranks each held-out item among N items the user never "
+                      "interacted with, drawn with the split (the papers' protocol; default "
+                      "sampled:100); every run also records full-ranking metrics (full_*)")
+
+
+def _add_data_args(p: argparse.ArgumentParser, split_seed_default: str = "0",
+                   sampled_only: bool = False) -> None:
+    """The data flags; ``sampled_only`` for a command whose tables need the sampled protocol."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
                    help=f"named data set ({', '.join(DATASETS)}), or synthetic:UxIxN (U users, "
@@ -79,13 +92,9 @@ def _add_data_args(p: argparse.ArgumentParser, split_seed_default: str = "0") ->
     g.add_argument("--split-seed", type=seed_arg, default=0,
                    help="seed of the split (the held-out items, the sampled ones, and the random "
                         f"split's shares; default {split_seed_default})")
-    g.add_argument("--protocol", default=None, metavar="sampled:N|full",
-                   help="evaluation protocol of early stopping (validation NDCG@10) and of the "
-                        "headline metrics: sampled:N ranks each held-out item among N items the "
-                        "user never interacted with, drawn with the split (the DMF paper: "
-                        "sampled:100, the default); full ranks it among all items but the user's "
-                        "training items (and, for test, validation items). Full-ranking metrics "
-                        "(full_*) are reported under either")
+    g.add_argument("--protocol", default=None,
+                   metavar="sampled:N" if sampled_only else "sampled:N|full",
+                   help=_SAMPLED_ONLY_HELP if sampled_only else _PROTOCOL_HELP)
     g.add_argument("--eval-negatives", type=int, default=None, metavar="N",
                    help="older spelling of --protocol sampled:N")
 

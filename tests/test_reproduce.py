@@ -289,6 +289,9 @@ def test_help_states_the_defaults():
     assert "fixes one split for all (default 0 1 2)" in text
     assert "(1, the default: in this process" in text
     assert "default each seed's own: seed s trains on split seed s)" in text
+    # full ranking is refused here: the help offers the sampled protocol alone
+    assert "--protocol sampled:N " in text and "full ranks" not in text
+    assert "runs/EXPERIMENT-DATASET-quick with --quick" in text
 
 
 @pytest.mark.parametrize("terminal, quiet, bar", [(False, False, False), (True, False, True),
@@ -305,9 +308,10 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(data_file, tmp_path, monke
 def test_einmf_paper_quick_end_to_end(data_file, tmp_path):
     out = tmp_path / "einmf-paper"
     assert main(["reproduce", "einmf-paper", "--data", str(data_file), "--quick", "--seeds", "0",
-                 "--eval-negatives", "20", "--only", "table3", "figure4", "--output", str(out)]) == 0
+                 "--eval-negatives", "20", "--only", "table3", "loo", "figure4", "--output", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert [t["key"] for t in results["tables"]] == ["table3", "figure4"] and not results["failed"]
+    assert [t["key"] for t in results["tables"]] == ["table3", "loo", "figure4"]
+    assert not results["failed"]
     table3 = results["tables"][0]
     assert [r["label"] for r in table3["rows"]] == ["Pop", "Item-KNN", "BPR-MF", "NCF", "DMF", "EINMF",
                                                    "EINMF ids"]
@@ -317,11 +321,16 @@ def test_einmf_paper_quick_end_to_end(data_file, tmp_path):
     markdown = (out / "table3.md").read_text()
     assert "| HR@5 |" in markdown and "| NDCG@20 |" in markdown and "paper" not in markdown
     assert (out / "table3.png").is_file() and (out / "figure4.png").is_file()
+    report = (out / "report.md").read_text()
+    assert report.startswith("Test HR@N / NDCG@N on clustered")
+    assert ('"full" columns rank the held-out item among all items, the others among the '
+            "sampled ones, but for the per-user tables, which rank each user's items among all "
+            "the items the user did not train on.") in report
     # every run used the random split and reported the per-user metrics of every cut-off
     run = json.loads(next((out / "runs").glob("einmf-*/seed0/metrics.json")).read_text())
     assert run["config"]["holdout"] == "ratio"
     assert_reused(out, ["einmf-paper", "--data", str(data_file), "--quick", "--seeds", "0",
-                        "--eval-negatives", "20", "--only", "table3", "figure4"])
+                        "--eval-negatives", "20", "--only", "table3", "loo", "figure4"])
 
 
 def assert_reused(out, argv):
@@ -374,6 +383,7 @@ def test_dmf_new_users_quick_end_to_end(data_file, tmp_path):
     markdown = (out / "new-users.md").read_text()
     assert "| new HR@10 |" in markdown and "full new NDCG@10" in markdown
     assert "paper" not in markdown.split("\n")[0]  # no paper values: no empty paper columns
+    assert (out / "report.md").read_text().startswith("Test HR@10 / NDCG@10 on clustered")
     # each seed held out its own tenth of the users: the run records the share
     for seed in (0, 1):
         folder = next((out / "runs").glob(f"dmf-*/seed{seed}*"))
@@ -487,3 +497,15 @@ def test_ctrl_c_stops_the_processes_under_way_and_starts_no_other(tmp_path, monk
         reproduce._run_all(jobs, [], 2, on_finished=ctrl_c)
     assert started[0].model == "first" and 2 <= len(started) <= 3
     assert all(p.terminated for p in started[1:])
+
+
+def test_the_report_says_what_its_columns_rank():
+    from dmfx.reproduce import _what_is_ranked
+
+    assert _what_is_ranked({"hr@10", "ndcg@10"}) == (
+        "HR@10 / NDCG@10", '"full" columns rank the held-out item among all items, the others '
+        "among the sampled ones")
+    what, ranking = _what_is_ranked({"user_hr@5", "user_hr@10"})
+    assert what == "HR@N / NDCG@N" and ranking == (
+        "the tables rank each user's items among all the items the user did not train on")
+    assert _what_is_ranked({"new_hr@10", "hr@10"})[0] == "HR@10 / NDCG@10"
