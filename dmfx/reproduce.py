@@ -363,12 +363,16 @@ EXPERIMENTS = {
         "IJCAI 2017", _dmf_paper,
         notes="GMF, MLP and BPR-MF are not in the paper's tables; they are listed as the parts of "
               "NeuMF-p and as a pairwise reference. Figure 2's hidden widths are not given in the "
-              "paper; dmfx uses 64 / 256-64 / 256-128-64 / 512-256-128-64."),
+              "paper; dmfx uses 64 / 256-64 / 256-128-64 / 512-256-128-64. The baselines' "
+              "settings are dmfx's grids, chosen on validation (the \"setting\" column): eALS's "
+              "w0 and its regularisation (its paper fixes 0.01 for larger data), ItemKNN's "
+              "neighbours and neighbourhood, NeuMF-p's SGD learning rate, BPR-MF's "
+              "regularisation, GMF's and MLP's sizes."),
     "dmf-variants": Experiment(
         "dmf-variants", "Xue et al., Deep Matrix Factorization Models for Recommender Systems, "
         "IJCAI 2017", _dmf_variants,
-        notes="Each row changes one setting of the paper's DMF-2-nce (256-64 towers, Adam 1e-4, "
-              "batch 256, 7 negatives redrawn every epoch, early stopping on validation). "
+        notes="Each row changes one setting of the paper's DMF-2-nce (two layers, here 256-64, "
+              "Adam 1e-4, batch 256, 7 negatives redrawn every epoch, early stopping on validation). "
               "\"peak test\" is the best test HR@10 over the epochs: selection on the test item, "
               "as code that reports the best test iteration does -- shown only to measure that "
               "effect, never used to choose."),

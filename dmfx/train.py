@@ -1,7 +1,8 @@
 """Training loop of Algorithm 1 (DMF paper) with early stopping, checkpoints and resume.
 
 Each epoch pairs every training interaction (target rating / max rating for the nce loss, 1 for
-ce) with ``num_negatives`` items the user never interacted with (target 0), drawn by
+ce; max over the training ratings) with ``num_negatives`` items the user has no training
+interaction with (target 0; a held-out item can be one, as in the paper's Y-), drawn by
 :func:`dmfx.ops.sample_negatives` on the training device, shuffles the pairs and takes Adam steps
 on mini-batches. Negatives are redrawn every epoch (``resample="epoch"``, what most
 re-implementations do) or drawn once (``"once"``, the paper's literal reading). Every random

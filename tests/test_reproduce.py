@@ -509,3 +509,15 @@ def test_the_report_says_what_its_columns_rank():
     assert what == "HR@N / NDCG@N" and ranking == (
         "the tables rank each user's items among all the items the user did not train on")
     assert _what_is_ranked({"new_hr@10", "hr@10"})[0] == "HR@10 / NDCG@10"
+
+
+def test_the_readme_blocks_carry_each_experiments_current_notes():
+    """The blocks are generated; a note changed in the code must be changed in them too (a
+    rerun would write it)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name, experiment in EXPERIMENTS.items():
+        start = readme.index(f"<!-- reproduce:{name}:ml-100k -->")
+        block = readme[start:readme.index(f"<!-- /reproduce:{name}:ml-100k -->")]
+        assert experiment.notes in block, name

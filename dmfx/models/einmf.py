@@ -5,7 +5,8 @@ Every user and item has an explicit and an implicit latent vector, added: P_u = 
 Q_i = q_i^E + q_i^I. A GMF branch (P_u * Q_i) and an MLP branch over [P_u ; Q_i] (Linear + ReLU
 + dropout) are concatenated into a prediction layer whose sigmoid is the score (Eq. 9-11). The
 loss (Eq. 14-16) is eta * BCE(y, ir) + (1 - eta) * BCE(y, r / max R): the implicit target is 1
-for an observed pair, the explicit one its normalised rating, both 0 for a sampled negative.
+for an observed pair, the explicit one its normalised rating, both 0 for a sampled negative (a
+reading: Eq. 14's L_E may cover rated pairs only; the README says what that would change).
 
 The paper calls the one-hot rows of R (Eq. 8) and IR (Eq. 7) "the input" of its embedding layer.
 Read as DMF reads its input, ``input="rows"`` (the default), the latent vectors are products of
