@@ -458,10 +458,23 @@ def _check_resumable(path, saved: dict, config: TrainConfig, extra: dict) -> Non
     changed = [(name, before.get(name), value) for name, value in asdict(config).items()
                if name not in RESUMABLE_CHANGES and before.get(name) != value]
     for key, value in extra.items():
+        if key == "model" and key not in saved:  # written before fit recorded it
+            continue
         if key != "distributed" and saved.get(key) != value:
             changed += _differences(key, saved.get(key), value)
     if changed:
         raise ResumeRefused(path, changed)
+
+
+def _model_record(model) -> dict:
+    """What a checkpoint says of its model (kind and settings), so that NeuMF-p can start from
+    any GMF or MLP checkpoint, not only the CLI's; nothing for a model not in the registry."""
+    from .models.registry import name_of
+
+    try:
+        return {"model": {"kind": name_of(model), "config": model.config()}}
+    except (ValueError, NotImplementedError):
+        return {}
 
 
 def _differences(name: str, before, after) -> list[tuple]:
@@ -513,7 +526,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
             ``config.checkpoint_every`` steps inside one, and where ``config.max_steps`` cuts
             the run; with ``resume=True`` and an existing file, training continues from it (in
             the middle of an epoch where it was taken there).
-        extra: stored in the checkpoint as is (the CLI keeps its data and model settings there).
+        extra: stored in the checkpoint as is (the CLI keeps its data settings there), beside
+            the model's kind and settings (``"model"``) for a registered model.
         on_epoch_end: called with (epoch, history entry) after each epoch.
         world: the processes that train together (:class:`dmfx.distributed.World`); default
             this one alone.
@@ -524,7 +538,7 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
     """
     device = model.device
     world = world if world is not None else LocalRun()
-    extra = {**(extra or {}), **world.record()}
+    extra = {**_model_record(model), **(extra or {}), **world.record()}
     state = TrainState()
     runner = world.epoch_runner(model, split, config)
     if resume and checkpoint is not None and Path(checkpoint).is_file():

@@ -1,4 +1,6 @@
 """GMF, MLP and NeuMF (NCF): the forward math, the scoring paths, NeuMF-p, learning, round trips."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -171,12 +173,18 @@ def test_neumf_p_from_checkpoints_written_by_training(split, tmp_path):
     paths, config = {}, TrainConfig(epochs=1, lr=1e-2, num_negatives=1, loss="ce", progress=False)
     for model in (GMF(split.train, factors=4), MLP(split.train, layers=[8, 4])):
         paths[model.name] = tmp_path / f"{model.name}.pt"
-        model.fit(split, config, checkpoint=paths[model.name],
-                  extra={"model": {"kind": model.name, "config": model.config()}})
+        model.fit(split, config, checkpoint=paths[model.name])  # the kind is recorded by fit
         assert load_checkpoint(paths[model.name])["train_state"]["best_state"] is not None
     model = build_model("neumf", split.train, dict(factors=4, layers=[8, 4], gmf_checkpoint=str(paths["gmf"]),
                                                    mlp_checkpoint=str(paths["mlp"])))
     assert evaluate(model, split, "valid")["ndcg@10"] > 0
+    # A checkpoint written before fit recorded its model still resumes.
+    saved = load_checkpoint(paths["gmf"])
+    del saved["model"]
+    save_checkpoint(paths["gmf"], saved)
+    state = GMF(split.train, factors=4).fit(split, replace(config, epochs=2),
+                                            checkpoint=paths["gmf"], resume=True)
+    assert [entry["epoch"] for entry in state.history] == [1, 2]
 
 
 def test_neumf_p_rejects_mismatches(split, tmp_path):
