@@ -508,6 +508,17 @@ class DistributedEpochs(GradientEpochs):
         seed = super().dropout_seed(epoch)
         return derive_seed(seed, self.world.rank) if self.world.rank else seed
 
+    def generator_state(self) -> dict:
+        """Every rank's, gathered (each draws its own masks): rank 0 writes the checkpoint."""
+        states = [None] * self.world.size
+        with self.world.guard("gathering the dropout generators"):
+            dist.all_gather_object(states, super().generator_state())
+        return {"ranks": states}
+
+    def set_generator_state(self, state: dict) -> None:
+        # A checkpoint of an older dmfx holds rank 0's alone.
+        super().set_generator_state(state["ranks"][self.world.rank] if "ranks" in state else state)
+
     def run(self, epoch: int, max_steps: int = 0, **kwargs) -> dict:
         stats = super().run(epoch, max_steps, **kwargs)
         stats["peak_memory_mb_per_rank"] = self.world.gather_floats(

@@ -337,11 +337,18 @@ class GradientEpochs:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.dropout_seed(epoch))
             if progress is not None:
-                _set_generator_state(progress["generator"], device)
+                self.set_generator_state(progress["generator"])
             return self._run(epoch, max_steps, progress or {}, save_every, save)
 
     def dropout_seed(self, epoch: int) -> int:
         return derive_seed(self.config.seed, epoch, 4)
+
+    def generator_state(self) -> dict:
+        """The state of torch's generator that dropout draws from, for ``progress``."""
+        return _generator_state(self.model.device)
+
+    def set_generator_state(self, state: dict) -> None:
+        _set_generator_state(state, self.model.device)
 
     def _run(self, epoch: int, max_steps: int, progress: dict, save_every: int, save) -> dict:
         model, config = self.model, self.config
@@ -361,7 +368,7 @@ class GradientEpochs:
         def snapshot() -> dict:
             return {"epoch": epoch, "steps": steps, "batches": count, "loss_sum": total.item(),
                     "pairs": done, "seconds": seconds(),
-                    "generator": _generator_state(model.device)}
+                    "generator": self.generator_state()}
 
         bar = tqdm(total=count, initial=begun, desc=f"epoch {epoch}", unit="batch", leave=False,
                    disable=not config.progress, mininterval=0.5)

@@ -108,13 +108,20 @@ def _share(world, out: Path) -> None:
 
 
 def _dropout_seed(world, split, out: Path) -> None:
-    """The seed of each rank's dropout masks in epoch 1 (EINMF under ddp)."""
+    """The seed of each rank's dropout masks in epoch 1 (EINMF under ddp), and its draws once
+    the generators are gathered (as a checkpoint inside an epoch holds them) and restored."""
     from dmfx.distributed import DistributedEpochs
     from dmfx.models import build_model, train_config
 
     epochs = DistributedEpochs(build_model("einmf", split.train), split,
                                train_config("einmf", progress=False), world)
-    (out / f"dropout{world.rank}.txt").write_text(str(epochs.dropout_seed(1)))
+    torch.manual_seed(epochs.dropout_seed(1))
+    state = epochs.generator_state()
+    torch.rand(5)  # the draws of the steps after the checkpoint, then a resume
+    epochs.set_generator_state(state)
+    (out / f"dropout{world.rank}.json").write_text(json.dumps(
+        {"seed": epochs.dropout_seed(1), "draws": torch.rand(5).tolist(),
+         "ranks": len(state["ranks"])}))
 
 
 def _train(world, split, sparse_grad, prefix: Path, kill_in_epoch=None, resume=False,
@@ -291,10 +298,15 @@ def test_each_rank_draws_its_own_dropout_masks(matched, split):
     from dmfx.models import build_model, train_config
     from dmfx.train import GradientEpochs
 
-    seeds = [int((matched / f"dropout{rank}.txt").read_text()) for rank in range(2)]
+    ranks = [json.loads((matched / f"dropout{rank}.json").read_text()) for rank in range(2)]
     one = GradientEpochs(build_model("einmf", split.train), split,
                          train_config("einmf", progress=False))
-    assert seeds[0] == one.dropout_seed(1) and seeds[1] != seeds[0]
+    assert ranks[0]["seed"] == one.dropout_seed(1) and ranks[1]["seed"] != ranks[0]["seed"]
+    # A resume inside an epoch gives each rank its own generator back, not rank 0's.
+    for rank in ranks:
+        assert rank["ranks"] == 2
+        torch.manual_seed(rank["seed"])
+        assert rank["draws"] == torch.rand(5).tolist()
 
 
 def test_rank_0_alone_reads_and_splits_and_the_others_receive_the_split(matched):
