@@ -103,6 +103,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def seeded_generator():
+    """Every test starts from the same state of torch's global generator, whatever ran before:
+    its unseeded draws (upstream gradients, dropout, initial weights) repeat when it runs alone."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache_dir(tmp_path_factory):
     """dmfx's cache (downloads, parsed ratings files) in a temporary folder, for every test and

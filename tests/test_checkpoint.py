@@ -189,12 +189,17 @@ def test_concurrent_writers_never_tear_a_file(tmp_path):
             errors.append(error)
 
     def reader():
-        while not stop.is_set():
-            if path.exists():
-                saved = load_checkpoint(path)
-                values = torch.cat([saved["a"], saved["b"]]).unique().tolist()
-                assert len(values) == 1, values  # one writer's tensors, never a mix
-                seen.add(values[0])
+        # What the reader met goes to the main thread: an exception in a thread only warns.
+        try:
+            while not stop.is_set():
+                if path.exists():
+                    saved = load_checkpoint(path)
+                    values = torch.cat([saved["a"], saved["b"]]).unique().tolist()
+                    if len(values) != 1:  # one writer's tensors, never a mix
+                        errors.append(f"torn file: {values}")
+                    seen.add(values[0])
+        except Exception as error:  # noqa: BLE001 - a load that failed is a finding too
+            errors.append(error)
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in (1, 2)]
     check = threading.Thread(target=reader)
@@ -202,10 +207,12 @@ def test_concurrent_writers_never_tear_a_file(tmp_path):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
     stop.set()
-    check.join()
-    assert not errors and seen <= {1.0, 2.0} and seen
+    check.join(timeout=120)
+    assert not any(t.is_alive() for t in (*threads, check)), "a thread hangs"
+    assert not errors, errors
+    assert seen <= {1.0, 2.0} and seen
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
@@ -360,15 +367,15 @@ def test_sigkill_anywhere_leaves_a_loadable_checkpoint_and_resume_retraces(tmp_p
     subprocess.run(argv + ["--output", str(tmp_path / "whole")], env=env, check=True,
                    capture_output=True)
     out = tmp_path / "killed"
-    seed = random.randrange(2**32)
+    seed = 0  # of the random moments; where they fall in training is up to the machine's timing
     rng = random.Random(seed)
     kills = inside_write = 0
     for attempt in range(40):
         resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
         process = subprocess.Popen(argv + ["--output", str(out)] + resume, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 10:
-            if attempt % 2:  # the moment a temporary checkpoint appears: inside the write
+        if kills < 10 or not inside_write:  # and on, inside writes only, until one is hit
+            if attempt % 2 or kills >= 10:  # the moment a temporary checkpoint appears
                 deadline = time.monotonic() + 30
                 while process.poll() is None and time.monotonic() < deadline:
                     if list(out.glob(".checkpoint.pt.*.tmp")):

@@ -9,9 +9,11 @@ is read by ``read_file`` (detecting, and with a random ``sep``), one explicit re
 ``read_delimited`` with random columns, and ``load_dataset(name, data=PATH)``.
 
 Property: every call returns :class:`Interactions` or raises :class:`DataFormatError` (or
-:class:`DatasetUnavailableError`) with a one-line message that starts with the file's path,
-within ``TIME_LIMIT_S``. Two seeds run, 0 and a fresh one (``DMFX_FUZZ_SEED=N`` picks it, to
-rerun a failure); the seed is in the test id and in every failure message.
+:class:`DatasetUnavailableError`) with a one-line message that starts with the file's path; a
+call still running after ``HANG_S`` is a hang (a guard, not a timing: a tiny file reads in
+milliseconds). Two seeds run, 0 and a fresh one (test ids ``seed0`` and ``fresh``;
+``DMFX_FUZZ_SEED=N`` picks the fresh one, to rerun a failure); every failure message names
+the seed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import io
 import os
 import secrets
 import signal
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,9 +46,9 @@ from dmfx.data import (
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*duplicated \(user, item\) row:UserWarning")
 
 INPUTS_PER_SEED = 1000  # x 5 calls: about 2 s per seed
-# A tiny file reads in milliseconds; this only has to catch a hang or a quadratic blow-up
-# while the 2-core machine is busy with other work.
-TIME_LIMIT_S = 5.0
+# A tiny file reads in milliseconds: this catches a hang or a runaway blow-up, with room for a
+# 2-core machine busy with other work.
+HANG_S = 60.0
 
 
 def _fresh_seed() -> int:
@@ -195,7 +196,7 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 
 @pytest.mark.filterwarnings("ignore:.*look like counts:UserWarning")
-@pytest.mark.parametrize("seed", SEEDS, ids=lambda seed: f"seed{seed}")
+@pytest.mark.parametrize("seed", SEEDS, ids=["seed0", "fresh"])
 def test_readers_fail_only_with_data_format_error(seed: int, tmp_path: Path) -> None:
     rng = np.random.default_rng(seed)
     outcomes = {"read": 0, "refused": 0}
@@ -205,12 +206,11 @@ def test_readers_fail_only_with_data_format_error(seed: int, tmp_path: Path) -> 
         path.write_bytes(data)
         for what, call in _calls(rng, path):
             where = f"fuzz seed {seed} (DMFX_FUZZ_SEED={seed}), input {case}, {what} on {data[:120]!r}"
-            start = time.perf_counter()
             try:
-                with _time_limit(TIME_LIMIT_S):
+                with _time_limit(HANG_S):
                     result = call()
             except _Hang:
-                pytest.fail(f"{where}: still running after {TIME_LIMIT_S} s")
+                pytest.fail(f"{where}: still running after {HANG_S} s")
             except (DataFormatError, DatasetUnavailableError) as exc:
                 message = str(exc)
                 assert "\n" not in message and message.startswith(str(path)), f"{where}: {message!r}"
@@ -220,7 +220,5 @@ def test_readers_fail_only_with_data_format_error(seed: int, tmp_path: Path) -> 
             else:
                 assert isinstance(result, Interactions), where
                 outcomes["read"] += 1
-            elapsed = time.perf_counter() - start
-            assert elapsed < TIME_LIMIT_S, f"{where}: took {elapsed:.1f} s"
     # Both outcomes must be common, or the generator has drifted into testing only one side.
     assert min(outcomes.values()) > INPUTS_PER_SEED // 20, f"fuzz seed {seed}: {outcomes}"

@@ -305,7 +305,7 @@ def test_a_changed_file_is_parsed_again(parses: list, tmp_path: Path) -> None:
         f.write("ANEWUSER,BNEWITEM,5.0,890000000\n")
     x = read_file(path)
     assert len(parses) == 3
-    assert x.user_index("ANEWUSER") >= 0
+    assert x.user_ids[x.user_index("ANEWUSER")] == "ANEWUSER"
     read_file(path)
     assert len(parses) == 3
     assert len(entries(tmp_path)) == 1, "a stale entry is replaced, not kept beside the new one"

@@ -412,7 +412,8 @@ def test_rating_scales_do_not_warn(ratings: list[float], tmp_path: Path) -> None
     path = write(tmp_path, "r.tsv", "".join(f"u{k % 2}\ti{k}\t{r}\n" for k, r in enumerate(ratings)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        read_file(path)
+        x = read_file(path)
+    assert sorted(x.ratings.tolist()) == sorted(map(float, ratings))
 
 
 # --- what the readers used to accept silently -----------------------------------------

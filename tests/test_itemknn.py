@@ -137,7 +137,7 @@ def test_similar_items():
         np.testing.assert_array_equal(s_ref[i, top[i, :n].numpy()], positive)
         assert torch.all(top[i, n:] == -1) and torch.all(torch.isneginf(sims[i, n:]))
     assert torch.all(top[1] == -1)  # the item without interactions has no neighbours
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         model.similar_items(items, k=0)
 
 

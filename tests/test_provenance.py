@@ -32,7 +32,8 @@ def test_environment_names_the_software_and_machine():
     json.dumps(env, allow_nan=False)  # goes into metrics.json as is
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and dmfx.cuda_enabled()), reason="no CUDA")
+@pytest.mark.skipif(not (torch.cuda.is_available() and dmfx.cuda_enabled()),
+                    reason="no CUDA device, or dmfx built without its CUDA kernels")
 def test_environment_names_the_gpu():
     env = environment("cuda")
     assert env["gpu"] == torch.cuda.get_device_name(0) and env["cuda"] == torch.version.cuda
