@@ -578,7 +578,8 @@ def sample_negatives(
     free items to the item), with no rejection loop.
 
     The columns of every row must be strictly ascending; :mod:`dmfx.data` builds them so.
-    ``validate=True`` also checks that order for the rows it reads (O(row length)).
+    ``validate=True`` also checks that order for the rows it reads (O(row length)); without it,
+    a row out of order or with a repeated id gives wrong samples (in range) or -1.
 
     Args:
         indptr, indices: CSR of the user x item interactions (int32 or int64, one dtype).

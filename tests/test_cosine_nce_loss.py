@@ -68,14 +68,14 @@ def test_gradient_of_target_alone(device, reduction):
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_opcheck(device, reduction):
     p, q, target = make_case(device)
     torch.library.opcheck(
         torch.ops.dmfx.cosine_nce_loss.default,
         (p.requires_grad_(), q.requires_grad_(), target, 1e-6, reduction, True),
     )
-    grad = torch.rand(() if reduction == "mean" else (p.shape[0],), dtype=p.dtype, device=device)
+    grad = torch.rand(() if reduction != "none" else (p.shape[0],), dtype=p.dtype, device=device)
     torch.library.opcheck(
         torch.ops.dmfx.cosine_nce_loss_backward.default,
         (grad, p.detach(), q.detach(), target, 1e-6, reduction),
@@ -137,14 +137,46 @@ def test_batch_of_one_and_empty_batch(device):
     assert ops.cosine_nce_loss(p[:0], q[:0], target[:0], reduction="none").shape == (0,)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch_matches_reference_forward_and_backward(device, reduction):
+    """An empty batch: its mean is NaN (as torch's mean and the reference's), its sum 0, and the
+    backward gives empty gradients, not an error."""
+    p, q, target = make_case(device, batch=0, dim=5)
+    p.requires_grad_()
+    q.requires_grad_()
+    out = ops.cosine_nce_loss(p, q, target, reduction=reduction)
+    ref = reference.cosine_nce_loss(p.detach(), q.detach(), target, reduction=reduction)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    if reduction == "mean":
+        assert out.isnan()
+    if reduction == "sum":
+        assert out.item() == 0
+    out.backward(torch.ones_like(out))
+    for grad, x in ((p.grad, p), (q.grad, q)):
+        assert grad.shape == (0, 5) and grad.dtype == x.dtype and grad.device == x.device
+
+
 def test_non_contiguous_inputs_and_target_dtype(device):
+    """Strided p, q (halves of one tensor) and target, a float32 target beside float64 towers,
+    and a strided upstream gradient: loss and gradients as the reference's."""
     p, q, target = make_case(device, batch=10, dim=12)
-    pw, qw = torch.cat([p, q], 1)[:, :12], torch.cat([p, q], 1)[:, 12:]
+    both = torch.cat([p, q], 1).requires_grad_()
+    pw, qw = both[:, :12], both[:, 12:]
     assert not pw.is_contiguous() and not qw.is_contiguous()
-    target_strided = torch.stack([target, target], 1)[:, 0].float()
+    target_strided = torch.stack([target, target], 1).float()[:, 0]  # .float() copies: cast first
+    assert not target_strided.is_contiguous()
     out = ops.cosine_nce_loss(pw, qw, target_strided, reduction="none")
-    torch.testing.assert_close(out, reference.cosine_nce_loss(p, q, target.float().double(),
-                                                              reduction="none"))
+    rp, rq = p.clone().requires_grad_(), q.clone().requires_grad_()
+    ref = reference.cosine_nce_loss(rp, rq, target.float().double(), reduction="none")
+    torch.testing.assert_close(out, ref)
+    g = torch.Generator().manual_seed(1)
+    grad = torch.rand(10, 3, generator=g, dtype=p.dtype).to(device)[:, 1]
+    assert not grad.is_contiguous()
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(both.grad[:, :12], rp.grad)
+    torch.testing.assert_close(both.grad[:, 12:], rq.grad)
 
 
 # ------------------------------------------------------------------------------- bad input

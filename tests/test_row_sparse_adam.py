@@ -1,5 +1,7 @@
 """row_sparse_adam_ against its reference twin, torch.optim.Adam and SparseAdam, and its errors;
 the RowSparseAdam optimizer."""
+import re
+
 import pytest
 import torch
 
@@ -35,25 +37,58 @@ def test_matches_reference(device, index_dtype, width, step):
         assert torch.equal(got[untouched], orig[untouched])
 
 
-def test_float32_matches_float64(device):
+def test_float32_matches_float64_reference(device):
     state64 = make_case(device, width=70, rows=tuple(range(0, 11, 2)))
     state32 = [t.float() if t.is_floating_point() else t for t in state64]
-    ops.row_sparse_adam_(*state64, lr=0.1, step=3)
     ops.row_sparse_adam_(*state32, lr=0.1, step=3)
-    for a, b in zip(state32[:3], state64[:3]):
-        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-6)
+    reference.row_sparse_adam_(*state64, lr=0.1, step=3)
+    for got, want in zip(state32[:3], state64[:3]):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_single_row_matches_reference(device, index_dtype):
+    state = make_case(device, width=13, rows=(6,), seed=2, index_dtype=index_dtype)
+    ref = [t.clone() for t in state]
+    ops.row_sparse_adam_(*state, lr=0.02, step=2)
+    reference.row_sparse_adam_(*ref, lr=0.02, step=2)
+    for got, want in zip(state[:3], ref[:3]):
+        torch.testing.assert_close(got, want)
+    original = make_case(device, width=13, rows=(6,), seed=2, index_dtype=index_dtype)
+    assert not torch.equal(state[0][6], original[0][6])
+
+
+def every_other(t):
+    """``t`` as a strided view: every other row (element) of a longer tensor, whose rows between
+    hold -1, so a kernel that ignores the strides reads them."""
+    return torch.stack([t, torch.full_like(t, -1)], 1).flatten(0, 1)[::2]
+
+
+def test_strided_rows_and_grad_rows_match_reference(device, index_dtype):
+    """rows and grad_rows are only read: strided views of them (grad_rows also column-major)
+    update as contiguous ones do."""
+    state = make_case(device, width=9, rows=(10, 2, 5, 0, 7), seed=3, index_dtype=index_dtype)
+    ref = [t.clone() for t in state]
+    weight, m, v, rows, grad_rows = state
+    for strided_grad in (every_other(grad_rows), grad_rows.t().contiguous().t()):
+        assert not strided_grad.is_contiguous() and not every_other(rows).is_contiguous()
+        ops.row_sparse_adam_(weight, m, v, every_other(rows), strided_grad, lr=0.05, step=4)
+        reference.row_sparse_adam_(*ref, lr=0.05, step=4)
+        for got, want in zip(state[:3], ref[:3]):
+            torch.testing.assert_close(got, want)
 
 
 def test_empty_rows_change_nothing(device):
     weight, m, v, _, _ = make_case(device)
-    before = weight.clone()
+    before = [t.clone() for t in (weight, m, v)]
     rows = torch.empty(0, dtype=torch.long, device=device)
     ops.row_sparse_adam_(weight, m, v, rows, weight.new_empty(0, 7), lr=0.1, step=1)
-    assert torch.equal(weight, before)
+    for t, b in zip((weight, m, v), before):
+        assert torch.equal(t, b)
 
 
-def test_opcheck(device):
-    state = make_case(device)
+@pytest.mark.parametrize("width", [7, 33])
+def test_opcheck(device, index_dtype, width):
+    state = make_case(device, width=width, index_dtype=index_dtype)
     torch.library.opcheck(torch.ops.dmfx.row_sparse_adam_.default,
                           (*state, 0.01, 0.9, 0.999, 1e-8, 2, True))
 
@@ -62,8 +97,9 @@ def test_optimizer_is_lazy_as_sparse_adam_over_steps(device):
     """RowSparseAdam is lazy as torch.optim.SparseAdam is: only the rows with a gradient move,
     moments included. With eps far below sqrt(v) their updates agree to rounding, though they
     place eps differently (test_update_is_adams_not_sparse_adams)."""
-    torch.manual_seed(0)
-    table = torch.nn.Embedding(20, 9, sparse=True, dtype=torch.float64).to(device)
+    with torch.random.fork_rng():  # the global seed of later tests stays theirs
+        torch.manual_seed(0)
+        table = torch.nn.Embedding(20, 9, sparse=True, dtype=torch.float64).to(device)
     twin = torch.nn.Embedding(20, 9, sparse=True, dtype=torch.float64).to(device)
     twin.load_state_dict(table.state_dict())
     ours = RowSparseAdam(table.parameters(), lr=0.05, betas=(0.8, 0.9))
@@ -77,6 +113,9 @@ def test_optimizer_is_lazy_as_sparse_adam_over_steps(device):
             ((emb(ids) - target) ** 2).sum().backward()
             opt.step()
     torch.testing.assert_close(table.weight, twin.weight)
+    for name in ("exp_avg", "exp_avg_sq"):  # eps plays no part in the moments
+        torch.testing.assert_close(ours.state[table.weight][name],
+                                   torch_sparse.state[twin.weight][name])
 
 
 def test_update_is_adams_not_sparse_adams(device):
@@ -153,46 +192,73 @@ def test_optimizer_rejects_dense_gradients():
 # ------------------------------------------------------------------------------------ bad input
 
 
-def test_row_out_of_range_names_rows():
+@pytest.mark.parametrize("row, shown", [(11, "[0, 11]"), (-1, "[-1, 10]")])
+def test_row_out_of_range_names_rows(row, shown):
     weight, m, v, rows, grad = make_case("cpu")
-    with pytest.raises(IndexError, match=r"rows must lie in \[0, 11\)"):
-        ops.row_sparse_adam_(weight, m, v, torch.tensor([0, 11, 4, 10]), grad, lr=0.1, step=1)
-    with pytest.raises(IndexError, match="rows"):
-        ops.row_sparse_adam_(weight, m, v, torch.tensor([0, -1, 4, 10]), grad, lr=0.1, step=1)
+    message = ("dmfx.row_sparse_adam_: rows must lie in [0, 11) (the rows of weight), got values "
+               f"in {shown}")
+    with pytest.raises(IndexError, match=f"^{re.escape(message)}$"):
+        ops.row_sparse_adam_(weight, m, v, torch.tensor([0, row, 4, 10]), grad, lr=0.1, step=1)
 
 
 def test_out_of_range_rows_are_skipped_without_validation():
+    """Rows 11 and -3 (not counted from the end) are skipped; rows 0 and 10 update as the
+    reference updates them alone, moments included, and every other row keeps its state."""
     weight, m, v, rows, grad = make_case("cpu")
-    before = weight.clone()
+    before = [t.clone() for t in (weight, m, v)]
     ops.row_sparse_adam_(weight, m, v, torch.tensor([0, 11, -3, 10]), grad, lr=0.1, step=1,
                          validate=False)
-    assert torch.equal(weight[1:10], before[1:10]) and not torch.equal(weight[0], before[0])
+    ref = [t.clone() for t in before]
+    reference.row_sparse_adam_(*ref, torch.tensor([0, 10]), grad[[0, 3]], lr=0.1, step=1)
+    for got, want, old in zip((weight, m, v), ref, before):
+        torch.testing.assert_close(got, want)
+        assert torch.equal(got[1:10], old[1:10])
+        assert not torch.equal(got[10], old[10]) and not torch.equal(got[0], old[0])
 
 
 def test_repeated_rows_name_rows():
     weight, m, v, rows, grad = make_case("cpu")
-    with pytest.raises(ValueError, match="rows must be distinct"):
+    message = ("dmfx.row_sparse_adam_: rows must be distinct (a coalesced row-sparse gradient), "
+               "got 1 repeated entries")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         ops.row_sparse_adam_(weight, m, v, torch.tensor([0, 3, 3, 10]), grad, lr=0.1, step=1)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: dict(s, exp_avg=s["exp_avg"][:5]), "exp_avg must have the shape of weight"),
-    (lambda s: dict(s, exp_avg_sq=s["exp_avg_sq"].float()), "exp_avg_sq"),
-    (lambda s: dict(s, grad_rows=s["grad_rows"][:, :3]), "grad_rows must have shape"),
-    (lambda s: dict(s, weight=s["weight"].t().contiguous().t()), "weight must be contiguous"),
-    (lambda s: dict(s, rows=s["rows"].float()), "rows must be an int32 or int64"),
-    (lambda s: dict(s, step=0), "step must be >= 1"),
-    (lambda s: dict(s, beta2=1.0), "beta1 and beta2"),
-    (lambda s: dict(s, eps=0.0), "eps must be > 0"),
+def column_major(t):
+    return t.t().contiguous().t()
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda s: dict(s, exp_avg=s["exp_avg"][:5]), ValueError,
+     "exp_avg must have the shape of weight [11, 7], got [5, 7]"),
+    (lambda s: dict(s, exp_avg_sq=s["exp_avg_sq"].float()), TypeError,
+     "exp_avg_sq (Float) must have the dtype of weight (Double)"),
+    (lambda s: dict(s, grad_rows=s["grad_rows"][:, :3]), ValueError,
+     "grad_rows must have shape [4, 7] (one row per entry of rows), got [4, 3]"),
+    (lambda s: dict(s, weight=column_major(s["weight"])), ValueError,
+     "weight must be contiguous (it is updated in place)"),
+    (lambda s: dict(s, exp_avg=column_major(s["exp_avg"])), ValueError,
+     "exp_avg must be contiguous (it is updated in place)"),
+    (lambda s: dict(s, exp_avg_sq=column_major(s["exp_avg_sq"])), ValueError,
+     "exp_avg_sq must be contiguous (it is updated in place)"),
+    (lambda s: dict(s, rows=s["rows"].float()), TypeError,
+     "rows must be an int32 or int64 tensor, got Float"),
+    (lambda s: dict(s, step=0), ValueError,
+     "step must be >= 1 (the count including this update), got 0"),
+    (lambda s: dict(s, beta2=1.0), ValueError, "beta1 and beta2 must lie in [0, 1), got 0.9 and 1"),
+    (lambda s: dict(s, eps=0.0), ValueError, "eps must be > 0, got 0"),
 ])
-def test_argument_errors_name_the_argument(change, message):
+def test_argument_errors_name_the_argument(change, error, message):
     weight, m, v, rows, grad = make_case("cpu")
     args = change(dict(weight=weight, exp_avg=m, exp_avg_sq=v, rows=rows, grad_rows=grad,
                        lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, step=1))
-    with pytest.raises((ValueError, TypeError, IndexError), match=message):
+    before = [t.clone() for t in (args["weight"], args["exp_avg"], args["exp_avg_sq"])]
+    with pytest.raises(error, match=f"^{re.escape('dmfx.row_sparse_adam_: ' + message)}$"):
         ops.row_sparse_adam_(args["weight"], args["exp_avg"], args["exp_avg_sq"], args["rows"],
                              args["grad_rows"], lr=args["lr"], beta1=args["beta1"],
                              beta2=args["beta2"], eps=args["eps"], step=args["step"])
+    for t, b in zip((args["weight"], args["exp_avg"], args["exp_avg_sq"]), before):
+        assert torch.equal(t, b)  # refused before anything is written
 
 
 @pytest.mark.parametrize("alias", ["weight=exp_avg", "exp_avg=exp_avg_sq", "weight=exp_avg_sq",

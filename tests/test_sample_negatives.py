@@ -1,4 +1,6 @@
 """sample_negatives: never a positive, in range, uniform, reproducible, and its errors."""
+import re
+
 import pytest
 import torch
 from scipy import stats
@@ -15,6 +17,19 @@ def sample(csr, users, num_negatives=5, **kwargs):
 
 def positives_of(csr, user):
     return set(csr.indices[csr.indptr[user]:csr.indptr[user + 1]].tolist())
+
+
+def assert_valid(csr, users, out):
+    """Every sample an item in range that its user has not interacted with."""
+    assert int(out.min()) >= 0 and int(out.max()) < csr.num_cols
+    for b, user in enumerate(users.tolist()):
+        assert not positives_of(csr, user) & set(out[b].tolist())
+
+
+def every_other(t):
+    """``t`` as a strided view: every other element of a longer tensor, whose elements between
+    hold -1 (a bad id), so a kernel that ignores the stride reads them."""
+    return torch.stack([t, torch.full_like(t, -1)], 1).view(-1)[::2]
 
 
 @pytest.fixture
@@ -78,16 +93,60 @@ def test_reproducible_from_a_seed_and_from_the_global_seed(case):
     csr, users = case
     assert torch.equal(sample(csr, users, seed=42), sample(csr, users, seed=42))
     assert not torch.equal(sample(csr, users, seed=42), sample(csr, users, seed=43))
-    torch.manual_seed(7)
-    first = sample(csr, users, seed=None)
-    second = sample(csr, users, seed=None)
-    torch.manual_seed(7)
-    assert torch.equal(first, sample(csr, users, seed=None))
+    with torch.random.fork_rng():  # the global seed of later tests stays theirs
+        torch.manual_seed(7)
+        first = sample(csr, users, seed=None)
+        second = sample(csr, users, seed=None)
+        torch.manual_seed(7)
+        assert torch.equal(first, sample(csr, users, seed=None))
     assert not torch.equal(first, second)
     gen = torch.Generator().manual_seed(3)
     a = sample(csr, users, seed=None, generator=gen)
     gen.manual_seed(3)
     assert torch.equal(a, sample(csr, users, seed=None, generator=gen))
+
+
+def test_strided_inputs_draw_what_contiguous_ones_draw(case):
+    """users, indptr and indices as strided views give the samples of contiguous copies for
+    the same seed: the kernel reads through the strides, never the -1 between."""
+    csr, users = case
+    strided = csr._replace(indptr=every_other(csr.indptr), indices=every_other(csr.indices))
+    users_strided = every_other(users)
+    assert not any(t.is_contiguous() for t in (strided.indptr, strided.indices, users_strided))
+    out = sample(strided, users_strided, seed=8)
+    assert torch.equal(out, sample(csr, users, seed=8))
+    assert_valid(csr, users, out)
+
+
+@pytest.mark.parametrize("csr_dtype, users_dtype", [(torch.int64, torch.int32),
+                                                     (torch.int32, torch.int64)],
+                         ids=["int64_csr-int32_users", "int32_csr-int64_users"])
+def test_users_index_dtype_need_not_be_the_csrs(device, csr_dtype, users_dtype):
+    """users has its own index dtype, either way round: the same samples as with one dtype."""
+    csr = random_csr(30, 25, density=0.4, seed=4, index_dtype=csr_dtype, device=device)
+    users = torch.tensor([u for u in range(30) if u != 3] * 2, device=device)
+    out = sample(csr, users.to(users_dtype), seed=6)
+    assert torch.equal(out, sample(csr, users.to(csr_dtype), seed=6))
+    assert_valid(csr, users, out)
+
+
+def test_a_user_with_one_free_item_always_gets_it(device, index_dtype):
+    """The rank-to-item search at its narrowest: one free item, anywhere in the row (first,
+    last, inside), drawn every time, by the kernel as by the reference."""
+    g = torch.Generator().manual_seed(13)
+    num_items = 37
+    free = [0, num_items - 1, int(torch.randint(1, num_items - 1, (1,), generator=g))]
+    rows = [[i for i in range(num_items) if i != f] for f in free]
+    indptr = torch.tensor([0] + [len(r) * (k + 1) for k, r in enumerate(rows)])
+    indices = torch.tensor([i for r in rows for i in r])
+    indptr, indices = (t.to(index_dtype).to(device) for t in (indptr, indices))
+    users = torch.tensor([0, 1, 2, 2, 1, 0], dtype=index_dtype, device=device)
+    expected = torch.tensor(free, device=device)[users.long()].unsqueeze(1).expand(-1, 50)
+    out = ops.sample_negatives(indptr, indices, users, num_items, 50, seed=14)
+    assert torch.equal(out, expected)
+    ref = reference.sample_negatives(indptr, indices, users, num_items, 50,
+                                     generator=torch.Generator(device=device).manual_seed(14))
+    assert torch.equal(ref, expected)
 
 
 def test_sample_depends_only_on_its_slot(case):
@@ -172,6 +231,21 @@ def test_user_with_every_item_raises(case):
     assert (out[1] == -1).all() and (out[0] >= 0).all()
 
 
+@pytest.mark.parametrize("user", [30, 10**6, -1, -30])
+def test_user_outside_the_csr_gets_minus_one_without_validation(case, user):
+    """As the docstring promises: -1 for a user id outside the CSR (past its end, or negative:
+    not counted from the end), while the other users of the batch draw as they would."""
+    csr, users = case
+    bad = users[:6].clone()
+    bad[2] = user
+    with pytest.raises(IndexError, match=rf"users\[2\] = {user} is out of range"):
+        sample(csr, bad)
+    out = sample(csr, bad, validate=False)
+    assert (out[2] == -1).all()
+    kept = [0, 1, 3, 4, 5]
+    assert torch.equal(out[kept], sample(csr, users[:6])[kept])
+
+
 def test_unsorted_row_raises(case):
     csr, users = case
     indices = csr.indices.clone()
@@ -179,6 +253,19 @@ def test_unsorted_row_raises(case):
     indices[begin:end] = indices[begin:end].flip(0)
     with pytest.raises(ValueError, match="indices of CSR row 5 are not strictly ascending"):
         sample(csr._replace(indices=indices), users)
+
+
+def test_repeated_ids_in_a_row_raise(device, index_dtype):
+    """Strictly ascending means no repeats either: the kernel refuses the row the reference
+    accepts (test_the_reference_refuses_what_would_make_it_loop_forever), naming the entry."""
+    indptr, indices = (torch.tensor(t, dtype=index_dtype, device=device)
+                       for t in ([0, 2, 5], [1, 3, 0, 2, 2]))
+    message = ("dmfx.sample_negatives: indices of CSR row 1 are not strictly ascending (at "
+               "indices[4]); sort the columns of each row (dmfx.data builds them sorted)")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ops.sample_negatives(indptr, indices, torch.tensor([0, 1], device=device), 5, 3, seed=0)
+    out = reference.sample_negatives(indptr, indices, torch.tensor([1], device=device), 5, 40)
+    assert set(out.flatten().tolist()) <= {1, 3, 4}
 
 
 def test_out_of_range_ids_raise(case):
@@ -206,7 +293,11 @@ def test_argument_errors(case):
     for seed in (2**63, -2**63 - 1):  # random.getrandbits(64), say: torch's error named no seed
         with pytest.raises(ValueError, match=r"seed must lie in the int64 range .*, got "):
             sample(csr, users, seed=seed)
-    assert sample(csr, users, seed=2**63 - 1).shape == sample(csr, users, seed=-2**63).shape
+    # The extreme seeds themselves are taken, and each gives its own valid samples.
+    top, bottom = sample(csr, users, seed=2**63 - 1), sample(csr, users, seed=-2**63)
+    assert_valid(csr, users, top)
+    assert_valid(csr, users, bottom)
+    assert not torch.equal(top, bottom)
     with pytest.raises(ValueError, match=r"indptr\[30\] = \d+ but must be"):
         sample(csr._replace(indices=csr.indices[:-1]), users)
 

@@ -119,16 +119,34 @@ def test_backward_ops_opcheck(device):
     )
 
 
+def every_other(t):
+    """``t`` as a strided view: every other element of a longer tensor, whose elements between
+    hold -1 (a bad id, a wrong value), so a kernel that ignores the stride reads them."""
+    return torch.stack([t, torch.full_like(t, -1)], 1).view(-1)[::2]
+
+
 def test_non_contiguous_inputs(device, index_dtype):
+    """Every input may be a strided view, the upstream gradient of the backward included: the
+    kernels read through the strides (or copy), forward and both gradients."""
     csr, rows, weight = make_case(device, index_dtype, width=8)
-    weight_t = weight.t().contiguous().t()  # column-major view
-    rows_strided = torch.stack([rows, rows], 1)[:, 0]
-    values_strided = torch.stack([csr.values, csr.values], 1)[:, 1]
-    assert not (weight_t.is_contiguous() or rows_strided.is_contiguous()
-                or values_strided.is_contiguous())
-    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, values_strided, rows_strided, weight_t)
-    ref = reference.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows, weight)
+    weight_t = weight.t().contiguous().t().requires_grad_()  # column-major leaf
+    rows_strided = every_other(rows)
+    values_strided = every_other(csr.values).requires_grad_()
+    indptr_strided, indices_strided = every_other(csr.indptr), every_other(csr.indices)
+    g = torch.Generator().manual_seed(2)
+    grad = torch.randn(8, rows.numel(), generator=g, dtype=weight.dtype).to(device).t()
+    assert not any(t.is_contiguous() for t in (weight_t, rows_strided, values_strided,
+                                                indptr_strided, indices_strided, grad))
+    out = ops.sparse_rows_matmul(indptr_strided, indices_strided, values_strided, rows_strided,
+                                 weight_t)
+    ref_values = csr.values.clone().requires_grad_()
+    ref_weight = weight.clone().requires_grad_()
+    ref = reference.sparse_rows_matmul(csr.indptr, csr.indices, ref_values, rows, ref_weight)
     torch.testing.assert_close(out, ref)
+    out.backward(grad)
+    ref.backward(grad.contiguous())
+    torch.testing.assert_close(weight_t.grad, ref_weight.grad)
+    torch.testing.assert_close(values_strided.grad, ref_values.grad)
 
 
 def test_mixed_index_dtypes_for_rows(device):
@@ -138,12 +156,41 @@ def test_mixed_index_dtypes_for_rows(device):
     torch.testing.assert_close(out32, out64)
 
 
+@pytest.mark.parametrize("csr_dtype, rows_dtype", [(torch.int32, torch.int64),
+                                                    (torch.int64, torch.int32)],
+                         ids=["int32_csr-int64_rows", "int64_csr-int32_rows"])
+def test_rows_index_dtype_need_not_be_the_csrs(device, csr_dtype, rows_dtype):
+    """rows has its own index dtype, either way round: forward and both gradients."""
+    csr, rows, weight = make_case(device, csr_dtype, width=5, seed=11)
+    rows = rows.to(rows_dtype)
+    values = csr.values.clone().requires_grad_()
+    weight.requires_grad_()
+    out = ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows, weight)
+    ref_values = values.detach().clone().requires_grad_()
+    ref_weight = weight.detach().clone().requires_grad_()
+    ref = reference.sparse_rows_matmul(csr.indptr.long(), csr.indices.long(), ref_values,
+                                       rows.long(), ref_weight)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(12),
+                       dtype=out.dtype).to(device)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(weight.grad, ref_weight.grad)
+    torch.testing.assert_close(values.grad, ref_values.grad)
+
+
 def test_batch_of_one_and_empty_batch(device):
     csr, rows, weight = make_case(device, torch.int64)
     one = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows[3:4], weight)
     torch.testing.assert_close(one[0], csr.dense().to(device)[3] @ weight)
-    empty = ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows[:0], weight)
+    values = csr.values.clone().requires_grad_()
+    weight.requires_grad_()
+    empty = ops.sparse_rows_matmul(csr.indptr, csr.indices, values, rows[:0], weight)
     assert empty.shape == (0, weight.shape[1])
+    # The dense backward of an empty batch: gradients of zeros, in the inputs' shapes and dtype.
+    empty.backward(torch.empty_like(empty))
+    torch.testing.assert_close(weight.grad, torch.zeros_like(weight), rtol=0, atol=0)
+    torch.testing.assert_close(values.grad, torch.zeros_like(values), rtol=0, atol=0)
 
 
 def test_matrix_without_entries(device):
@@ -460,7 +507,14 @@ def test_sparse_grad_of_values_and_empty_batch(device):
     ops.sparse_rows_matmul(csr.indptr, csr.indices, csr.values, rows[:0], w,
                            sparse_grad=True).sum().backward()
     assert w.grad.layout == torch.sparse_coo and w.grad._nnz() == 0
-    assert out.shape == (rows.numel(), 5)
+    ref_values = csr.values.clone().requires_grad_()
+    ref = reference.sparse_rows_matmul(csr.indptr, csr.indices, ref_values, rows, weight)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4),
+                       dtype=out.dtype).to(device)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(values.grad, ref_values.grad)
 
 
 # ------------------------------------------------------------- which error, when there are several
@@ -588,8 +642,13 @@ def test_cuda_gradients_are_bitwise_reproducible(deterministic):
                 assert torch.equal(got, want)
     finally:
         torch.use_deterministic_algorithms(was)
-    ref = [t.cpu().double() if t.is_floating_point() else t.cpu() for t in args]
-    for got, want in zip(first, gradients(*ref)):
+    # Against the float64 reference: float32 sums of thousands of terms agree to rounding.
+    indptr, indices, values, rows, weight, grad = (t.cpu() for t in args)
+    ref_values = values.double().requires_grad_()
+    ref_weight = weight.double().requires_grad_()
+    reference.sparse_rows_matmul(indptr, indices, ref_values, rows, ref_weight).backward(
+        grad.double())
+    for got, want in zip(first, (ref_values.grad, ref_weight.grad)):
         torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-4)
 
 
