@@ -32,14 +32,13 @@ from pathlib import Path
 import torch
 
 import dmfx
+from dmfx.bench import device_name
 from dmfx.integrations.recbole import DmfxDMF, load_best_model, make_config
 from dmfx.provenance import environment
 
 import recbole
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_seed
-
-from .harness import device_name
 
 MODELS = {"RecBole DMF": "DMF", "dmfx DmfxDMF": DmfxDMF}
 METRICS = ("hit@10", "ndcg@10")

@@ -1,7 +1,8 @@
 // The dmfx operator library: every schema in one place. Each op registers one kernel per device
 // with the dispatcher: CPU in csrc/cpu/<op>_op.cpp, CUDA in csrc/cuda/<op>_op.cpp (CUDA builds
-// only); its device-independent autograd and autocast wrappers in csrc/<op>.cpp; its fake (meta)
-// kernel from Python (dmfx/ops.py).
+// only); the differentiable ones their autograd and autocast wrappers in csrc/<op>.cpp
+// (row_sparse_adam_, in place, its ADInplaceOrView and autograd registrations there); every op
+// its fake (meta) kernel from Python (dmfx/ops.py).
 #include <Python.h>
 #include <ATen/core/stack.h>
 #include <torch/library.h>

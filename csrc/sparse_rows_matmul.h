@@ -66,10 +66,6 @@ inline void check_backward_values(const Args& a, const at::Tensor& weight,
 using ForwardFn = at::Tensor(const at::Tensor& indptr, const at::Tensor& indices,
                              const c10::optional<at::Tensor>& values, const at::Tensor& rows,
                              const at::Tensor& weight, bool validate);
-using BackwardWeightFn = at::Tensor(const at::Tensor& indptr, const at::Tensor& indices,
-                                    const c10::optional<at::Tensor>& values,
-                                    const at::Tensor& rows, const at::Tensor& grad_out,
-                                    int64_t num_weight_rows, bool validate);
 using BackwardValuesFn = at::Tensor(const at::Tensor& indptr, const at::Tensor& indices,
                                     const at::Tensor& rows, const at::Tensor& weight,
                                     const at::Tensor& grad_out, bool validate);

@@ -914,7 +914,7 @@ def cmd_models(args) -> int:
 def cmd_datasets(args) -> int:
     for name, spec in DATASETS.items():
         where = "bundled" if spec.bundled else spec.url
-        print(f"{name}\t{where}")
+        print(f"{name}\t{where}\n    {spec.description}")
     print("synthetic:UxIxN\tgenerated: U users, I items, N power-law ratings (seed 0)")
     return 0
 

@@ -1,4 +1,6 @@
-"""The dmfx operators: the three hot spots of DMF as PyTorch custom ops.
+"""The dmfx operators as PyTorch custom ops: DMF's three hot spots (the first layer's sparse
+products, the fused cosine + mu-clamp + nce loss, the negative sampler), EINMF's hybrid loss and
+the row-wise Adam step of sparse first-layer gradients.
 
 Each op is registered in the ``torch.ops.dmfx`` namespace by the C++ extension, one kernel per
 device (CPU always; CUDA where built: a build without CUDA kernels raises ``NotImplementedError``

@@ -212,3 +212,33 @@ def test_a_negative_seed_is_refused_by_argparse(capsys):
         main(["bench", *TINY, "--seed", "-1"])
     assert exit.value.code == 2
     assert "argument --seed: a seed must lie in [0, 2**63), got -1" in capsys.readouterr().err
+
+
+def test_every_name_the_benchmark_scripts_import_from_the_project_exists():
+    """The scripts of benchmarks/ run by hand (some need RecBole or a GPU), so no test runs
+    them: an import of a name that moved would only fail there. Checked without running them."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    checked = 0
+    for script in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:  # from .harness import ...
+                module = "benchmarks" + (f".{node.module}" if node.module else "")
+            elif (node.module or "").split(".")[0] == "dmfx":
+                module = node.module
+            else:
+                continue
+            try:
+                imported = importlib.import_module(module)
+            except ImportError:  # dmfx.integrations.recbole outside RecBole's environment
+                continue
+            for alias in node.names:
+                assert hasattr(imported, alias.name) or alias.name == "*", \
+                    f"{script.name}: {module} has no {alias.name}"
+                checked += 1
+    assert checked > 20

@@ -183,7 +183,9 @@ def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
     # a peak never falls, and it covers at least what this process holds now (torch alone: >50 MB)
     assert peaks == sorted(peaks) and 50 < peaks[-1] <= peak_memory_mb(torch.device("cpu"))
     assert "hr@10" in metrics["test"]
-    assert main(["datasets"]) == 0 and "synthetic:UxIxN" in capsys.readouterr().out
+    assert main(["datasets"]) == 0
+    listed = capsys.readouterr().out
+    assert "synthetic:UxIxN" in listed and "MovieLens 100K: 943 users" in listed
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -65,7 +65,8 @@ _BLOCK = 1 << 20
 class Dataset:
     """One registry entry.
 
-    ``url`` is the download; ``member`` the ratings file inside it when it is
+    ``url`` is the download; ``description`` what the data holds (``dmfx
+    datasets`` prints it); ``member`` the ratings file inside it when it is
     a zip archive; ``reader`` parses the ratings file; ``min_user`` /
     ``min_item`` the k-core filter applied after reading (0 = none);
     ``bundled`` names a copy shipped in ``dmfx/data/bundled``.

@@ -79,7 +79,7 @@ class ALSEpochs:
     itself (the trainer's epochs and patience decide). It holds no state of its own: each
     epoch starts from the model's factors, so a restored checkpoint resumes exactly."""
 
-    def __init__(self, model: "EALS", split, config=None):
+    def __init__(self, model: "EALS", split):
         train = split.train
         if (train.num_users, train.num_items) != (model.num_users, model.num_items):
             raise ValueError(f"train has {train.num_users} users x {train.num_items} items, the "
@@ -171,7 +171,7 @@ class EALS(Recommender):
             torch.empty(self.num_items, self.factors).normal_(0.0, INIT_STD), requires_grad=False)
 
     def epoch_runner(self, split, config):
-        return ALSEpochs(self, split, config)
+        return ALSEpochs(self, split)
 
     @torch.no_grad()
     def scorer(self) -> VectorScorer:
