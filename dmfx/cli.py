@@ -147,6 +147,12 @@ def _add_per_user_arg(g) -> None:
                         "ranking the items the user did not train on (unseen) or every item (all)")
 
 
+def _protocol_text(args) -> str:
+    """The protocol as ``--protocol`` spells it, the default filled in."""
+    kind, count = _protocol(args)
+    return f"sampled:{count}" if kind == "sampled" else kind
+
+
 def _protocol(args) -> tuple[str, int]:
     """``(kind, sampled items)`` of ``--protocol`` or its older spelling ``--eval-negatives``."""
     if getattr(args, "full_ranking", False):
@@ -763,7 +769,8 @@ def _load(args):
 
 # Flags that say where and how a run is shown, not what it computes, and --full-ranking, the
 # other spelling of no-full-ranking (it would be saved inverted): left out of config.toml.
-_NOT_SAVED = ("output", "resume", "quiet", "full-ranking")
+# eval-negatives: the older spelling of the protocol, which is saved as --protocol.
+_NOT_SAVED = ("output", "resume", "quiet", "full-ranking", "eval-negatives")
 
 
 def _settings(args, device, name: str, params: dict, spec: DataSpec, config: TrainConfig) -> dict:
@@ -777,7 +784,7 @@ def _settings(args, device, name: str, params: dict, spec: DataSpec, config: Tra
                     for flag, (field_name, _, _) in TRAIN_FLAGS.items()
                     if field_name in TRAINERS[model_spec.trainer]},
                  "model": name, "dataset": spec.dataset, "data": spec.data, "device": str(device),
-                 "threads": torch.get_num_threads()}
+                 "threads": torch.get_num_threads(), "protocol": _protocol_text(args)}
     settings = {}
     for key, action in options(args.parser).items():
         if key in _NOT_SAVED:

@@ -1146,7 +1146,8 @@ def add_parser(sub, add_data_args: Callable) -> None:
                    help="run only these tables (keys as in the output: table2, figure2, ...)")
     p.add_argument("--readme", default=None,
                    help="also replace this file's block <!-- reproduce:EXPERIMENT:DATASET --> "
-                        "... <!-- /reproduce:EXPERIMENT:DATASET --> by the report")
+                        "... <!-- /reproduce:EXPERIMENT:DATASET --> by the report (every table: "
+                        "not with --only)")
     p.add_argument("--figures-dir", default=None,
                    help="where --readme copies the figures (default: docs/ beside the file)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1158,6 +1159,9 @@ def cmd_reproduce(args) -> int:
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.readme and args.only:
+        raise ValueError("--readme replaces the experiment's whole block, which would keep only "
+                         "the --only tables: run without --only (finished runs are reused)")
     if len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds repeats a seed: {args.seeds}")
     kind, negatives = _protocol(args)

@@ -172,6 +172,8 @@ def test_config_toml_holds_every_effective_setting(run, data_file):
     assert saved["activation"] == "eq6" and saved["sparse-grad"] is False
     assert (saved["epochs"], saved["lr"], saved["negatives"], saved["patience"]) == (2, 0.003, 7, 5)
     assert saved["device"] == AUTO_DEVICE and saved["threads"] >= 1
+    # the protocol at its effective value, in its current spelling (--eval-negatives 20 given)
+    assert saved["protocol"] == "sampled:20" and "eval-negatives" not in saved
     # nor the spelling --full-ranking of no-full-ranking = false (it would be saved inverted)
     assert not {"output", "resume", "quiet", "config", "neighbours", "factors",
                 "full-ranking"} & set(saved)
@@ -272,3 +274,13 @@ def test_no_full_ranking_reports_the_sampled_metrics_alone(data_file, tmp_path, 
     assert main(["train", "--data", str(data_file), "--output", str(tmp_path / "x"),
                  "--no-full-ranking", "--protocol", "full", "--quiet"]) == 2
     assert "--no-full-ranking leaves out" in capsys.readouterr().err
+
+
+def test_a_default_protocol_is_written_out():
+    """Left at its default, the protocol was not written: a later default would change what
+    the file means. (The run above gives it; its data is too small for the default's 100.)"""
+    from dmfx.cli import _protocol_text, parse_args
+
+    assert _protocol_text(parse_args(["train"])) == "sampled:100"
+    assert _protocol_text(parse_args(["train", "--eval-negatives", "7"])) == "sampled:7"
+    assert _protocol_text(parse_args(["train", "--protocol", "full"])) == "full"

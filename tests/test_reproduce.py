@@ -255,6 +255,14 @@ def test_a_bad_readme_is_refused_before_any_run(readme, data_file, tmp_path, cap
     assert not out.exists()
 
 
+def test_readme_refuses_only(data_file, tmp_path, capsys):
+    """--only with --readme replaced the whole block by the --only tables, losing the others."""
+    assert main(["reproduce", "dmf-paper", "--data", str(data_file), *QUICK, "--only", "table3",
+                 "--output", str(tmp_path / "out"), "--readme", str(tmp_path / "README.md")]) == 2
+    assert "--readme replaces the experiment's whole block" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_paper_values_and_the_full_grids():
     tables = {t.key: t for t in EXPERIMENTS["dmf-paper"].tables(False)}
     rows = {r.label: r for t in tables.values() for r in t.rows}
