@@ -119,6 +119,17 @@ def test_backward_ops_opcheck(device):
     )
 
 
+def assert_backward_matches(out, ref, leaves, seed):
+    """One random upstream gradient through ``out`` and its reference ``ref``: each (leaf,
+    reference leaf) of ``leaves`` then holds the same gradient."""
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                       dtype=out.dtype).to(out.device)
+    out.backward(grad)
+    ref.backward(grad)
+    for leaf, ref_leaf in leaves:
+        torch.testing.assert_close(leaf.grad, ref_leaf.grad)
+
+
 def every_other(t):
     """``t`` as a strided view: every other element of a longer tensor, whose elements between
     hold -1 (a bad id, a wrong value), so a kernel that ignores the stride reads them."""
@@ -171,12 +182,7 @@ def test_rows_index_dtype_need_not_be_the_csrs(device, csr_dtype, rows_dtype):
     ref = reference.sparse_rows_matmul(csr.indptr.long(), csr.indices.long(), ref_values,
                                        rows.long(), ref_weight)
     torch.testing.assert_close(out, ref)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(12),
-                       dtype=out.dtype).to(device)
-    out.backward(grad)
-    ref.backward(grad)
-    torch.testing.assert_close(weight.grad, ref_weight.grad)
-    torch.testing.assert_close(values.grad, ref_values.grad)
+    assert_backward_matches(out, ref, [(weight, ref_weight), (values, ref_values)], seed=12)
 
 
 def test_batch_of_one_and_empty_batch(device):
@@ -510,11 +516,7 @@ def test_sparse_grad_of_values_and_empty_batch(device):
     ref_values = csr.values.clone().requires_grad_()
     ref = reference.sparse_rows_matmul(csr.indptr, csr.indices, ref_values, rows, weight)
     torch.testing.assert_close(out, ref)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4),
-                       dtype=out.dtype).to(device)
-    out.backward(grad)
-    ref.backward(grad)
-    torch.testing.assert_close(values.grad, ref_values.grad)
+    assert_backward_matches(out, ref, [(values, ref_values)], seed=4)
 
 
 # ------------------------------------------------------------- which error, when there are several
