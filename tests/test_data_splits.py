@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmfx.data import Interactions, Split, leave_one_out, load_dataset, read_file, synthetic
+from dmfx.data import (DataFormatError, Interactions, Split, leave_one_out, load_dataset,
+                       ratio_split, read_file, synthetic)
 from dmfx.evaluate import evaluate
 from dmfx.models import build_model
 
@@ -326,3 +327,46 @@ def test_the_split_depends_on_row_order_only_where_documented() -> None:
         assert (held_out[0] == held_out[1]) == timed
     test = [pairs(x, s.test_users, s.test_items) for x in rows(True) for s in [ratio_split(x, seed=0)]]
     assert test[0] != test[1]
+
+
+def test_a_pair_stored_twice_is_refused_not_split_across_parts(tmp_path):
+    """The constructor does not check that pairs are unique: leave_one_out put one copy in
+    test and kept the other in train (trained on the test item)."""
+    twice = Interactions([0], [0, 1, 2, 3, 4], [0, 0, 0, 0], [0, 1, 2, 0], [1, 1, 1, 1],
+                         [1, 2, 3, 4])
+    for split in (lambda d: leave_one_out(d, num_negatives=1),
+                  lambda d: ratio_split(d, num_negatives=0)):
+        with pytest.raises(ValueError, match="user 0, item 0 occurs more than once"):
+            split(twice)
+    twice.save_npz(tmp_path / "twice.npz")
+    with pytest.raises(DataFormatError, match=r"twice\.npz: user 0, item 0 occurs more than once"):
+        Interactions.read_npz(tmp_path / "twice.npz")
+
+
+def test_ids_of_mixed_kinds_are_refused_not_merged():
+    """As text, the int 1 and the string '1' became one user and one of their rows was dropped."""
+    with pytest.raises(TypeError, match="users_raw must hold integers or strings, one kind for "
+                                        "all, got int, str"):
+        Interactions.from_arrays(np.array([1, "1", 2], dtype=object), [5, 6, 7], [1, 1, 1])
+    with pytest.raises(TypeError, match="got NoneType, float, str"):
+        Interactions.from_arrays(np.array(["a", None, 1.5], dtype=object), [5, 6, 7], [1, 1, 1])
+    ints = Interactions.from_arrays(np.array([3, 1], dtype=object), [5, 6], [1, 1])
+    assert ints.user_ids.dtype == np.int64 and ints.user_ids.tolist() == [1, 3]
+    text = Interactions.from_arrays(np.array(["b", "a"], dtype=object), np.array([b"x", b"\xc3\xa9"]), [1, 1])
+    assert text.item_ids.tolist() == ["x", "é"]
+    with pytest.raises(ValueError, match="items_raw holds bytes that are not UTF-8"):
+        Interactions.from_arrays([1], np.array([b"\xff"]), [1])
+    with pytest.raises(ValueError, match=r"timestamps differ in length \(3, 3, 3, 2\)"):
+        Interactions.from_arrays([1, 2, 3], [1, 2, 3], [1, 1, 1], [5, 6])
+
+
+def test_string_ids_stay_strings_when_a_filter_leaves_none():
+    empty = Interactions.from_arrays(np.array([], dtype=str), np.array([], dtype=str), [])
+    assert empty.user_ids.dtype.kind == "U" and empty.item_ids.dtype.kind == "U"
+
+
+def test_a_part_rounded_to_nothing_is_named():
+    data = Interactions.from_arrays([0] * 5, [0, 1, 2, 3, 4], [1] * 5)  # 4.0 and 4.5 round to 4
+    with pytest.raises(ValueError, match="no interaction is left for validation: 5 interactions "
+                                         "are too few"):
+        ratio_split(data, (0.8, 0.1, 0.1), num_negatives=0)

@@ -58,12 +58,26 @@ def _as_id_array(raw: object, what: str) -> np.ndarray:
     if arr.size and arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{what} holds ids above 2**63 - 1 ({arr.max()}), which int64 ids "
                          "cannot hold: pass them as strings")
-    if arr.size == 0 or arr.dtype.kind in "iu":
+    if arr.dtype.kind in "iu" or (arr.size == 0 and arr.dtype.kind not in "USO"):
         return arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "U":
         return arr
-    if arr.dtype.kind in "OS":
-        return arr.astype(str)
+    if arr.dtype.kind == "S":
+        try:
+            return np.char.decode(arr, "utf-8") if arr.size else arr.astype(str)
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} holds bytes that are not UTF-8 text") from None
+    if arr.dtype.kind == "O":
+        # One kind of id: as text, the int 1 and the string "1" would become one id.
+        kinds = {"str" if isinstance(x, str) else "int"
+                 if isinstance(x, (int, np.integer)) and not isinstance(x, bool) else
+                 type(x).__name__ for x in arr.tolist()}
+        if kinds <= {"str"}:
+            return arr.astype(str)
+        if kinds == {"int"}:
+            return _as_id_array(np.array(arr.tolist()), what)
+        raise TypeError(f"{what} must hold integers or strings, one kind for all, got "
+                        f"{', '.join(sorted(kinds))}")
     raise TypeError(f"{what} must hold integers or strings, got dtype {arr.dtype}")
 
 
@@ -219,10 +233,12 @@ class Interactions:
         items = items.reshape(-1).astype(np.int64, copy=False)
         rat = np.asarray(ratings, dtype=np.float32).reshape(-1)
         ts = None if timestamps is None else _as_index_array(timestamps, "timestamps")
-        if len(items) != len(users) or len(rat) != len(users):
+        if len(items) != len(users) or len(rat) != len(users) or \
+                (ts is not None and len(ts) != len(users)):
             raise ValueError(
-                f"users_raw, items_raw and ratings differ in length "
-                f"({len(users)}, {len(items)}, {len(rat)})"
+                f"users_raw, items_raw, ratings{'' if ts is None else ' and timestamps'} differ "
+                f"in length ({len(users)}, {len(items)}, {len(rat)}"
+                f"{'' if ts is None else f', {len(ts)}'})"
             )
         return cls._latest(user_ids, item_ids, users, items, rat, ts)
 
@@ -436,6 +452,19 @@ class Interactions:
         return as_csr(self.to_scipy(values, transpose), device=device, index_dtype=index_dtype,
                       name="interactions")
 
+    def check_unique_pairs(self) -> None:
+        """Raises ``ValueError`` where a (user, item) pair occurs more than once, which the
+        constructor does not check (it would sort every pair); the splitters do, since a pair
+        held out and also left in train would be trained on."""
+        keys = np.sort(self.users * self.num_items + self.items)
+        again = np.flatnonzero(keys[1:] == keys[:-1])
+        if len(again):
+            key = int(keys[again[0]])
+            raise ValueError(
+                f"user {self.user_ids[key // self.num_items].item()!r}, item "
+                f"{self.item_ids[key % self.num_items].item()!r} occurs more than once; build "
+                "the interactions with Interactions.from_arrays, which keeps the latest")
+
     def select(self, mask: np.ndarray) -> Interactions:
         """The interactions where the boolean ``mask`` is True, with the same id maps.
 
@@ -498,7 +527,7 @@ class Interactions:
                 f"Interactions.save_npz), missing {', '.join(missing)}"
             )
         try:
-            return cls(
+            data = cls(
                 arrays["user_ids"],
                 arrays["item_ids"],
                 arrays["users"],
@@ -506,6 +535,8 @@ class Interactions:
                 arrays["ratings"],
                 arrays.get("timestamps"),
             )
+            data.check_unique_pairs()  # a file of another tool's may repeat one
+            return data
         except (TypeError, ValueError) as exc:
             raise DataFormatError(f"{name}: {exc}") from exc
 

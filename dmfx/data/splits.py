@@ -192,7 +192,8 @@ def leave_one_out(
       chosen uniformly at random.
     * Users with fewer than ``min_interactions`` interactions (default 3: one
       each for train, validation and test) stay entirely in ``train`` and are
-      not evaluated.  Data where no user has that many is an error, as
+      not evaluated; a lower value (2 with ``valid``, 1 without) also evaluates
+      users left with no training interaction (cold users).  Data where no user has that many is an error, as
       there would be nothing to evaluate.
     * Negatives: for every evaluated user, ``num_negatives`` distinct items
       the user never interacted with in any split, drawn independently for
@@ -211,6 +212,7 @@ def leave_one_out(
     """
     if num_negatives < 0:
         raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    interactions.check_unique_pairs()
     lowest = 2 if valid else 1
     if min_interactions < lowest:
         raise ValueError(f"min_interactions must be >= {lowest} when valid={valid}, got {min_interactions}")
@@ -296,6 +298,7 @@ def ratio_split(
                          f"train and test above 0, got {tuple(ratios)}")
     if num_negatives < 0:
         raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    interactions.check_unique_pairs()
     n, users, items = interactions.nnz, interactions.users, interactions.items
     num_items = interactions.num_items
     split_stream, keep_stream, valid_stream, test_stream = (
@@ -310,9 +313,11 @@ def ratio_split(
     lacking = keep_stream.permutation(np.flatnonzero(in_train[users] == 0))
     _, first = np.unique(users[lacking], return_index=True)  # one at random per such user
     part[lacking[first]] = 0
-    if not np.any(part == 2):
-        raise ValueError(f"no interaction is left for testing: {n} interactions are too few for "
-                         f"ratios {tuple(ratios)} once every user keeps one in train")
+    for code, name in ((2, "test"), (1, "validation")):
+        if not np.any(part == code) and shares[code] > 0:
+            raise ValueError(f"no interaction is left for {name}: {n} interactions are too few "
+                             f"for ratios {tuple(ratios)} (shares are rounded to whole "
+                             "interactions, and every user keeps one in train)")
     evaluated = np.unique(users[part != 0])
     _check_unseen(interactions, evaluated, counts, num_negatives)
     seen_keys = np.sort(users * num_items + items)
