@@ -109,7 +109,8 @@ dist-check: $(DEPS_STAMP)
 # it for an older release that accepts more setuptools versions.
 $(RECBOLE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(RECBOLE_VENV)
-	$(RECBOLE_PY) -m pip install "$(TORCH_SPEC)" "setuptools>=77,<81" wheel
+	$(RECBOLE_PY) -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(RECBOLE_PY) -m pip install "setuptools>=77,<81" wheel
 	DMFX_SKIP_EXTENSION=1 $(RECBOLE_PY) -m pip install --no-build-isolation -e ".[recbole,test]" \
 		"torch==$$($(RECBOLE_PY) -c 'import torch; print(torch.__version__)')"
 	touch $@
