@@ -18,7 +18,11 @@ Same model, same numbers:
   ``BCEWithLogitsLoss(score, label / max_rating)``. :func:`dmfx.ops.cosine_nce_loss` would change
   the model, so RecBole's semantics are kept, computed by dmfx's fused
   :func:`dmfx.ops.hybrid_bce_loss` with ``eta = 1``, which is exactly binary cross-entropy with
-  logits against one target (mean over the batch).
+  logits against one target (mean over the batch). Two differences remain: the fused loss
+  refuses a target outside [0, 1] (``inter_matrix_type: rating`` with negative ratings, which
+  RecBole trains on silently), and under ``enable_amp`` the first layers and the loss run in
+  float32 (dmfx's ops under autocast) where RecBole's run in half precision, so AMP runs give
+  other numbers.
 * Checkpoints: the first layers' ``weight`` is stored ``[in_features, out_features]``
   (SparseRowLinear's layout); ``DmfxDMF.load_state_dict`` also takes a RecBole DMF state dict
   (``nn.Linear``'s ``[out, in]`` is transposed on load), so a trained RecBole DMF converts
