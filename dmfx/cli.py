@@ -947,14 +947,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _not_overridden(flags: list, argv: list, given: argparse.Namespace) -> list:
     """The ``--name=value`` flags of a --config file, less those that flags of the command line
     ``argv`` (parsed as ``given``) replace beyond their own name: ``--data`` alone replaces
-    the file's ``--dataset`` too (and ``--dataset`` alone its ``--data``), and ``--model``
-    the file model's own parameters and a loss the new model does not train with."""
+    the file's ``--dataset`` too (and ``--dataset`` alone its ``--data``), either of them its
+    ``--sep``, ``--eval-negatives`` its ``--protocol``, and ``--model`` the file model's own
+    parameters and a loss the new model does not train with."""
     typed = {token[2:].split("=", 1)[0] for token in argv if token.startswith("--")}
     moot = set()
     if "data" in typed and "dataset" not in typed:
         moot.add("dataset")
     if "dataset" in typed and "data" not in typed:
         moot.add("data")
+    if typed & {"data", "dataset"} and "sep" not in typed:
+        moot.add("sep")  # the file's separator was its data's
+    if "eval-negatives" in typed:  # the older spelling of the protocol replaces the file's
+        moot.add("protocol")
     if "model" in typed:
         spec = spec_of(given.model)
         moot |= {n.replace("_", "-") for other in MODELS.values() for n in other.params

@@ -227,17 +227,23 @@ def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optiona
     if "shards" in saved:  # the weights are in the ranks' files, for --resume only
         raise CheckpointError(f"{path} is the checkpoint of a --distributed sharded run; evaluate "
                               f"and recommend take the run's model.pt")
-    if "split" in saved:
-        if data is not None or allow_data_change:
-            raise ValueError(f"{path} holds its own data; --data and --allow-data-change apply "
-                             "only to a checkpoint.pt")
-        split = split_from_state(saved["split"])
-    else:
-        split = _split_from_data(path, saved["data"], data, allow_data_change)
-    model = build_model(saved["model"]["kind"], split.train, saved["model"]["config"], device,
-                        restore=True)
+    if "split" in saved and (data is not None or allow_data_change):
+        raise ValueError(f"{path} holds its own data; --data and --allow-data-change apply "
+                         "only to a checkpoint.pt")
+    try:  # the file's records, as this version of dmfx writes them
+        kind, config = saved["model"]["kind"], saved["model"]["config"]
+        split = split_from_state(saved["split"]) if "split" in saved else \
+            _split_from_data(path, saved["data"], data, allow_data_change)
+        weights = _result_weights(path, saved)
+    except KeyError as error:
+        raise CheckpointError(f"{path} has no {error.args[0]!r} record: not written by this "
+                              "version of dmfx") from None
+    except TypeError as error:  # DataSpec(**record) with a setting it does not know
+        raise CheckpointError(f"{path} holds records this version of dmfx does not read "
+                              f"({error})") from None
+    model = build_model(kind, split.train, config, device, restore=True)
     try:
-        model.load_state_dict(_result_weights(path, saved))
+        model.load_state_dict(weights)
     except RuntimeError as error:
         # torch's first line only names the model ("Error(s) in loading state_dict for LFM:");
         # the next one says which weights do not fit and how.

@@ -108,10 +108,14 @@ class EpochLog:
             atomic_write(self.path, lambda f: f.write(text.encode()))
 
     def _epochs(self) -> list | None:
-        """The epochs of the file's lines; None for a missing file or a line that is not an
-        epoch entry. An empty list for an empty file."""
+        """The epochs of the file's lines; None for a missing file, a line that is not an
+        epoch entry, or a last line without its line end (the next append would join it). An
+        empty list for an empty file."""
         try:
-            return [json.loads(line)["epoch"] for line in self.path.read_text().splitlines()]
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):
+                return None
+            return [json.loads(line)["epoch"] for line in text.splitlines()]
         except (OSError, ValueError, KeyError, TypeError):  # ValueError: also bytes not UTF-8
             return None
 

@@ -285,6 +285,25 @@ def test_a_checkpoint_pointing_at_another_file_reads_none_of_it(trained, tmp_pat
     assert "top-secret" not in one_line_error(capsys, "is not the file")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["data"]["spec"].update(future=1),
+     "holds records this version of dmfx does not read (DataSpec.__init__() got an unexpected "
+     "keyword argument 'future')"),
+    (lambda s: s["data"].pop("file"), "has no 'file' record: not written by this version"),
+    (lambda s: s["model"].pop("kind"), "has no 'kind' record: not written by this version"),
+], ids=["unknown-setting", "no-file", "no-kind"])
+def test_a_checkpoint_of_another_version_is_a_one_line_error(trained, tmp_path, capsys, edit,
+                                                             message):
+    """A data setting this version does not know raised a TypeError traceback; a missing
+    record said only its name ("dmfx: error: file")."""
+    saved = load_checkpoint(trained / "checkpoint.pt")
+    edit(saved)
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, {k: v for k, v in saved.items() if k not in ("format", "version")})
+    assert main(["evaluate", str(path)]) == 2
+    one_line_error(capsys, f"{path} {message}")
+
+
 def test_evaluate_from_elsewhere_and_after_a_move(data_file, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(data_file.parent)
     out = tmp_path / "relative"

@@ -62,6 +62,14 @@ def test_flags_on_the_command_line_override_the_file(tmp_path):
     # Given before or after --config, and even at the parser's default (seed 0), a flag wins.
     args = parse_args(["train", "--seed", "0", "--config", str(path), "--epochs", "5"])
     assert (args.epochs, args.seed, args.lr) == (5, 0, 0.003)
+    # Beyond their own name: the file's separator goes with its data, and the protocol's older
+    # spelling replaces the protocol (a run's config.toml always holds one).
+    path = write(tmp_path, 'data = "a.csv"\nsep = ";"\nprotocol = "sampled:20"\n')
+    args = parse_args(["train", "--config", str(path), "--data", "b.csv",
+                       "--eval-negatives", "30"])
+    assert (args.data, args.sep, args.protocol, args.eval_negatives) == ("b.csv", None, None, 30)
+    args = parse_args(["train", "--config", str(path), "--dataset", "ml-1m"])
+    assert (args.data, args.sep, args.dataset) == (None, None, "ml-1m")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -100,6 +100,15 @@ def test_epoch_log_of_a_resumed_run_continues_a_log_that_matches_its_checkpoint(
     assert path.read_text() == kept + json.dumps(entry(3)) + "\n"
 
 
+def test_a_last_line_without_its_line_end_is_rewritten_not_joined(tmp_path):
+    """splitlines() read such a log as matching the checkpoint, and the next epoch's line was
+    appended onto the last one."""
+    path = tmp_path / "epochs.jsonl"
+    path.write_text(json.dumps(entry(1)) + "\n" + json.dumps(entry(2)))  # cut before its \n
+    EpochLog(path, [entry(1), entry(2)]).append(entry(3))
+    assert lines(path) == [entry(1), entry(2), entry(3)]
+
+
 @pytest.mark.parametrize("written", [
     [entry(1)],  # killed after the checkpoint of epoch 2, before its line
     [entry(1), entry(2), entry(3)],  # epoch 3 is after the checkpoint: trained again
