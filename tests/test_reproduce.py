@@ -503,8 +503,11 @@ def test_ctrl_c_stops_the_processes_under_way_and_starts_no_other(tmp_path, monk
     jobs = _jobs(tmp_path, ["first", "second", "third", "fourth", "fifth"])
     with pytest.raises(KeyboardInterrupt):
         reproduce._run_all(jobs, [], 2, on_finished=ctrl_c)
-    assert started[0].model == "first" and 2 <= len(started) <= 3
-    assert all(p.terminated for p in started[1:])
+    # The two workers start "first" and "second" in either order; one of them may take "third"
+    # before the interrupt lands; "fourth" and "fifth" never start.
+    models = sorted(p.model for p in started)
+    assert models in (["first", "second"], ["first", "second", "third"]), models
+    assert all(p.terminated for p in started if p.model != "first")
 
 
 def test_the_report_says_what_its_columns_rank():
