@@ -562,13 +562,8 @@ def cmd_train(args) -> int:
     device = _device(args.device)
     name, params, given = _model_choice(args)
     spec = _data_spec(args)
-    try:
-        config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
-                              # bars on a terminal only: a log file gets the per-epoch lines
-                              progress=_progress_bar(args))
-    except ValueError as error:  # "batch_size must be ..." -> "--batch-size must be ..."
-        raise _flagged(error) from None
-    config = replace(config, protocol=_protocol(args)[0])
+    # bars on a terminal only: a log file gets the per-epoch lines
+    config = _train_config(args, name, given, progress=_progress_bar(args))
     # The model's settings are checked on a 2 x 2 stand-in now, not after minutes of reading
     # large data (pre-trained parts are loaded, and checked, once the data is there).
     try:
@@ -981,11 +976,20 @@ def train_settings(argv: list) -> dict:
     args = parse_args(argv)
     name, params, given = _model_choice(args)
     spec = spec_of(name)
-    config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
-                          progress=False)
     model = {key: value for key, value in {**spec.defaults(), **params}.items()
              if not spec.params[key].init_only}
-    return {"model_config": model, "train": asdict(replace(config, protocol=_protocol(args)[0]))}
+    return {"model_config": model, "train": asdict(_train_config(args, name, given, False))}
+
+
+def _train_config(args, name: str, given: dict, progress) -> TrainConfig:
+    """The TrainConfig of a ``dmfx train`` command line: the model's defaults, the flags
+    ``given``, the seed and the protocol."""
+    try:
+        config = train_config(name, **given, seed=args.seed, track_test=args.track_test,
+                              progress=progress)
+    except ValueError as error:  # "batch_size must be ..." -> "--batch-size must be ..."
+        raise _flagged(error) from None
+    return replace(config, protocol=_protocol(args)[0])
 
 
 def main(argv=None) -> int:

@@ -241,9 +241,8 @@ class _Pairs:
 class EpochPairs(_Pairs):
     """``pairs="epoch"``: all pairs of an epoch built at once and shuffled together."""
 
-    def __init__(self, split: Split, config: TrainConfig, device: torch.device,
-                 dtype: torch.dtype = torch.float32):
-        super().__init__(split, config, device, dtype)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.fixed_negatives = None
 
     def negatives(self, epoch: int) -> torch.Tensor:
