@@ -232,7 +232,8 @@ def rank_full(scorer, users: np.ndarray, items: np.ndarray, exclude: Optional[CS
                mininterval=0.5)
     for block in _batches(len(ids), width):
         u = torch.as_tensor(ids[block], device=device)
-        keys = _order_keys(scorer.all_items(u), generator)
+        scores = scorer.all_items(u)
+        keys = _order_keys(scores, generator)
         masked = torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
         if exclude is not None:
             rows, cols, _ = row_entries(exclude.indptr, exclude.indices, None,
@@ -249,7 +250,9 @@ def rank_full(scorer, users: np.ndarray, items: np.ndarray, exclude: Optional[CS
         candidates[rows_here] = (~masked).sum(1)[local].cpu().numpy()
         if top.shape[1]:
             best = keys.topk(top.shape[1], dim=1).indices
-            best = torch.where(masked.gather(1, best), -1, best)
+            # As recommend shows them: neither masked items nor items scored -inf or NaN.
+            dead = masked.gather(1, best) | torch.isneginf(_nan_lowest(scores.gather(1, best).float()))
+            best = torch.where(dead, -1, best)
             top[block] = best.cpu().numpy()
         bar.update(block.stop - block.start)
     bar.close()

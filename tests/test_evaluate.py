@@ -99,6 +99,22 @@ def test_nan_scored_items_are_left_out_of_recommendations():
         assert values.tolist() == [[pytest.approx(0.3), pytest.approx(0.1), -math.inf, -math.inf]]
 
 
+def test_coverage_leaves_out_items_scored_nan_or_minus_inf():
+    # The top-K lists behind coverage are recommend's: items scored NaN or -inf are not shown.
+    split = tiny_split()
+    table = np.array(TABLE, dtype=np.float32)
+    table[:, 4], table[:, 5] = np.nan, -np.inf
+    found = {}
+    m = evaluate(TableModel(table, split.train), split, "test", ks=(2,), protocols=("full",),
+                 rankings=found)
+    assert not np.isin(found["full"].top, [4, 5]).any()
+    assert m["full_coverage@2"] == pytest.approx(2 / 6)  # items 3 (users 0, 1) and 2 (user 1)
+    everything_nan = np.full_like(table, np.nan)
+    m = evaluate(TableModel(everything_nan, split.train), split, "test", ks=(2,),
+                 protocols=("full",))
+    assert m["full_coverage@2"] == 0
+
+
 def test_one_held_out_item_by_hand():
     m = metrics_from_ranks([0, 1, 9, 10, 50], ks=(1, 10))
     assert m == pytest.approx({
