@@ -20,7 +20,7 @@ import torch
 from ._files import atomic_write
 
 __all__ = ["CheckpointError", "RunFolderBusy", "RunLock", "save_checkpoint", "load_checkpoint",
-           "atomic_write", "json_text", "write_json", "make_folder"]
+           "result_weights", "atomic_write", "json_text", "write_json", "make_folder"]
 
 FORMAT = "dmfx-checkpoint"
 # Bumped whenever the layout of the saved dict changes; other versions are refused by name.
@@ -162,3 +162,20 @@ class RunLock:
                 folder.rmdir()
             except OSError:
                 break
+
+
+def result_weights(path, saved: dict) -> dict:
+    """A checkpoint's result: its best validation epoch. model_state holds the last weights
+    (--resume), which are the result when the run ended in an epoch cut by --max-steps whose
+    evaluation made it the best (as in model.pt)."""
+    state = saved.get("train_state") or {}
+    partial = state.get("partial")
+    if partial and partial.get("evaluated_best"):
+        return saved["model_state"]
+    if state.get("best_state") is not None:
+        return state["best_state"]
+    if partial:
+        raise CheckpointError(f"{path} was written {partial['steps']} steps into epoch "
+                              f"{partial['epoch']}, before any epoch was evaluated: it holds no "
+                              "result yet (--resume continues it)")
+    return saved["model_state"]

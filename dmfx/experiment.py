@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, result_weights, save_checkpoint
 from .data import (CSR, Interactions, Split, leave_one_out, load_dataset, ratio_split, read_atomic,
                    read_file)
 from .models import Recommender, build_model
@@ -234,7 +234,7 @@ def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optiona
         kind, config = saved["model"]["kind"], saved["model"]["config"]
         split = split_from_state(saved["split"]) if "split" in saved else \
             _split_from_data(path, saved["data"], data, allow_data_change)
-        weights = _result_weights(path, saved)
+        weights = result_weights(path, saved)
     except KeyError as error:
         raise CheckpointError(f"{path} has no {error.args[0]!r} record: not written by this "
                               "version of dmfx") from None
@@ -251,23 +251,6 @@ def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optiona
         reason = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:300]
         raise CheckpointError(f"{path} does not fit the data read now ({reason})") from None
     return Trained(model, split)
-
-
-def _result_weights(path, saved: dict) -> dict:
-    """A checkpoint's result: its best validation epoch. model_state holds the last weights
-    (--resume), which are the result when the run ended in an epoch cut by --max-steps whose
-    evaluation made it the best (as in model.pt)."""
-    state = saved.get("train_state", {})
-    partial = state.get("partial")
-    if partial and partial.get("evaluated_best"):
-        return saved["model_state"]
-    if state.get("best_state") is not None:
-        return state["best_state"]
-    if partial:
-        raise CheckpointError(f"{path} was written {partial['steps']} steps into epoch "
-                              f"{partial['epoch']}, before any epoch was evaluated: it holds no "
-                              "result yet (--resume continues it)")
-    return saved["model_state"]
 
 
 def _split_from_data(path: str, record: dict, data: Optional[str],

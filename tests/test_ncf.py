@@ -187,6 +187,28 @@ def test_neumf_p_from_checkpoints_written_by_training(split, tmp_path):
     assert [entry["epoch"] for entry in state.history] == [1, 2]
 
 
+def test_neumf_p_takes_each_part_s_result(split, tmp_path):
+    # A run cut by max_steps inside an epoch whose evaluation made it the best: its result (as
+    # model.pt and `dmfx evaluate` take it) is the last weights, not the earlier best epoch.
+    from dmfx.checkpoint import CheckpointError
+    gmf, mlp = randomize(GMF(split.train, factors=6), seed=1), MLP(split.train, layers=[16, 8])
+    older = {k: torch.zeros_like(v) for k, v in gmf.state_dict().items()}
+    record = {"kind": "gmf", "config": gmf.config()}
+    cut = {"epoch": 2, "steps": 5}
+    path = tmp_path / "gmf.pt"
+    save_checkpoint(path, {"model_state": gmf.state_dict(), "model": record, "train_state": {
+        "best_state": older, "partial": {**cut, "evaluated_best": True}}})
+    model = NeuMF(split.train, factors=6, layers=[16, 8], gmf_checkpoint=str(path),
+                  mlp_checkpoint=save(tmp_path / "mlp.pt", mlp))
+    assert torch.equal(model.gmf.user.weight, gmf.gmf.user.weight)
+    # Written inside the first epoch, before any evaluation: no result to start from.
+    save_checkpoint(path, {"model_state": gmf.state_dict(), "model": record, "train_state": {
+        "best_state": None, "partial": cut}})
+    with pytest.raises(CheckpointError, match="5 steps into epoch 2, before any epoch was evaluated"):
+        NeuMF(split.train, factors=6, layers=[16, 8], gmf_checkpoint=str(path),
+              mlp_checkpoint=str(tmp_path / "mlp.pt"))
+
+
 def test_neumf_p_rejects_mismatches(split, tmp_path):
     gmf, mlp = GMF(split.train, factors=6), MLP(split.train, layers=[16, 8])
     g, m = save(tmp_path / "gmf.pt", gmf), save(tmp_path / "mlp.pt", mlp)

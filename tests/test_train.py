@@ -285,19 +285,18 @@ def test_a_run_diverging_inside_an_epoch_resumes_to_the_same_end(split, tmp_path
 
 
 def test_a_checkpoint_gives_the_result_of_its_run():
-    from dmfx.checkpoint import CheckpointError
-    from dmfx.experiment import _result_weights
+    from dmfx.checkpoint import CheckpointError, result_weights
     last, best = {"w": torch.ones(1)}, {"w": torch.zeros(1)}
     cut = {"epoch": 2, "steps": 5}
-    assert _result_weights("c.pt", {"model_state": last, "train_state": {"best_state": best}}) is best
+    assert result_weights("c.pt", {"model_state": last, "train_state": {"best_state": best}}) is best
     # an epoch cut by max_steps whose evaluation made it the best: the last weights
-    assert _result_weights("c.pt", {"model_state": last, "train_state": {
+    assert result_weights("c.pt", {"model_state": last, "train_state": {
         "best_state": best, "partial": {**cut, "evaluated_best": True}}}) is last
-    assert _result_weights("c.pt", {"model_state": last, "train_state": {
+    assert result_weights("c.pt", {"model_state": last, "train_state": {
         "best_state": best, "partial": {**cut, "evaluated_best": False}}}) is best
     with pytest.raises(CheckpointError, match="5 steps into epoch 2, before any epoch was "
                                               "evaluated"):
-        _result_weights("c.pt", {"model_state": last, "train_state": {"best_state": None,
+        result_weights("c.pt", {"model_state": last, "train_state": {"best_state": None,
                                                                       "partial": cut}})
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, result_weights
 from ..data import Interactions
 from .base import Recommender, VectorScorer
 
@@ -252,7 +252,7 @@ class NeuMF(NCF):
                 self.predict.bias.copy_(alpha * b_gmf + (1 - alpha) * b_mlp)
 
     def _load_part(self, path: str, kind: str, key: str, expected) -> tuple[Tensor, Tensor]:
-        """Copies part ``kind`` from a checkpoint (its best epoch if recorded, else its last);
+        """Copies part ``kind`` from a checkpoint (the run's result, as ``model.pt`` holds it);
         returns its prediction layer's (weight, bias)."""
         saved = load_checkpoint(path)
         model = saved.get("model") if isinstance(saved, dict) else None
@@ -263,7 +263,7 @@ class NeuMF(NCF):
         found = model.get("config", {}).get(key)
         if (list(found) if isinstance(found, (list, tuple)) else found) != expected:
             raise ValueError(f"{kind}_checkpoint {path} has {key}={found}, but NeuMF has {key}={expected}")
-        state = (saved.get("train_state") or {}).get("best_state") or saved["model_state"]
+        state = result_weights(path, saved)
         part = getattr(self, kind)
         prefix = kind + "."
         weights = {name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)}
