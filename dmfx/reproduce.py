@@ -365,7 +365,8 @@ EXPERIMENTS = {
               "NeuMF-p and as a pairwise reference. Figure 2's hidden widths are not given in the "
               "paper; dmfx uses 64 / 256-64 / 256-128-64 / 512-256-128-64. The baselines' "
               "settings are dmfx's grids, chosen on validation (the \"setting\" column): eALS's "
-              "w0 and its regularisation (its paper fixes 0.01 for larger data), ItemKNN's "
+              "w0 and its regularisation (its paper fixes 0.01 for larger data; its popularity exponent "
+              "alpha stays at dmfx's default 0.4), ItemKNN's "
               "neighbours and neighbourhood, NeuMF-p's SGD learning rate, BPR-MF's "
               "regularisation, GMF's and MLP's sizes."),
     "dmf-variants": Experiment(

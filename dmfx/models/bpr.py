@@ -14,7 +14,11 @@ __all__ = ["BPR"]
 
 class BPR(Recommender):
     """x_ui = p_u . q_i, trained on (user, observed item i, sampled item j) triples to minimise
-    mean(-log sigmoid(x_ui - x_uj)) + reg * mean(||p_u||^2 + ||q_i||^2 + ||q_j||^2)."""
+    mean(-log sigmoid(x_ui - x_uj)) + reg * mean(||p_u||^2 + ||q_i||^2 + ||q_j||^2).
+
+    An epoch visits every observed pair ``num_negatives`` times, each with its own item j drawn
+    uniformly from the user's unobserved items (the usual per-epoch variant, not Rendle et al.'s
+    bootstrap sampling of triples with replacement)."""
 
     losses = ("bpr",)
 

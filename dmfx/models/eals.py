@@ -15,6 +15,10 @@ is the exact minimiser of ``L`` in that coordinate, so ``L`` never increases. Us
 independent given ``Q`` (and items given ``P``), so each factor's update is applied to all users
 (items) at once: exactly the paper's sequential sweep, vectorised. The work is done in float64;
 the factors are stored in float32 parameters.
+
+Users and items without training interactions are updated too (the authors' code skips them,
+keeping their random initial vectors): such an item has ``c_i = 0`` when ``alpha > 0``, so only
+the regularisation acts on it and its vector goes to 0, and it scores exactly 0.
 """
 from __future__ import annotations
 
