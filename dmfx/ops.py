@@ -18,7 +18,11 @@ the same on every run, thread count and device. Hot loops over data already chec
 trainer) pass ``validate=False``: no checks, no sync, and a bad entry then contributes nothing
 instead of raising. (One sync remains on CUDA in the weight gradient of
 :func:`sparse_rows_matmul`: it sorts the batch's entries by column, and the sort is sized on the
-host.)
+host.) Validation reads only the entries a call uses, so it does not see an ``indptr`` that
+decreases between two rows a call reads, each valid alone but sharing entries (dmfx's CSR
+builders never make one): the forward and the weight gradient are still each row's sums, but
+the CUDA ``values`` gradient of such a shared entry then keeps one row's part (the CPU one adds
+them).
 
 Argument checks. The CPU kernels, the CUDA kernels and the fake kernels check shapes, dtypes
 and devices alike and raise the same exceptions (``TypeError`` for a dtype, ``ValueError`` for
