@@ -4,14 +4,17 @@
 # pytest-benchmark), nvcc and compute-sanitizer:
 #
 #   bash tools/check_gpu.sh build tests   # CUDA build (33 s on an H200 machine with
-#                                         # TORCH_CUDA_ARCH_LIST=9.0), the test suite (~3-5 min)
-#   bash tools/check_gpu.sh sanitize      # memcheck, initcheck, synccheck, racecheck (at most ~9 min)
+#                                         # TORCH_CUDA_ARCH_LIST=9.0), the test suite (~2 min)
+#   bash tools/check_gpu.sh sanitize      # memcheck, initcheck, synccheck, racecheck (at most 6 min)
 #   bash tools/check_gpu.sh bench         # benchmarks/run_gpu.sh (~2-5 min; DMFX_BENCH_BIG=1: +~2 min)
 #   bash tools/check_gpu.sh dmfx-bench    # `dmfx bench --device cuda` on the benchmark shapes (~4 min)
 #   bash tools/check_gpu.sh scale         # the 2M x 1M x 50M training run, sharded NCCL at world
 #                                         # size 1 (~3 min)
 #   bash tools/check_gpu.sh summary       # the one-screen summary again (every call ends with it)
 #   bash tools/check_gpu.sh               # all steps in one go (~15-20 min)
+#
+# The build lives only on the machine that made it (dmfx/_C*.so is ignored by git): a call that
+# may land on a fresh machine starts with the build step, e.g. `build dmfx-bench`.
 #
 # Steps: build, tests, memcheck, initcheck, synccheck, racecheck (sanitize = those four), bench,
 # dmfx-bench, scale, summary; they run in that order whatever the order given. `tests -- PYTEST ARGS` replaces the
@@ -27,9 +30,10 @@
 # and the sanitizers and benchmarks are skipped: the summary says "no GPU".
 #
 # Environment: PYTHON (default python3); <STEP>_TIMEOUT in seconds, the most a step may run
-# (BUILD_TIMEOUT=240, TESTS_TIMEOUT=300, MEMCHECK_TIMEOUT=210, INITCHECK_TIMEOUT=150,
-# SYNCCHECK_TIMEOUT=90, RACECHECK_TIMEOUT=90, BENCH_TIMEOUT=540, DMFX_BENCH_TIMEOUT=400, SCALE_TIMEOUT=540: each call
-# above stays under 10 minutes; a step that ran out shows TIMEOUT and can be rerun alone with a
+# (BUILD_TIMEOUT=180, TESTS_TIMEOUT=240, MEMCHECK_TIMEOUT=120, INITCHECK_TIMEOUT=120,
+# SYNCCHECK_TIMEOUT=60, RACECHECK_TIMEOUT=60, BENCH_TIMEOUT=540, DMFX_BENCH_TIMEOUT=400,
+# SCALE_TIMEOUT=540; an H100 took 35 s, 99 s and 16 s for build, tests and memcheck: each call
+# above, and `build tests memcheck racecheck`, stays under 10 minutes; a step that ran out shows TIMEOUT and can be rerun alone with a
 # larger one, e.g. MEMCHECK_TIMEOUT=540 bash tools/check_gpu.sh memcheck); SANITIZER (path to
 # compute-sanitizer);
 # DMFX_BENCH_BIG=1 (benchmarks: add the 2M x 1M x 50M shapes); FORCE_CUDA / TORCH_CUDA_ARCH_LIST /
@@ -207,7 +211,7 @@ build_once() {  # LOG-STEP [VAR=VALUE...]: setup.py build_ext in place; sets rc,
     cmd=(env "$@" "$PYTHON" setup.py build_ext --inplace)
     # With a GPU the CUDA kernels are required: FORCE_CUDA makes a missing toolkit an error.
     [[ $GPU == yes ]] && cmd=(env FORCE_CUDA=1 "${cmd[@]}")
-    run_logged "$step" "${BUILD_TIMEOUT:-240}" "${cmd[@]}"
+    run_logged "$step" "${BUILD_TIMEOUT:-180}" "${cmd[@]}"
     rc=$?
     EXT=""
     check_extension
@@ -268,7 +272,7 @@ step_tests() {
     if "$PYTHON" -c "import xdist" 2> /dev/null; then
         parallel=(-n "${TEST_WORKERS:-8}") threads=(OMP_NUM_THREADS=2)
     fi
-    run_logged tests "${TESTS_TIMEOUT:-300}" env "${threads[@]}" \
+    run_logged tests "${TESTS_TIMEOUT:-240}" env "${threads[@]}" \
         "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider --durations=15 "${parallel[@]}" \
         "${pytest_args[@]}"
     local rc=$? note cuda_skips
@@ -448,15 +452,15 @@ for step in "${ALL_STEPS[@]}"; do
     case $step in
         build) step_build ;;
         tests) step_tests ;;
-        memcheck) sanitize memcheck "${MEMCHECK_TIMEOUT:-210}" dmfx "$CUDA_TESTS" "${OPS_TESTS[@]}" ;;
+        memcheck) sanitize memcheck "${MEMCHECK_TIMEOUT:-120}" dmfx "$CUDA_TESTS" "${OPS_TESTS[@]}" ;;
         # initcheck instruments every kernel: it must see each write to know what is initialised.
         initcheck)
-            sanitize initcheck "${INITCHECK_TIMEOUT:-150}" all "$CUDA_TESTS_LIGHT" "${OPS_TESTS[@]}" ;;
+            sanitize initcheck "${INITCHECK_TIMEOUT:-120}" all "$CUDA_TESTS_LIGHT" "${OPS_TESTS[@]}" ;;
         synccheck)
-            sanitize synccheck "${SYNCCHECK_TIMEOUT:-90}" dmfx "$CUDA_TESTS_LIGHT" "${OPS_TESTS[@]}" ;;
+            sanitize synccheck "${SYNCCHECK_TIMEOUT:-60}" dmfx "$CUDA_TESTS_LIGHT" "${OPS_TESTS[@]}" ;;
         # racecheck checks shared memory only, which hybrid_bce_loss's block reduction alone uses.
         racecheck)
-            sanitize racecheck "${RACECHECK_TIMEOUT:-90}" dmfx "$CUDA_TESTS_LIGHT" \
+            sanitize racecheck "${RACECHECK_TIMEOUT:-60}" dmfx "$CUDA_TESTS_LIGHT" \
                 tests/test_hybrid_bce_loss.py ;;
         bench) step_bench ;;
         dmfx-bench) step_dmfx_bench ;;
