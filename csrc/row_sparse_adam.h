@@ -79,7 +79,7 @@ struct Args {
     }
     if (validate && n > 0) {
       // Out-of-range rows are skipped by the kernels whatever happens; repeated rows would race.
-      // On CUDA these checks cost a sync, hence the flag.
+      // On CUDA these checks cost three syncs (the two bounds, the distinct count), hence the flag.
       const auto [lo, hi] = at::aminmax(rows);
       const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
       TORCH_CHECK_INDEX(lo_v >= 0 && hi_v < weight_rows, kOp, ": rows must lie in [0, ",

@@ -414,7 +414,8 @@ def cosine_nce_loss(
             a smaller one would round to a subnormal or 0 there and the loss to inf.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``. The mean of an empty batch is NaN, as in
             torch.
-        validate: raise when a target lies outside [0, 1] or is NaN (on CUDA: one sync).
+        validate: raise when a target lies outside [0, 1] or is NaN (on CUDA: one sync; two
+            for a float64 target beside float32 inputs, checked before its cast).
 
     Returns:
         A scalar, or ``[B]`` for ``reduction="none"``. Differentiable in ``p``, ``q`` and
@@ -680,7 +681,8 @@ def row_sparse_adam_(
             ``grad_rows`` (the same tensor twice, or overlapping views, raises ``ValueError``).
         rows: int32/int64 ``[n]`` distinct row ids.
         grad_rows: ``[n, H]``.
-        validate: raise when a row id is out of range or repeated (on CUDA: a sync). Without it,
+        validate: raise when a row id is out of range or repeated (on CUDA: three syncs, for the
+            smallest and largest id and the count of distinct ones). Without it,
             an out-of-range row is skipped, and a repeated row is updated by several threads
             at once: its result is undefined (and may differ between runs).
     """
