@@ -229,6 +229,9 @@ class NeuMF(NCF):
     runs, same data, same ``factors`` / ``layers``) it is NeuMF-p: both parts are copied and the
     prediction layer is [alpha * h_gmf ; (1 - alpha) * h_mlp] with bias alpha * b_gmf +
     (1 - alpha) * b_mlp, so it starts out predicting alpha * GMF + (1 - alpha) * MLP logits.
+    The parts must have trained on this model's training part (same data, same split), or they
+    have seen its test items: ``dmfx train`` checks the data and split its checkpoints record;
+    here only the weights' shapes are checked. Without checkpoints ``alpha`` has no effect.
     """
 
     def __init__(self, train: Interactions, factors: int = 8, layers: Sequence[int] = (64, 32, 16, 8),
