@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import dmfx
-from dmfx.bench import device_name, load_csr, synchronized_timer, to_device
+from dmfx.bench import (device_name, driver_version, full_float32, load_csr, precision_settings,
+                        synchronized_timer, to_device)
 
 
 def pytest_addoption(parser):
@@ -39,6 +40,18 @@ def device(pytestconfig):
     if dev is None:
         pytest.skip(reason)
     return dev
+
+
+# The float32 settings every benchmark ran under (full_float32's), for the machine info.
+_PRECISION: dict = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _full_float32():
+    """No TF32 for the whole session, as in ``dmfx bench``; torch's settings are restored after."""
+    with full_float32():
+        _PRECISION.update(precision_settings())
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -82,13 +95,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """Record what report.py prints: the device, torch and the command line."""
+    """Record what report.py prints: the device, torch, the float32 settings and the command
+    line (pytest-benchmark adds the git commit as ``commit_info``)."""
     dev, _ = _device_or_skip_reason(config)
     machine_info["dmfx"] = {
         "device": device_name(dev) if dev is not None else "unavailable",
         "device_type": config.getoption("device"),
+        "driver": driver_version(dev) if dev is not None else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        # what the session's benchmarks ran under; empty if none ran
+        "float32": dict(_PRECISION),
         "command": "python -m pytest " + shlex.join(config.invocation_params.args),
         # CPU timings on a shared machine move with its load: keep the 1/5/15-min averages.
         "loadavg": [round(x, 2) for x in os.getloadavg()],

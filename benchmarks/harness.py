@@ -1,25 +1,23 @@
 """pytest-benchmark timing of the shared contenders (``dmfx.bench``; pytest wiring in conftest.py).
 
-The contenders, their inputs and their checks against dmfx live in the package, where ``dmfx
-bench`` uses them too; what is left here is how the suites time them with pytest-benchmark.
+The contenders, their inputs, their checks against dmfx and how a call is timed (warm-up, calls
+per block, number of blocks: :func:`dmfx.bench.core.plan`) live in the package, where ``dmfx
+bench`` uses them too; what is left here is handing that plan to pytest-benchmark (a round is a
+block, its iterations the calls per block).
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable
 
 import pytest
 
-from dmfx.bench import Op, Unavailable, warm_up
+from dmfx.bench import Op, Unavailable
+from dmfx.bench.core import plan
 
-# Each contender gets about this much measured time; rounds are clamped to [MIN, MAX] so that
-# slow contenders (the dense input on 2 CPU cores) still get a median and fast ones stay short.
+# Each contender gets about this much measured time (dmfx bench's --min-time): at least 20
+# rounds of >= 2 ms, more until the budget is spent (see dmfx.bench.core.block_plan).
 BUDGET_S = float(os.environ.get("DMFX_BENCH_BUDGET_S", "1.0"))
-MIN_ROUNDS, MAX_ROUNDS = 5, 200
-# A round repeats the call until it lasts this long, so the two synchronisations and the timer
-# reads that bracket a round are amortised over sub-millisecond calls.
-MIN_ROUND_S = 2e-3
 
 
 def prepared(op: Op, problem, contender: str) -> Callable[[], object]:
@@ -36,15 +34,14 @@ def measure(benchmark, fn: Callable[[], object], *, group: str, contender: str, 
 
     ``fn`` must be self-contained and repeatable (it should return gradients via
     ``torch.autograd.grad`` rather than accumulate into ``.grad``, so there is nothing to zero
-    between calls). It is warmed up first; the warm-up's fastest call sizes the rounds.
+    between calls). It is warmed up first; the warm-up's fastest call sizes the rounds, as
+    ``dmfx bench`` sizes its blocks (:func:`dmfx.bench.core.plan`).
     """
     benchmark.group = group
     benchmark.extra_info.update(contender=contender, **extra_info)
     if benchmark.disabled:  # --benchmark-disable: a smoke run, call once
         return benchmark(fn)
-    once = warm_up(fn)
-    iterations = max(1, math.ceil(MIN_ROUND_S / once))
-    rounds = min(MAX_ROUNDS, max(MIN_ROUNDS, int(BUDGET_S / (once * iterations))))
+    iterations, rounds = plan(fn, BUDGET_S)
     return benchmark.pedantic(fn, rounds=rounds, iterations=iterations)
 
 

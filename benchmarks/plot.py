@@ -1,7 +1,8 @@
-"""Bar chart of a pytest-benchmark JSON of the dmfx suite: how many times faster dmfx is than
+"""Bar chart of pytest-benchmark JSONs of the dmfx suite: how many times faster dmfx is than
 each peer, per benchmark group (peer median / dmfx median, as in report.py).
 
     python benchmarks/plot.py bench.json -o docs/benchmarks_cpu.png
+    python benchmarks/plot.py bench-out/suites/test_*.json -o bench.png   # several: one run
 
 Needs matplotlib (the package's `plot` extra).
 """
@@ -16,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from report import BASELINE, _groups  # noqa: E402  (run as a script from any folder)
+from report import BASELINE, _groups, merge  # noqa: E402  (run as a script from any folder)
 
 # Calls of dmfx itself (e.g. with input validation) are not peers.
 SKIP_PREFIX = BASELINE + "-"
@@ -38,10 +39,12 @@ def speedups(data: dict) -> list[tuple[str, list[tuple[str, float]]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("json", type=Path, help="file written by pytest --benchmark-json=...")
+    parser.add_argument("json", type=Path, nargs="+",
+                        help="files written by pytest --benchmark-json=..., drawn as one run")
     parser.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
-    data = json.loads(args.json.read_text())
+    runs = [(path.name, json.loads(path.read_text())) for path in args.json]
+    data = runs[0][1] if len(runs) == 1 else merge(runs)
     rows = speedups(data)
     labels, values, colors = [], [], []
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]

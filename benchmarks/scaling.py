@@ -2,9 +2,9 @@
 
 For each size (ratings; users = ratings / 25 and items = ratings / 50, the shape of the Amazon
 review sets, 2M x 1M at 50M) and each contender of :mod:`dmfx.bench.train_step`, a fresh
-process builds the power-law synthetic matrix, checks the contender's first-batch loss against
-dmfx's, and times 20 consecutive training steps (B = 256, towers 64,64, 7 negatives) several
-times; the median is reported per step. Memory is the training state the step works on, counted
+process builds the power-law synthetic matrix, checks the contender against dmfx (its loss on
+the first batch, and on the second after one step on the first), and times 20 consecutive
+training steps (B = 256, towers 64,64, 7 negatives) several times; the median is reported per step. Memory is the training state the step works on, counted
 tensor by tensor after the timed steps (weights, gradients, optimizer state, the rating
 matrices; each storage once): deterministic, and the same accounting for every contender.
 The whole-process peak of a `dmfx train` run is measured separately (benchmarks/RESULTS.md).

@@ -2,7 +2,8 @@
 
 The contenders (dmfx's trainer step, with ``sparse_grad=True``, RecBole's dense-input method and
 ``F.embedding_bag`` towers), the 20 batches of pairs drawn from a real epoch they all take, the
-same initial weights and the check of each peer's first-batch loss against dmfx's are
+same initial weights and optimizer (the trainer's fused Adam) and the check of each peer against
+dmfx (its first-batch loss, and its second-batch loss after one step on the first) are
 :mod:`dmfx.bench.train_step`'s, shared with ``dmfx bench``; this file picks the data and tower
 sizes and times them with pytest-benchmark. ``extra_info`` has ``pairs_per_s`` and ``epoch_s``:
 the median step times the steps of a whole epoch (training only, no evaluation).

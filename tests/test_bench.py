@@ -16,8 +16,8 @@ from conftest import CUDA_READY, CUDA_SKIP_REASON
 # ratings, towers 16,8, the shortest timing.
 TINY = ["--users", "40", "--items", "60", "--nnz", "300", "--hidden", "16,8", "--batch", "32",
         "--negatives", "3", "--min-time", "0.001", "--threads", "1"]
-REPORT_KEYS = {"dmfx", "torch", "cuda", "device", "device_name", "threads", "date", "timer",
-               "inputs", "ops"}
+REPORT_KEYS = {"dmfx", "torch", "cuda", "device", "device_name", "driver", "commit", "threads",
+               "float32", "date", "timer", "inputs", "requested_ops", "complete", "ops"}
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,9 @@ def test_each_op_end_to_end_on_cpu(tmp_path, capsys, op):
     assert report["device"] == "cpu" and report["torch"] == torch.__version__
     assert report["inputs"] == {"users": 40, "items": 60, "nnz": 300, "hidden": [16, 8],
                                 "batch": 32, "negatives": 3, "seed": 0}
-    assert list(report["ops"]) == [op]
+    assert list(report["ops"]) == [op] == report["requested_ops"] and report["complete"]
+    assert {"float32_matmul_precision": "highest", "cuda_matmul_allow_tf32": False,
+            "cudnn_allow_tf32": False}.items() <= report["float32"].items()
     _assert_all_checked_and_timed(report["ops"][op], op)
     # The table names the device and versions and has a row per contender.
     assert f"dmfx bench on cpu ({report['device_name']})" in captured.out

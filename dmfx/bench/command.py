@@ -5,10 +5,12 @@ device and your shapes.
     dmfx bench --device cuda --shape ml-1m --batch 8192 --json ml-1m.json --plot ml-1m.png
     dmfx bench --users 50000 --items 20000 --nnz 2000000 --hidden 512,128 --ops train_step
 
-The contenders, their inputs and the checks are those of the repository's benchmark suites
-(:mod:`dmfx.bench`); here they are timed with ``torch.utils.benchmark.Timer.blocked_autorange``
-(blocks of calls sized to make the timer's cost negligible, a device synchronisation around each
-block, the median over blocks), with torch's current thread count.
+The contenders, their inputs, the checks and the timing are those of the repository's benchmark
+suites (:mod:`dmfx.bench`; :func:`dmfx.bench.core.measure`: after a warm-up, blocks of calls of at
+least 2 ms sized from its fastest call, a device synchronisation around each block, at least 20
+blocks and more until ``--min-time``, the median and IQR over blocks), with torch's current
+thread count and full float32 (no TF32) for the run. Each op's table is printed, and ``--json``
+rewritten, as soon as that op is done, so a run cut short keeps what it finished.
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import functools
 import importlib
 import math
 import sys
+from typing import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from torch.utils import benchmark as torch_benchmark
 from torch.utils.benchmark.utils.common import select_unit
 from tqdm import tqdm
 
@@ -32,7 +34,9 @@ from ..reproduce import seed_arg
 from ..data import synthetic
 from . import (OPS, cosine_nce_loss, hybrid_bce_loss, sample_negatives, sparse_rows_matmul,
                train_step)
-from .core import BASELINE, WARMUP_S, CheckFailed, Unavailable, device_name, warm_up
+from .core import (BASELINE, FEW_BLOCKS, MIN_BLOCK_S, MIN_BLOCKS, CheckFailed, Unavailable,
+                   commit_info, device_name, driver_version, full_float32, measure,
+                   precision_settings)
 from .inputs import SHAPES, to_device
 
 OP_NAMES = tuple(OPS)
@@ -57,8 +61,9 @@ def add_parser(sub) -> None:
         "bench", help="time dmfx's ops and a training step beside their PyTorch peers on your "
         "device and shapes", description="Time dmfx's ops and a DMF training step beside their "
         "PyTorch peers on your device and shapes. Every peer is first checked against dmfx on "
-        "the same input, then each contender is timed in this run on those inputs "
-        "(torch.utils.benchmark); the table gives medians and each one's ratio to dmfx's.")
+        "the same input, then each contender is timed in this run on those inputs, in full "
+        "float32 (TF32 off); each op's table gives medians and each one's ratio to dmfx's and "
+        "is printed (and --json rewritten) as soon as the op is done.")
     g = p.add_argument_group("inputs (synthetic power-law ratings, as dmfx.data.synthetic)")
     g.add_argument("--shape", default=None, metavar="NAME",
                    help=f"preset users/items/nnz: {', '.join(SHAPES)} (default {DEFAULT_SHAPE}; "
@@ -85,8 +90,10 @@ def add_parser(sub) -> None:
     r.add_argument("--threads", type=int, default=None,
                    help="CPU threads of torch (default: torch's, as your training would use)")
     r.add_argument("--min-time", type=float, default=1.0, metavar="S",
-                   help="seconds of timed calls per contender (default 1.0)")
-    r.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+                   help=f"seconds of timed calls per contender (default 1.0; at least "
+                        f"{MIN_BLOCKS} blocks of calls are timed, {FEW_BLOCKS} for a slow call)")
+    r.add_argument("--json", default=None, metavar="FILE",
+                   help="also write the results as JSON (rewritten after each op)")
     r.add_argument("--plot", default=None, metavar="FILE",
                    help="also draw dmfx's speed-up over each peer as a PNG (needs matplotlib)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -176,10 +183,17 @@ def cmd_bench(args) -> int:
     device = _device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    report = run(inputs, ops, device, skip=skip, min_time=args.min_time, quiet=args.quiet)
-    print(render(report))
-    if args.json:
-        write_json(args.json, report)
+
+    def progress(report: dict, name: str | None) -> None:
+        """The header before the first op, each op's table as soon as it is done; the JSON
+        each time, so that a run killed at a time limit keeps the ops it finished."""
+        print(render_header(report) if name is None else render_op(name, report["ops"][name]),
+              flush=True)
+        if args.json:
+            write_json(args.json, report)
+
+    report = run(inputs, ops, device, skip=skip, min_time=args.min_time, quiet=args.quiet,
+                 progress=progress)
     if args.plot:
         plot(report, args.plot)
     failed = [f"{op}: {name}: {row['reason']}" for op, result in report["ops"].items()
@@ -221,68 +235,110 @@ _PROBLEMS = {
 _OUT_OF_MEMORY = "out of memory on this device at this shape"
 
 
+def _failure(exc: Exception) -> dict:
+    """The row of a contender that raised: skipped where it cannot run here, else an error."""
+    if isinstance(exc, Unavailable):
+        return {"status": "skipped", "reason": str(exc)}
+    if isinstance(exc, CheckFailed):
+        return {"status": "check failed", "reason": str(exc)}
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return {"status": "skipped", "reason": _OUT_OF_MEMORY}
+    # A peer's library failing (a compiler, a sparse backend) costs its own row, not the table:
+    # the run goes on and exits 1 (a sticky CUDA error would still fail the contenders after it).
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return {"status": "error", "reason": f"{type(exc).__name__}: {first}".rstrip(": ")}
+
+
 def _time(op, problem, name: str, *, skip: set, min_time: float) -> dict:
     """One row of the table: the contender's check and timing, or why it has none."""
     if name in skip:
         return {"status": "skipped", "reason": "--skip"}
     try:
         contender = op.prepare(problem, name)
-        warm_up(contender.fn, min(WARMUP_S, min_time))  # a short --min-time: a short warm-up
-        # Timer runs with one thread unless told: give it the threads the user's code would get.
-        timer = torch_benchmark.Timer("fn()", globals={"fn": contender.fn},
-                                      num_threads=torch.get_num_threads())
-        m = timer.blocked_autorange(min_run_time=min_time)
-    except Unavailable as exc:
-        return {"status": "skipped", "reason": str(exc)}
-    except CheckFailed as exc:
-        return {"status": "check failed", "reason": str(exc)}
-    except torch.cuda.OutOfMemoryError:
-        return {"status": "skipped", "reason": _OUT_OF_MEMORY}
-    except Exception as exc:  # a peer's library failing (a compiler, a sparse backend) costs
-        # its own row, not the table: the run goes on and exits 1 (a sticky CUDA error would
-        # still fail the contenders after it)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        return {"status": "error", "reason": f"{type(exc).__name__}: {first}".rstrip(": ")}
+        m = measure(contender.fn, min_time)
+    except Exception as exc:
+        return _failure(exc)
     return {"status": "ok", "check": contender.check, "median_s": m.median, "iqr_s": m.iqr,
-            "runs": len(m.times), "calls_per_run": m.number_per_run,
-            **op.rates(problem, m.median)}
+            "runs": m.runs, "calls_per_run": m.calls_per_run, **op.rates(problem, m.median)}
+
+
+def _no_inputs(op, exc: Exception, skip: set) -> dict:
+    """The result of an op whose inputs could not be built (out of device memory, say): every
+    contender's row says why, and the run goes on with the next op."""
+    row = _failure(exc)
+    row["reason"] = f"its inputs: {row['reason']}"
+    return {"what": "inputs not built", "baseline": BASELINE,
+            "contenders": {name: {"status": "skipped", "reason": "--skip"} if name in skip
+                           else dict(row) for name in op.contenders}}
 
 
 def run(inputs: Inputs, ops: list[str], device: torch.device, *, skip: set = frozenset(),
-        min_time: float = 1.0, quiet: bool = False) -> dict:
-    """Check and time every contender of ``ops`` on ``device``; the report ``--json`` writes."""
+        min_time: float = 1.0, quiet: bool = False,
+        progress: Callable[[dict, str | None], None] | None = None) -> dict:
+    """Check and time every contender of ``ops`` on ``device``; the report ``--json`` writes.
+
+    ``progress(report, None)`` is called before the first op and ``progress(report, name)`` as
+    soon as op ``name`` is in ``report["ops"]`` (``report["complete"]`` turns true with the last).
+    The run pins full float32 (:func:`dmfx.bench.core.full_float32`) and restores the settings.
+    """
     data = _Data(inputs, device)
-    results = {}
-    with tqdm(total=sum(len(OPS[name].contenders) for name in ops), unit="contender",
-              disable=quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False) as bar, \
+    with full_float32(), \
+            tqdm(total=sum(len(OPS[name].contenders) for name in ops), unit="contender",
+                 disable=quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False) as bar, \
             (torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()):
+
+        def tell(name: str | None) -> None:
+            if progress is not None:
+                bar.clear()  # the table goes to stdout, the bar to stderr: one terminal
+                progress(report, name)
+                bar.refresh()
+
+        report = {
+            "dmfx": __version__,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "device": str(device),
+            "device_name": device_name(device),
+            "driver": driver_version(device),
+            "commit": commit_info(),
+            "threads": torch.get_num_threads(),
+            "float32": precision_settings(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "timer": f"dmfx.bench.core.measure(min_time={min_time:g}): blocks of calls of "
+                     f">= {MIN_BLOCK_S * 1e3:g} ms, >= {MIN_BLOCKS} blocks ({FEW_BLOCKS} for a "
+                     "slow call), median and IQR over blocks",
+            "inputs": {**asdict(inputs), "hidden": list(inputs.hidden)},
+            "requested_ops": list(ops),
+            "complete": False,
+            "ops": {},
+        }
+        tell(None)
         for name in ops:
             op = OPS[name]
             bar.set_description(f"{name}: inputs")
-            problem = _PROBLEMS[name](inputs, data, device)
-            rows = {}
-            for contender in op.contenders:
-                bar.set_description(f"{name}: {contender}")
-                rows[contender] = _time(op, problem, contender, skip=skip, min_time=min_time)
-                bar.update()
-            base = rows[BASELINE].get("median_s")
-            for row in rows.values():
-                if row["status"] == "ok" and base:
-                    row["vs_dmfx"] = row["median_s"] / base
-            results[name] = {"what": op.describe(problem), "baseline": BASELINE, "contenders": rows}
-            del problem  # free the device before the next op's inputs
-    return {
-        "dmfx": __version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": str(device),
-        "device_name": device_name(device),
-        "threads": torch.get_num_threads(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timer": f"torch.utils.benchmark.Timer.blocked_autorange(min_run_time={min_time:g})",
-        "inputs": {**asdict(inputs), "hidden": list(inputs.hidden)},
-        "ops": results,
-    }
+            try:
+                problem = _PROBLEMS[name](inputs, data, device)
+            except Exception as exc:  # out of memory at this shape, say: the next op may fit
+                result = _no_inputs(op, exc, skip)
+                bar.update(len(op.contenders))
+            else:
+                rows = {}
+                for contender in op.contenders:
+                    bar.set_description(f"{name}: {contender}")
+                    rows[contender] = _time(op, problem, contender, skip=skip, min_time=min_time)
+                    bar.update()
+                base = rows[BASELINE].get("median_s")
+                for row in rows.values():
+                    if row["status"] == "ok" and base:
+                        row["vs_dmfx"] = row["median_s"] / base
+                result = {"what": op.describe(problem), "baseline": BASELINE, "contenders": rows}
+                del problem  # free the device before the next op's inputs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            report["ops"][name] = result
+            report["complete"] = name == ops[-1]
+            tell(name)
+    return report
 
 
 def _si(x: float) -> str:
@@ -306,42 +362,66 @@ _RATE_COLUMNS = (
 )
 
 
-def render(report: dict) -> str:
+def _float32(settings: dict) -> str:
+    tf32 = {k: settings.get(k) for k in ("cuda_matmul_allow_tf32", "cudnn_allow_tf32")}
+    return (f"float32 matmul precision {settings.get('float32_matmul_precision', '?')}, TF32 "
+            + ("off" if not any(tf32.values()) else "ON")
+            + f" (cuBLAS allow_tf32 {tf32['cuda_matmul_allow_tf32']}, cuDNN allow_tf32 "
+            f"{tf32['cudnn_allow_tf32']})")
+
+
+def render_header(report: dict) -> str:
     s = report["inputs"]
-    lines = [
-        f"dmfx bench on {report['device']} ({report['device_name']})",
+    commit = report.get("commit")
+    source = ("commit unknown (not a git checkout)" if not commit
+              else f"commit {commit['id'][:12]}" + (" + uncommitted changes" if commit["dirty"]
+                                                     else ""))
+    return "\n".join([
+        f"dmfx bench on {report['device']} ({report['device_name']})"
+        + (f", driver {report['driver']}" if report.get("driver") else ""),
         f"torch {report['torch']}" + (f", CUDA {report['cuda']}" if report["cuda"] else "")
-        + f", dmfx {report['dmfx']}; {report['timer']}",
+        + f", dmfx {report['dmfx']} ({source}); {_float32(report.get('float32', {}))}",
+        f"timing: {report['timer']}",
         f"inputs: synthetic {s['users']:,} users x {s['items']:,} items, {s['nnz']:,} ratings "
         f"(seed {s['seed']}); towers {','.join(map(str, s['hidden']))}; batch {s['batch']}; "
         f"{s['negatives']} negatives per pair",
         "median per call; vs dmfx = contender median / dmfx median (above 1: dmfx is faster)",
-    ]
-    for name, result in report["ops"].items():
-        rows = result["contenders"]
-        rates = [c for c in _RATE_COLUMNS if any(c[0] in row for row in rows.values())]
-        header = ["contender", "median", "IQR", "runs x calls", "vs dmfx"] + [c[1] for c in rates]
-        table = []
-        for contender, row in rows.items():
-            if row["status"] != "ok":
-                table.append([contender, f"{row['status']}: {row['reason']}"])
-                continue
-            median = row["median_s"]
-            table.append([contender, _seconds(median, median), _seconds(row["iqr_s"], median),
-                          f"{row['runs']} x {row['calls_per_run']}",
-                          f"{row['vs_dmfx']:.2f}" if "vs_dmfx" in row else "n/a"]
-                         + [fmt(row[key]) for key, _, fmt in rates])
-        timed = [header] + [r for r in table if len(r) == len(header)]
-        widths = [max(len(r[i]) for r in timed) for i in range(len(header))]
-        widths[0] = max(len(r[0]) for r in [header] + table)
-        lines += ["", f"{name}: {result['what']}"]
-        for r in [header] + table:
-            if len(r) < len(header):  # a skipped or failed contender: why, on one line
-                lines.append(f"  {r[0]:<{widths[0]}}  {r[1]}")
-            else:
-                lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                              for i, (c, w) in enumerate(zip(r, widths))))
+    ])
+
+
+def render_op(name: str, result: dict) -> str:
+    """One op's table, after a blank line."""
+    rows = result["contenders"]
+    rates = [c for c in _RATE_COLUMNS if any(c[0] in row for row in rows.values())]
+    header = ["contender", "median", "IQR", "runs x calls", "vs dmfx"] + [c[1] for c in rates]
+    table = []
+    for contender, row in rows.items():
+        if row["status"] != "ok":
+            table.append([contender, f"{row['status']}: {row['reason']}"])
+            continue
+        median, iqr = row["median_s"], row.get("iqr_s")
+        table.append([contender, _seconds(median, median),
+                      "n/a" if iqr is None else _seconds(iqr, median),
+                      f"{row['runs']} x {row['calls_per_run']}",
+                      f"{row['vs_dmfx']:.2f}" if "vs_dmfx" in row else "n/a"]
+                     + [fmt(row[key]) for key, _, fmt in rates])
+    timed = [header] + [r for r in table if len(r) == len(header)]
+    widths = [max(len(r[i]) for r in timed) for i in range(len(header))]
+    widths[0] = max(len(r[0]) for r in [header] + table)
+    lines = ["", f"{name}: {result['what']}"]
+    for r in [header] + table:
+        if len(r) < len(header):  # a skipped or failed contender: why, on one line
+            lines.append(f"  {r[0]:<{widths[0]}}  {r[1]}")
+        else:
+            lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                          for i, (c, w) in enumerate(zip(r, widths))))
     return "\n".join(lines)
+
+
+def render(report: dict) -> str:
+    """The whole report as ``dmfx bench`` prints it: the header, then each op's table."""
+    return "\n".join([render_header(report)]
+                     + [render_op(name, result) for name, result in report["ops"].items()])
 
 
 def plot(report: dict, path: str) -> None:

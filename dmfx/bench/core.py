@@ -1,9 +1,17 @@
-"""What every benchmarked op shares: the contender record, the agreement check, the warm-up."""
+"""What every benchmarked op shares: the contender record, the agreement check, the warm-up and
+the timing (one implementation for ``dmfx bench`` and the ``benchmarks/`` suites), the float32
+settings a run pins."""
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import shutil
+import statistics
+import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,6 +27,16 @@ DENSE_LIMIT_BYTES = 1 << 30
 # Two calls were not enough on CPU: the first contender to allocate 64 MiB outputs on huge pages
 # paid the kernel's page compaction for several more calls (a 2.5x slower median).
 WARMUP_CALLS, WARMUP_S, MAX_WARMUP_CALLS = 2, 0.3, 50
+
+# Timing: a block repeats the call until it lasts at least MIN_BLOCK_S (sized from the warm-up's
+# fastest call), so the device synchronisation and the clock reads around a block are amortised
+# over sub-millisecond calls. At least MIN_BLOCKS blocks, more until the budget (--min-time,
+# DMFX_BENCH_BUDGET_S) is spent, at most MAX_BLOCKS (then the blocks grow instead). A slow call
+# whose MIN_BLOCKS blocks would take over MAX_OVERRUN budgets gets fewer, never under FEW_BLOCKS.
+# The median and the IQR are taken over blocks; an IQR needs IQR_BLOCKS of them.
+MIN_BLOCK_S = 2e-3
+MIN_BLOCKS, MAX_BLOCKS, FEW_BLOCKS, IQR_BLOCKS = 20, 200, 5, 4
+MAX_OVERRUN = 5.0
 
 
 class Unavailable(Exception):
@@ -134,3 +152,150 @@ def synchronized_timer() -> float:
     if torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def block_plan(once: float, budget_s: float) -> tuple[int, int]:
+    """``(calls per block, blocks)`` for a call whose fastest warm-up call took ``once`` seconds
+    and a measured budget of ``budget_s`` seconds (see MIN_BLOCK_S)."""
+    once = max(once, 1e-9)
+    calls = max(1, math.ceil(MIN_BLOCK_S / once), math.ceil(budget_s / (MAX_BLOCKS * once)))
+    block = once * calls
+    blocks = min(MAX_BLOCKS, max(MIN_BLOCKS, int(budget_s / block)))
+    if blocks * block > MAX_OVERRUN * budget_s:
+        blocks = max(FEW_BLOCKS, int(MAX_OVERRUN * budget_s / block))
+    return calls, blocks
+
+
+def plan(fn: Callable[[], object], budget_s: float) -> tuple[int, int]:
+    """Warm ``fn`` up (:func:`warm_up`, no longer than the budget) and size its blocks
+    (:func:`block_plan`): what ``dmfx bench`` and the suites' ``harness.measure`` both time by."""
+    return block_plan(warm_up(fn, min(WARMUP_S, budget_s)), budget_s)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Seconds per call of each block (``times``) of ``calls_per_run`` calls."""
+
+    times: tuple
+    calls_per_run: int
+
+    @property
+    def runs(self) -> int:
+        return len(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def iqr(self) -> float | None:
+        """Third minus first quartile over blocks; None under IQR_BLOCKS blocks."""
+        if len(self.times) < IQR_BLOCKS:
+            return None
+        q1, _, q3 = statistics.quantiles(self.times, n=4, method="inclusive")
+        return q3 - q1
+
+
+def measure(fn: Callable[[], object], budget_s: float) -> Measurement:
+    """Time ``fn()`` as :func:`plan` sizes it: each block between two :func:`synchronized_timer`
+    reads, so a CUDA block ends when its kernels do and back-to-back calls overlap as in a
+    training loop."""
+    calls, blocks = plan(fn, budget_s)
+    times = []
+    for _ in range(blocks):
+        start = synchronized_timer()
+        for _ in range(calls):
+            fn()
+        times.append((synchronized_timer() - start) / calls)
+    return Measurement(tuple(times), calls)
+
+
+def _legacy_precision() -> list:
+    """(key, getter, setter) of torch's float32 settings as this module pins and records them;
+    restored in reverse (the flags, then the matmul precision, which also sets cuBLAS's flag)."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    return [("float32_matmul_precision", torch.get_float32_matmul_precision,
+             torch.set_float32_matmul_precision),
+            ("cuda_matmul_allow_tf32", lambda: matmul.allow_tf32,
+             lambda v: setattr(matmul, "allow_tf32", v)),
+            ("cudnn_allow_tf32", lambda: cudnn.allow_tf32,
+             lambda v: setattr(cudnn, "allow_tf32", v))]
+
+
+def _new_precision() -> list:
+    """(key, backend) of torch's newer ``fp32_precision`` settings, where this torch has them."""
+    backends = [("cuda_matmul_fp32_precision", torch.backends.cuda.matmul),
+                ("cudnn_conv_fp32_precision", getattr(torch.backends.cudnn, "conv", None)),
+                ("cudnn_rnn_fp32_precision", getattr(torch.backends.cudnn, "rnn", None))]
+    return [(key, b) for key, b in backends if hasattr(b, "fp32_precision")]
+
+
+def _read(getter):
+    try:
+        return getter()
+    except RuntimeError:  # torch refuses a legacy getter once the legacy and the new API were mixed
+        return None
+
+
+def precision_settings() -> dict:
+    """The float32 settings in force (None: torch refuses to say): what a CUDA time of a float32
+    matmul or convolution depends on."""
+    return {**{key: _read(get) for key, get, _ in _legacy_precision()},
+            **{key: _read(lambda b=b: b.fp32_precision) for key, b in _new_precision()}}
+
+
+@contextlib.contextmanager
+def full_float32():
+    """Pin full-precision float32 for a run: no TF32 in cuBLAS or cuDNN, matmul precision
+    "highest" (torch's defaults, which a user's or a library's code may have changed); the
+    settings before are restored after (those torch lets be read: a state left by mixing its
+    legacy and new APIs comes back with the same TF32 flags). Every contender is checked and
+    timed in true float32."""
+    legacy = [(get, set_, _read(get)) for _, get, set_ in _legacy_precision()]
+    new = [(b, _read(lambda b=b: b.fp32_precision)) for _, b in _new_precision()]
+    try:
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
+        # Only what differs is set again: setting an equal value can make torch's two APIs
+        # disagree (a "medium" precision, then cuBLAS's flag, say).
+        for get, set_, before in reversed(legacy):
+            if before is not None and _read(get) != before:
+                set_(before)
+        for b, before in new:
+            if before is not None and b.fp32_precision != before:
+                b.fp32_precision = before
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          timeout=20, check=True).stdout.strip()
+
+
+def commit_info() -> dict | None:
+    """The git commit of the dmfx source being benchmarked (``id``) and whether the checkout has
+    uncommitted changes (``dirty``, untracked files included, as ``tools/check_gpu.sh`` says);
+    None when dmfx does not run from the top of a git checkout or git is missing."""
+    root = Path(__file__).resolve().parents[2]  # dmfx/bench/core.py -> the checkout
+    try:
+        if Path(_git(root, "rev-parse", "--show-toplevel")).resolve() != root:
+            return None  # an installed dmfx inside some other repository (a venv in a checkout)
+        return {"id": _git(root, "rev-parse", "HEAD"),
+                "dirty": bool(_git(root, "status", "--porcelain"))}
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def driver_version(device: torch.device) -> str | None:
+    """The NVIDIA driver's version (``nvidia-smi``) for a CUDA device; None elsewhere or when
+    nvidia-smi is missing or fails."""
+    if device.type != "cuda" or shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((line.strip() for line in out.splitlines() if line.strip()), None)

@@ -5,25 +5,35 @@ at random from one epoch's (each observed pair plus ``negatives`` sampled negati
 is what a slice of a shuffled epoch would be. :func:`rates` gives ``pairs_per_s`` and ``epoch_s``: the median step
 times the steps of a whole epoch (training only, no evaluation).
 
+Every contender gets the trainer's optimizer, :func:`dmfx.train.make_optimizer` (torch's fused
+Adam where torch has it for the parameters' device and dtype), so the table compares the models'
+steps, not two Adam implementations:
+
 - ``dmfx``: the trainer's step — :class:`dmfx.models.DMF` (each distinct user / item of the batch
-  once through ``sparse_rows_matmul``, fused ``cosine_nce_loss``) and fused Adam.
+  once through ``sparse_rows_matmul`` on the CPU, every pair's on CUDA, where ``torch.unique``'s
+  host sync would cost more; fused ``cosine_nce_loss``) and fused Adam.
 - ``dmfx-sparse-grad``: the same with ``sparse_grad=True`` (``--sparse-grad``): row-sparse
   first-layer gradients and the row-wise Adam (``RowSparseAdam``), so the step no longer
   touches every row of the tables.
 - ``dense-input``: RecBole's DMF method — each pair's rating rows written into a dense ``B x N``
   (and ``B x M``) tensor by ``index_put_``, a bias-free ``Linear`` first layer, no deduplication;
-  the same later layers, the eager cosine + clamp + nce, torch's default Adam.
-- ``embedding_bag``: careful eager PyTorch — distinct ids once, ``F.embedding_bag`` with the
-  ratings as ``per_sample_weights``, the eager loss, torch's default Adam.
+  the same later layers, the eager cosine + clamp + nce. Its optimizer is dmfx's fused Adam, not
+  the default ``torch.optim.Adam`` RecBole's trainer builds (slower on the CPU, where torch's
+  default is the per-tensor loop): the comparison is of the methods' steps.
+  ``benchmarks/recbole_side_by_side.py`` times RecBole itself.
+- ``embedding_bag``: careful eager PyTorch — the same work as dmfx's (distinct ids once on the
+  CPU, every pair on CUDA), ``F.embedding_bag`` with the ratings as ``per_sample_weights``, one
+  host sync a step (the two towers' gathered sizes read together), the eager loss, fused Adam.
 
-Before timing, each peer's loss on the first batch is checked against dmfx's (same weights), so
-a table never compares different models.
+Before timing, each peer is checked against dmfx from the same initial weights: its loss on the
+first batch, then one step (forward, backward, its optimizer) on that batch and its loss on the
+second, so a table never compares different models, gradients or optimizers.
 """
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +49,10 @@ from .inputs import has_negatives, row_of_entry, to_device
 CONTENDERS = (BASELINE, "dmfx-sparse-grad", "dense-input", "embedding_bag")
 NEGATIVES = 7
 STEPS = 20  # steps per timed call
+LR = 1e-4  # the trainer's default
+# The check's tolerance on the two losses. Float32 summation order moves them by ~1e-6; a wrong
+# gradient or update moves the second-batch loss by far more than this (the tests check one).
+CHECK_RTOL = 1e-4
 
 
 @dataclass
@@ -50,6 +64,8 @@ class Problem:
     batches: list  # (users, items, targets) of up to STEPS batches
     batch: int
     pairs_per_epoch: int
+    # dmfx's losses the peers are checked against (see _reference), computed on first use.
+    reference: tuple | None = field(default=None, repr=False)
 
 
 def problem(train: Interactions, batch: int, layers, device: torch.device,
@@ -105,6 +121,11 @@ class PeerDMF(nn.Module):
         self.user_mlp = copy.deepcopy(model.user_tower.mlp)
         self.item_mlp = copy.deepcopy(model.item_tower.mlp)
 
+    def sparse_grad_parameters(self) -> list:
+        """None: dense gradients, so :func:`dmfx.train.make_optimizer` gives every parameter the
+        trainer's (fused) Adam, as it gives dmfx's."""
+        return []
+
 
 class DenseInputDMF(PeerDMF):
     """DMF the way RecBole's DMF computes it: a dense B x N row per pair, then Linear."""
@@ -131,32 +152,55 @@ class DenseInputDMF(PeerDMF):
 
 
 class EmbeddingBagDMF(PeerDMF):
-    """DMF in careful eager PyTorch: distinct ids once, first layer by F.embedding_bag."""
+    """DMF in careful eager PyTorch, first layer by F.embedding_bag: the work of dmfx's
+    ``pair_vectors`` (distinct ids once on the CPU; on CUDA every pair's row, as ``torch.unique``
+    would wait for the GPU) and one host sync a step, for the sizes of both gathers at once."""
 
     def __init__(self, model: DMF, user_csr: CSR, item_csr: CSR):
         super().__init__(model)
         self.user_csr, self.item_csr = user_csr, item_csr
 
     @staticmethod
-    def _tower(csr: CSR, first, mlp, ids):
-        distinct, slot = torch.unique(ids, return_inverse=True)
-        starts, ends = csr.indptr[distinct].long(), csr.indptr[distinct + 1].long()
-        counts = ends - starts
+    def _bags(csr: CSR, ids: torch.Tensor, distinct: bool):
+        """The rows to gather (each distinct id once, or every pair's) with ``slot``, each pair's
+        row among them (None: one each), and their entries' starts, counts and offsets in the
+        flat bag arrays."""
+        if distinct:
+            rows, slot = torch.unique(ids, return_inverse=True)
+        else:
+            rows, slot = ids, None
+        starts = csr.indptr.index_select(0, rows).long()
+        counts = csr.indptr.index_select(0, rows + 1).long() - starts
         offsets = torch.cumsum(counts, 0) - counts
-        flat = torch.arange(int(counts.sum()), device=ids.device) + torch.repeat_interleave(
-            starts - offsets, counts)
-        h = F.embedding_bag(csr.indices[flat], first, offsets, mode="sum",
-                            per_sample_weights=csr.values[flat])
-        return mlp(h)[slot]
+        return slot, starts, counts, offsets
+
+    @staticmethod
+    def _tower(csr: CSR, first, mlp, bags, total: int):
+        slot, starts, counts, offsets = bags
+        # Position k of the flat arrays holds entry starts[b] + (k - offsets[b]) of bag b.
+        flat = torch.arange(total, device=starts.device) + torch.repeat_interleave(
+            starts - offsets, counts, output_size=total)
+        h = F.embedding_bag(csr.indices.index_select(0, flat), first, offsets, mode="sum",
+                            per_sample_weights=csr.values.index_select(0, flat))
+        out = mlp(h)
+        # index_select, not [slot]: its backward is an index_add, [slot]'s sorts the ids first.
+        return out if slot is None else out.index_select(0, slot)
 
     def loss(self, users, items, targets):
-        p = self._tower(self.user_csr, self.user_first, self.user_mlp, users)
-        q = self._tower(self.item_csr, self.item_first, self.item_mlp, items)
+        distinct = not users.is_cuda  # as dmfx's pair_vectors
+        user_bags = self._bags(self.user_csr, users, distinct)
+        item_bags = self._bags(self.item_csr, items, distinct)
+        # The step's one host sync: both gathers' sizes, read together.
+        user_total, item_total = torch.stack(
+            [user_bags[2].sum(), item_bags[2].sum()]).tolist()
+        p = self._tower(self.user_csr, self.user_first, self.user_mlp, user_bags, user_total)
+        q = self._tower(self.item_csr, self.item_first, self.item_mlp, item_bags, item_total)
         return reference.cosine_nce_loss(p, q, targets, self.mu)
 
 
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # what the allocator caches but no tensor holds is free too
         return torch.cuda.mem_get_info(device)[0]
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
@@ -181,35 +225,70 @@ def _model(p: Problem, sparse_grad: bool = False) -> DMF:
     return DMF(p.train, p.layers, p.layers, sparse_grad=sparse_grad).to(p.user_csr.indptr.device)
 
 
+def _optimizer(net):
+    """The trainer's optimizer (:func:`dmfx.train.make_optimizer`), for dmfx's models and the
+    peers alike: fused Adam where torch has it, ``RowSparseAdam`` for row-sparse gradients."""
+    return make_optimizer(net, TrainConfig(lr=LR))
+
+
+def _step(net, optimizer, batch) -> torch.Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    loss = net.loss(*batch)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def _losses(net, optimizer, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss on batch 0 at the current weights, and the loss on batch 1 after one step
+    (forward, backward, ``optimizer``) on batch 0: the second reads the gradients and the
+    optimizer's update, not only the forward."""
+    first = _step(net, optimizer, batches[0]).detach()
+    with torch.no_grad():
+        second = net.loss(*batches[1 % len(batches)])
+    return first, second
+
+
+def _reference(p: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """dmfx's :func:`_losses` from the initial weights, computed once per problem (its model is
+    freed before any contender's is built)."""
+    if p.reference is None:
+        model = _model(p)
+        p.reference = _losses(model, _optimizer(model), p.batches)
+    return p.reference
+
+
+def _check(p: Problem, name: str, net, optimizer) -> str:
+    """Raise :class:`~dmfx.bench.CheckFailed` unless ``net`` + ``optimizer`` train like dmfx's
+    from the same weights. Leaves the contender one step on, which its timing does not mind."""
+    want = _reference(p)
+    got = _losses(net, optimizer, p.batches)
+    assert_agree(got[:1], want[:1], what=f"{name} first-batch loss vs dmfx", rtol=CHECK_RTOL)
+    assert_agree(got[1:], want[1:], what=f"{name} second-batch loss after one step on the first "
+                 "vs dmfx", rtol=CHECK_RTOL)
+    return (f"first-batch loss, and second-batch loss after one step on the first, equal dmfx's "
+            f"from the same weights (rtol {CHECK_RTOL:g})")
+
+
 def prepare(p: Problem, name: str) -> Contender:
-    model = _model(p)
-    if name == BASELINE:
-        net, check = model, "baseline"
+    if name not in CONTENDERS:
+        raise ValueError(f"unknown train_step contender {name!r}")
+    if name == "dense-input":
+        _check_dense_size(p)
+    if name != BASELINE:
+        _reference(p)  # first, so that dmfx's model is gone before this contender's is built
+    if name in (BASELINE, "dmfx-sparse-grad"):
+        net = _model(p, sparse_grad=name == "dmfx-sparse-grad")
+    elif name == "dense-input":
+        net = DenseInputDMF(_model(p), p.user_csr, p.item_csr)
     else:
-        if name == "dmfx-sparse-grad":
-            net = _model(p, sparse_grad=True)
-        elif name == "dense-input":
-            _check_dense_size(p)
-            net = DenseInputDMF(model, p.user_csr, p.item_csr)
-        elif name == "embedding_bag":
-            net = EmbeddingBagDMF(model, p.user_csr, p.item_csr)
-        else:
-            raise ValueError(f"unknown train_step contender {name!r}")
-        with torch.no_grad():
-            first = p.batches[0]
-            assert_agree([net.loss(*first)], [model.loss(*first)], what=f"{name} loss vs dmfx")
-        check = "first-batch loss equals dmfx's on the same weights (rtol 1e-4)"
-    # dmfx's contenders use the trainer's optimizer (fused Adam, RowSparseAdam for row-sparse
-    # gradients), the peers torch's default Adam.
-    optimizer = (make_optimizer(net, TrainConfig(lr=1e-4)) if isinstance(net, DMF)
-                 else torch.optim.Adam(net.parameters(), lr=1e-4))
+        net = EmbeddingBagDMF(_model(p), p.user_csr, p.item_csr)
+    optimizer = _optimizer(net)
+    check = "baseline" if name == BASELINE else _check(p, name, net, optimizer)
 
     def fn():
-        for users, items, targets in p.batches:
-            optimizer.zero_grad(set_to_none=True)
-            loss = net.loss(users, items, targets)
-            loss.backward()
-            optimizer.step()
+        for batch in p.batches:
+            loss = _step(net, optimizer, batch)
         return loss
 
     return Contender(name, fn, check, state=(net, optimizer))
