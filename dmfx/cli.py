@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed, ops
+from . import distributed
 from .checkpoint import (CheckpointError, RunFolderBusy, RunLock, atomic_write, json_text,
                          load_checkpoint, make_folder, write_json)
 from .config import file_flags, options, toml_text
@@ -33,7 +34,7 @@ from .data import DATASETS, DataFormatError, DatasetUnavailableError, Interactio
 from .data.readers import COUNTS_WARNING
 from .evaluate import PREFIX, Ranking, evaluate, parse_protocol, save_ranks
 from .experiment import PROTOCOLS as SPLITS
-from .experiment import DataSpec, data_record, load_trained, save_model
+from .experiment import DataSpec, check_device, data_record, load_trained, save_model
 from .models import MODELS, build_model, train_config
 from .models.base import CANNOT_SCORE_NEW_USERS
 from .models.registry import TRAINERS, spec_of
@@ -47,20 +48,9 @@ USER_ERRORS = (ValueError, KeyError, OSError, DataFormatError, DatasetUnavailabl
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() and ops.cuda_enabled() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda" and not (torch.cuda.is_available() and ops.cuda_enabled()):
-        raise ValueError("--device cuda needs a GPU and a dmfx build with CUDA kernels "
-                         f"(GPU visible: {torch.cuda.is_available()}, CUDA kernels: {ops.cuda_enabled()})")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
+    """``--device``: auto, cpu, cuda or cuda:N, one this machine has (see
+    :func:`dmfx.experiment.check_device`)."""
+    return check_device(name, "--device")
 
 
 _PROTOCOL_HELP = ("evaluation protocol of early stopping (validation NDCG@10) and of the "
@@ -210,6 +200,9 @@ def _data_spec(args) -> DataSpec:
     if hasattr(args, "split"):
         if args.split not in SPLITS:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+        if args.split == "atomic" and (args.data is None or args.dataset is not None):
+            raise ValueError("--split atomic reads a split folder: give it as --data FOLDER/NAME "
+                             "(what `dmfx split` wrote), without --dataset")
         protocol = {"protocol": args.split,
                     "ratios": _ratios(args.split_ratios, args.split == "random")}
     return DataSpec(dataset=dataset, data=args.data, sep=args.sep, seed=args.split_seed,
@@ -475,15 +468,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recommend", help="top-k unseen items for users or a new user (raw ids "
                        "in and out)", description="The k best items a user has not interacted "
-                       "with (training and held-out items left out), for one user (--user), many "
+                       "with (training, validation and test items left out; the Python "
+                       "model.recommend leaves out training items only unless given "
+                       "exclude=trained.interacted()), for one user (--user), many "
                        "(--users-file, scored in blocks on the device) or a user the model never "
                        "saw, from their ratings (--ratings; DMF reads rating rows, ItemPop needs "
-                       "none; id-embedding models cannot).")
+                       "none; id-embedding models cannot). Users a run held out of training "
+                       "(train --held-out-users) are not served as known users: --user and "
+                       "--users-file refuse them (give their ratings with --ratings) and "
+                       "--all-users leaves them out, with a warning.")
     _add_restore_args(r)
     who = r.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="raw user id as in the data file")
     who.add_argument("--users-file", metavar="FILE", help="raw user ids, one per line")
-    who.add_argument("--all-users", action="store_true", help="every user of the model")
+    who.add_argument("--all-users", action="store_true",
+                     help="every user of the model (but those held out of training by "
+                          "--held-out-users, which the model knows nothing of)")
     who.add_argument("--ratings", metavar="FILE",
                      help="a new user's ratings: lines ITEM[,RATING] with raw item ids (items "
                           "the model does not know are left out, with a warning; models that "
@@ -503,7 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "the model has one; cosine DMF's are normalised), user_ids.npy, item_ids.npy, seen.npz (training interactions, scipy CSR), "
                        "meta.json and, for DMF, user_tower.pt2 / item_tower.pt2 (torch.export "
                        "programs that embed rating rows of new users and items; load them with "
-                       "torch.export.load after `import dmfx.ops`).")
+                       "torch.export.load after `import dmfx.ops`). Users held out of training "
+                       "(train --held-out-users) are left out of the user files (user_ids.npy "
+                       "names the rows; meta.json counts them): serve them from their ratings "
+                       "through user_tower.pt2, as new users.")
     _add_restore_args(x)
     x.add_argument("--output", required=True, metavar="DIR", help="folder to write")
     x.set_defaults(handler=cmd_export)
@@ -824,7 +827,8 @@ def _evaluated(args, split) -> tuple:
 
 
 def cmd_recommend(args) -> int:
-    from .serving import read_new_user, read_user_ids, recommend_blocks, write_recommendations
+    from .serving import (HELD_OUT, read_new_user, read_user_ids, recommend_blocks,
+                          write_recommendations)
 
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
@@ -846,15 +850,22 @@ def cmd_recommend(args) -> int:
         blocks = iter([(np.zeros(1, np.int64), items.cpu().numpy(), scores.cpu().numpy())])
         user_ids = np.asarray(["new"])
     else:
+        held_out = trained.held_out_users
         if args.user is not None:
             try:
                 users = np.asarray([trained.user_index(args.user)])
             except KeyError:
                 raise KeyError(f"unknown user {args.user!r} (not in the data of this model)") from None
+            if np.isin(users, held_out).any():
+                raise ValueError(f"user {args.user!r} {HELD_OUT}")
         elif args.users_file:
-            users = read_user_ids(args.users_file, trained)
+            users = read_user_ids(args.users_file, trained)  # refuses held-out users by line
         else:
-            users = np.arange(model.num_users)
+            users = np.setdiff1d(np.arange(model.num_users), held_out)
+            if len(held_out):
+                warnings.warn(f"--all-users: {len(held_out):,} user(s) held out of training "
+                              "(--held-out-users) are left out: the model knows none of their "
+                              "ratings (--ratings FILE recommends for one from their ratings)")
         # Everything a user interacted with is left out, held-out items included.
         blocks = recommend_blocks(trained, users, args.k,
                                   exclude=trained.interacted(device=model.device),
@@ -992,11 +1003,31 @@ def _train_config(args, name: str, given: dict, progress) -> TrainConfig:
     return replace(config, protocol=_protocol(args)[0])
 
 
+def _stdout_to_devnull() -> None:
+    """After a broken pipe (``dmfx recommend ... | head``): what is left in stdout's buffer
+    goes nowhere, so that Python's flush at exit does not fail again (Python's documentation,
+    "Note on SIGPIPE", does this)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a file (captured, closed)
+        pass
+
+
+# A command whose reader went away (`| head`) ends as if SIGPIPE had ended it: 128 + 13.
+BROKEN_PIPE_STATUS = 141
+
+
 def main(argv=None) -> int:
     shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line
     try:
         args = parse_args(argv)
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a broken pipe shows here, not in the flush at exit
+        return code
+    except BrokenPipeError:  # the reader of stdout went away: stop quietly
+        _stdout_to_devnull()
+        return BROKEN_PIPE_STATUS
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"dmfx: error: {message}", file=sys.stderr)

@@ -16,7 +16,7 @@ Timestamps are not kept: the split is already made.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +29,7 @@ from .data import (CSR, Interactions, Split, leave_one_out, load_dataset, ratio_
 from .models import Recommender, build_model
 
 __all__ = ["DataSpec", "Trained", "fingerprint", "file_digest", "data_record", "split_state",
-           "split_from_state", "save_model", "load_trained"]
+           "split_from_state", "save_model", "load_trained", "check_device"]
 
 
 PROTOCOLS = ("loo", "random", "atomic")
@@ -38,14 +38,15 @@ PROTOCOLS = ("loo", "random", "atomic")
 @dataclass
 class DataSpec:
     """A data set by name (``dataset``, optionally read from a local copy ``data``) or any
-    ratings file (``data`` alone, with ``sep``), split with ``seed`` by ``protocol``:
-    ``"loo"`` (leave-one-out, the DMF paper's) or ``"random"`` (``ratios`` of all interactions
-    for train, validation and test, the EINMF paper's); or ``"atomic"``: a split already made,
-    read from the folder ``data`` (``FOLDER/NAME``, RecBole's atomic files as
-    :func:`dmfx.data.write_atomic` writes them; ``seed`` and ``eval_negatives`` only draw sampled
-    items where the folder has none)."""
+    ratings file (``data`` alone, with ``sep``: ``dataset`` left at None), split with ``seed``
+    by ``protocol``: ``"loo"`` (leave-one-out, the DMF paper's) or ``"random"`` (``ratios`` of
+    all interactions for train, validation and test, the EINMF paper's); or ``"atomic"``: a
+    split already made, read from the folder ``data`` (``FOLDER/NAME``, RecBole's atomic files
+    as :func:`dmfx.data.write_atomic` writes them; ``seed`` and ``eval_negatives`` only draw
+    sampled items where the folder has none). Neither ``dataset`` nor ``data``: the bundled
+    ``"ml-100k"``."""
 
-    dataset: Optional[str] = "ml-100k"
+    dataset: Optional[str] = None
     data: Optional[str] = None
     sep: Optional[str] = None
     seed: int = 0
@@ -55,11 +56,15 @@ class DataSpec:
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"split must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got "
+                             f"{self.protocol!r}")
         self.ratios = tuple(float(r) for r in self.ratios)
         if self.protocol == "atomic" and (self.data is None or self.dataset is not None):
-            raise ValueError("--split atomic reads a split folder: give it as --data FOLDER/NAME "
-                             "(what `dmfx split` wrote), without --dataset")
+            raise ValueError("protocol='atomic' reads a split folder: give it as data='FOLDER/NAME' "
+                             "(what `dmfx split` wrote; --data FOLDER/NAME of the command), "
+                             "without a dataset")
+        if self.dataset is None and self.data is None:
+            self.dataset = "ml-100k"  # the bundled data set
         # Absolute, so a checkpoint's data is found from any working directory.
         if self.data is not None:
             self.data = str(Path(self.data).expanduser().resolve())
@@ -76,7 +81,7 @@ class DataSpec:
             return self._read_atomic()[0]
         if self.dataset is None:
             if self.data is None:
-                raise ValueError("give a data set name (--dataset) or a ratings file (--data)")
+                raise ValueError("give a data set name (dataset) or a ratings file (data)")
             return read_file(self.data, sep=self.sep)
         return load_dataset(self.dataset, data=self.data)
 
@@ -155,15 +160,17 @@ def split_state(split: Split) -> dict:
     return state
 
 
-def split_from_state(state: dict) -> Split:
-    """The inverse of :func:`split_state`."""
+def split_from_state(state: dict, source=None) -> Split:
+    """The inverse of :func:`split_state`; ``source`` (the file it was read from) names it in
+    the error of a damaged one."""
     try:
         train = Interactions(**{k: _array_from_state(v) for k, v in state["train"].items()})
         rest = {k: _array_from_state(v) if isinstance(v, (list, torch.Tensor)) else v
                 for k, v in state.items() if k != "train"}
         return Split(train=train, **rest)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise CheckpointError(f"the stored split is damaged ({error})") from None
+        where = f"{source}: " if source is not None else ""
+        raise CheckpointError(f"{where}the stored split is damaged ({error})") from None
 
 
 def save_model(path, model: Recommender, split: Split, data: dict,
@@ -180,10 +187,18 @@ def save_model(path, model: Recommender, split: Split, data: dict,
 
 @dataclass
 class Trained:
-    """A trained model with the split it was trained and evaluated on (:func:`load_trained`)."""
+    """A trained model with the split it was trained and evaluated on (:func:`load_trained`).
+
+    ``held_out_users``: internal ids of the users a ``dmfx train --held-out-users`` run held out
+    of training (sorted; empty otherwise). They are among the model's users, but with no
+    training row, validation or test item: the model knows none of their ratings and would
+    rank for them as for a user without any. ``dmfx recommend`` refuses them (``--user``,
+    ``--users-file``; their ratings go through ``--ratings``) and leaves them out of
+    ``--all-users``; ``dmfx export`` leaves them out of the user files."""
 
     model: Recommender
     split: Split
+    held_out_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -201,7 +216,9 @@ class Trained:
 
     def interacted(self, device=None) -> CSR:
         """Every known (user, item) pair as a binary CSR: the training pairs and the held-out
-        ones, which a recommendation leaves out as well."""
+        (validation and test) ones, which ``dmfx recommend`` leaves out as well. Pass it as
+        ``model.recommend(users, exclude=trained.interacted())`` for the same lists from Python:
+        ``model.recommend`` alone leaves out the training pairs only."""
         s = self.split
         users = np.concatenate([s.train.users, s.valid_users, s.test_users])
         items = np.concatenate([s.train.items, s.valid_items, s.test_items])
@@ -211,16 +228,55 @@ class Trained:
         return known.csr("binary", device=device)
 
 
+def check_device(device, what: str = "device") -> torch.device:
+    """``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a torch.device) as a
+    device of this machine that dmfx runs on; a ValueError naming ``what`` (the argument, or
+    its flag: ``"--device"``) otherwise. ``"auto"``: the GPU where there is one and the dmfx
+    build has CUDA kernels, else the CPU."""
+    from . import ops
+
+    def shown(value) -> str:
+        return f"{what} {value}" if what.startswith("--") else f"{what}={str(value)!r}"
+
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and ops.cuda_enabled() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what}: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if parsed.type == "cuda" and not (torch.cuda.is_available() and ops.cuda_enabled()):
+        raise ValueError(f"{shown('cuda')} needs a GPU and a dmfx build with CUDA kernels "
+                         f"(GPU visible: {torch.cuda.is_available()}, CUDA kernels: "
+                         f"{ops.cuda_enabled()})")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{shown(device)}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return parsed
+
+
+def _users_without_rows(split: Split) -> np.ndarray:
+    """The users with no training row, validation or test item in ``split``: those
+    :func:`dmfx.inductive.hold_out_users` took out (every other user keeps a row somewhere)."""
+    known = np.zeros(split.train.num_users, dtype=bool)
+    for users in (split.train.users, split.valid_users, split.test_users):
+        known[users] = True
+    return np.flatnonzero(~known).astype(np.int64)
+
+
 def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optional[str] = None,
                  allow_data_change: bool = False) -> Trained:
     """The model of a ``dmfx train`` run (its best validation epoch) with its split.
 
-    From ``model.pt`` everything comes from the file. From ``checkpoint.pt`` the data and split
-    are rebuilt from the data settings stored in it: ``data`` reads the ratings from another path
-    (the file was moved); it must still hold the data the model was trained on. A data file whose
-    bytes or contents differ from the recorded ones is refused before it is parsed, unless
-    ``allow_data_change`` (then the model is used on the data as it is now, if its shape still
-    fits)."""
+    ``device``: where the model goes (see :func:`check_device`; a device this machine lacks is
+    a ValueError). From ``model.pt`` everything comes from the file. From ``checkpoint.pt`` the
+    data and split are rebuilt from the data settings stored in it: ``data`` reads the ratings
+    from another path (the file was moved); it must still hold the data the model was trained
+    on. A data file whose bytes or contents differ from the recorded ones is refused before it
+    is parsed, unless ``allow_data_change`` (then the model is used on the data as it is now, if
+    its shape still fits). The result's ``held_out_users`` are the users a ``--held-out-users``
+    run kept out of training (see :class:`Trained`)."""
+    device = check_device(device)
     saved = load_checkpoint(path)
     if "data" not in saved or "model" not in saved:
         raise CheckpointError(f"{path} is not a dmfx model file or train checkpoint")
@@ -232,8 +288,12 @@ def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optiona
                          "only to a checkpoint.pt")
     try:  # the file's records, as this version of dmfx writes them
         kind, config = saved["model"]["kind"], saved["model"]["config"]
-        split = split_from_state(saved["split"]) if "split" in saved else \
-            _split_from_data(path, saved["data"], data, allow_data_change)
+        if "split" in saved:
+            split = split_from_state(saved["split"], source=path)
+            held_out = (_users_without_rows(split) if isinstance(saved["data"], dict)
+                        and saved["data"].get("held_out_users") is not None else None)
+        else:
+            split, held_out = _split_from_data(path, saved["data"], data, allow_data_change)
         weights = result_weights(path, saved)
     except KeyError as error:
         raise CheckpointError(f"{path} has no {error.args[0]!r} record: not written by this "
@@ -249,12 +309,19 @@ def load_trained(path: str, device: torch.device | str = "cpu", *, data: Optiona
         # the next one says which weights do not fit and how.
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
         reason = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:300]
+        if "split" in saved:  # no data was read: the file disagrees with itself
+            raise CheckpointError(f"{path}: its weights do not fit the model settings and split "
+                                  f"it holds ({reason}); the file is damaged") from None
         raise CheckpointError(f"{path} does not fit the data read now ({reason})") from None
-    return Trained(model, split)
+    if held_out is None:
+        return Trained(model, split)
+    return Trained(model, split, held_out_users=np.asarray(held_out, dtype=np.int64))
 
 
 def _split_from_data(path: str, record: dict, data: Optional[str],
-                     allow_data_change: bool) -> Split:
+                     allow_data_change: bool) -> tuple[Split, Optional[np.ndarray]]:
+    """The split of a checkpoint re-made from its data settings, and the users it held out of
+    training (None: none)."""
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"--data: no file at {data}")
     spec = DataSpec(**{**record["spec"], **({"data": data} if data is not None else {})})
@@ -272,8 +339,9 @@ def _split_from_data(path: str, record: dict, data: Optional[str],
                               f"(was {record['fingerprint']}, now {fingerprint(interactions)})"
                               f"{change}")
     split = spec.split(interactions)
-    if record.get("held_out_users") is not None:
-        from .inductive import hold_out_users
+    if record.get("held_out_users") is None:
+        return split, None
+    from .inductive import hold_out_users
 
-        split, _ = hold_out_users(split, record["held_out_users"], seed=spec.seed)
-    return split
+    split, new = hold_out_users(split, record["held_out_users"], seed=spec.seed)
+    return split, np.sort(new.users)

@@ -29,13 +29,70 @@ class NewUsers:
     """Held-out users: ``rows[k]`` (``[m, num_items]`` scipy CSR of ratings) are the known
     ratings of user ``users[k]``, whose ``test_items[k]`` is ranked against
     ``test_negatives[k, :]`` (sampled) or all items but the known ones and the validation item
-    ``valid_items[k]`` (full; -1: none)."""
+    ``valid_items[k]`` (full; -1: none).
+
+    Checked when built (a ValueError naming the field): ``users`` ``[m]``, ``test_items`` and
+    ``valid_items`` ``[m]`` integer arrays, ``test_negatives`` an ``[m, c]`` one, every item id
+    in ``[0, num_items)`` (``valid_items`` also -1), ratings in ``rows`` finite and >= 0 (the
+    training data's domain), and a test item neither among the user's rated items (stored
+    entries of ``rows``, 0 included) nor their validation item: the full ranking leaves those
+    out, so it would never rank the test item. The fields are kept as numpy arrays (item ids as
+    int64) and ``rows`` as a scipy CSR matrix; :func:`evaluate_new_users` also checks that
+    ``rows`` has the model's number of items."""
 
     users: np.ndarray
     rows: sp.csr_matrix
     test_items: np.ndarray
     test_negatives: np.ndarray
     valid_items: np.ndarray
+
+    def __post_init__(self):
+        if not sp.issparse(self.rows) or len(self.rows.shape) != 2:
+            raise ValueError(f"rows must be a 2-D scipy.sparse matrix, got {type(self.rows).__name__}")
+        rows = self.rows.tocsr()
+        m, num_items = rows.shape
+        if rows.nnz and not (np.isfinite(rows.data).all() and (rows.data >= 0).all()):
+            raise ValueError("rows must hold finite ratings >= 0, as the training data does")
+
+        def ids(name: str, ndim: int, items: bool = True) -> np.ndarray:
+            array = np.asarray(getattr(self, name))
+            if array.ndim != ndim or array.shape[0] != m:
+                want = "[m]" if ndim == 1 else "[m, c]"
+                raise ValueError(f"{name} must be {want} with m = {m} (the rows), got shape "
+                                 f"{array.shape}")
+            if not items:
+                return array
+            if array.size == 0 and array.dtype.kind not in "iu":  # np.array([]) is float64
+                array = array.astype(np.int64)
+            if array.dtype.kind not in "iu":
+                raise ValueError(f"{name} must hold integer item ids, got dtype {array.dtype}")
+            return array.astype(np.int64, copy=False)
+
+        users = ids("users", 1, items=False)
+        test = ids("test_items", 1)
+        negatives = ids("test_negatives", 2)
+        valid = ids("valid_items", 1)
+        for name, array, lowest in (("test_items", test, 0), ("test_negatives", negatives, 0),
+                                    ("valid_items", valid, -1)):
+            if array.size and (int(array.min()) < lowest or int(array.max()) >= num_items):
+                raise ValueError(f"{name} must lie in [{lowest}, {num_items}) (item ids of the "
+                                 f"rows' {num_items} columns), got [{int(array.min())}, "
+                                 f"{int(array.max())}]")
+        # The pattern, not the values: an item rated 0 is rated (and left out) too.
+        rated = sp.csr_matrix((np.ones(rows.nnz, dtype=np.float32), rows.indices, rows.indptr),
+                              shape=rows.shape)
+        at = np.flatnonzero(np.asarray(rated[np.arange(m), test]).ravel()) if m else []
+        if len(at):
+            raise ValueError(f"test_items must not be among the rated items of rows (user "
+                             f"{users[at[0]]} rates its test item {test[at[0]]}): the full "
+                             "ranking leaves rated items out")
+        same = np.flatnonzero(test == valid)
+        if len(same):
+            raise ValueError(f"test_items must differ from valid_items (user {users[same[0]]}: "
+                             f"{test[same[0]]})")
+        for name, value in (("users", users), ("rows", rows), ("test_items", test),
+                            ("test_negatives", negatives), ("valid_items", valid)):
+            object.__setattr__(self, name, value)
 
 
 def hold_out_users(split: Split, fraction: float, seed: int = 0) -> tuple[Split, NewUsers]:
@@ -70,9 +127,16 @@ def hold_out_users(split: Split, fraction: float, seed: int = 0) -> tuple[Split,
     return kept, new
 
 
+def _check_fits(model: Recommender, new: NewUsers) -> None:
+    if new.rows.shape[1] != model.num_items:
+        raise ValueError(f"rows must have {model.num_items} columns (the model's items), got "
+                         f"shape {new.rows.shape}")
+
+
 @torch.no_grad()
 def scores_new_users(model: Recommender, new: NewUsers, scorer=None) -> torch.Tensor:
     """``[m, 1 + c]`` scores of each new user's test item and its sampled candidates."""
+    _check_fits(model, new)
     scorer = model.scorer_for_rows(new.rows) if scorer is None else scorer
     users = torch.arange(len(new.users), device=model.device)
     candidates = torch.as_tensor(np.concatenate([new.test_items[:, None], new.test_negatives], 1),
@@ -98,6 +162,7 @@ def evaluate_new_users(model: Recommender, new: NewUsers, ks: Sequence[int] = (1
     """The new users' test items ranked among their sampled candidates (``hr@K``, ``ndcg@K``;
     ties broken at random, as the evaluator does) and among all items they did not rate
     (``full_hr@K``, ... as :class:`dmfx.evaluate.Ranking` reports them)."""
+    _check_fits(model, new)
     scorer = model.scorer_for_rows(new.rows)
     scores = scores_new_users(model, new, scorer).float().cpu()
     ranks = ranks_from_scores(scores[:, 0], scores[:, 1:], torch.Generator().manual_seed(seed))

@@ -61,6 +61,16 @@ def _build() -> dict:
             "cuda_kernels": ops.cuda_enabled()}
 
 
+def _gpu_name(device) -> str | None:
+    """The name of the CUDA ``device``; None for another device or one that cannot be asked."""
+    if not isinstance(device, torch.device) or device.type != "cuda":
+        return None
+    try:
+        return torch.cuda.get_device_name(device)
+    except Exception:  # no GPU, no CUDA build, an index beyond the GPUs: AssertionError, ...
+        return None
+
+
 def environment(device: torch.device | str = "cpu") -> dict:
     """The software and machine of a run on ``device`` (see the module docstring).
 
@@ -68,8 +78,13 @@ def environment(device: torch.device | str = "cpu") -> dict:
     commit), ``build`` (``cpu_kernels``, ``openmp``, ``cuda_kernels``), ``python``, ``torch``,
     ``numpy``, ``scipy``, ``cuda`` (the CUDA version torch was built with, None for a CPU
     build), ``gpu`` (the device's name on CUDA, else None), ``threads`` (torch's CPU threads),
-    ``device`` and ``platform``."""
-    device = torch.device(device)
+    ``device`` and ``platform``. A device this machine lacks (``"cuda"`` without a GPU, a
+    ``"cuda:N"`` beyond its GPUs) or that torch cannot parse gives ``gpu`` None and ``device``
+    as given: it never fails."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        device = str(device)
     return {
         "dmfx": {"version": __version__, **git_commit()},
         "build": _build(),
@@ -78,7 +93,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "gpu": _gpu_name(device),
         "threads": torch.get_num_threads(),
         "device": str(device),
         "platform": platform.platform(),

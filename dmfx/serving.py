@@ -6,6 +6,8 @@ Everything here reads a model file (``OUTPUT/model.pt`` of ``dmfx train``) throu
 """
 from __future__ import annotations
 
+import copy
+import csv
 import io
 import json
 from pathlib import Path
@@ -22,42 +24,60 @@ from .checkpoint import atomic_write, make_folder
 from .data import CSR, DataFormatError, as_csr
 from .experiment import Trained
 from .models import VectorScorer
+from .models.base import _positive_int
 
 __all__ = ["read_user_ids", "read_new_user", "recommend_blocks", "write_recommendations",
            "export_model", "RowTower"]
 
 
-def _lines(path) -> list[str]:
+def _lines(path) -> list[tuple[int, str]]:
+    """``(line number in the file, text)`` of the lines of ``path`` that hold something: blank
+    lines and ``#`` comments are skipped but counted. A UTF-8 byte-order mark (what some
+    editors on Windows write) is not part of the first line."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataFormatError(f"{path}: not UTF-8 text") from None
-    return [line.strip() for line in text.splitlines()
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
             if line.strip() and not line.lstrip().startswith("#")]
 
 
 def read_user_ids(path, trained: Trained) -> np.ndarray:
     """Internal ids of the raw user ids in ``path`` (one per line; blank lines and ``#``
-    comments skipped). An unknown id raises KeyError naming it and its line."""
+    comments skipped). An unknown id raises KeyError naming it and its line; a user held out
+    of training (``dmfx train --held-out-users``: :attr:`Trained.held_out_users`) raises
+    ValueError, as the model knows none of their ratings: recommend for them from their
+    ratings (``--ratings``, :func:`read_new_user`)."""
     users = []
-    for number, raw in enumerate(_lines(path), 1):
+    held_out = set(trained.held_out_users.tolist())
+    for number, raw in _lines(path):
         try:
-            users.append(trained.user_index(raw))
+            user = trained.user_index(raw)
         except KeyError:
             raise KeyError(f"{path}:{number}: unknown user {raw!r} (not in this model's data)") from None
+        if user in held_out:
+            raise ValueError(f"{path}:{number}: user {raw!r} {HELD_OUT}")
+        users.append(user)
     if not users:
         raise ValueError(f"{path} names no user")
     return np.asarray(users, dtype=np.int64)
+
+
+HELD_OUT = ("was held out of training (dmfx train --held-out-users): the model knows none of "
+            "their ratings; recommend for them from their ratings: dmfx recommend --ratings FILE "
+            "(model.recommend_rows in Python)")
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def read_new_user(path, trained: Trained) -> tuple[CSR, list]:
     """A new user's ratings from ``path`` as one CSR row over the model's items, and the raw ids
     of the items the model does not know (left out). Lines are ``ITEM`` or ``ITEM RATING``,
     separated by a comma, tab or spaces; ``ITEM`` alone counts as rating 1. Ratings must be
-    finite and >= 0, as in training data; an item rated twice keeps its later line, as the
-    readers keep a user's latest rating."""
+    finite, >= 0 and within float32's range, as in training data; an item rated twice keeps its
+    later line, as the readers keep a user's latest rating. Errors name the file's line."""
     rated, unknown = {}, []
-    for number, line in enumerate(_lines(path), 1):
+    for number, line in _lines(path):
         fields = line.replace(",", " ").replace("\t", " ").split()
         if len(fields) > 2:
             raise DataFormatError(f"{path}:{number}: expected ITEM or ITEM RATING, got {line!r}")
@@ -68,6 +88,9 @@ def read_new_user(path, trained: Trained) -> tuple[CSR, list]:
         if not np.isfinite(rating) or rating < 0:
             raise DataFormatError(f"{path}:{number}: rating {fields[1]!r} is not a finite "
                                   "number >= 0")
+        if rating > _FLOAT32_MAX:
+            raise DataFormatError(f"{path}:{number}: rating {fields[1]!r} is out of float32 "
+                                  f"range (at most {_FLOAT32_MAX:.6g})")
         try:
             item = trained.item_index(fields[0])
         except KeyError:
@@ -86,21 +109,30 @@ def recommend_blocks(trained: Trained, users: np.ndarray, k: int, *, exclude: Op
                      block: Optional[int] = None, progress: bool = False
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``(users, items, scores)`` blocks of the top ``k`` of every user in ``users``: each block
-    (:meth:`Recommender.users_per_block`) is scored on the model's device and reduced to its top
-    ``k`` there -- against a tile of items at a time for vector models, else against all items
-    -- so memory holds about 256 MB of scores, never users x items.
-    Items in ``exclude`` (a CSR over all users) are left out."""
+    (``block`` users, a positive integer; default :meth:`Recommender.users_per_block`) is scored
+    on the model's device and reduced to its top ``k`` there -- against a tile of items at a
+    time for vector models, else against all items -- so memory holds about 256 MB of scores,
+    never users x items.
+
+    Exactly the items in ``exclude`` (users x items, as :meth:`Recommender.recommend` takes it)
+    are left out; ``exclude=None`` leaves out none, not even the training items. ``dmfx
+    recommend`` passes ``trained.interacted()``: training, validation and test items."""
     from tqdm.auto import tqdm
 
+    if block is not None:
+        block = _positive_int(block, "block")
+    users = np.asarray(users, dtype=np.int64).reshape(-1)
     model = trained.model
+    if exclude is not None:  # checked and converted once, not once per block
+        exclude = model._exclude_matrix(exclude)
     scorer = model._eval_scorer()
     block = block or model.users_per_block(scorer=scorer)
     ids = torch.as_tensor(users, device=model.device)
     with tqdm(total=len(users), unit="user", desc="recommend", disable=not progress) as bar:
         for start in range(0, len(users), block):
             chunk = ids[start:start + block]
-            items, scores = model.recommend(chunk, k, exclude=exclude, scorer=scorer,
-                                            batch_size=block)
+            items, scores = model.recommend(chunk, k, exclude_seen=False, exclude=exclude,
+                                            scorer=scorer, batch_size=block)
             bar.update(len(chunk))
             yield users[start:start + block], items.cpu().numpy(), scores.cpu().numpy()
 
@@ -156,11 +188,14 @@ def write_recommendations(path, blocks, trained: Trained, *,
         def write(f):
             nonlocal count
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-            text.write(sep.join(("user", "rank", "item", "score")) + "\n")
+            # The csv module quotes an id holding the separator, a quote or a line break, so
+            # csv.reader and pandas.read_csv read back the fields written.
+            out = csv.writer(text, delimiter=sep, lineterminator="\n")
+            out.writerow(("user", "rank", "item", "score"))
             for users, ranks, items, scores in rows:
-                text.writelines(f"{u}{sep}{r}{sep}{i}{sep}{s:.6g}\n"
-                                for u, r, i, s in zip(users.tolist(), ranks.tolist(),
-                                                      items.tolist(), scores.tolist()))
+                out.writerows((u, r, i, f"{s:.6g}")
+                              for u, r, i, s in zip(users.tolist(), ranks.tolist(),
+                                                    items.tolist(), scores.tolist()))
                 count += len(users)
             text.flush()
             text.detach()
@@ -173,20 +208,27 @@ def write_recommendations(path, blocks, trained: Trained, *,
 class RowTower(nn.Module):
     """A DMF tower as a function of rating rows alone, for ``torch.export``: ``(indptr [n + 1],
     indices [nnz], values [nnz])`` of n rows (int64 ids, float32 ratings; columns ascending
-    within a row) -> ``[n, d]`` vectors whose dot products are the model's scores: normalised
-    for a cosine-scored DMF (``normalize``), as they come out of the tower for ``score="dot"``."""
+    within a row) -> ``[n, d]`` float32 vectors whose dot products are the model's scores:
+    normalised for a cosine-scored DMF (``normalize``), as they come out of the tower for
+    ``score="dot"``. The tower computes in its weights' dtype (a float64 DMF in float64).
+
+    Holds CPU copies of the tower's weights (shared with it where it is on the CPU already):
+    building one leaves ``tower`` as it was."""
 
     def __init__(self, tower: nn.Module, normalize: bool):
         super().__init__()
-        self.first, self.mlp, self.binary = tower.first, tower.mlp, tower.binary
+        self.first = nn.Parameter(tower.first.detach().cpu(), requires_grad=False)
+        self.mlp = copy.deepcopy(tower.mlp).cpu()
+        self.binary = tower.binary
         self.normalize = normalize
 
     def forward(self, indptr: Tensor, indices: Tensor, values: Tensor) -> Tensor:
         rows = torch.arange(indptr.shape[0] - 1, device=indptr.device)
-        h = ops.sparse_rows_matmul(indptr, indices, None if self.binary else values, rows,
+        h = ops.sparse_rows_matmul(indptr, indices,
+                                   None if self.binary else values.to(self.first.dtype), rows,
                                    self.first)
         out = self.mlp(h)
-        return F.normalize(out, dim=1) if self.normalize else out
+        return (F.normalize(out, dim=1) if self.normalize else out).float()
 
 
 def _export_tower(tower: RowTower, example: CSR, path: Path) -> None:
@@ -204,13 +246,25 @@ def _export_tower(tower: RowTower, example: CSR, path: Path) -> None:
 @torch.no_grad()
 def export_model(trained: Trained, output) -> dict:
     """Writes to the folder ``output``: ``user_vectors.npy`` and ``item_vectors.npy`` (float32,
-    one row per internal id; a user's score of an item is the dot product, plus
-    ``item_bias.npy`` where the model has one), ``user_ids.npy`` / ``item_ids.npy`` (raw ids of
-    the rows), ``seen.npz`` (scipy CSR of the training interactions, to leave out), and for DMF
+    one row per user of ``user_ids.npy`` and per internal item id; a user's score of an item is
+    the dot product, plus ``item_bias.npy`` where the model has one), ``user_ids.npy`` /
+    ``item_ids.npy`` (raw ids of the rows), ``seen.npz`` (scipy CSR of the training
+    interactions, a row per user of ``user_ids.npy``, to leave out), and for DMF
     ``user_tower.pt2`` / ``item_tower.pt2``: the towers as ``torch.export`` programs over rating
     rows (load with ``torch.export.load`` after ``import dmfx.ops``, which registers the ops), which
-    embed users and items the model never saw. Returns the ``meta.json`` it writes."""
-    model = trained.model.cpu()
+    embed users and items the model never saw. Returns the ``meta.json`` it writes.
+
+    Users held out of training (``dmfx train --held-out-users``:
+    :attr:`Trained.held_out_users`) are left out of the user files (``user_vectors.npy``,
+    ``user_ids.npy``, ``seen.npz``): the model knows none of their ratings, so its vector for
+    them is that of a user without any; a server that does not find them embeds them from their
+    ratings with ``user_tower.pt2``, as any new user. Then the rows are no longer the internal
+    ids, and ``meta.json`` counts them (``held_out_users``). Without held-out users row ``u`` is
+    internal user ``u``.
+
+    The model is used where it is (vectors are computed on its device and copied to the CPU;
+    the towers are exported from CPU copies): ``trained.model`` is not moved or changed."""
+    model = trained.model
     scorer = model._eval_scorer()
     if not isinstance(scorer, VectorScorer):
         raise ValueError(f"{model.name} scores a pair with more than a dot product of two "
@@ -221,30 +275,39 @@ def export_model(trained: Trained, output) -> dict:
     def save_npy(name: str, array: np.ndarray) -> None:
         atomic_write(out / name, lambda f: np.save(f, array, allow_pickle=False))
 
-    # detached: some scorers hand out their parameters themselves (GMF's, BPR-MF's tables)
-    save_npy("user_vectors.npy", scorer.users.detach().float().numpy())
-    save_npy("item_vectors.npy", scorer.items.detach().float().numpy())
+    def numpy(tensor: Tensor) -> np.ndarray:
+        # detached: some scorers hand out their parameters themselves (GMF's, BPR-MF's tables)
+        return tensor.detach().float().cpu().numpy()
+
+    held_out = trained.held_out_users
+    kept = np.setdiff1d(np.arange(model.num_users), held_out) if len(held_out) else slice(None)
+    save_npy("user_vectors.npy", numpy(scorer.users)[kept])
+    save_npy("item_vectors.npy", numpy(scorer.items))
     files = ["user_vectors.npy", "item_vectors.npy", "user_ids.npy", "item_ids.npy", "seen.npz"]
     if scorer.item_bias is not None:
-        save_npy("item_bias.npy", scorer.item_bias.detach().float().numpy())
+        save_npy("item_bias.npy", numpy(scorer.item_bias))
         files.append("item_bias.npy")
-    save_npy("user_ids.npy", trained.user_ids)
+    save_npy("user_ids.npy", trained.user_ids[kept])
     save_npy("item_ids.npy", trained.item_ids)
-    seen = trained.split.train.to_scipy("binary")
+    seen = trained.split.train.to_scipy("binary")[kept].tocsr()
     atomic_write(out / "seen.npz", lambda f: sp.save_npz(f, seen))
     normalised = getattr(model, "score_kind", None) == "cosine"
     if hasattr(model, "embed_users"):
         train, values = trained.split.train, model.config()["input"]
         for side, tower in (("user", model.user_tower), ("item", model.item_tower)):
-            # A few real rows to trace with; the program takes any number of rows.
-            example = as_csr(train.to_scipy(values, transpose=side == "item")[:3], name=side)
+            # A few real rows to trace with (with ratings: a held-out user's row is empty); the
+            # program takes any number of rows.
+            matrix = train.to_scipy(values, transpose=side == "item").tocsr()
+            rated = np.flatnonzero(np.diff(matrix.indptr))[:3]
+            example = as_csr(matrix[rated] if len(rated) else matrix[:3], name=side)
             _export_tower(RowTower(tower, normalised).eval(), example,
                           out / f"{side}_tower.pt2")
             files.append(f"{side}_tower.pt2")
     from . import __version__
 
     meta = {"dmfx": __version__, "model": model.name, "config": model.config(),
-            "users": model.num_users, "items": model.num_items,
+            "users": model.num_users - len(held_out), "items": model.num_items,
+            "held_out_users": len(held_out),
             "dim": int(scorer.users.shape[1]),
             "score": "user_vectors[u] @ item_vectors[i]"
                      + (" + item_bias[i]" if scorer.item_bias is not None else ""),

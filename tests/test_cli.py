@@ -206,6 +206,8 @@ def test_synthetic_data_set_and_peak_memory(tmp_path, capsys):
      "NeuMF-p needs both --gmf-checkpoint and --mlp-checkpoint (or neither)"),
     (["train", "--dataset", "synthetic:10x20"], "synthetic:USERSxITEMSxRATINGS"),
     (["train", "--dataset", "synthetic:10x0x5"], "must be positive"),
+    (["train", "--split", "atomic", "--dataset", "ml-100k"],
+     "--split atomic reads a split folder: give it as --data FOLDER/NAME"),
 ])
 def test_user_mistakes_give_one_line(argv, message, capsys):
     assert main(argv) == 2
@@ -398,3 +400,34 @@ def test_progress_lines_name_validation_metrics_and_held_out_interactions(data_f
     assert data == [f"data: tiny: 50 users x 90 items, 1,200 interactions; "
                     f"{len(split.test_users)} held-out test interactions of "
                     f"{len(set(split.test_users))} users; random split 0.8/0.1/0.1"]
+
+
+class _ClosedPipe:
+    """A stdout whose reader went away (``dmfx ... | head -1`` once head has exited)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_ends_recommend_quietly(trained, monkeypatch, capsys):
+    from dmfx.cli import BROKEN_PIPE_STATUS
+
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    code = main(["recommend", str(trained / "model.pt"), "--all-users", "--quiet"])
+    monkeypatch.undo()
+    assert code == BROKEN_PIPE_STATUS == 141
+    assert "error" not in capsys.readouterr().err
+
+
+def test_recommend_into_head_exits_without_an_error_message(trained):
+    # The reader closes its end before dmfx writes (importing torch alone takes longer).
+    process = subprocess.Popen([sys.executable, "-m", "dmfx", "recommend",
+                                str(trained / "model.pt"), "--all-users", "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait() == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err

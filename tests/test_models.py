@@ -233,3 +233,125 @@ def test_float64_models_train_and_score_new_rows_in_float64(data, name):
     if type(model).can_score_rows(model.config()):
         rows = split.train.csr("rating")
         assert model.scorer_for_rows(rows).all_items(torch.arange(3)).dtype == torch.float64
+
+
+# -- recommend's arguments -----------------------------------------------------------------------
+
+
+def _lfm(data):
+    torch.manual_seed(0)
+    return LFM(data, (8,), (8,))
+
+
+@pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "dense-with-generator"])
+def test_recommend_checks_the_shape_of_exclude(data, tiled):
+    import scipy.sparse as sp
+
+    model = _lfm(data)
+    extra = {} if tiled else {"generator": torch.Generator().manual_seed(0)}
+    users = torch.tensor([3, 30])
+    seen = data.to_scipy("binary")
+    for wrong in (seen.T.tocsr(),                                   # items x users by mistake
+                  seen[:10],                                        # fewer rows than users
+                  sp.hstack([seen, sp.csr_matrix((data.num_users, 7))]).tocsr(),  # extra items
+                  seen[:, :20]):                                    # fewer items
+        with pytest.raises(ValueError, match=r"exclude must be users x items, shape \(40, 50\)"):
+            model.recommend(users, k=3, exclude=wrong, **extra)
+        with pytest.raises(ValueError, match="exclude must be users x items"):
+            model.recommend(users, k=3, exclude=CSR(*_parts(wrong)), **extra)  # dmfx's CSR
+    # scipy and torch sparse matrices are read as recommend_rows reads them
+    expected = model.recommend(users, k=5, **extra)[0]
+    torch_csr = torch.sparse_csr_tensor(torch.from_numpy(seen.indptr).long(),
+                                        torch.from_numpy(seen.indices).long(),
+                                        torch.from_numpy(seen.data).float(), seen.shape)
+    for exclude in (seen, seen.tocoo(), torch_csr):
+        extra = {} if tiled else {"generator": torch.Generator().manual_seed(0)}
+        assert torch.equal(model.recommend(users, k=5, exclude=exclude, **extra)[0], expected)
+
+
+def _parts(matrix):
+    matrix = matrix.tocsr()
+    return (torch.from_numpy(matrix.indptr).long(), torch.from_numpy(matrix.indices).long(),
+            torch.from_numpy(matrix.data).float(), matrix.shape)
+
+
+def test_topk_functions_refuse_an_exclude_of_another_width():
+    from dmfx.models.base import VectorScorer, topk_items_tiled
+    exclude = CSR(torch.tensor([0, 1]), torch.tensor([4]), torch.ones(1), (1, 6))
+    with pytest.raises(ValueError, match="exclude must have 5 columns"):
+        topk_items(torch.zeros(1, 5), 2, exclude, torch.tensor([0]))
+    scorer = VectorScorer(torch.ones(1, 2), torch.ones(5, 2))
+    with pytest.raises(ValueError, match="exclude must have 5 columns"):
+        topk_items_tiled(scorer, torch.tensor([0]), 2, 5, 2, exclude)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8"])
+def test_recommend_refuses_a_batch_size_that_is_not_a_positive_integer(data, bad):
+    model = _lfm(data)
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad!r}"):
+        model.recommend(torch.arange(5), k=3, batch_size=bad)
+    expected = model.recommend(torch.arange(5), k=3)
+    got = model.recommend(torch.arange(5), k=3, batch_size=np.int64(2))
+    assert torch.equal(got[0], expected[0])
+
+
+def test_empty_sequences_are_empty_batches(data):
+    model = _lfm(data)
+    items, scores = model.recommend([], k=4)
+    assert items.shape == scores.shape == (0, 4) and items.dtype == torch.long
+    assert model.score([], []).shape == (0,)
+    assert model.similar_items([], k=2)[0].shape == (0, 2)
+    with pytest.raises(TypeError, match="must hold integer ids"):
+        model.recommend([0.0], k=4)  # a float id is still refused
+
+
+def test_recommend_rows_refuses_negative_ratings(data):
+    import scipy.sparse as sp
+
+    model = build_model("itempop", data)
+    model.fit_closed_form(data)
+    with pytest.raises(ValueError, match="rows must hold ratings >= 0"):
+        model.recommend_rows(sp.csr_matrix(([-1.0], ([0], [3])), shape=(1, data.num_items)), k=3)
+    model.recommend_rows(sp.csr_matrix(([0.0], ([0], [3])), shape=(1, data.num_items)), k=3)
+    # The towers read rating rows and columns: the same domain.
+    dmf = build_model("dmf", data, {"user_layers": [8, 4], "item_layers": [8, 4]})
+    negative_row = sp.csr_matrix(([-1.0], ([0], [3])), shape=(1, data.num_items))
+    with pytest.raises(ValueError, match="rows must hold ratings >= 0"):
+        dmf.embed_users(negative_row)
+    with pytest.raises(ValueError, match="columns must hold ratings >= 0"):
+        dmf.embed_items(sp.csr_matrix(([-1.0], ([3], [0])), shape=(data.num_users, 1)))
+    with pytest.raises(ValueError, match="rows must hold ratings >= 0"):
+        build_model("einmf", data).scorer_for_rows(negative_row)
+
+
+def test_concurrent_scoring_leaves_the_training_flags_as_they_were(data):
+    """Thread A switches the model to eval mode to score; thread B starts scoring meanwhile.
+    B must not take A's eval mode for the model's own (it restored eval after A restored
+    training), and every score is computed in eval mode."""
+    import threading
+
+    model = _lfm(data)
+    model.train()
+    model.item_tower.eval()  # a submodule the caller put in eval mode stays there
+    original = model.scorer
+    inside_b, release_b = threading.Event(), threading.Event()
+    modes, calls = [], []
+
+    def scorer():
+        modes.append((model.training, model.user_tower.training))
+        calls.append(threading.current_thread())
+        if len(calls) == 1:  # thread A (this one): start B while in eval mode
+            b.start()
+            inside_b.wait(timeout=1)  # B gets here only if nothing keeps it out meanwhile
+        else:
+            inside_b.set()
+            release_b.wait(timeout=10)  # ... and finishes after A
+        return original()
+
+    model.scorer = scorer
+    b = threading.Thread(target=lambda: model.recommend(torch.arange(4), k=2))
+    model.recommend(torch.arange(4), k=2)
+    release_b.set()
+    b.join()
+    assert modes == [(False, False), (False, False)]
+    assert model.training and model.user_tower.training and not model.item_tower.training

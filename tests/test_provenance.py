@@ -39,6 +39,15 @@ def test_environment_names_the_gpu():
     assert env["gpu"] == torch.cuda.get_device_name(0) and env["cuda"] == torch.version.cuda
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:99", "meta", "no-such-device"])
+def test_environment_never_fails_on_a_device_it_cannot_ask(device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU to name")
+    env = environment(device)
+    assert env["gpu"] is None and env["device"] == device
+    json.dumps(env, allow_nan=False)
+
+
 def test_git_commit_is_unknown_outside_a_checkout_without_running_git(tmp_path, monkeypatch):
     def no_git(*args, **kwargs):
         raise AssertionError("git must not run outside a checkout")

@@ -18,7 +18,8 @@ from dmfx.experiment import Trained, load_trained, split_from_state, split_state
 from dmfx.inductive import evaluate_new_users, hold_out_users
 from dmfx.models import build_model
 from dmfx.models.base import TILE_USERS, VectorScorer, topk_items, topk_items_tiled
-from dmfx.serving import read_new_user, recommend_blocks, write_recommendations
+from dmfx.serving import (export_model, read_new_user, read_user_ids, recommend_blocks,
+                          write_recommendations)
 
 TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "20",
         "--batch-size", "128", "--lr", "0.003", "--quiet"]
@@ -577,3 +578,268 @@ def test_export_refuses_models_without_vectors(tmp_path, capsys):
                  "8,4", "--epochs", "1", "--eval-negatives", "10", "--quiet", "--output", str(out)]) == 0
     assert main(["export", str(out / "model.pt"), "--output", str(tmp_path / "x")]) == 2
     assert "no vectors to export" in capsys.readouterr().err
+
+
+# -- users held out of training ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def held_out_run(tmp_path_factory):
+    """A DMF run that held a fifth of its evaluated users out of training."""
+    root = tmp_path_factory.mktemp("held-out")
+    data = root / "d.npz"
+    synthetic(50, 90, 1200, seed=2).save_npz(data)
+    out = root / "run"
+    assert main(["train", "--data", str(data), "--epochs", "1", "--held-out-users", "0.2",
+                 "--no-full-ranking", "--output", str(out), *TINY]) == 0
+    return out
+
+
+def test_load_trained_names_the_users_held_out_of_training(held_out_run):
+    trained = load_trained(held_out_run / "model.pt")
+    held = trained.held_out_users
+    split = trained.split
+    evaluated = len(split.test_users) + len(held)  # the held-out users were evaluated ones
+    assert len(held) == round(0.2 * evaluated) > 0 and np.all(np.diff(held) > 0)
+    for users in (split.train.users, split.valid_users, split.test_users):
+        assert not np.isin(users, held).any()
+    # the checkpoint, re-read from the data file, redoes the hold-out and names the same users
+    assert np.array_equal(load_trained(held_out_run / "checkpoint.pt").held_out_users, held)
+    # a run without held-out users has none, even where a user has no training row
+    assert len(Trained(None, small_split()).held_out_users) == 0
+
+
+def test_recommend_refuses_held_out_users_and_leaves_them_out_of_all_users(held_out_run,
+                                                                            tmp_path, capsys):
+    model = str(held_out_run / "model.pt")
+    trained = load_trained(model)
+    held = trained.user_ids[trained.held_out_users]
+    capsys.readouterr()
+    assert main(["recommend", model, "--user", str(held[0])]) == 2
+    err = capsys.readouterr().err
+    assert f"user {str(held[0])!r} was held out of training" in err and "--ratings" in err
+    users = tmp_path / "users.txt"
+    users.write_text(f"# known, then held out\n{trained.user_ids[trained.split.test_users[0]]}"
+                     f"\n\n{held[1]}\n")
+    assert main(["recommend", model, "--users-file", str(users)]) == 2
+    assert f"users.txt:4: user {str(held[1])!r} was held out" in capsys.readouterr().err
+    out = tmp_path / "all.csv"
+    assert main(["recommend", model, "--all-users", "-k", "2", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{len(held)} user(s) held out of training" in err and "left out" in err
+    listed = {line.split(",")[0] for line in out.read_text().splitlines()[1:]}
+    assert listed == {str(u) for u in trained.user_ids} - {str(u) for u in held}
+    # their ratings still give them a list
+    ratings = tmp_path / "ratings.txt"
+    ratings.write_text(f"{trained.item_ids[3]},4\n")
+    assert main(["recommend", model, "--ratings", str(ratings), "-k", "2"]) == 0
+
+
+def test_export_leaves_held_out_users_out_of_the_user_files(held_out_run, tmp_path):
+    trained = load_trained(held_out_run / "model.pt")
+    meta = export_model(trained, tmp_path / "x")
+    kept = np.setdiff1d(np.arange(trained.model.num_users), trained.held_out_users)
+    ids, vectors = np.load(tmp_path / "x" / "user_ids.npy"), np.load(tmp_path / "x" / "user_vectors.npy")
+    seen = sp.load_npz(tmp_path / "x" / "seen.npz")
+    assert np.array_equal(ids, trained.user_ids[kept])
+    assert vectors.shape[0] == seen.shape[0] == len(kept) == meta["users"]
+    assert meta["held_out_users"] == len(trained.held_out_users)
+    np.testing.assert_allclose(vectors, trained.model._eval_scorer().users[kept].numpy())
+    assert (seen != trained.split.train.to_scipy("binary")[kept]).nnz == 0
+
+
+# -- input files and output files ------------------------------------------------------------------
+
+def test_file_errors_name_the_files_own_line_numbers(run, tmp_path):
+    trained = load_trained(run[0] / "model.pt")
+    users = tmp_path / "users.txt"
+    users.write_text(f"# users\n\n{trained.user_ids[3]}\n\n# more\nnobody\n")
+    with pytest.raises(KeyError, match=r"users.txt:6: unknown user 'nobody'"):
+        read_user_ids(users, trained)
+    ratings = tmp_path / "ratings.txt"
+    ratings.write_text(f"# mine\n\n{trained.item_ids[2]},4\n\n{trained.item_ids[5]},x\n")
+    with pytest.raises(Exception, match=r"ratings.txt:5: rating 'x' is not a number"):
+        read_new_user(ratings, trained)
+    # a rating beyond float32 is not "non-finite" somewhere later: it is named here, by line
+    ratings.write_text(f"\n{trained.item_ids[2]},1e39\n")
+    with pytest.raises(Exception, match=r"ratings.txt:2: rating '1e39' is out of float32 range"):
+        read_new_user(ratings, trained)
+
+
+def test_files_with_a_utf8_byte_order_mark_read_their_first_id(run, tmp_path):
+    trained = load_trained(run[0] / "model.pt")
+    users = tmp_path / "users.txt"
+    users.write_text(f"{trained.user_ids[3]}\n{trained.user_ids[7]}\n", encoding="utf-8-sig")
+    assert read_user_ids(users, trained).tolist() == [3, 7]
+    ratings = tmp_path / "ratings.txt"
+    ratings.write_text(f"{trained.item_ids[2]},4\n", encoding="utf-8-sig")
+    row, unknown = read_new_user(ratings, trained)
+    assert row.indices.tolist() == [2] and not unknown
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_csv_output_quotes_ids_holding_the_separator_or_quotes(tmp_path, suffix):
+    import csv
+
+    data = synthetic(20, 30, 300, seed=0)
+    data = Interactions(np.array([f"u,\t{i:02d}" for i in range(data.num_users)]),
+                        np.array([f'Movie {i:02d}, The "x"' for i in range(data.num_items)]),
+                        data.users, data.items, data.ratings, data.timestamps)
+    split = leave_one_out(data, num_negatives=5, seed=0)
+    model = build_model("itempop", split.train, {}, "cpu")
+    model.fit_closed_form(split.train)
+    trained = Trained(model, split)
+    blocks = list(recommend_blocks(trained, np.arange(3), 3, exclude=trained.interacted()))
+    path = tmp_path / f"recs{suffix}"
+    assert write_recommendations(path, iter(blocks), trained) == 9
+    sep = "," if suffix == ".csv" else "\t"
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter=sep))
+    assert rows[0] == ["user", "rank", "item", "score"]
+    expected = [[str(trained.user_ids[u]), str(r + 1), str(trained.item_ids[i])]
+                for users, items, _ in blocks for u, row in zip(users, items)
+                for r, i in enumerate(row)]
+    assert [row[:3] for row in rows[1:]] == expected
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_csv(path, sep=sep)
+    assert frame["item"].tolist() == [row[2] for row in expected]
+    assert frame["user"].tolist() == [row[0] for row in expected]
+
+
+# -- the Python API's arguments --------------------------------------------------------------------
+
+def test_recommend_blocks_checks_block_and_leaves_out_only_what_exclude_names():
+    split = small_split()
+    model = dmf(split)
+    trained = Trained(model, split)
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match=f"block must be a positive integer, got {bad}"):
+            list(recommend_blocks(trained, np.arange(5), 3, exclude=None, block=bad))
+    n = model.num_items
+    (_, items, _), = recommend_blocks(trained, np.array([3]), n, exclude=None)
+    assert sorted(items[0].tolist()) == list(range(n))  # nothing left out, training items neither
+    (_, items, _), = recommend_blocks(trained, np.array([3]), n, exclude=model.seen)
+    assert (items[0] == -1).sum() == split.train.users.tolist().count(3)
+    # a list of users works as an array does
+    (users, _, _), = recommend_blocks(trained, [1, 2], 3, exclude=None)
+    assert users.tolist() == [1, 2]
+
+
+def test_new_users_built_by_hand_are_checked():
+    from dmfx.inductive import NewUsers
+
+    n = 60
+
+    def new(rows=None, test=(1,), negatives=((3, 4),), valid=(-1,)):
+        rows = sp.csr_matrix((1, n)) if rows is None else rows
+        return NewUsers(np.arange(rows.shape[0]), rows, np.array(test), np.array(negatives),
+                        np.array(valid))
+
+    with pytest.raises(ValueError, match=r"test_items must lie in \[0, 60\)"):
+        new(test=(-2,))  # would index item 58
+    with pytest.raises(ValueError, match=r"test_items must lie in \[0, 60\)"):
+        new(test=(n + 3,))
+    with pytest.raises(ValueError, match=r"test_negatives must lie in \[0, 60\)"):
+        new(negatives=((3, n),))
+    with pytest.raises(ValueError, match=r"valid_items must lie in \[-1, 60\)"):
+        new(valid=(n,))
+    with pytest.raises(ValueError, match="test_items must be"):
+        new(test=(1, 2))
+    with pytest.raises(ValueError, match="test_negatives must be"):
+        new(negatives=(3, 4))
+    with pytest.raises(ValueError, match="test_items must not be among the rated items"):
+        new(rows=sp.csr_matrix(([0.0], ([0], [1])), shape=(1, n)))  # rated 0 is rated
+    with pytest.raises(ValueError, match="test_items must differ from valid_items"):
+        new(valid=(1,))
+    with pytest.raises(ValueError, match="rows must hold finite ratings >= 0"):
+        new(rows=sp.csr_matrix(([-2.0], ([0], [7])), shape=(1, n)))
+    assert new().test_items.dtype == np.int64
+    model = dmf(small_split())
+    with pytest.raises(ValueError, match=f"rows must have {model.num_items} columns"):
+        evaluate_new_users(model, new(rows=sp.csr_matrix((1, n + 2))))
+
+
+def test_export_of_a_float64_dmf_leaves_the_model_where_it_was(tmp_path, monkeypatch):
+    split = small_split()
+    model = dmf(split).double()
+    model.train()
+    before = {name: (p.data_ptr(), p.dtype, p.device) for name, p in model.named_parameters()}
+
+    def moved(*args, **kwargs):
+        raise AssertionError("export_model moved the caller's model")
+    monkeypatch.setattr(model, "cpu", moved)
+    monkeypatch.setattr(model, "to", moved)
+    meta = export_model(Trained(model, split), tmp_path / "x")
+    assert meta["users"] == model.num_users and meta["held_out_users"] == 0
+    assert before == {name: (p.data_ptr(), p.dtype, p.device) for name, p in model.named_parameters()}
+    assert model.training
+    users = np.load(tmp_path / "x" / "user_vectors.npy")
+    assert users.dtype == np.float32
+    tower = torch.export.load(str(tmp_path / "x" / "user_tower.pt2")).module()
+    csr = as_csr(split.train.to_scipy("rating")[:4])
+    got = tower(csr.indptr.long(), csr.indices.long(), csr.values)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.from_numpy(users[:4]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_export_of_a_model_on_the_gpu_leaves_it_there(tmp_path):
+    if not dmfx_cuda():
+        pytest.skip("dmfx was built without CUDA kernels")
+    split = small_split()
+    torch.manual_seed(0)
+    model = build_model("dmf", split.train, {"user_layers": [16, 8], "item_layers": [16, 8]},
+                        "cuda")
+    export_model(Trained(model, split), tmp_path / "x")
+    assert all(p.is_cuda for p in model.parameters())
+    assert all(b.is_cuda for b in model.buffers())
+
+
+def dmfx_cuda() -> bool:
+    import dmfx
+
+    return dmfx.cuda_enabled()
+
+
+def test_load_trained_refuses_a_device_this_machine_lacks(run):
+    with pytest.raises(ValueError, match="device: expected auto, cpu, cuda or cuda:N, got 'meta'"):
+        load_trained(run[0] / "model.pt", device="meta")
+    if not (torch.cuda.is_available() and dmfx_cuda()):
+        with pytest.raises(ValueError, match="device='cuda' needs a GPU"):
+            load_trained(run[0] / "model.pt", device="cuda")
+    with pytest.raises(ValueError, match="device='cuda:99'|device='cuda' needs"):
+        load_trained(run[0] / "model.pt", device="cuda:99")
+
+
+def test_damaged_model_files_are_named_for_what_they_are(run, tmp_path):
+    from dmfx.checkpoint import CheckpointError, save_checkpoint
+
+    saved = load_checkpoint(run[0] / "model.pt")
+    plain = {k: v for k, v in saved.items() if k not in ("format", "version")}
+    name = next(k for k, v in plain["model_state"].items() if v.dim() == 2)
+    broken = tmp_path / "weights.pt"
+    save_checkpoint(broken, {**plain, "model_state": {**plain["model_state"],
+                                                      name: torch.zeros(3, 3)}})
+    with pytest.raises(CheckpointError) as error:
+        load_trained(broken)
+    assert str(error.value).startswith(f"{broken}: its weights do not fit")
+    assert "data read now" not in str(error.value)  # no data was read
+    damaged = tmp_path / "split.pt"
+    save_checkpoint(damaged, {**plain, "split": {k: v for k, v in plain["split"].items()
+                                                 if k != "test_items"}})
+    with pytest.raises(CheckpointError, match=f"{damaged}: the stored split is damaged"):
+        load_trained(damaged)
+
+
+def test_data_spec_with_a_file_alone_reads_that_file(tmp_path):
+    from dmfx.experiment import DataSpec
+
+    data = synthetic(20, 30, 300, seed=0)
+    data.save_npz(tmp_path / "ratings.npz")
+    spec = DataSpec(data=str(tmp_path / "ratings.npz"))
+    assert spec.dataset is None and spec.name == "ratings"
+    assert spec.load().nnz == data.nnz
+    assert DataSpec().dataset == "ml-100k"
+    assert DataSpec(protocol="atomic", data=str(tmp_path / "splits" / "x")).dataset is None
+    with pytest.raises(ValueError, match="protocol='atomic' reads a split folder: give it as "
+                                         "data='FOLDER/NAME'"):
+        DataSpec(dataset="ml-100k", protocol="atomic")

@@ -21,6 +21,9 @@ ItemPop and ItemKNN compute their statistics in a single "epoch".
 """
 from __future__ import annotations
 
+import numbers
+import threading
+import weakref
 from typing import Optional, Protocol
 
 import torch
@@ -30,7 +33,8 @@ from torch import Tensor, nn
 from .. import ops
 from ..data import CSR, Interactions, Split
 
-__all__ = ["Recommender", "Scorer", "VectorScorer", "topk_items", "topk_items_tiled", "row_entries"]
+__all__ = ["Recommender", "Scorer", "VectorScorer", "topk_items", "topk_items_tiled", "row_entries",
+           "rating_rows"]
 
 
 class Scorer(Protocol):
@@ -78,9 +82,53 @@ TILE_USERS = 1024
 SCORE_BUDGET = 256 << 20
 
 
+# One lock per model: _eval_scorer switches the model to eval mode and back under it.
+_MODE_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_MODE_LOCKS_GUARD = threading.Lock()
+
+
+def _mode_lock(module: nn.Module) -> threading.RLock:
+    with _MODE_LOCKS_GUARD:
+        lock = _MODE_LOCKS.get(module)
+        if lock is None:
+            lock = _MODE_LOCKS[module] = threading.RLock()
+        return lock
+
+
 CANNOT_SCORE_NEW_USERS = (
     "learns a vector per user id, so it cannot score a user it was not trained on; DMF, EINMF "
     "(input rows) and ItemKNN read rating rows, and ItemPop ranks alike for all")
+
+
+def _positive_int(value, name: str) -> int:
+    """``value`` as an int if it is a positive integer (a Python or numpy one, not a bool), else
+    a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_exclude_columns(exclude: Optional[CSR], num_items: int) -> None:
+    """``exclude`` must span the items scored: a matrix of another width (items x users, or
+    the items of another model) would leave out the wrong items or none."""
+    if exclude is not None and int(exclude.shape[1]) != num_items:
+        raise ValueError(f"exclude must have {num_items} columns (one per item), got shape "
+                         f"{tuple(exclude.shape)}")
+
+
+def rating_rows(rows, num_cols: int, *, name: str = "rows", device=None,
+                dtype: torch.dtype = torch.float32, transpose: bool = False) -> CSR:
+    """``rows`` (any format :func:`dmfx.data.as_csr` reads; its columns with ``transpose``) as a
+    checked CSR of ratings over ``num_cols`` columns: finite and >= 0, the domain of the training
+    data (the readers refuse a negative rating); a ValueError naming ``name`` otherwise."""
+    from ..data.sparse import as_csr
+
+    matrix = as_csr(rows, num_cols=num_cols, name=name, device=device, dtype=dtype,
+                    transpose=transpose)
+    if matrix.values.numel() and bool((matrix.values < 0).any()):
+        raise ValueError(f"{name} must hold ratings >= 0, as the training data does; got "
+                         f"{float(matrix.values.min()):g}")
+    return matrix
 
 
 def _merge_top(best: Optional[tuple], values: Tensor, items: Tensor, k: int) -> tuple:
@@ -98,6 +146,7 @@ def topk_items_tiled(scorer, users: Tensor, k: int, num_items: int, tile: int,
     scored ``tile`` at a time (``scorer.item_range``) and a running top-``k`` is kept. Ties are
     ordered in an unspecified but deterministic way, as :func:`topk_items` without a
     generator."""
+    _check_exclude_columns(exclude, num_items)
     k_eff = min(k, num_items)
     if exclude is not None:
         rows, cols, _ = row_entries(exclude.indptr, exclude.indices, None,
@@ -158,6 +207,7 @@ def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Opt
     if generator is None:  # else the keys rank NaN last, and the values are masked below
         scores.masked_fill_(scores.isnan(), -torch.inf)
     if exclude is not None:
+        _check_exclude_columns(exclude, scores.shape[1])
         rows, cols, _ = row_entries(exclude.indptr, exclude.indices, None,
                                     users.to(exclude.indptr.device))
         scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
@@ -288,31 +338,59 @@ class Recommender(nn.Module):
 
     @torch.no_grad()
     def recommend(self, users: Tensor, k: int = 10, exclude_seen: bool = True, *,
-                  exclude: Optional[CSR] = None, generator: Optional[torch.Generator] = None,
+                  exclude=None, generator: Optional[torch.Generator] = None,
                   scorer: Optional[Scorer] = None, batch_size: Optional[int] = None
                   ) -> tuple[Tensor, Tensor]:
         """The ``k`` highest-scoring items of each user, best first.
 
+        What is left out by default is the items each user interacted with *in training*
+        (:attr:`seen`); their validation and test items are not, as the model holds only the
+        training part of its split. ``dmfx recommend`` leaves those out as well: it passes
+        ``exclude=trained.interacted()`` (:meth:`dmfx.experiment.Trained.interacted`), which
+        gives the same lists from Python.
+
         Args:
-            users: internal user ids ``[n]``.
+            users: internal user ids ``[n]`` (a tensor, array or sequence of ints; an empty
+                sequence is an empty batch).
             exclude_seen: leave out the items each user interacted with in training.
-            exclude: a CSR (users x items) of items to leave out instead (e.g. the training
-                plus the validation items).
+            exclude: a matrix (users x items: ``[num_users, num_items]``) of items to leave out
+                instead (e.g. the training plus the validation items): a
+                :class:`dmfx.data.CSR`, a scipy.sparse matrix or a torch sparse tensor. Another
+                shape (a transposed matrix, another model's) is a ValueError.
             generator: break ties between equal scores at random from this generator (the
                 evaluator does, so a model scoring many items alike gets chance-level metrics).
             scorer: a :meth:`scorer` already computed, to save recomputing it.
-            batch_size: users scored at once (memory: about 16 bytes per ``batch_size x
-                num_items`` score); default: as many as keep that near 256 MB.
+            batch_size: users scored at once, a positive integer (memory: about 16 bytes per
+                ``batch_size x num_items`` score); default: as many as keep that near 256 MB.
 
         Returns:
             ``(items, scores)``, each ``[n, k]``; a user with fewer than ``k`` items left gets
             item ``-1`` and score ``-inf`` in the remaining places.
+
+        Thread safety: several threads may call this (and :meth:`score`, :meth:`recommend_rows`,
+        :meth:`similar_items`) on one model at once; see :meth:`_eval_scorer`.
         """
         users = self._ids(users, "users", self.num_users)
-        if exclude is None and exclude_seen:
+        if batch_size is not None:
+            batch_size = _positive_int(batch_size, "batch_size")
+        if exclude is not None:
+            exclude = self._exclude_matrix(exclude)
+        elif exclude_seen:
             exclude = self.seen
         return self._top(users, k, exclude, scorer if scorer is not None else self._eval_scorer(),
                          generator, batch_size)
+
+    def _exclude_matrix(self, exclude) -> CSR:
+        """``exclude`` of :meth:`recommend` as a CSR of shape ``[num_users, num_items]``."""
+        if not isinstance(exclude, CSR):
+            from ..data.sparse import as_csr
+
+            exclude = as_csr(exclude, name="exclude", device=self.device)
+        shape = tuple(int(n) for n in exclude.shape)
+        if shape != (self.num_users, self.num_items):
+            raise ValueError(f"exclude must be users x items, shape ({self.num_users}, "
+                             f"{self.num_items}), got shape {shape}")
+        return exclude
 
     def _top(self, users: Tensor, k: int, exclude: Optional[CSR], scorer: Scorer,
              generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None
@@ -323,7 +401,8 @@ class Recommender(nn.Module):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         tiled = generator is None and hasattr(scorer, "item_range")
-        block = batch_size or self.users_per_block(scorer=scorer if tiled else None)
+        block = (_positive_int(batch_size, "batch_size") if batch_size is not None
+                 else self.users_per_block(scorer=scorer if tiled else None))
         tile = max(k, SCORE_BUDGET // (16 * block))
         items, scores = [], []
         for chunk in users.split(block):
@@ -343,10 +422,10 @@ class Recommender(nn.Module):
     def recommend_rows(self, rows, k: int = 10, exclude_rated: bool = True) -> tuple[Tensor, Tensor]:
         """The ``k`` best items for each of ``rows``' users (new users described by their
         ratings, see :meth:`scorer_for_rows`), their rated items left out unless
-        ``exclude_rated`` is False. Returns ``(items, scores)`` as :meth:`recommend` does."""
-        from ..data import as_csr
-
-        matrix = as_csr(rows, num_cols=self.num_items, device=self.device)
+        ``exclude_rated`` is False. Returns ``(items, scores)`` as :meth:`recommend` does.
+        Ratings must be finite and >= 0, as in training data (a ValueError naming ``rows``
+        otherwise)."""
+        matrix = rating_rows(rows, self.num_items, name="rows", device=self.device)
         users = torch.arange(matrix.shape[0], device=self.device)
         return self._top(users, k, matrix if exclude_rated else None,
                          self.scorer_for_rows(matrix))
@@ -381,16 +460,32 @@ class Recommender(nn.Module):
     # -- helpers -------------------------------------------------------------------------------
 
     def _eval_scorer(self) -> Scorer:
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return self.scorer()
-        finally:
-            self.train(was_training)
+        """:meth:`scorer` of the model in eval mode (no dropout), without autograd.
+
+        Thread safety: the scorer is computed with every submodule in eval mode, then each
+        submodule's ``training`` flag is set back to what it was. That switch and its undoing
+        hold a lock of this model, so threads that score, recommend or embed with one model at
+        once (in training mode or not) each get eval-mode scores and leave the model's flags as
+        they found them. What the lock cannot cover is a thread that trains the model, or calls
+        its modules' forward, meanwhile: during the scorer's computation it would see eval
+        mode. Serve a copy (or an ``eval()``-ed model that no one trains) in that case."""
+        with _mode_lock(self):
+            modes = [(module, module.training) for module in self.modules()]
+            try:
+                if any(training for _, training in modes):
+                    self.eval()
+                with torch.no_grad():
+                    return self.scorer()
+            finally:
+                for module, training in modes:
+                    module.training = training
 
     def _ids(self, ids, what: str, count: int, dims: tuple = (1,)) -> Tensor:
-        ids = torch.as_tensor(ids, device=self.device)
+        if not isinstance(ids, Tensor):
+            ids = torch.as_tensor(ids, device=self.device)
+            if ids.numel() == 0:  # [] becomes float32 in torch: an empty batch of ids
+                ids = ids.long()
+        ids = ids.to(self.device)
         if ids.dtype == torch.bool or ids.dtype.is_floating_point or ids.dtype.is_complex:
             raise TypeError(f"{what} must hold integer ids, got dtype {ids.dtype}")
         if ids.dim() not in dims:

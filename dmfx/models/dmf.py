@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops import check_mu
-from ..data import CSR, Interactions, as_csr
-from .base import Recommender, VectorScorer
+from ..data import CSR, Interactions
+from .base import Recommender, VectorScorer, rating_rows
 
 INIT_STD = 0.01  # the paper's N(0, 0.01) initialisation
 
@@ -204,17 +204,17 @@ class DMF(TwoTower):
         ``[n, num_items]`` (a :class:`dmfx.data.CSR`, scipy.sparse or torch sparse matrix; item
         ids are the model's internal ones). A trained user's own training row gives back its
         stored vector, so users the model never saw are scored without retraining."""
-        return self.user_tower.embed(as_csr(rows, num_cols=self.num_items, name="rows",
-                                            device=self.device,
-                                            dtype=self.user_tower.first.dtype))
+        return self.user_tower.embed(rating_rows(rows, self.num_items, name="rows",
+                                                 device=self.device,
+                                                 dtype=self.user_tower.first.dtype))
 
     @torch.no_grad()
     def embed_items(self, columns) -> Tensor:
         """Item-tower outputs of items described by their columns of Y: ``columns`` is
         ``[num_users, n]``, the ratings the model's users gave each new item."""
-        return self.item_tower.embed(as_csr(columns, num_cols=self.num_users, transpose=True,
-                                            name="columns", device=self.device,
-                                            dtype=self.item_tower.first.dtype))
+        return self.item_tower.embed(rating_rows(columns, self.num_users, transpose=True,
+                                                 name="columns", device=self.device,
+                                                 dtype=self.item_tower.first.dtype))
 
     @torch.no_grad()
     def scorer_for_rows(self, rows) -> VectorScorer:

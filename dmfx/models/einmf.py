@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..data import CSR, Interactions, as_csr
-from .base import Recommender, VectorScorer
+from ..data import CSR, Interactions
+from .base import Recommender, VectorScorer, rating_rows
 from .ncf import MLPScorer, SumScorer, linear, positive
 
 __all__ = ["EINMF", "explicit_implicit_rows", "with_implicit"]
@@ -180,8 +180,8 @@ class EINMF(Recommender):
         if not self.can_score_rows(self._config):
             raise ValueError("EINMF with input='ids' learns a vector per user id, so it cannot "
                              "score a user it was not trained on; input='rows' reads rating rows")
-        matrix = as_csr(rows, num_cols=self.num_items, name="rows", device=self.device,
-                        dtype=self.predict.weight.dtype)
+        matrix = rating_rows(rows, self.num_items, name="rows", device=self.device,
+                             dtype=self.predict.weight.dtype)
         return self._scorer(self.user_latent.embed(with_implicit(matrix)), self.item_vectors())
 
     def _scorer(self, p: Tensor, q: Tensor) -> SumScorer:
