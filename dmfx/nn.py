@@ -26,12 +26,15 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .data.sparse import _check_parts, _csr_parts, _one_index_dtype
+from .data.sparse import _check_parts, _coalesced, _csr_parts, _one_index_dtype
 
 __all__ = ["SparseRowLinear", "CosineNCELoss", "HybridBCELoss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 _MATRIX = "SparseRowLinear: matrix"  # the argument's name in the converter's messages
+# The state_dict metadata entry that marks a weight stored [in_features, out_features] by
+# SparseRowLinear (nn.Linear stores [out, in]): see SparseRowLinear._load_from_state_dict.
+_LAYOUT_KEY, _LAYOUT = "dmfx_weight_layout", "in_features,out_features"
 
 
 # ------------------------------------------------------------------------ argument checks
@@ -65,6 +68,30 @@ def _check_csr_tensors(indices: Any, values: Any) -> None:
         raise TypeError(f"{_MATRIX} values must be a tensor or None, got {type(values).__name__}")
 
 
+def _check_rows(rows: Any) -> None:
+    """``rows`` must be a dense tensor (the op's dispatcher would say less of anything else)."""
+    if not isinstance(rows, Tensor):
+        raise TypeError("SparseRowLinear: rows must be a tensor of int32/int64 row ids (as "
+                        f"nn.Embedding takes), got {type(rows).__name__}: wrap it with "
+                        "torch.as_tensor(rows)")
+    if rows.layout != torch.strided:
+        raise TypeError("SparseRowLinear: rows must be a dense (strided) tensor of row ids, got "
+                        f"a tensor with layout {rows.layout}")
+
+
+def _or_duplicates(indptr: Tensor, indices: Tensor, values: Tensor,
+                   shape: Optional[tuple[int, int]], in_features: int, dtype: torch.dtype):
+    """A CSR whose values were bools, read in place: checked, and where a row holds an entry
+    twice, coalesced with OR (a copy), so that duplicates give what the bool matrix holds."""
+    shape, canonical = _check_parts(indptr, indices, values,
+                                    (indptr.numel() - 1, in_features) if shape is None else shape,
+                                    _MATRIX, "column", dtype)
+    if canonical:
+        return indptr, indices, values
+    indptr, indices, values, _ = _coalesced(indptr, indices, values, shape, True, False, True)
+    return indptr, indices, values
+
+
 def _check_reduction(owner: str, reduction: Any) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{owner}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -92,21 +119,35 @@ class SparseRowLinear(nn.Module):
     Calling it. ``layer(matrix, rows)``: ``matrix`` in any format :func:`dmfx.data.as_csr`
     reads -- a :class:`dmfx.data.CSR` (from ``Interactions.csr()``; any object with
     ``indptr``, ``indices``, ``values`` tensors and optionally ``shape`` works, ``values=None``
-    meaning an all-ones 0/1 matrix), a ``scipy.sparse`` matrix, a torch sparse CSR, CSC or COO
-    tensor -- with values in the weight's dtype; ``rows`` int32/int64 ``[B]`` row ids, repeats
-    allowed. A CSR input (dmfx, scipy or torch) is read in place, at no cost beyond the rows the
-    op reads, which it checks (``validate``); the other formats are converted on every call (a
-    copy of the whole matrix, duplicates summed): convert once with :func:`dmfx.data.as_csr`, or
-    bind. Only a :class:`dmfx.data.CSR` works under ``torch.compile``, which takes no sparse
-    tensors or scipy matrices (a bound matrix works too). The layer holds only its parameters,
-    as ``nn.Linear`` and ``nn.EmbeddingBag`` do, so one layer serves any matrix with
-    ``in_features`` columns: the training matrix, or at inference an updated one holding a new
-    user's row (no retraining). For the usual case of one fixed matrix (Y for the user tower, Y
-    transposed for the item tower), ``layer.bind(matrix)`` keeps it in the module and the layer
-    is then called on ids alone, ``layer(rows)``, like an ``nn.Embedding``; the bound tensors
-    are non-persistent buffers (they follow ``.to()``/``.cuda()``/``.double()`` and stay out of
-    the state_dict). Explicit wins: a bound layer called as ``layer(matrix, rows)`` reads
-    ``matrix``. Output: ``[B, out_features]``, in the weight's dtype.
+    meaning a 1 per stored entry), a ``scipy.sparse`` matrix, a torch sparse CSR, CSC or COO
+    tensor; ``rows`` a dense int32/int64 ``[B]`` tensor of row ids, repeats allowed (a list or
+    numpy array raises TypeError naming ``rows``, as ``nn.Embedding`` refuses one). A CSR input
+    (dmfx, scipy or torch) is read in place, at no cost beyond the rows the op reads, which it
+    checks (``validate``; a ``shape`` whose row count disagrees with ``indptr``'s length is
+    refused on the host, without a device sync); the other formats are converted on every call
+    (a copy of the whole matrix): convert once with :func:`dmfx.data.as_csr`, or bind. Under
+    ``torch.compile`` pass a :class:`dmfx.data.CSR` or bind the matrix: a torch sparse tensor
+    passed per call makes the layer's call run eagerly (dynamo traces no sparse tensors: a
+    graph break, which ``fullgraph=True`` refuses), and scipy matrices are not supported there.
+    The layer holds only its parameters, as ``nn.Linear`` and ``nn.EmbeddingBag`` do, so one
+    layer serves any matrix with ``in_features`` columns: the training matrix, or at inference
+    an updated one holding a new user's row (no retraining). For the usual case of one fixed
+    matrix (Y for the user tower, Y transposed for the item tower), ``layer.bind(matrix)`` keeps
+    it in the module and the layer is then called on ids alone, ``layer(rows)``, like an
+    ``nn.Embedding``; the bound tensors are non-persistent buffers (they follow
+    ``.to()``/``.cuda()``/``.double()`` and stay out of the state_dict). Explicit wins: a bound
+    layer called as ``layer(matrix, rows)`` reads ``matrix``. Output: ``[B, out_features]``, in
+    the weight's dtype.
+
+    Values, one rule for every format. float32/float64 values passed per call must be in the
+    weight's dtype: the other one raises TypeError naming both dtypes (as ``nn.Linear`` refuses a
+    float64 input to a float32 layer; cast the matrix, or bind it, which casts once). Values of
+    any other dtype -- bool, integers (a 0/1 or a ratings matrix), float16, bfloat16 -- are
+    converted to the weight's dtype (a copy of the values on every call; bind converts once),
+    so the layer computes ``nn.Linear`` on ``matrix.to_dense()[rows].to(weight.dtype)``.
+    Duplicate entries (a row holding a column twice) count as their sum, bool ones as their
+    OR, which is what scipy's ``tocsr()`` and torch's ``coalesce()`` give; so a bool CSR passed
+    per call is checked on every call, and coalesced where it holds duplicates.
 
     Weight layout. ``weight`` has shape ``[in_features, out_features]``: row ``i`` is what
     column ``i`` of the matrix contributes, the layout the op gathers from (contiguous
@@ -117,17 +158,25 @@ class SparseRowLinear(nn.Module):
     ``SparseRowLinear.weight == linear.weight.t()``, and its state_dict stores ``weight`` as
     ``[in_features, out_features]`` (the parameter as it is, as ``state_dict`` conventions want).
 
-    Loading state dicts. ``load_state_dict`` takes this layer's own state dicts and
-    ``nn.EmbeddingBag``'s as they are, and ``nn.Linear``'s (``bias`` included, for a layer built
-    with ``bias=True``): a ``weight`` of shape ``[out_features, in_features]`` is transposed on
-    load. When ``in_features == out_features`` the two layouts have one shape, so the layer
-    relies on the state_dict's metadata, which records the module class version: a square
-    weight saved by SparseRowLinear (or one whose metadata was dropped, e.g. by safetensors)
-    loads as it is, and a square weight saved by another module raises (load it into the layer
-    it came from and convert that with :meth:`from_linear` / :meth:`from_embedding_bag`).
-    Shapes alone cannot tell an ``nn.EmbeddingBag(out_features, in_features)`` weight from an
-    ``nn.Linear(in_features, out_features)`` one (both ``[out_features, in_features]``): such a
-    weight is read as nn.Linear's; a SparseRowLinear state dict of that shape is refused.
+    Loading state dicts. ``state_dict`` stores ``weight`` as ``[in_features, out_features]``
+    and marks that layout in the state dict's metadata (an entry of the module's
+    ``state_dict._metadata``, which ``torch.save`` keeps and a plain ``dict`` copy or safetensors
+    drops). ``load_state_dict`` reads:
+
+    * a marked weight (this layer's own state dict) as it is: a weight of another shape is a
+      size mismatch;
+    * an unmarked square weight (``in_features == out_features``, where the two layouts have
+      one shape) not at all: it raises, whoever saved it (nn.Linear, nn.EmbeddingBag, any module
+      whatever its class version, or SparseRowLinear with the metadata dropped). Load it into
+      the layer it came from and convert that with :meth:`from_linear` /
+      :meth:`from_embedding_bag`, or copy it in knowing its layout;
+    * an unmarked ``[out_features, in_features]`` weight as ``nn.Linear``'s, transposed on load
+      (``bias`` included, for a layer built with ``bias=True``). Shapes cannot tell it from an
+      ``nn.EmbeddingBag(out_features, in_features)`` weight, or from a
+      ``SparseRowLinear(out_features, in_features)`` one whose metadata was dropped: those are
+      read as nn.Linear's too;
+    * an unmarked ``[in_features, out_features]`` weight (``nn.EmbeddingBag``'s, or this layer's
+      with the metadata dropped) as it is.
 
     Args:
         in_features: columns of the matrix (items for the user tower, users for the item one).
@@ -150,8 +199,9 @@ class SparseRowLinear(nn.Module):
     (what :class:`dmfx.models.DMF` uses).
     """
 
-    # 2: weight stored [in_features, out_features]. Recorded in state_dict metadata, it tells a
-    # square weight of this layer from a square nn.Linear one (version 1, [out, in]).
+    # 2: weight stored [in_features, out_features] (1 would be nn.Linear's [out, in]). Loading
+    # does not rely on it (another module may record version 2): the state dict's metadata
+    # carries a dedicated mark, _LAYOUT_KEY.
     _version = 2
 
     in_features: int
@@ -203,22 +253,29 @@ class SparseRowLinear(nn.Module):
 
         ``matrix``: any format :func:`dmfx.data.as_csr` reads, checked once here (``indptr``,
         ids in range, finite values). Its CSR tensors become non-persistent buffers on the
-        weight's device with values in the weight's dtype: views of a CSR input already there
-        in that dtype (no copy; a scipy CSR's arrays included), else copies (a converted
-        format, a move, a cast). ``bind(None)`` forgets the matrix.
+        weight's device with values in the weight's dtype (values of any dtype are cast, float64
+        to a float32 weight included; duplicates count as their sum, bool ones as their OR):
+        views of a CSR input already there in that dtype (no copy; a scipy CSR's arrays
+        included), else copies (a converted format, a move, a cast, a bool CSR with
+        duplicates coalesced). ``bind(None)`` forgets the matrix.
         """
         if matrix is None:
             self.indptr = self.indices = self.values = None
             self._bound_shape = None
             return self
-        indptr, indices, values, shape = _csr_parts(matrix, _MATRIX)
+        indptr, indices, values, shape, logical = _csr_parts(matrix, _MATRIX,
+                                                             dtype=self._value_dtype())
         _check_csr_tensors(indices, values)
         self._check_width(shape)
         indptr, indices = _one_index_dtype(indptr, indices, _MATRIX)
         # Checked once here: the bound matrix is read by every call.
-        _check_parts(indptr, indices, values,
-                     (indptr.numel() - 1, self.in_features) if shape is None else shape,
-                     _MATRIX, "column", self.weight.dtype)
+        shape, canonical = _check_parts(
+            indptr, indices, values,
+            (indptr.numel() - 1, self.in_features) if shape is None else shape,
+            _MATRIX, "column", self.weight.dtype)
+        if logical and not canonical:  # a bool CSR with duplicates: combined with OR
+            indptr, indices, values, _ = _coalesced(indptr, indices, values, shape, True, False,
+                                                    True)
         device = self.weight.device
         self.indptr = indptr.detach().to(device)
         self.indices = indices.detach().to(device)
@@ -241,23 +298,60 @@ class SparseRowLinear(nn.Module):
                                 "matrix is bound: call layer(matrix, rows) or bind one with "
                                 "layer.bind(matrix)")
             if not isinstance(rows, Tensor) or rows.layout != torch.strided:
+                got = (f"a tensor with layout {rows.layout}" if isinstance(rows, Tensor)
+                       else type(rows).__name__)
                 raise TypeError("SparseRowLinear: with a bound matrix the one argument is the "
-                                f"rows, a dense id tensor; got {type(rows).__name__}")
+                                f"rows, a dense id tensor; got {got}")
             indptr, indices, values = self.indptr, self.indices, self.values
         else:
-            indptr, indices, values, shape = _csr_parts(matrix, _MATRIX)
-            _check_csr_tensors(indices, values)
-            self._check_width(shape)
-            indptr, indices = _one_index_dtype(indptr, indices, _MATRIX)  # as bind and as_csr
-            if values is not None and values.dtype != self.weight.dtype:
-                raise TypeError(f"{_MATRIX} values are {values.dtype} but the layer's weight is "
-                                f"{self.weight.dtype}: cast the matrix's values, or bind it "
-                                "(bind casts once)")
+            _check_rows(rows)
+            if isinstance(matrix, Tensor) and matrix.layout != torch.strided:
+                return self._forward_sparse_tensor(matrix, rows)
+            indptr, indices, values = self._per_call(matrix)
+        return self._apply_op(indptr, indices, values, rows)
+
+    def _per_call(self, matrix: Any):
+        """``(indptr, indices, values)`` of a matrix passed per call (see the class docstring):
+        a CSR's arrays as they are, other formats converted."""
+        indptr, indices, values, shape, logical = _csr_parts(matrix, _MATRIX,
+                                                             dtype=self._value_dtype())
+        _check_csr_tensors(indices, values)
+        self._check_width(shape)
+        indptr, indices = _one_index_dtype(indptr, indices, _MATRIX)  # as bind and as_csr
+        if logical:
+            indptr, indices, values = _or_duplicates(indptr, indices, values, shape,
+                                                     self.in_features, self.weight.dtype)
+        if values is not None and values.dtype != self.weight.dtype:
+            # Only float32 vs float64 is left here: other dtypes were converted.
+            raise TypeError(f"{_MATRIX} values are {values.dtype} but the layer's weight is "
+                            f"{self.weight.dtype}: cast the matrix's values to "
+                            f"{self.weight.dtype}, or bind it (bind casts once)")
+        return indptr, indices, values
+
+    def _apply_op(self, indptr: Tensor, indices: Tensor, values: Optional[Tensor],
+                  rows: Tensor) -> Tensor:
         out = ops.sparse_rows_matmul(indptr, indices, values, rows, self.weight,
                                      validate=self.validate, sparse_grad=self.sparse_grad)
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    @torch.compiler.disable
+    def _forward_sparse_tensor(self, matrix: Tensor, rows: Tensor) -> Tensor:
+        """The call on a torch sparse tensor, always eager: torch.compile traces no sparse
+        tensors (dynamo fails inside on the views of one), so under it this part runs as
+        plain Python, as a scipy matrix's does."""
+        return self._apply_op(*self._per_call(matrix), rows)
+
+    def _value_dtype(self) -> torch.dtype:
+        """The weight's dtype, which a matrix's values are converted to: float32 or float64,
+        the op's (after ``.half()``, say, the layer cannot compute)."""
+        dtype = self.weight.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"SparseRowLinear: the weight is {dtype}, but the op computes in "
+                            "float32 or float64 only: convert the layer with .float() or "
+                            ".double()")
+        return dtype
 
     def _check_width(self, shape: Optional[tuple[int, int]]) -> None:
         if shape is not None and shape[1] != self.in_features:
@@ -369,6 +463,14 @@ class SparseRowLinear(nn.Module):
 
     # -- state dicts
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # Mark the layout in the module's metadata entry (torch.save keeps it; a plain dict
+        # copy or safetensors drops it), which is what tells a square weight's layout on load.
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None:
+            metadata.setdefault(prefix[:-1], {})[_LAYOUT_KEY] = _LAYOUT
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         key = prefix + "weight"
@@ -376,23 +478,25 @@ class SparseRowLinear(nn.Module):
         ours = (self.in_features, self.out_features)
         linears = (self.out_features, self.in_features)
         rejected = False
-        version = local_metadata.get("version")
-        if isinstance(weight, Tensor) and weight.dim() == 2 and ours != linears:
-            # nn.Linear's [out, in]; a SparseRowLinear's own state dict of another shape is
-            # left to fail as a size mismatch
-            if tuple(weight.shape) == linears and version != self._version:
-                state_dict[key] = weight.t().contiguous()
-        elif isinstance(weight, Tensor) and tuple(weight.shape) == ours:
-            if version is not None and version != self._version:
+        # Only the mark written by _save_to_state_dict says "SparseRowLinear's layout": the
+        # class version is not enough (any module may record version 2).
+        marked = local_metadata.get(_LAYOUT_KEY) == _LAYOUT
+        if isinstance(weight, Tensor) and weight.dim() == 2 and not marked:
+            if ours == linears and tuple(weight.shape) == ours:
                 rejected = True
                 error_msgs.append(
-                    f"SparseRowLinear: {key} is square ({ours[0]} x {ours[1]}) and was saved by "
-                    f"another module (state_dict version {version}), so its layout cannot be "
-                    "told from its shape: nn.Linear stores [out_features, in_features], "
-                    "SparseRowLinear and nn.EmbeddingBag [in_features, out_features]. Load it "
-                    "into the layer it came from and convert that with "
-                    "SparseRowLinear.from_linear or SparseRowLinear.from_embedding_bag.")
+                    f"SparseRowLinear: {key} is square ({ours[0]} x {ours[1]}) and its state "
+                    "dict does not mark it as saved by SparseRowLinear (saved by another module, "
+                    "or its metadata was dropped: a plain dict, safetensors), so its layout "
+                    "cannot be told from its shape: nn.Linear stores [out_features, "
+                    "in_features], SparseRowLinear and nn.EmbeddingBag [in_features, "
+                    "out_features]. Load it into the layer it came from and convert that with "
+                    "SparseRowLinear.from_linear or SparseRowLinear.from_embedding_bag, or, "
+                    "knowing its layout, copy it in: layer.weight.data.copy_(w) for [in, out], "
+                    "layer.weight.data.copy_(w.t()) for nn.Linear's [out, in].")
                 del state_dict[key]
+            elif ours != linears and tuple(weight.shape) == linears:
+                state_dict[key] = weight.t().contiguous()  # nn.Linear's [out, in]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if rejected and key in missing_keys:

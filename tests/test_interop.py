@@ -2,7 +2,7 @@
 
 Round trips for scipy.sparse (every format), torch sparse CSR/CSC/COO tensors, dmfx CSRs and
 pandas DataFrames; zero copies where the docs promise them (data_ptr equality); duplicates
-summed; bad input refused with the argument named.
+summed (bools OR-ed); bad input refused with the argument named.
 """
 import subprocess
 import sys
@@ -264,12 +264,159 @@ def test_duplicates_are_summed_in_every_format():
         torch.testing.assert_close(layer(matrix, rows_batch), want)
     # the scipy/torch COO inputs were not coalesced in place
     assert coo.nnz == 6 and torch_coo._nnz() == 6
-    # bools and small ints are summed as numbers, as torch COO's are: no saturation, no wrap
+    # small ints are summed as numbers in the float asked for (no wrap); bools with OR, as
+    # scipy's tocsr() and torch's coalesce() give True (see test_bool_duplicates_are_or_ed)
     twice = ([0, 0], [1, 1])
-    for data, want in (([True, True], 2.0), (np.array([100, 100], np.int8), 200.0)):
+    for data, want in (([True, True], 1.0), (np.array([100, 100], np.int8), 200.0)):
         for matrix in (sp.coo_matrix((data, twice), shape=(1, 2)),
                        torch.sparse_coo_tensor(twice, torch.as_tensor(data), (1, 2))):
             assert as_csr(matrix).values.tolist() == [want], type(matrix)
+
+
+def bool_inputs_with_duplicates():
+    """A 3 x 4 bool matrix whose (0, 1) and (2, 3) are stored twice (True twice; True and False),
+    in every format that can hold duplicates, with the dense bool matrix scipy makes of it."""
+    rows = np.array([0, 2, 0, 1, 2])
+    cols = np.array([1, 3, 1, 0, 3])
+    vals = np.array([True, True, True, True, False])
+    coo = sp.coo_matrix((vals, (rows, cols)), shape=(3, 4))
+    order = np.argsort(rows, kind="stable")
+    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=3))]
+    messy = sp.csr_matrix((vals[order], cols[order], indptr), shape=(3, 4))
+    t_indptr, t_cols = torch.from_numpy(indptr), torch.from_numpy(cols[order])
+    t_vals = torch.from_numpy(vals[order])
+    by_cols = np.lexsort((rows, cols))
+    csc = sp.csc_matrix((vals[by_cols], rows[by_cols],
+                         np.r_[0, np.cumsum(np.bincount(cols, minlength=4))]), shape=(3, 4))
+    inputs = {
+        "scipy-coo": coo,
+        "scipy-csr-duplicates": messy,
+        "scipy-csc-duplicates": csc,
+        "scipy-lil": coo.tolil(),
+        "torch-coo": torch.sparse_coo_tensor(np.vstack([rows, cols]), vals, (3, 4)),
+        "torch-csr-duplicates": torch.sparse_csr_tensor(t_indptr, t_cols, t_vals, (3, 4)),
+        "dmfx-csr-duplicates": CSR(t_indptr, t_cols, t_vals, (3, 4)),
+    }
+    return inputs, coo.toarray()
+
+
+def test_bool_duplicates_are_or_ed_not_summed():
+    """A duplicated True is 1.0, as scipy's tocsr()/toarray() and torch's coalesce() give True:
+    in as_csr (either orientation), Interactions.from_scipy and SparseRowLinear (per call and
+    bound), which then equals nn.Linear on the dense rows."""
+    inputs, want = bool_inputs_with_duplicates()
+    assert want.dtype == np.bool_ and want[0, 1] and want[2, 3]
+    torch.manual_seed(0)
+    linear = nn.Linear(4, 3, bias=False)
+    layer = SparseRowLinear.from_linear(linear)
+    rows = torch.tensor([0, 2, 1, 2])
+    expected = linear(torch.from_numpy(want).float()[rows])
+    for name, matrix in inputs.items():
+        for dtype in (torch.float32, torch.float64):
+            csr = as_csr(matrix, dtype=dtype)
+            assert csr.values.dtype == dtype
+            np.testing.assert_array_equal(dense_of(csr), want, err_msg=name)
+            assert set(csr.values.tolist()) == {1.0}, name  # the False is OR-ed away, too
+            np.testing.assert_array_equal(dense_of(as_csr(matrix, transpose=True)), want.T,
+                                          err_msg=name)
+        data = Interactions.from_scipy(matrix)
+        assert data.nnz == 3 and (data.ratings == 1.0).all(), name
+        torch.testing.assert_close(layer(matrix, rows), expected, msg=name)
+        torch.testing.assert_close(SparseRowLinear.from_linear(linear).bind(matrix)(rows),
+                                   expected, msg=name)
+
+
+def test_half_precision_values_are_summed_in_the_dtype_asked_for():
+    """float16/bfloat16 duplicates are converted before they are summed: no overflow to inf
+    (and no 'non-finite' error), no rounding in the half dtype."""
+    twice = [[0, 0], [1, 1]]
+    f16 = torch.sparse_coo_tensor(twice, torch.tensor([60000.0, 60000.0], dtype=torch.float16),
+                                  (1, 2))
+    bf16 = torch.sparse_coo_tensor(twice, torch.tensor([256.0, 1.0], dtype=torch.bfloat16),
+                                   (1, 2))
+    # scipy builds float16 matrices only from their arrays (and not COO): a CSC with duplicates
+    csc16 = sp.csc_matrix((np.array([60000, 60000], np.float16), np.array([0, 0]),
+                           np.array([0, 0, 2])), shape=(1, 2))
+    for matrix, want in ((f16, 120000.0), (bf16, 257.0), (csc16, 120000.0)):
+        for dtype in (torch.float32, torch.float64):
+            assert as_csr(matrix, dtype=dtype).values.tolist() == [want], (matrix, dtype)
+        assert Interactions.from_scipy(matrix).ratings.tolist() == [want]
+        layer = SparseRowLinear(2, 1)
+        torch.testing.assert_close(layer(matrix, torch.tensor([0])), want * layer.weight[1:])
+
+
+@pytest.mark.parametrize("fmt", ["coo", "lil", "dok", "bsr", "dia"])
+def test_every_converted_format_comes_back_int64_by_default(fmt):
+    """As the docstring says: the input's index dtype only for a CSR already canonical; every
+    converted format, scipy's int32 ones included, gives int64."""
+    matrix = scipy_input(fmt)
+    assert as_csr(matrix).indptr.dtype == torch.int64
+    assert as_csr(matrix).indices.dtype == torch.int64
+    assert as_csr(matrix, index_dtype=torch.int32).indptr.dtype == torch.int32
+    assert as_csr(scipy_input("csr")).indptr.dtype == torch.int32  # canonical CSR: as it is
+
+
+def non_float_cases():
+    """(format, value dtype): scipy.sparse holds no float16, torch no longdouble."""
+    cases = []
+    for fmt in ("csr", "csc", "coo", "lil", "dok", "bsr", "dia", "torch-csr", "torch-csc",
+                "torch-coo", "dmfx"):
+        scipy = not fmt.startswith("torch") and fmt != "dmfx"
+        for dtype in (np.int64, np.int8, np.uint8, np.bool_,
+                      np.longdouble if scipy else np.float16):
+            cases.append(pytest.param(fmt, dtype, id=f"{fmt}-{np.dtype(dtype).name}"))
+    return cases
+
+
+@pytest.mark.parametrize("fmt,dtype", non_float_cases())
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_the_layer_casts_non_float_values_in_every_format(fmt, dtype, weight_dtype):
+    """One rule for every format: bool, integer and half values are converted to the weight's
+    dtype (per call and at bind), so the layer is nn.Linear on the dense rows so converted."""
+    ones = (DENSE != 0).astype(dtype) if dtype == np.bool_ else np.abs(DENSE).astype(dtype)
+    if fmt.startswith("torch"):
+        matrix = torch_input(fmt[6:], dense=ones)
+    elif fmt == "dmfx":
+        matrix = dmfx_input(dense=ones)
+    else:
+        matrix = sp.csr_matrix(ones).asformat(fmt)
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 3, bias=False, dtype=weight_dtype)
+    layer = SparseRowLinear.from_linear(linear)
+    rows = torch.tensor([0, 2, 1, 6, 2, 5])
+    want = linear(torch.from_numpy(ones.astype(np.float64)).to(weight_dtype)[rows])
+    torch.testing.assert_close(layer(matrix, rows), want)
+    torch.testing.assert_close(layer.bind(matrix)(rows), want)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil", "torch-csr", "torch-coo", "dmfx"])
+def test_the_other_float_dtype_is_refused_per_call_naming_it(fmt):
+    """float64 values for a float32 weight (and the reverse) are refused per call in every
+    format, the message naming the matrix's own dtype (not one it was converted to)."""
+    for values, weight in ((np.float64, torch.float32), (np.float32, torch.float64)):
+        dense = DENSE.astype(values)
+        if fmt.startswith("torch"):
+            matrix = torch_input(fmt[6:], dense=dense)
+        elif fmt == "dmfx":
+            matrix = dmfx_input(dense=dense)
+        else:
+            matrix = sp.csr_matrix(dense).asformat(fmt)
+        named = torch.from_numpy(dense).dtype
+        with pytest.raises(TypeError, match=f"SparseRowLinear: matrix values are {named} but "
+                                            f"the layer's weight is {weight}"):
+            SparseRowLinear(5, 2, dtype=weight)(matrix, torch.tensor([1]))
+
+
+def test_a_per_call_csr_whose_shape_disagrees_with_its_indptr_is_refused():
+    """As bind and as_csr refuse it, checked on the host (shape and indptr's length)."""
+    csr = CSR(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2]), torch.ones(3), (2, 4))
+    message = r"SparseRowLinear: matrix has 2 rows but its indptr has 4 entries"
+    with pytest.raises(ValueError, match=message):
+        SparseRowLinear(4, 2)(csr, torch.tensor([2]))
+    with pytest.raises(ValueError, match=message):
+        SparseRowLinear(4, 2).bind(csr)
+    with pytest.raises(ValueError, match="m has 2 rows but its indptr has 4 entries"):
+        as_csr(csr, name="m")
 
 
 def test_unsorted_coo():
@@ -542,6 +689,64 @@ def test_from_pandas_bad_input_names_the_argument():
             Interactions.from_pandas(df, **kwargs)
     with pytest.raises(TypeError, match="df must be a pandas DataFrame, got dict"):
         Interactions.from_pandas(good)
+
+
+def test_ids_beyond_int64_raise_a_value_error_not_a_recursion_error():
+    """Python ints that numpy cannot hold as int64/uint64 (or only as float64) are refused with
+    the advice to pass strings, in from_arrays and from_pandas alike."""
+    above = r"holds ids above 2\*\*63 - 1 \({}\), which int64 ids cannot hold: pass them as strings"
+    for ids, message in (([2**70, 1], above.format(2**70)),
+                         ([2**64, 1], above.format(2**64)),
+                         ([2**63 + 3, 5], above.format(2**63 + 3)),  # numpy: float64
+                         ([-2**70, 1], rf"holds ids below -2\*\*63 \({-2**70}\)")):
+        with pytest.raises(ValueError, match="users_raw " + message):
+            Interactions.from_arrays(ids, [1, 2], [1.0, 2.0])
+        with pytest.raises(ValueError, match="items_raw " + message):
+            Interactions.from_arrays([1, 2], np.array(ids, dtype=object), [1.0, 2.0])
+    fits = Interactions.from_arrays([-2**63, 2**63 - 1], [1, 2], [1.0, 2.0])
+    assert fits.user_ids.tolist() == [-2**63, 2**63 - 1]
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    for ids in ([2**64, 1], np.array([2**63 + 3, 5], dtype=object),
+                np.array([2**63 + 3, 5], dtype=np.uint64)):
+        df = pd.DataFrame({"uid": ids, "item": [1, 2], "rating": [1.0, 2.0]})
+        with pytest.raises(ValueError, match=r"user='uid': column 'uid' holds ids above 2\*\*63"):
+            Interactions.from_pandas(df, user="uid")
+
+
+def test_timestamps_beyond_int64_are_refused_not_wrapped():
+    """uint64 timestamps above 2**63 - 1 would wrap to negative int64 (and reorder which
+    duplicate is the latest): refused, naming the argument."""
+    stamps = np.array([2**63 + 5, 1], dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"timestamps holds values above 2\*\*63 - 1"):
+        Interactions.from_arrays([1, 1], [1, 1], [1.0, 2.0], stamps)
+    fits = Interactions.from_arrays([1, 2], [1, 2], [1.0, 2.0],
+                                    np.array([2**63 - 1, 0], dtype=np.uint64))
+    assert fits.timestamps.tolist() == [2**63 - 1, 0]
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    df = pd.DataFrame({"user": [1, 1], "item": [1, 1], "rating": [1.0, 2.0], "when": stamps})
+    with pytest.raises(ValueError, match=r"timestamp='when': column 'when' holds values above "
+                                         r"2\*\*63 - 1"):
+        Interactions.from_pandas(df, timestamp="when")
+
+
+def test_from_pandas_errors_name_its_arguments_not_from_arrays_parameters():
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    good = {"uid": [1, 2], "movie": [3, 4], "stars": [1.0, 2.0]}
+    columns = {"user": "uid", "item": "movie", "rating": "stars"}
+    cases = [
+        (dict(good, uid=np.array([1, "1"], dtype=object)), TypeError,
+         "user='uid': column 'uid' must hold integers or strings, one kind for all, got int, str"),
+        (dict(good, movie=np.array([2**64, 4], dtype=object)), ValueError,
+         r"item='movie': column 'movie' holds ids above 2\*\*63 - 1"),
+        # finite in float64, infinite in the float32 ratings are stored as
+        (dict(good, stars=[1e39, 1.0]), ValueError,
+         "rating='stars': column 'stars' holds ratings beyond float32's range"),
+    ]
+    for data, error, message in cases:
+        with pytest.raises(error, match=message):
+            Interactions.from_pandas(pd.DataFrame(data), **columns)
+    with pytest.raises(ValueError, match="ratings holds ratings beyond float32's range"):
+        Interactions.from_arrays([1, 2], [3, 4], [1e39, 1.0])
 
 
 def test_without_pandas_the_pandas_methods_say_how_to_install_it():

@@ -1,6 +1,7 @@
 """dmfx.nn against the torch layers it replaces, on the same weights: outputs and gradients."""
 import io
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -221,6 +222,11 @@ def test_state_dict_round_trip(shape, bias):
     assert source.state_dict()["weight"].shape == shape
     for state in (roundtrip(source.state_dict()), dict(source.state_dict())):  # dict: no metadata
         target = SparseRowLinear(*shape, bias=bias, dtype=F64)
+        if shape[0] == shape[1] and not hasattr(state, "_metadata"):
+            # nothing tells a square weight's layout once the metadata is dropped: refused
+            with pytest.raises(RuntimeError, match="square.*metadata was dropped"):
+                target.load_state_dict(state)
+            continue
         target.load_state_dict(state)
         torch.testing.assert_close(target(csr, ROWS), source(csr, ROWS), rtol=0, atol=0)
 
@@ -270,6 +276,38 @@ def test_square_foreign_state_dict_is_refused_not_guessed():
     # The way out: convert the layer it came from.
     linear = nn.Linear(5, 5, bias=False, dtype=F64)
     assert torch.equal(SparseRowLinear.from_linear(linear).weight, linear.weight.t())
+
+
+class LinearV2(nn.Linear):
+    """A user's nn.Linear subclass that bumped its class version to 2: [out, in] weight."""
+
+    _version = 2
+
+
+def test_the_layout_is_told_by_a_dedicated_mark_not_by_the_class_version():
+    layer = SparseRowLinear(5, 5, dtype=F64)
+    assert layer.state_dict()._metadata[""]["dmfx_weight_layout"] == "in_features,out_features"
+    csr = make_csr(8, 5)
+    # A square nn.Linear weight saved with version 2 is still nn.Linear's: refused, not loaded
+    # untransposed.
+    square = LinearV2(5, 5, bias=False, dtype=F64)
+    before = layer.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="square.*from_linear"):
+        layer.load_state_dict(roundtrip(square.state_dict()))
+    assert torch.equal(layer.weight, before)
+    # A non-square one is transposed as nn.Linear's, whatever its version.
+    linear = LinearV2(5, 3, bias=False, dtype=F64)
+    rect = SparseRowLinear(5, 3, dtype=F64)
+    rect.load_state_dict(roundtrip(linear.state_dict()))
+    torch.testing.assert_close(rect(csr, ROWS), linear(dense(csr)[ROWS]))
+    # Its own marked state dict of the transposed shape is a size mismatch, not transposed...
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        SparseRowLinear(5, 3).load_state_dict(roundtrip(SparseRowLinear(3, 5).state_dict()))
+    # ... and inside a model, the mark is per module.
+    old = nn.Sequential(SparseRowLinear(6, 6, dtype=F64), nn.Linear(6, 6, dtype=F64))
+    new = nn.Sequential(SparseRowLinear(6, 6, dtype=F64), nn.Linear(6, 6, dtype=F64))
+    new.load_state_dict(roundtrip(old.state_dict()))
+    assert torch.equal(new[0].weight, old[0].weight) and torch.equal(new[1].weight, old[1].weight)
 
 
 def test_a_per_call_matrix_may_mix_index_dtypes_as_bind_allows():
@@ -377,6 +415,31 @@ def test_forward_argument_errors():
     csr = make_csr(8, 11)
     with pytest.raises(TypeError, match="values"):  # float32 values, float64 weight: the op's check
         layer(csr._replace(values=csr.values.float()), ROWS)
+
+
+@pytest.mark.parametrize("rows, got", [
+    ([0, 1], "got list"),
+    (np.array([0, 1]), "got ndarray"),
+    (torch.tensor([0, 1]).to_sparse(), "layout torch.sparse_coo"),
+])
+def test_rows_that_are_not_a_dense_tensor_are_named(rows, got):
+    """As nn.Embedding refuses a list: a TypeError naming rows, not the op's dispatcher error."""
+    layer = SparseRowLinear(11, 3, dtype=F64)
+    csr = make_csr(8, 11)
+    with pytest.raises(TypeError, match=f"SparseRowLinear: rows must be .*{got}"):
+        layer(csr, rows)
+    with pytest.raises(TypeError, match=f"SparseRowLinear: rows must be .*{got}"):
+        layer(dense(csr).to_sparse_csr(), rows)
+    with pytest.raises(TypeError, match=f"the one argument is the rows.*{got}"):
+        layer.bind(csr)(rows)
+
+
+def test_a_half_precision_layer_says_what_it_computes_in():
+    layer = SparseRowLinear(11, 3).half()
+    with pytest.raises(TypeError, match=r"weight is torch.float16.*\.float\(\)"):
+        layer(make_csr(8, 11), ROWS)
+    with pytest.raises(TypeError, match=r"weight is torch.float16.*\.float\(\)"):
+        layer.bind(make_csr(8, 11))
 
 
 @pytest.mark.parametrize("part, given", [("values", [1.0]), ("indices", [2])])
@@ -517,6 +580,29 @@ def test_torch_compile_of_a_model_using_the_modules():
     torch.testing.assert_close(got, eager)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[name], msg=name)
+
+
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+def test_torch_compile_of_a_call_on_a_torch_sparse_tensor_runs_it_eagerly(layout):
+    """dynamo traces no sparse tensors (it failed inside, an IndexError, on their views): the
+    call runs eagerly and gives the eager result."""
+    torch._dynamo.reset()
+    csr = make_csr(8, 11)
+    matrix = dense(csr).to_sparse_csr() if layout == "csr" else dense(csr).to_sparse_coo()
+    layer = SparseRowLinear(11, 3, dtype=F64)
+    compiled = torch.compile(layer, backend="eager")
+    torch.testing.assert_close(compiled(matrix, ROWS), layer(csr, ROWS))
+
+    class Tower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.matrix, self.first, self.head = matrix, layer, nn.Linear(3, 2, dtype=F64)
+
+        def forward(self, rows):
+            return self.head(torch.relu(self.first(self.matrix, rows)))
+
+    tower = Tower()
+    torch.testing.assert_close(torch.compile(tower, backend="eager")(ROWS), tower(ROWS))
 
 
 def test_all():

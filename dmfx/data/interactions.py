@@ -46,6 +46,20 @@ _DATAFRAME_KINDS = {
 }
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _beyond_int64(what: str, ids: list) -> ValueError:
+    """The error for integer ids that int64 cannot hold (Python ints, of any size)."""
+    largest, smallest = max(ids), min(ids)
+    if largest > _INT64_MAX:
+        return ValueError(f"{what} holds ids above 2**63 - 1 ({largest}), which int64 ids "
+                          "cannot hold: pass them as strings")
+    return ValueError(f"{what} holds ids below -2**63 ({smallest}), which int64 ids cannot "
+                      "hold: pass them as strings")
+
+
 def _as_id_array(raw: object, what: str) -> np.ndarray:
     """Raw ids as a 1-D int64 or unicode array.
 
@@ -55,9 +69,8 @@ def _as_id_array(raw: object, what: str) -> np.ndarray:
     arr = np.asarray(raw)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{what} holds ids above 2**63 - 1 ({arr.max()}), which int64 ids "
-                         "cannot hold: pass them as strings")
+    if arr.size and arr.dtype.kind == "u" and arr.max() > _INT64_MAX:
+        raise _beyond_int64(what, [int(arr.max())])
     if arr.dtype.kind in "iu" or (arr.size == 0 and arr.dtype.kind not in "USO"):
         return arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "U":
@@ -75,9 +88,17 @@ def _as_id_array(raw: object, what: str) -> np.ndarray:
         if kinds <= {"str"}:
             return arr.astype(str)
         if kinds == {"int"}:
-            return _as_id_array(np.array(arr.tolist()), what)
+            ints = np.array(arr.tolist())
+            if ints.dtype.kind in "iu":  # else numpy fell back to float64 or object: too big
+                return _as_id_array(ints, what)
+            raise _beyond_int64(what, [int(x) for x in arr.tolist()])
         raise TypeError(f"{what} must hold integers or strings, one kind for all, got "
                         f"{', '.join(sorted(kinds))}")
+    if arr.dtype.kind == "f" and not isinstance(raw, np.ndarray):
+        # numpy makes float64 of a sequence of Python ints that int64 cannot hold
+        items = np.asarray(raw, dtype=object).tolist()
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+            raise _beyond_int64(what, items)
     raise TypeError(f"{what} must hold integers or strings, got dtype {arr.dtype}")
 
 
@@ -87,7 +108,23 @@ def _as_index_array(values: object, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "iu":
         raise TypeError(f"{what} must hold integers, got dtype {arr.dtype}")
+    if arr.size and arr.dtype.kind == "u" and arr.max() > _INT64_MAX:  # the cast would wrap
+        raise ValueError(f"{what} holds values above 2**63 - 1 ({arr.max()}), which int64 "
+                         "cannot hold")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _as_ratings(values: object, what: str) -> np.ndarray:
+    """Ratings as the 1-D float32 array Interactions stores; a finite value beyond float32's
+    range (which the cast would make infinite) raises, naming ``what``."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+        finite = arr[np.isfinite(arr)]
+        largest = float(np.abs(finite).max()) if finite.size else 0.0
+        if largest > _FLOAT32_MAX:
+            raise ValueError(f"{what} holds ratings beyond float32's range ({largest:g}), the "
+                             "dtype ratings are stored in")
+    return np.asarray(arr, dtype=np.float32).reshape(-1)
 
 
 def _coerce_raw_id(raw_id: object, ids: np.ndarray) -> object | None:
@@ -224,6 +261,11 @@ class Interactions:
         timestamp (ties, or no timestamps: the last occurrence), because a
         re-rating supersedes the earlier one.  Surviving interactions keep
         their input order.
+
+        Integer ids must fit int64 (larger ones, e.g. uint64 hashes above
+        ``2**63 - 1``, raise ValueError: pass them as strings), as must
+        timestamps; ratings are stored as float32, and a finite rating beyond
+        its range raises ValueError.  Messages name these parameters.
         """
         u_raw = _as_id_array(users_raw, "users_raw")
         i_raw = _as_id_array(items_raw, "items_raw")
@@ -231,7 +273,7 @@ class Interactions:
         item_ids, items = np.unique(i_raw, return_inverse=True)
         users = users.reshape(-1).astype(np.int64, copy=False)
         items = items.reshape(-1).astype(np.int64, copy=False)
-        rat = np.asarray(ratings, dtype=np.float32).reshape(-1)
+        rat = _as_ratings(ratings, "ratings")
         ts = None if timestamps is None else _as_index_array(timestamps, "timestamps")
         if len(items) != len(users) or len(rat) != len(users) or \
                 (ts is not None and len(ts) != len(users)):
@@ -322,12 +364,16 @@ class Interactions:
         interactions in the same order -- when every user and item has an interaction (a
         table has no row for one without).
 
-        Raises:
+        Raises (every message names this method's argument and its column, e.g.
+        ``user='uid': column 'uid' ...``):
             ImportError: pandas is not installed.
             TypeError: ``df`` is not a DataFrame, or a column holds the wrong kind of values
-                (ids must be integers or strings, ratings numbers), naming the argument.
-            KeyError: a named column is missing, naming the argument and listing the columns.
-            ValueError: a column has missing values, or a rating is not finite.
+                (ids must be integers or strings, one kind per column; ratings numbers;
+                timestamps integers).
+            KeyError: a named column is missing (the message lists the columns).
+            ValueError: a column has missing values, a rating is not finite or beyond
+                float32's range (ratings are stored as float32), or integer ids or timestamps
+                lie outside int64's range (ids that large must be strings).
         """
         pd = _import_pandas("Interactions.from_pandas")
         if not isinstance(df, pd.DataFrame):
@@ -354,10 +400,21 @@ class Interactions:
                 raise TypeError(f"{argument}={column!r}: column {column!r} must hold {wanted}, "
                                 f"got dtype {series.dtype}")
             arrays[argument] = values
-        if "rating" in arrays and not bool(np.isfinite(arrays["rating"]).all()):
-            raise ValueError(f"rating={rating!r}: column {rating!r} holds non-finite ratings")
-        ratings = arrays.get("rating", np.ones(len(df), dtype=np.float32))
-        return cls.from_arrays(arrays["user"], arrays["item"], ratings, arrays.get("timestamp"))
+        # Checked and converted here, so that errors name this method's arguments and columns
+        # (from_arrays' would name its own parameters).
+        named = {argument: f"{argument}={column!r}: column {column!r}" for argument, column in
+                 (("user", user), ("item", item), ("rating", rating), ("timestamp", timestamp))}
+        users_raw = _as_id_array(arrays["user"], named["user"])
+        items_raw = _as_id_array(arrays["item"], named["item"])
+        if "rating" in arrays:
+            if not bool(np.isfinite(arrays["rating"]).all()):
+                raise ValueError(f"{named['rating']} holds non-finite ratings")
+            ratings = _as_ratings(arrays["rating"], named["rating"])
+        else:
+            ratings = np.ones(len(df), dtype=np.float32)
+        timestamps = (_as_index_array(arrays["timestamp"], named["timestamp"])
+                      if "timestamp" in arrays else None)
+        return cls.from_arrays(users_raw, items_raw, ratings, timestamps)
 
     @property
     def num_users(self) -> int:

@@ -22,9 +22,18 @@ requested device. Anything else is copied once, in the step that needs it: anoth
 orientation is converted, mixed index dtypes become int64, values are cast, arrays of the other
 byte order are swapped, unsorted rows are sorted, the result is moved to ``device``.
 
-Duplicates. Entries stored twice at one (row, column) are summed, as ``scipy.sparse`` and
-``torch.Tensor.coalesce`` do: a COO with duplicates stands for their sum. Explicitly stored
-zeros are kept as entries.
+Values. float32 and float64 values are read as they are (and cast to the ``dtype`` asked for,
+a copy, where it is the other one, after duplicates are summed); values of any other real dtype
+-- bool, integers, float16, bfloat16 -- are first converted to the ``dtype`` asked for (a copy),
+so that they are summed in it, never in their own dtype (where int8 would wrap and float16
+overflow or round).
+
+Duplicates. Entries stored twice at one (row, column) are combined into one: numbers are summed,
+as ``scipy.sparse`` and ``torch.Tensor.coalesce`` do, so a COO with duplicates stands for their
+sum; bool values are combined with logical OR (a duplicated True is 1.0, not 2.0), as scipy's
+``tocsr()`` and torch's ``coalesce()`` of a bool matrix give True. A CSR-like input with
+``values=None`` has a 1 per stored entry, summed like numbers (as ``nn.EmbeddingBag`` sums a
+repeated id). Explicitly stored zeros are kept as entries.
 """
 from __future__ import annotations
 
@@ -40,6 +49,7 @@ __all__ = ["CSR", "as_csr"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _VALUE_DTYPES = (torch.float32, torch.float64)
+_NUMPY_VALUE_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
@@ -79,11 +89,24 @@ def _shape(shape: Any, name: str) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _read(matrix: Any, name: str):
-    """``(indptr, indices, values, shape, by_rows)``: the stored arrays of ``matrix`` compressed
-    by rows (CSR) or by columns (CSC), as tensors. Views of a compressed input; COO and the
-    other formats are converted to CSR (a copy, duplicates summed). ``shape`` is None for a
-    CSR-like object without one."""
+def _as_value_dtype(values: Any, dtype: torch.dtype) -> Any:
+    """``values`` of a dtype other than float32/float64 (bool, integers, float16, bfloat16) as
+    ``dtype``, a copy: converted before anything sums duplicates, so that they are summed in
+    ``dtype``. float32/float64 values, complex ones (refused by the checks) and non-tensors
+    are returned as they are."""
+    if not isinstance(values, Tensor) or values.dtype in _VALUE_DTYPES or values.is_complex():
+        return values
+    return values.to(dtype)
+
+
+def _read(matrix: Any, name: str, dtype: torch.dtype = torch.float32):
+    """``(indptr, indices, values, shape, by_rows, logical)``: the stored arrays of ``matrix``
+    compressed by rows (CSR) or by columns (CSC), as tensors. Views of a compressed input; COO
+    and the other formats are converted to CSR (a copy, duplicates combined, int64 indices).
+    ``shape`` is None for a CSR-like object without one. ``values`` of a dtype other than
+    float32/float64 are converted to ``dtype`` first (see the module docstring); ``logical``
+    tells that they were bools in arrays that may still hold duplicates, which must then be
+    combined with OR."""
     if isinstance(matrix, Tensor):
         layout = matrix.layout
         if layout not in (torch.sparse_csr, torch.sparse_csc, torch.sparse_coo):
@@ -96,35 +119,51 @@ def _read(matrix: Any, name: str):
                              f"shape {tuple(matrix.shape)} with {matrix.dense_dim()} dense "
                              "dimension(s)")
         shape = (int(matrix.shape[0]), int(matrix.shape[1]))
+        logical = matrix.dtype == torch.bool
         if layout == torch.sparse_csr:
-            return matrix.crow_indices(), matrix.col_indices(), matrix.values(), shape, True
+            return (matrix.crow_indices(), matrix.col_indices(),
+                    _as_value_dtype(matrix.values(), dtype), shape, True, logical)
         if layout == torch.sparse_csc:
-            return matrix.ccol_indices(), matrix.row_indices(), matrix.values(), shape, False
+            return (matrix.ccol_indices(), matrix.row_indices(),
+                    _as_value_dtype(matrix.values(), dtype), shape, False, logical)
         ids = matrix._indices()  # checked before coalescing, which trusts them
         if ids.numel() and (int(ids.min()) < 0
                             or bool((ids.max(1).values >= ids.new_tensor(shape)).any())):
             raise ValueError(f"{name} has row or column ids outside its shape {shape}")
-        if not matrix.is_floating_point():  # summing duplicates: bools would saturate
-            matrix = matrix.float()
+        if matrix.dtype not in _VALUE_DTYPES:  # summed in dtype: no wrap, overflow, rounding
+            matrix = matrix.to(dtype)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
             csr = matrix.coalesce().to_sparse_csr()
-        return csr.crow_indices(), csr.col_indices(), csr.values(), shape, True
+        values = csr.values().clamp(max=1) if logical else csr.values()  # bools: OR
+        return csr.crow_indices(), csr.col_indices(), values, shape, True, False
     indptr = getattr(matrix, "indptr", None)
     if isinstance(indptr, Tensor) and hasattr(matrix, "indices") and hasattr(matrix, "values"):
         shape = getattr(matrix, "shape", None)
-        return (indptr, matrix.indices, matrix.values,
-                None if shape is None else _shape(shape, name), True)
+        values = matrix.values
+        logical = isinstance(values, Tensor) and values.dtype == torch.bool
+        return (indptr, matrix.indices, _as_value_dtype(values, dtype),
+                None if shape is None else _shape(shape, name), True, logical)
     if sp.issparse(matrix):
         shape = _shape(matrix.shape, name)
-        if matrix.format not in ("csr", "csc"):
-            # Their constructors have checked the ids; tocsr sums duplicates, in a float as
-            # the torch path does (bools would saturate, small ints wrap).
-            if matrix.dtype.kind in "iub":
-                matrix = matrix.astype(np.float64)
-            matrix = matrix.tocsr()
-        return (_from_numpy(matrix.indptr), _from_numpy(matrix.indices),
-                _from_numpy(matrix.data), shape, matrix.format == "csr")
+        logical = matrix.dtype == np.bool_
+        # bool, integers, float16, longdouble: to dtype before anything sums them
+        cast = matrix.dtype not in (np.float32, np.float64) and matrix.dtype.kind in "biuf"
+        target = _NUMPY_VALUE_DTYPES[dtype]
+        if matrix.format in ("csr", "csc"):
+            data = matrix.data.astype(target) if cast else matrix.data  # indices still shared
+            return (_from_numpy(matrix.indptr), _from_numpy(matrix.indices), _from_numpy(data),
+                    shape, matrix.format == "csr", logical)
+        # Their constructors have checked the ids; tocsr sums duplicates (a copy, whose
+        # indices become int64, as every converted format's do).
+        if cast:
+            matrix = matrix.astype(target)
+        matrix = matrix.tocsr()
+        if logical:
+            matrix.sum_duplicates()  # every duplicate summed before the OR (a no-op after COO)
+        values = _from_numpy(matrix.data)
+        return (_from_numpy(matrix.indptr).long(), _from_numpy(matrix.indices).long(),
+                values.clamp(max=1) if logical else values, shape, True, False)
     if type(matrix).__name__ == "DataFrame":
         raise TypeError(f"{_accepted(name)}; got a DataFrame, whose user and item columns hold "
                         "raw ids: build dmfx.data.Interactions.from_pandas(df) and use its "
@@ -205,9 +244,10 @@ def _check_parts(indptr: Tensor, indices: Tensor, values: Optional[Tensor],
 
 
 def _coalesced(indptr: Tensor, indices: Tensor, values: Tensor, shape: tuple[int, int],
-               by_rows: bool, transpose: bool):
+               by_rows: bool, transpose: bool, logical: bool = False):
     """The CSR of the matrix stored (checked) by rows or by columns, or of its transpose:
-    sorted, duplicates summed. A copy, with int64 indices."""
+    sorted, duplicates summed (``logical``: the values, 0/1 floats, were bools, whose
+    duplicates combine with OR). A copy, with int64 indices."""
     counts = torch.diff(indptr.long())
     major = torch.repeat_interleave(torch.arange(counts.numel(), device=indptr.device), counts,
                                     output_size=indices.numel())
@@ -220,29 +260,35 @@ def _coalesced(indptr: Tensor, indices: Tensor, values: Tensor, shape: tuple[int
         # torch warns once that its CSR support is "beta"; this conversion is covered here.
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
         csr = coo.coalesce().to_sparse_csr()
-    return csr.crow_indices(), csr.col_indices(), csr.values(), (int(csr.shape[0]),
-                                                                 int(csr.shape[1]))
+    values = csr.values().clamp(max=1) if logical else csr.values()
+    return csr.crow_indices(), csr.col_indices(), values, (int(csr.shape[0]), int(csr.shape[1]))
 
 
-def _csr_parts(matrix: Any, name: str, *, transpose: bool = False):
-    """``(indptr, indices, values, shape)`` of the CSR of ``matrix`` (``transpose``: of its
-    transpose), unchecked and as stored where the input is that CSR already (views; ``shape``
-    None for a CSR-like object without one; rows may be unsorted), else converted (checked,
-    a copy). :mod:`dmfx.nn` reads per-call matrices through this, leaving the checks of the
-    rows it reads to the op; :func:`as_csr` adds the checks and the canonical form."""
-    indptr, indices, values, shape, by_rows = _read(matrix, name)
+def _csr_parts(matrix: Any, name: str, *, transpose: bool = False,
+               dtype: torch.dtype = torch.float32):
+    """``(indptr, indices, values, shape, logical)`` of the CSR of ``matrix`` (``transpose``:
+    of its transpose), unchecked and as stored where the input is that CSR already (views;
+    ``shape`` None for a CSR-like object without one; rows may be unsorted and hold
+    duplicates, which ``logical`` says must be combined with OR), else converted (checked, a
+    copy, canonical, ``logical`` False). Values of a dtype other than float32/float64 come
+    converted to ``dtype``. :mod:`dmfx.nn` reads per-call matrices through this, leaving the
+    checks of the rows it reads to the op (only ``shape`` is checked against ``indptr``'s
+    length here, on the host); :func:`as_csr` adds the checks and the canonical form."""
+    indptr, indices, values, shape, by_rows, logical = _read(matrix, name, dtype)
     if by_rows != transpose:
-        return indptr, indices, values, shape if by_rows or shape is None else shape[::-1]
+        shape = shape if by_rows or shape is None else shape[::-1]
+        if shape is not None and indptr.dim() == 1 and indptr.numel() != shape[0] + 1:
+            raise ValueError(f"{name} has {shape[0]} rows but its indptr has {indptr.numel()} "
+                             "entries (num_rows + 1 expected)")
+        return indptr, indices, values, shape, logical
     indptr, indices = _one_index_dtype(indptr, indices, name)
     shape, _ = _check_parts(indptr, indices, values, shape if by_rows else shape[::-1], name,
                             "column" if by_rows else "row")
     if not by_rows:
         shape = shape[::-1]
     if values is None:
-        values = torch.ones(indices.numel(), device=indices.device)
-    elif not values.is_floating_point():  # summing duplicates: bools would saturate
-        values = values.to(torch.float32)
-    return _coalesced(indptr, indices, values, shape, by_rows, transpose)
+        values = torch.ones(indices.numel(), dtype=dtype, device=indices.device)
+    return (*_coalesced(indptr, indices, values, shape, by_rows, transpose, logical), False)
 
 
 def as_csr(matrix: Any, *, num_cols: Optional[int] = None, transpose: bool = False,
@@ -250,9 +296,10 @@ def as_csr(matrix: Any, *, num_cols: Optional[int] = None, transpose: bool = Fal
            index_dtype: Optional[torch.dtype] = None) -> CSR:
     """``matrix`` (or, with ``transpose``, its transpose) as a checked, canonical :class:`CSR`.
 
-    Canonical: each row's column ids strictly ascending (duplicates summed), values of
-    ``dtype``, ``indptr`` and ``indices`` of one dtype. See the module docstring for the
-    accepted inputs and when the result shares the input's memory (zero copy) or is a copy.
+    Canonical: each row's column ids strictly ascending (duplicates combined: summed, or
+    OR-ed for bool values), values of ``dtype``, ``indptr`` and ``indices`` of one dtype. See
+    the module docstring for the accepted inputs, the value dtypes and when the result shares
+    the input's memory (zero copy) or is a copy.
 
     Args:
         matrix: the matrix; see the module docstring.
@@ -260,11 +307,15 @@ def as_csr(matrix: Any, *, num_cols: Optional[int] = None, transpose: bool = Fal
         transpose: convert the transpose (e.g. users x items in, items x users out).
         name: the argument's name in error messages.
         device: of the result (default: the input's; scipy inputs are on the CPU).
-        dtype: of the values, float32 (default) or float64. A ``values=None`` CSR-like input
-            (a 0/1 matrix) gets ones.
+        dtype: of the values, float32 (default) or float64. Values of another dtype (bool,
+            integers, float16, bfloat16) are converted to it before duplicates are combined.
+            A ``values=None`` CSR-like input (a 0/1 matrix) gets ones.
         index_dtype: of ``indptr`` and ``indices``, torch.int32 or torch.int64 (checked to
-            fit); default: the input's for a CSR already canonical, int64 where its two differ
-            or where the input had to be sorted or converted (COO, CSC, unsorted rows).
+            fit); default: the input's for a CSR already canonical (a scipy or torch CSR, a
+            dmfx CSR; with ``transpose``, a CSC), int64 wherever the input's two differ or it
+            had to be sorted or converted: every other format (scipy COO, LIL, DOK, BSR, DIA;
+            torch COO), the other orientation (a CSC without ``transpose``, a CSR with it),
+            unsorted rows or duplicates.
 
     Raises:
         TypeError: an unsupported kind of matrix or dtype.
@@ -275,7 +326,8 @@ def as_csr(matrix: Any, *, num_cols: Optional[int] = None, transpose: bool = Fal
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if index_dtype is not None and index_dtype not in _INDEX_DTYPES:
         raise ValueError(f"index_dtype must be torch.int32 or torch.int64, got {index_dtype}")
-    indptr, indices, values, shape = _csr_parts(matrix, name, transpose=transpose)
+    indptr, indices, values, shape, logical = _csr_parts(matrix, name, transpose=transpose,
+                                                         dtype=dtype)
     if device is not None:
         indptr, indices = indptr.to(device), indices.to(device)
         values = None if values is None else values.to(device)
@@ -288,10 +340,12 @@ def as_csr(matrix: Any, *, num_cols: Optional[int] = None, transpose: bool = Fal
         what = "rows" if transpose else "columns"
         got = shape[::-1] if transpose else shape
         raise ValueError(f"{name} must have {num_cols} {what}, got shape {got}")
-    values = (torch.ones(indices.numel(), dtype=dtype, device=indices.device)
-              if values is None else values.to(dtype))
-    if not canonical:
-        indptr, indices, values, shape = _coalesced(indptr, indices, values, shape, True, False)
+    if values is None:
+        values = torch.ones(indices.numel(), dtype=dtype, device=indices.device)
+    if not canonical:  # summed in the values' float32/float64, as scipy does, then cast
+        indptr, indices, values, shape = _coalesced(indptr, indices, values, shape, True, False,
+                                                    logical)
+    values = values.to(dtype)
     if index_dtype is not None and indptr.dtype != index_dtype:
         if index_dtype == torch.int32 and max(indices.numel(), *shape) > _INT32_MAX:
             raise ValueError(f"int32 indices cannot address nnz={indices.numel()}, "
