@@ -22,6 +22,7 @@ class SparseRowsMatmulBackward : public torch::autograd::Function<SparseRowsMatm
                             const at::Tensor& rows, const at::Tensor& weight, bool validate) {
     static const auto op = typed_op<ForwardFn>("dmfx::sparse_rows_matmul");
     ctx->save_for_backward({indptr, indices, values.value_or(at::Tensor()), rows, weight});
+    ctx->saved_data["validate"] = validate;
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(indptr, indices, values, rows, weight, validate);
   }
@@ -46,9 +47,11 @@ class SparseRowsMatmulBackward : public torch::autograd::Function<SparseRowsMatm
     const at::Tensor& grad = grads[0];
     at::Tensor grad_values, grad_weight;
     // Input edges count only tensors given: indptr, indices, [values], rows, weight.
-    // The forward already validated these indices: no second check, no sync.
+    // The forward validated the rows and indices: only the values gradient checks again, for
+    // rows that share entries (csrc/sparse_rows_matmul.h, check_rows_disjoint).
     if (has_values && ctx->needs_input_grad(2)) {
-      grad_values = values_op.call(indptr, indices, rows, weight, grad, false);
+      grad_values = values_op.call(indptr, indices, rows, weight, grad,
+                                   ctx->saved_data["validate"].toBool());
     }
     if (ctx->needs_input_grad(has_values ? 4 : 3)) {
       grad_weight = weight_op.call(indptr, indices, values, rows, grad, weight.sym_size(0), false);

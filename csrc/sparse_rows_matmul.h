@@ -62,6 +62,30 @@ inline void check_backward_values(const Args& a, const at::Tensor& weight,
                     grad_out.sizes());
 }
 
+// The values gradient gives each entry of a row that the batch reads the sum over that row's
+// slots; rows sharing entries would have two writers on CUDA. Validation reads only the rows a
+// call reads, each valid alone, so an indptr that decreases between two of them passes it: with
+// validate, the values backward refuses it here, after its row checks (rows are in range), on
+// both devices alike (on CUDA one more sync). The read rows in id order must not start before
+// the previous distinct one ends.
+inline void check_rows_disjoint(const Args& a) {
+  if (a.batch < 2) return;
+  const at::Tensor ptr = a.indptr.to(at::kLong);
+  const at::Tensor sorted = std::get<0>(at::sort(a.rows));
+  const at::Tensor prev = sorted.slice(0, 0, a.batch - 1), next = sorted.slice(0, 1);
+  const at::Tensor prev_end = ptr.index_select(0, prev + 1);
+  const at::Tensor next_begin = ptr.index_select(0, next);
+  const at::Tensor bad = ((next != prev) & (next_begin < prev_end)).nonzero();
+  if (bad.size(0) == 0) return;
+  const int64_t i = bad[0][0].item<int64_t>();
+  const at::Tensor found =
+      at::stack({prev[i], next[i], prev_end[i], next_begin[i]}).cpu();
+  const int64_t* f = found.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(false, kOp, ": rows ", f[0], " and ", f[1], " share entries: indptr[",
+                    f[0] + 1, "] = ", f[2], " > indptr[", f[1], "] = ", f[3],
+                    " (indptr must not decrease; the gradient of values needs rows apart)");
+}
+
 // The kernels' signatures, as the dispatcher calls them.
 using ForwardFn = at::Tensor(const at::Tensor& indptr, const at::Tensor& indices,
                              const c10::optional<at::Tensor>& values, const at::Tensor& rows,

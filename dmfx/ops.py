@@ -18,11 +18,12 @@ the same on every run, thread count and device. Hot loops over data already chec
 trainer) pass ``validate=False``: no checks, no sync, and a bad entry then contributes nothing
 instead of raising. (One sync remains on CUDA in the weight gradient of
 :func:`sparse_rows_matmul`: it sorts the batch's entries by column, and the sort is sized on the
-host.) Validation reads only the entries a call uses, so it does not see an ``indptr`` that
-decreases between two rows a call reads, each valid alone but sharing entries (dmfx's CSR
-builders never make one): the forward and the weight gradient are still each row's sums, but
-the CUDA ``values`` gradient of such a shared entry then keeps one row's part (the CPU one adds
-them).
+host.) The row checks read only the rows a call reads, each valid alone, so they do not see an
+``indptr`` that decreases between two of them: rows that share entries (dmfx's CSR builders
+never make one). The forward and the weight gradient are still each row's sums; the ``values``
+gradient, which writes each entry once, refuses such rows with ``validate=True`` (its backward
+then checks the batch again: two syncs on CUDA, only when ``values`` needs a gradient), and
+without it its CUDA kernel keeps one row's part of a shared entry (the CPU one adds them).
 
 Argument checks. The CPU kernels, the CUDA kernels and the fake kernels check shapes, dtypes
 and devices alike and raise the same exceptions (``TypeError`` for a dtype, ``ValueError`` for
@@ -347,6 +348,7 @@ class _SparseGradRowsMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, indptr, indices, values, rows, weight, validate):
         ctx.save_for_backward(indptr, indices, values, rows, weight)
+        ctx.validate = validate  # the values gradient checks for rows that share entries
         return torch.ops.dmfx.sparse_rows_matmul(indptr, indices, values, rows, weight, validate)
 
     @staticmethod
@@ -365,7 +367,7 @@ class _SparseGradRowsMatmul(torch.autograd.Function):
         grad_values = grad_weight = None
         if ctx.needs_input_grad[2]:
             grad_values = torch.ops.dmfx.sparse_rows_matmul_backward_values(
-                indptr, indices, rows, weight, grad, False)
+                indptr, indices, rows, weight, grad, ctx.validate)
         if ctx.needs_input_grad[4]:
             grad_weight = _row_sparse_weight_grad(indptr, indices, values, rows, grad,
                                                   weight.shape)

@@ -289,6 +289,35 @@ def test_indptr_not_monotone(case):
         call(csr._replace(indptr=indptr), rows, weight)
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=["int32", "int64"])
+@pytest.mark.parametrize("sparse_grad", [False, True], ids=["dense_grad", "sparse_grad"])
+def test_rows_sharing_entries_are_refused_by_the_values_gradient(device, index_dtype, sparse_grad):
+    # indptr decreases between rows 1 and 2: rows 0 and 2 are each valid, and share entries 1-3.
+    indptr = torch.tensor([0, 4, 1, 5], dtype=index_dtype, device=device)
+    indices = torch.tensor([0, 1, 2, 0, 1], dtype=index_dtype, device=device)
+    values = torch.rand(5, dtype=torch.float64, device=device, requires_grad=True)
+    rows = torch.tensor([2, 0, 2], device=device)
+    weight = torch.randn(3, 4, dtype=torch.float64, device=device)
+    # The forward reads each row's own range, and so does the weight gradient.
+    out = ops.sparse_rows_matmul(indptr, indices, values, rows, weight, sparse_grad=sparse_grad)
+    torch.testing.assert_close(
+        out, reference.sparse_rows_matmul(indptr, indices, values.detach(), rows, weight))
+    with pytest.raises(ValueError, match=r"rows 0 and 2 share entries: indptr\[1\] = 4 > "
+                                         r"indptr\[2\] = 1 \(indptr must not decrease"):
+        out.sum().backward()
+    # Rows that are apart pass, repeated ones included (a run of one row is one writer).
+    ops.sparse_rows_matmul(indptr, indices, values, rows[[0, 0]], weight,
+                           sparse_grad=sparse_grad).sum().backward()
+    # Without validation nothing is checked (the CPU kernel adds the rows' parts).
+    values.grad = None
+    ops.sparse_rows_matmul(indptr, indices, values, rows, weight, validate=False,
+                           sparse_grad=sparse_grad).sum().backward()
+    if device.type == "cpu":
+        ref_values = values.detach().clone().requires_grad_()
+        reference.sparse_rows_matmul(indptr, indices, ref_values, rows, weight).sum().backward()
+        torch.testing.assert_close(values.grad, ref_values.grad)
+
+
 @pytest.mark.parametrize("entry,value", [(4, -2), (4, 2**40), (3, -2), (3, 2**40)])
 def test_bad_indptr_message_names_the_entry_at_fault(case, entry, value):
     """Row 3, the first row the batch reads past the empty and one-entry rows, starts at

@@ -110,6 +110,7 @@ at::Tensor backward_values(const at::Tensor& indptr, const at::Tensor& indices,
     });
   });
   raise_if_error(kOp, error, a.names(weight_rows));
+  if (validate) check_rows_disjoint(a);
   return grad_values;
 }
 
