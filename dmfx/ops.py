@@ -102,6 +102,19 @@ def _shape(t: Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
+def _check_dense_tensors(op: str, names: str, *tensors) -> None:
+    """Each of ``tensors`` (named by the comma-separated ``names``; None skipped) is a strided
+    tensor: the dispatcher would say "Expected a value of type 'Tensor'" or "Could not run ...
+    'SparseCPU' backend" instead, naming no argument or no remedy."""
+    for name, t in zip(names.split(", "), tensors):
+        if t is None or (isinstance(t, Tensor) and t.layout == torch.strided):
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got layout {t.layout}"
+                        " (a sparse matrix goes in as its CSR arrays: dmfx.data.as_csr)")
+
+
 def _check_index_vector(op: str, name: str, t: Tensor) -> None:
     torch._check_type(t.dtype in _INDEX_DTYPES,
                       lambda: f"{op}: {name} must be an int32 or int64 tensor, got {_name(t.dtype)}")
@@ -211,6 +224,8 @@ def sparse_rows_matmul(
         ``[B, H]`` tensor. Differentiable with respect to ``weight`` and ``values``, once:
         double backward (``create_graph=True`` through this op) raises ``RuntimeError``.
     """
+    _check_dense_tensors(_SRM, "indptr, indices, values, rows, weight", indptr, indices, values,
+                         rows, weight)
     if sparse_grad:
         return _sparse_grad_rows_matmul(indptr, indices, values, rows, weight, validate)
     return torch.ops.dmfx.sparse_rows_matmul(indptr, indices, values, rows, weight, validate)
@@ -424,6 +439,7 @@ def cosine_nce_loss(
         ``target``, once: double backward (``create_graph=True`` through this op) raises
         ``RuntimeError``.
     """
+    _check_dense_tensors(_CNL, "p, q, target", p, q, target)
     return torch.ops.dmfx.cosine_nce_loss(p, q, target, mu, reduction, validate)
 
 
@@ -526,6 +542,8 @@ def hybrid_bce_loss(
         ``d loss / d e = -(1 - eta) * logits``, per element and upstream gradient), once:
         double backward (``create_graph=True`` through this op) raises ``RuntimeError``.
     """
+    _check_dense_tensors(_HBL, "logits, implicit_target, explicit_target", logits,
+                         implicit_target, explicit_target)
     return torch.ops.dmfx.hybrid_bce_loss(logits, implicit_target, explicit_target, eta,
                                           reduction, validate)
 
@@ -613,6 +631,7 @@ def sample_negatives(
         no free item gets -1, and so does a user id outside the CSR or a row whose ``indptr``
         entries are out of order or out of range.
     """
+    _check_dense_tensors("dmfx.sample_negatives", "indptr, indices, users", indptr, indices, users)
     if seed is not None and generator is not None:
         raise ValueError("dmfx.sample_negatives: give seed or generator, not both")
     if isinstance(seed, int) and not -2**63 <= seed < 2**63:
@@ -688,6 +707,8 @@ def row_sparse_adam_(
             an out-of-range row is skipped, and a repeated row is updated by several threads
             at once: its result is undefined (and may differ between runs).
     """
+    _check_dense_tensors("dmfx.row_sparse_adam_", "weight, exp_avg, exp_avg_sq, rows, grad_rows",
+                         weight, exp_avg, exp_avg_sq, rows, grad_rows)
     torch.ops.dmfx.row_sparse_adam_(weight, exp_avg, exp_avg_sq, rows, grad_rows, lr, beta1,
                                     beta2, eps, step, validate)
 

@@ -188,3 +188,36 @@ def test_fake_losses_of_half_inputs_are_float32(dtype):
     grad_p, _ = ops.cosine_nce_loss_backward(torch.ones((), device="meta"), p, p, target, 1e-6,
                                              "mean")
     assert grad_p.dtype == dtype
+
+
+def wrapper_calls(c, lc, ac):
+    """Each op's Python wrapper (its tensor arguments by name, replaceable) and one argument."""
+    free_users = torch.tensor([0, 1])  # users with items left to sample
+    return {
+        "sparse_rows_matmul": (dmfx.ops.sparse_rows_matmul, {
+            k: c[k] for k in ("indptr", "indices", "values", "rows", "weight")}, {}, "rows"),
+        "cosine_nce_loss": (dmfx.ops.cosine_nce_loss, {k: lc[k] for k in ("p", "q", "target")},
+                            {}, "q"),
+        "hybrid_bce_loss": (dmfx.ops.hybrid_bce_loss, dict(
+            logits=lc["logits"], implicit_target=lc["target"], explicit_target=lc["target"]),
+            dict(eta=0.5), "explicit_target"),
+        "sample_negatives": (dmfx.ops.sample_negatives, dict(
+            indptr=c["indptr"], indices=c["indices"], users=free_users),
+            dict(num_items=9, num_negatives=2, seed=0), "users"),
+        "row_sparse_adam_": (dmfx.ops.row_sparse_adam_, {
+            k: ac[k] for k in ("weight", "exp_avg", "exp_avg_sq", "rows", "grad_rows")},
+            dict(lr=0.1, step=1), "grad_rows"),
+    }
+
+
+@pytest.mark.parametrize("op", ["sparse_rows_matmul", "cosine_nce_loss", "hybrid_bce_loss",
+                                "sample_negatives", "row_sparse_adam_"])
+def test_wrappers_name_an_argument_that_is_not_a_dense_tensor(op):
+    fn, tensors, others, name = wrapper_calls(csr_case(), loss_case(), adam_case())[op]
+    value = tensors[name]
+    with pytest.raises(TypeError, match=rf"dmfx\.{op}: {name} must be a tensor, got list"):
+        fn(**{**tensors, name: value.tolist()}, **others)
+    with pytest.raises(TypeError, match=rf"dmfx\.{op}: {name} must be a dense \(strided\) tensor, "
+                                        "got layout torch.sparse_coo"):
+        fn(**{**tensors, name: value.to_sparse()}, **others)
+    fn(**tensors, **others)  # the dense tensors pass
