@@ -368,18 +368,22 @@ def non_float_cases():
     return cases
 
 
+def matrix_in(fmt: str, dense: np.ndarray):
+    """``dense`` as a matrix of format ``fmt``: torch-csr/csc/coo, dmfx, or a scipy format."""
+    if fmt.startswith("torch"):
+        return torch_input(fmt[6:], dense=dense)
+    if fmt == "dmfx":
+        return dmfx_input(dense=dense)
+    return sp.csr_matrix(dense).asformat(fmt)
+
+
 @pytest.mark.parametrize("fmt,dtype", non_float_cases())
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_the_layer_casts_non_float_values_in_every_format(fmt, dtype, weight_dtype):
     """One rule for every format: bool, integer and half values are converted to the weight's
     dtype (per call and at bind), so the layer is nn.Linear on the dense rows so converted."""
     ones = (DENSE != 0).astype(dtype) if dtype == np.bool_ else np.abs(DENSE).astype(dtype)
-    if fmt.startswith("torch"):
-        matrix = torch_input(fmt[6:], dense=ones)
-    elif fmt == "dmfx":
-        matrix = dmfx_input(dense=ones)
-    else:
-        matrix = sp.csr_matrix(ones).asformat(fmt)
+    matrix = matrix_in(fmt, ones)
     torch.manual_seed(0)
     linear = nn.Linear(5, 3, bias=False, dtype=weight_dtype)
     layer = SparseRowLinear.from_linear(linear)
@@ -395,12 +399,7 @@ def test_the_other_float_dtype_is_refused_per_call_naming_it(fmt):
     format, the message naming the matrix's own dtype (not one it was converted to)."""
     for values, weight in ((np.float64, torch.float32), (np.float32, torch.float64)):
         dense = DENSE.astype(values)
-        if fmt.startswith("torch"):
-            matrix = torch_input(fmt[6:], dense=dense)
-        elif fmt == "dmfx":
-            matrix = dmfx_input(dense=dense)
-        else:
-            matrix = sp.csr_matrix(dense).asformat(fmt)
+        matrix = matrix_in(fmt, dense)
         named = torch.from_numpy(dense).dtype
         with pytest.raises(TypeError, match=f"SparseRowLinear: matrix values are {named} but "
                                             f"the layer's weight is {weight}"):

@@ -25,14 +25,20 @@ TINY = ["--user-layers", "16,8", "--item-layers", "16,8", "--eval-negatives", "2
         "--batch-size", "128", "--lr", "0.003", "--quiet"]
 
 
+def trained_run(root, data_name: str, *flags: str):
+    """``root/run``: DMF trained with ``flags`` on a small synthetic data set ``root/data_name``."""
+    data = root / data_name
+    synthetic(50, 90, 1200, seed=2).save_npz(data)
+    out = root / "run"
+    assert main(["train", "--data", str(data), *flags, "--output", str(out), *TINY]) == 0
+    return out, data
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A DMF run whose data file is deleted once trained."""
     root = tmp_path_factory.mktemp("serving")
-    data = root / "tiny.npz"
-    synthetic(50, 90, 1200, seed=2).save_npz(data)
-    out = root / "run"
-    assert main(["train", "--data", str(data), "--epochs", "2", "--output", str(out), *TINY]) == 0
+    out, data = trained_run(root, "tiny.npz", "--epochs", "2")
     kept = root / "kept.npz"
     shutil.copy(data, kept)
     data.unlink()
@@ -585,12 +591,8 @@ def test_export_refuses_models_without_vectors(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def held_out_run(tmp_path_factory):
     """A DMF run that held a fifth of its evaluated users out of training."""
-    root = tmp_path_factory.mktemp("held-out")
-    data = root / "d.npz"
-    synthetic(50, 90, 1200, seed=2).save_npz(data)
-    out = root / "run"
-    assert main(["train", "--data", str(data), "--epochs", "1", "--held-out-users", "0.2",
-                 "--no-full-ranking", "--output", str(out), *TINY]) == 0
+    out, _ = trained_run(tmp_path_factory.mktemp("held-out"), "d.npz", "--epochs", "1",
+                         "--held-out-users", "0.2", "--no-full-ranking")
     return out
 
 
