@@ -2,17 +2,21 @@
 
     python benchmarks/report.py bench.json > RESULTS.md
     python benchmarks/report.py out/test_*.json --merged-json out/bench.json > RESULTS.md
+    python benchmarks/report.py bench.json --readme README.md   # also its headline table
 
 One table per group (an op at one shape): each contender's median time per call, its spread,
 and ``vs dmfx`` = contender median / dmfx median, i.e. "dmfx is N x faster" (below 1: slower).
 Several files (``run_gpu.sh`` writes one per suite) are reported as one run, in the order given;
-``--merged-json`` also writes them as one pytest-benchmark-shaped JSON.
+``--merged-json`` also writes them as one pytest-benchmark-shaped JSON. ``--readme`` rewrites the
+README's headline table (between ``<!-- bench:headline -->`` and ``<!-- /bench:headline -->``)
+from the run: a few groups (:data:`HEADLINE`), dmfx beside its PyTorch peers.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -46,6 +50,81 @@ EXTRA_COLUMNS = [
     ("pairs_per_s", "pairs/s", _rate),
     ("epoch_s", "epoch (projected)", _time),
 ]
+
+
+# The README's headline table: (group, what, dmfx's contender and the words after its time,
+# [(peer contender, its name)], the figure compared). Figures: "median" (per call), "epoch"
+# (the projected training epoch), "step" (per training step: the median of a call of
+# TRAIN_STEPS steps).
+TRAIN_STEPS = 20  # dmfx.bench.train_step.STEPS
+_FIRST_LAYER_PEERS = [("embedding_bag", "`F.embedding_bag`"), ("sparse.mm", "`torch.sparse.mm`"),
+                      ("dense", "dense rows (prebuilt) @ W")]
+_LOSS_PEERS = [("eager", "eager"), ("compile", "`torch.compile`")]
+HEADLINE = [
+    ("sparse_rows_matmul fwd+bwd ml-100k-h256-B256", "first layer fwd+bwd, ml-100k, h=256, B=256",
+     "dmfx", "", _FIRST_LAYER_PEERS, "median"),
+    ("sparse_rows_matmul fwd+bwd ml-1m-h256-B8192",
+     "first layer fwd+bwd, ML-1M-like, h=256, B=8192", "dmfx", "", _FIRST_LAYER_PEERS, "median"),
+    ("cosine_nce_loss fwd+bwd k64-B8192", "cosine + clamp + nce fwd+bwd, k=64, B=8192", "dmfx",
+     "", _LOSS_PEERS, "median"),
+    ("cosine_nce_loss fwd+bwd k64-B262144", "cosine + clamp + nce fwd+bwd, k=64, B=262144",
+     "dmfx", "", _LOSS_PEERS, "median"),
+    ("sample_negatives epoch ml-1m-neg7", "negatives for an ML-1M-like epoch (7 per rating)",
+     "dmfx", "", [("reference", "vectorised rejection sampler")], "median"),
+    ("DMF training step ml-100k-h256-64-B256",
+     "DMF-2-nce training, ml-100k epoch, batch 256 (projected)", "dmfx", "",
+     [("dense-input", "RecBole's dense-input method"), ("embedding_bag", "`embedding_bag` towers")],
+     "epoch"),
+    ("DMF training step 200k-1m-5m-h64-64-B256", "DMF training step, 200k x 1M x 5M, h=64, B=256",
+     "dmfx-sparse-grad", " (`--sparse-grad`)", [("dmfx", "dmfx with dense Adam")], "step"),
+]
+README_BEGIN, README_END = "<!-- bench:headline -->", "<!-- /bench:headline -->"
+
+
+def _figure(bench: dict, kind: str) -> float:
+    if kind == "epoch":
+        return bench["extra_info"]["epoch_s"]
+    return bench["stats"]["median"] / (TRAIN_STEPS if kind == "step" else 1)
+
+
+def headline(data: dict, source: str) -> str:
+    """The README's headline table from a run (``source``: the JSON's path, named in it)."""
+    info = (data.get("merged_from") or [data])[0].get("machine_info", {}).get("dmfx", {})
+    found = {(b["group"], b["extra_info"].get("contender")): b for b in data["benchmarks"]}
+    rows = []
+    for group, what, ours, note, peers, kind in HEADLINE:
+        base = found.get((group, ours))
+        there = [(label, found[(group, name)]) for name, label in peers if (group, name) in found]
+        if base is None or not there:
+            continue
+        mine = _figure(base, kind)
+        rows.append(f"| {what} | {_time(mine)}{note} | "
+                    + ", ".join(f"{label} {_time(_figure(b, kind))}" for label, b in there)
+                    + " | " + " / ".join(f"{_figure(b, kind) / mine:.2f}x" for _, b in there)
+                    + " |")
+    if not rows:
+        raise ValueError(f"{source} holds none of the headline table's groups")
+    device = info.get("device", "unknown device")
+    return "\n".join([
+        f"{device}, torch {info.get('torch', '?')}, {(data.get('datetime') or '?')[:10]}: "
+        f"written by `python benchmarks/report.py {source} --readme README.md` from that run "
+        "(every figure in it is in benchmarks/RESULTS.md).",
+        "",
+        "| what | dmfx | PyTorch peers (same run) | dmfx faster by |",
+        "|---|---:|---|---:|",
+        *rows,
+    ])
+
+
+def write_readme(path: str, table: str) -> None:
+    """Replace the block between README_BEGIN and README_END in ``path`` by ``table``."""
+    with open(path) as f:
+        text = f.read()
+    pattern = re.compile(re.escape(README_BEGIN) + r"\n.*?" + re.escape(README_END), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ValueError(f"{path} must hold one {README_BEGIN} ... {README_END} block")
+    text = pattern.sub(lambda _: f"{README_BEGIN}\n{table}\n{README_END}", text)
+    _write_atomic(path, lambda f: f.write(text))
 
 
 def _groups(benchmarks):
@@ -142,11 +221,16 @@ def render(data: dict) -> str:
 
 def write_json(path: str, data: dict) -> None:
     """``data`` as JSON at ``path``, atomically: a reader (or a kill) never sees half a file."""
+    _write_atomic(path, lambda f: json.dump(data, f, indent=2))
+
+
+def _write_atomic(path: str, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, which then replaces ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
+            write(f)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -160,6 +244,8 @@ def main(argv=None) -> int:
                         help="files written by pytest --benchmark-json=..., reported as one run")
     parser.add_argument("--merged-json", metavar="FILE",
                         help="also write the files as one pytest-benchmark-shaped JSON")
+    parser.add_argument("--readme", metavar="README",
+                        help="also rewrite the headline table of this README from the run")
     args = parser.parse_args(argv)
     runs = []
     for path in args.json:
@@ -168,6 +254,8 @@ def main(argv=None) -> int:
     data = runs[0][1] if len(runs) == 1 else merge(runs)
     if args.merged_json:
         write_json(args.merged_json, data)
+    if args.readme:
+        write_readme(args.readme, headline(data, " ".join(args.json)))
     sys.stdout.write(render(data))
     return 0
 

@@ -350,6 +350,34 @@ def test_report_merges_several_files_into_one_run(tmp_path, capsys):
     assert report.main([str(merged)]) == 0 and capsys.readouterr().out == out
 
 
+def test_report_writes_the_readme_headline_table_from_the_run(tmp_path, capsys):
+    from benchmarks import report
+    from dmfx.bench.train_step import STEPS
+
+    assert report.TRAIN_STEPS == STEPS
+    run = _suite("sparse_rows_matmul fwd+bwd ml-100k-h256-B256",
+                 {"dmfx": 1e-3, "embedding_bag": 4e-3, "dense": 3e-3})
+    step = _suite("DMF training step 200k-1m-5m-h64-64-B256",
+                  {"dmfx-sparse-grad": 0.3, "dmfx": 1.5})
+    run["benchmarks"] += step["benchmarks"]
+    (tmp_path / "bench.json").write_text(json.dumps(run))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- bench:headline -->\nold table\n<!-- /bench:headline -->\nafter\n")
+    assert report.main([str(tmp_path / "bench.json"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n<!-- bench:headline -->\nNVIDIA H100")
+    assert text.endswith("<!-- /bench:headline -->\nafter\n")
+    # Peers the run lacks (sparse.mm) are left out; a step is a call of STEPS steps.
+    assert ("| first layer fwd+bwd, ml-100k, h=256, B=256 | 1.00 ms | `F.embedding_bag` 4.00 ms, "
+            "dense rows (prebuilt) @ W 3.00 ms | 4.00x / 3.00x |") in text
+    assert ("| DMF training step, 200k x 1M x 5M, h=64, B=256 | 15.0 ms (`--sparse-grad`) | dmfx "
+            "with dense Adam 75.0 ms | 5.00x |") in text
+    assert "ml-1m" not in text  # groups the run lacks have no row
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="must hold one <!-- bench:headline -->"):
+        report.main([str(tmp_path / "bench.json"), "--readme", str(readme)])
+
+
 # -------------------------------------------------------------------------------- run_gpu.sh
 
 # run_gpu.sh's interpreter in this test: the GPU probe passes, pytest is faked, the rest is real.
