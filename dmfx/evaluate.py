@@ -293,7 +293,8 @@ def evaluate_per_user(model: Recommender, users: np.ndarray, items: np.ndarray, 
 @torch.no_grad()
 def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence[int] = (10,),
              protocols: Optional[Sequence[str]] = None, per_user: str | None = None, device=None,
-             scorer=None, rankings: Optional[dict] = None, progress: bool = False) -> dict:
+             scorer=None, rankings: Optional[dict] = None, progress: bool = False, *,
+             tie_seed: int = 0) -> dict:
     """Metrics of ``model`` on the ``"test"`` or ``"valid"`` part of ``split``.
 
     ``protocols``: any of ``"sampled"`` (the split's negatives) and ``"full"`` (all items, the
@@ -302,7 +303,10 @@ def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence
     (``user_*@K``), ranking all items but the user's training (and, for test, validation)
     items with ``"unseen"``, or every item with ``"all"``. ``rankings``, a dict, receives the
     :class:`Ranking` of each protocol. ``progress`` shows a bar over the users of the full
-    ranking, the long part on large data.
+    ranking, the long part on large data. ``tie_seed`` seeds the random order of equal scores
+    (every protocol; 0, the default, is what training, ``dmfx evaluate`` and the reproduce
+    commands use): other seeds measure how much a model that scores many items alike (ItemPop,
+    ItemKNN) owes to the tie-break.
 
     The tower outputs of every user and item are computed once (``model.scorer()``), then
     scored in batches on ``device`` (the model's by default).
@@ -335,16 +339,18 @@ def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence
             seen = seen.csr("binary", device=device)
         out, done = {}, {}
         if "sampled" in protocols:
-            done["sampled"] = rank_sampled(scorer, users, items, negatives, device)
+            done["sampled"] = rank_sampled(scorer, users, items, negatives, device,
+                                           seed=tie_seed)
         if "full" in protocols:
             done["full"] = rank_full(scorer, users, items, seen, model.num_items, max(ks),
-                                     device, progress=progress, desc=f"full ranking ({which})")
+                                     device, seed=tie_seed, progress=progress,
+                                     desc=f"full ranking ({which})")
         for protocol in PROTOCOLS:
             if protocol in done:
                 out.update(done[protocol].metrics(ks, model.num_items))
         if per_user is not None:
             out.update(evaluate_per_user(model, users, items, seen if per_user == "unseen" else None,
-                                         ks, scorer=scorer))
+                                         ks, seed=tie_seed, scorer=scorer))
         if rankings is not None:
             rankings.update(done)
         return out

@@ -255,6 +255,24 @@ def test_blocked_full_ranking_equals_the_dense_reference(seed):
     assert sorted(one.ranks[rows].tolist()) == [0, 1]
 
 
+def test_the_tie_seed_reorders_equal_scores_only():
+    from dmfx.data import ratio_split, synthetic
+    from dmfx.models import ItemPop
+    from dmfx.train import TrainConfig
+
+    split = ratio_split(synthetic(60, 80, 1500, seed=1), num_negatives=10, seed=0)
+    pop = ItemPop(split.train)
+    pop.fit(split, TrainConfig(progress=False))
+    pop.popularity.fill_(1.0)  # every item alike: the metrics are the tie-break's alone
+    runs = [evaluate(pop, split, "test", ks=(10,), per_user="unseen", tie_seed=s) for s in (0, 0, 1)]
+    assert runs[0] == runs[1] and runs[0] == evaluate(pop, split, "test", ks=(10,),
+                                                      per_user="unseen")
+    assert all(runs[0][key] != runs[2][key] for key in ("hr@10", "full_hr@10", "user_hr@10"))
+    distinct = TableModel(np.arange(60 * 80, dtype=np.float32).reshape(60, 80), split.train)
+    assert (evaluate(distinct, split, "test", ks=(10,), tie_seed=0)
+            == evaluate(distinct, split, "test", ks=(10,), tie_seed=5))
+
+
 def test_full_ranking_breaks_ties_at_random():
     # every item scores alike: the held-out item's place is uniform over the 5 items
     scorer = TableScorer(np.zeros((4000, 5)))
