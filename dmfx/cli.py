@@ -1023,7 +1023,8 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
         code = args.handler(args)
-        sys.stdout.flush()  # a broken pipe shows here, not in the flush at exit
+        if sys.stdout is not None:  # None where the process started with stdout closed
+            sys.stdout.flush()  # a broken pipe shows here, not in the flush at exit
         return code
     except BrokenPipeError:  # the reader of stdout went away: stop quietly
         _stdout_to_devnull()

@@ -431,3 +431,10 @@ def test_recommend_into_head_exits_without_an_error_message(trained):
     err = process.stderr.read().decode()
     assert process.wait() == 141
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_a_command_started_with_stdout_closed_runs():
+    # A daemon or cron job may start dmfx with descriptor 1 closed: sys.stdout is then None.
+    result = subprocess.run(["bash", "-c", f"{sys.executable} -m dmfx datasets >&-"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
