@@ -324,38 +324,33 @@ def evaluate(model: Recommender, split: Split, which: str = "test", ks: Sequence
     if "sampled" in protocols and not negatives.shape[1]:
         raise ValueError("the sampled protocol needs sampled items, and this split was drawn "
                          "without (num_negatives=0, e.g. under --protocol full)")
-    was_training = model.training
-    model.eval()
-    try:
-        if device is None:
-            device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
-        scorer = scorer if scorer is not None else model.scorer()
-        users = getattr(split, f"{which}_users")
-        items = getattr(split, f"{which}_items")
-        if "full" in protocols or per_user == "unseen":
-            seen = split.train
-            if which == "test" and len(split.valid_users):
-                seen = _with_pairs(seen, split.valid_users, split.valid_items)
-            seen = seen.csr("binary", device=device)
-        out, done = {}, {}
-        if "sampled" in protocols:
-            done["sampled"] = rank_sampled(scorer, users, items, negatives, device,
-                                           seed=tie_seed)
-        if "full" in protocols:
-            done["full"] = rank_full(scorer, users, items, seen, model.num_items, max(ks),
-                                     device, seed=tie_seed, progress=progress,
-                                     desc=f"full ranking ({which})")
-        for protocol in PROTOCOLS:
-            if protocol in done:
-                out.update(done[protocol].metrics(ks, model.num_items))
-        if per_user is not None:
-            out.update(evaluate_per_user(model, users, items, seen if per_user == "unseen" else None,
-                                         ks, seed=tie_seed, scorer=scorer))
-        if rankings is not None:
-            rankings.update(done)
-        return out
-    finally:
-        model.train(was_training)
+    if device is None:
+        device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+    scorer = scorer if scorer is not None else model._eval_scorer()  # eval mode, no grad
+    users = getattr(split, f"{which}_users")
+    items = getattr(split, f"{which}_items")
+    if "full" in protocols or per_user == "unseen":
+        seen = split.train
+        if which == "test" and len(split.valid_users):
+            seen = _with_pairs(seen, split.valid_users, split.valid_items)
+        seen = seen.csr("binary", device=device)
+    out, done = {}, {}
+    if "sampled" in protocols:
+        done["sampled"] = rank_sampled(scorer, users, items, negatives, device,
+                                       seed=tie_seed)
+    if "full" in protocols:
+        done["full"] = rank_full(scorer, users, items, seen, model.num_items, max(ks),
+                                 device, seed=tie_seed, progress=progress,
+                                 desc=f"full ranking ({which})")
+    for protocol in PROTOCOLS:
+        if protocol in done:
+            out.update(done[protocol].metrics(ks, model.num_items))
+    if per_user is not None:
+        out.update(evaluate_per_user(model, users, items, seen if per_user == "unseen" else None,
+                                     ks, seed=tie_seed, scorer=scorer))
+    if rankings is not None:
+        rankings.update(done)
+    return out
 
 
 def save_ranks(path, rankings: dict, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
