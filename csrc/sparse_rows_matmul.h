@@ -67,7 +67,8 @@ inline void check_backward_values(const Args& a, const at::Tensor& weight,
 // call reads, each valid alone, so an indptr that decreases between two of them passes it: with
 // validate, the values backward refuses it here, after its row checks (rows are in range), on
 // both devices alike (on CUDA one more sync). The read rows in id order must not start before
-// the previous distinct one ends.
+// the previous distinct one ends (which also refuses a decreasing indptr whose rows happen
+// not to overlap).
 inline void check_rows_disjoint(const Args& a) {
   if (a.batch < 2) return;
   const at::Tensor ptr = a.indptr.to(at::kLong);
@@ -81,9 +82,9 @@ inline void check_rows_disjoint(const Args& a) {
   const at::Tensor found =
       at::stack({prev[i], next[i], prev_end[i], next_begin[i]}).cpu();
   const int64_t* f = found.data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(false, kOp, ": rows ", f[0], " and ", f[1], " share entries: indptr[",
-                    f[0] + 1, "] = ", f[2], " > indptr[", f[1], "] = ", f[3],
-                    " (indptr must not decrease; the gradient of values needs rows apart)");
+  TORCH_CHECK_VALUE(false, kOp, ": indptr decreases between rows ", f[0], " and ", f[1],
+                    ": indptr[", f[0] + 1, "] = ", f[2], " > indptr[", f[1], "] = ", f[3],
+                    " (rows can then share entries, and the gradient of values needs rows apart)");
 }
 
 // The kernels' signatures, as the dispatcher calls them.

@@ -19,9 +19,10 @@ trainer) pass ``validate=False``: no checks, no sync, and a bad entry then contr
 instead of raising. (One sync remains on CUDA in the weight gradient of
 :func:`sparse_rows_matmul`: it sorts the batch's entries by column, and the sort is sized on the
 host.) The row checks read only the rows a call reads, each valid alone, so they do not see an
-``indptr`` that decreases between two of them: rows that share entries (dmfx's CSR builders
-never make one). The forward and the weight gradient are still each row's sums; the ``values``
-gradient, which writes each entry once, refuses such rows with ``validate=True`` (its backward
+``indptr`` that decreases between two of them, whose rows can then share entries (dmfx's CSR
+builders never make one). The forward and the weight gradient are still each row's sums; the ``values``
+gradient, which writes each entry once, refuses an ``indptr`` that decreases between the rows a
+call reads with ``validate=True`` (whether or not they then overlap; its backward
 then checks the batch again: two syncs on CUDA, only when ``values`` needs a gradient), and
 without it its CUDA kernel keeps one row's part of a shared entry (the CPU one adds them).
 
