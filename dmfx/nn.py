@@ -167,9 +167,10 @@ class SparseRowLinear(nn.Module):
       size mismatch;
     * an unmarked square weight (``in_features == out_features``, where the two layouts have
       one shape) not at all: it raises, whoever saved it (nn.Linear, nn.EmbeddingBag, any module
-      whatever its class version, or SparseRowLinear with the metadata dropped). Load it into
-      the layer it came from and convert that with :meth:`from_linear` /
-      :meth:`from_embedding_bag`, or copy it in knowing its layout;
+      whatever its class version, SparseRowLinear with the metadata dropped, or SparseRowLinear
+      of a dmfx version before the mark). Load it into the layer it came from and convert that
+      with :meth:`from_linear` / :meth:`from_embedding_bag`, or copy it in knowing its layout
+      (``layer.weight.data.copy_(w)`` for this layer's own ``[in, out]`` weight);
     * an unmarked ``[out_features, in_features]`` weight as ``nn.Linear``'s, transposed on load
       (``bias`` included, for a layer built with ``bias=True``). Shapes cannot tell it from an
       ``nn.EmbeddingBag(out_features, in_features)`` weight, or from a

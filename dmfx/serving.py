@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from . import ops
 from .checkpoint import atomic_write, make_folder
 from .data import CSR, DataFormatError, as_csr
+from .data.interactions import _FLOAT32_MAX
 from .experiment import Trained
 from .models import VectorScorer
 from .models.base import _positive_int
@@ -67,7 +68,6 @@ HELD_OUT = ("was held out of training (dmfx train --held-out-users): the model k
             "their ratings; recommend for them from their ratings: dmfx recommend --ratings FILE "
             "(model.recommend_rows in Python)")
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def read_new_user(path, trained: Trained) -> tuple[CSR, list]:
@@ -212,8 +212,8 @@ class RowTower(nn.Module):
     normalised for a cosine-scored DMF (``normalize``), as they come out of the tower for
     ``score="dot"``. The tower computes in its weights' dtype (a float64 DMF in float64).
 
-    Holds CPU copies of the tower's weights (shared with it where it is on the CPU already):
-    building one leaves ``tower`` as it was."""
+    Holds CPU copies of the tower's weights (its first layer shared with it where it is on the
+    CPU already, the later layers copied): building one leaves ``tower`` as it was."""
 
     def __init__(self, tower: nn.Module, normalize: bool):
         super().__init__()
