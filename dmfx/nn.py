@@ -79,16 +79,17 @@ def _check_rows(rows: Any) -> None:
                         f"a tensor with layout {rows.layout}")
 
 
-def _or_duplicates(indptr: Tensor, indices: Tensor, values: Tensor,
-                   shape: Optional[tuple[int, int]], in_features: int, dtype: torch.dtype):
-    """A CSR whose values were bools, read in place: checked, and where a row holds an entry
-    twice, coalesced with OR (a copy), so that duplicates give what the bool matrix holds."""
+def _checked(indptr: Tensor, indices: Tensor, values: Optional[Tensor],
+             shape: Optional[tuple[int, int]], in_features: int, dtype: torch.dtype,
+             logical: bool):
+    """A CSR read in place, checked whole; where its values were bools (``logical``) and a row
+    holds an entry twice, coalesced with OR (a copy), so that duplicates give what the bool
+    matrix holds."""
     shape, canonical = _check_parts(indptr, indices, values,
                                     (indptr.numel() - 1, in_features) if shape is None else shape,
                                     _MATRIX, "column", dtype)
-    if canonical:
-        return indptr, indices, values
-    indptr, indices, values, _ = _coalesced(indptr, indices, values, shape, True, False, True)
+    if logical and not canonical:
+        indptr, indices, values, _ = _coalesced(indptr, indices, values, shape, True, False, True)
     return indptr, indices, values
 
 
@@ -270,13 +271,8 @@ class SparseRowLinear(nn.Module):
         self._check_width(shape)
         indptr, indices = _one_index_dtype(indptr, indices, _MATRIX)
         # Checked once here: the bound matrix is read by every call.
-        shape, canonical = _check_parts(
-            indptr, indices, values,
-            (indptr.numel() - 1, self.in_features) if shape is None else shape,
-            _MATRIX, "column", self.weight.dtype)
-        if logical and not canonical:  # a bool CSR with duplicates: combined with OR
-            indptr, indices, values, _ = _coalesced(indptr, indices, values, shape, True, False,
-                                                    True)
+        indptr, indices, values = _checked(indptr, indices, values, shape, self.in_features,
+                                           self.weight.dtype, logical)
         device = self.weight.device
         self.indptr = indptr.detach().to(device)
         self.indices = indices.detach().to(device)
@@ -319,9 +315,9 @@ class SparseRowLinear(nn.Module):
         _check_csr_tensors(indices, values)
         self._check_width(shape)
         indptr, indices = _one_index_dtype(indptr, indices, _MATRIX)  # as bind and as_csr
-        if logical:
-            indptr, indices, values = _or_duplicates(indptr, indices, values, shape,
-                                                     self.in_features, self.weight.dtype)
+        if logical:  # checked whole: its duplicates must be found and OR-ed
+            indptr, indices, values = _checked(indptr, indices, values, shape,
+                                               self.in_features, self.weight.dtype, True)
         if values is not None and values.dtype != self.weight.dtype:
             # Only float32 vs float64 is left here: other dtypes were converted.
             raise TypeError(f"{_MATRIX} values are {values.dtype} but the layer's weight is "

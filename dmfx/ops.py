@@ -107,9 +107,10 @@ def _check_dense_tensors(op: str, names: str, *tensors) -> None:
     """Each of ``tensors`` (named by the comma-separated ``names``; None skipped) is a strided
     tensor: the dispatcher would say "Expected a value of type 'Tensor'" or "Could not run ...
     'SparseCPU' backend" instead, naming no argument or no remedy."""
-    for name, t in zip(names.split(", "), tensors):
+    for i, t in enumerate(tensors):
         if t is None or (isinstance(t, Tensor) and t.layout == torch.strided):
             continue
+        name = names.split(", ")[i]  # only on the error path: this runs on every op call
         if not isinstance(t, Tensor):
             raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
         raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got layout {t.layout}"

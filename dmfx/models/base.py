@@ -371,8 +371,6 @@ class Recommender(nn.Module):
         :meth:`similar_items`) on one model at once; see :meth:`_eval_scorer`.
         """
         users = self._ids(users, "users", self.num_users)
-        if batch_size is not None:
-            batch_size = _positive_int(batch_size, "batch_size")
         if exclude is not None:
             exclude = self._exclude_matrix(exclude)
         elif exclude_seen:
