@@ -1,4 +1,6 @@
 """DMF, LFM and ItemPop: shapes, the towers' math, the once-per-distinct-id forward, scoring."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -109,9 +111,37 @@ def test_topk_orders_like_the_scores_and_pads():
                            [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
     exclude = CSR(torch.tensor([0, 1, 6]), torch.tensor([3, 0, 1, 2, 3, 4]), torch.ones(6), (2, 6))
     items, values = topk_items(scores, 4, exclude, torch.tensor([0, 1]))
-    # -0.0 and 0.0 tie; -1e-30 ranks below them and above -2
-    assert items[0, 0] == 0 and set(items[0, 1:3].tolist()) == {2, 5} and items[0, 3] == 4
+    # -0.0 and 0.0 tie (the lower item first); -1e-30 ranks below them and above -2
+    assert items[0].tolist() == [0, 2, 5, 4]
     assert items[1].tolist() == [5, -1, -1, -1] and torch.isneginf(values[1, 1:]).all()
+
+
+def _best_by_score_then_id(scores: torch.Tensor, k: int) -> list:
+    """Each row's k best columns by (score descending, column ascending), -inf as -1."""
+    out = []
+    for row in scores.tolist():
+        order = sorted(range(len(row)), key=lambda c: (-row[c], c))[:k]
+        out.append([c if row[c] > -math.inf else -1 for c in order] + [-1] * (k - len(order)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_topk_orders_equal_scores_by_item_id_so_lists_nest(seed):
+    """Many exact ties, some at the k-th place with tied items left out (torch.topk keeps an
+    arbitrary one of them): without a generator the lower item id comes first, so the top k is
+    a prefix of the top k + 1."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(-2, 3, (7, 40), generator=gen).float()
+    scores[torch.rand(7, 40, generator=gen) < 0.2] = -math.inf
+    scores[0] = 0.0  # every item ties
+    longest = topk_items(scores, 45)[0]
+    for k in (1, 2, 5, 17, 40, 45):
+        items, values = topk_items(scores, k)
+        assert items.tolist() == _best_by_score_then_id(scores, k)
+        assert torch.equal(items, longest[:, :k])
+        chosen = items.clamp(min=0)
+        torch.testing.assert_close(values, torch.where(items >= 0, scores.gather(1, chosen),
+                                                       -math.inf))
 
 
 def test_topk_breaks_ties_uniformly_with_a_generator():

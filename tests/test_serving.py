@@ -375,13 +375,40 @@ def test_item_tiled_topk_equals_a_dense_reference(tile, k):
     dense = (users_v @ items_v.T + bias).masked_fill(known, -torch.inf)[users]
     expected = torch.sort(dense, dim=1, descending=True).values[:, :k]
     torch.testing.assert_close(values, F.pad(expected, (0, max(0, k - 8)), value=-torch.inf))
+    # Equal scores by item id, whatever the tile: the same lists as the dense top-k.
+    assert torch.equal(top, topk_items(dense, k)[0])
     for row, user in enumerate(users.tolist()):
         chosen = top[row][top[row] >= 0]
         assert len(set(chosen.tolist())) == len(chosen)  # distinct items
         assert not known[user, chosen].any()
         torch.testing.assert_close(dense[row, chosen], values[row, :len(chosen)])
         assert len(chosen) == min(k, int((~known[user]).sum()))
+        scores_in_list = dense[row, chosen].tolist()
+        assert all(scores_in_list[j] > scores_in_list[j + 1] or chosen[j] < chosen[j + 1]
+                   for j in range(len(chosen) - 1))
     assert (top[2] == -1).all() and torch.isneginf(values[2]).all()
+
+
+@pytest.mark.parametrize("name", ["itempop", "dmf"])
+def test_recommend_lists_do_not_depend_on_k_or_batch_size(name):
+    """ItemPop's counts tie often (and an untrained-looking DMF with zero weights ties
+    everywhere): equal scores go to the lower item id, so every k and batch size gives the same
+    lists, the shorter a prefix of the longer."""
+    split = small_split()
+    model = build_model(name, split.train, {}, "cpu") if name == "itempop" else dmf(split)
+    if name == "dmf":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+    users = torch.arange(split.train.num_users)
+    longest, _ = model.recommend(users, k=30)
+    for k, batch in [(1, 1), (5, 7), (12, 40), (30, 3)]:
+        items, _ = model.recommend(users, k=k, batch_size=batch)
+        assert torch.equal(items, longest[:, :k])
+    if name == "dmf":  # every score ties: each user's unseen items in id order
+        seen = split.train.to_scipy("binary").toarray() > 0
+        expected = [np.flatnonzero(~row)[:30].tolist() for row in seen]
+        assert [row[row >= 0].tolist() for row in longest] == expected
 
 
 def test_recommend_takes_the_tiled_path_and_agrees_with_full_blocks():

@@ -131,21 +131,60 @@ def rating_rows(rows, num_cols: int, *, name: str = "rows", device=None,
     return matrix
 
 
+def _best_first(values: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+    """``(values, items)`` of each row reordered by score, best first, equal scores by item id."""
+    items, order = items.sort(dim=1)
+    values, order = values.gather(1, order).sort(dim=1, descending=True, stable=True)
+    return values, items.gather(1, order)
+
+
+def _top_columns(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` (at most the width) best columns of each row of ``scores`` (NaN-free) and
+    their scores, best first; equal scores go to the lower column, both in the list and at its
+    end, so the top ``k`` is a prefix of the top ``k + 1``."""
+    k = min(k, scores.shape[1])
+    # One more than asked shows whether the k-th score ties with a column left out (torch.topk
+    # keeps an arbitrary one of tied columns); only such rows are looked at again.
+    values, columns = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
+    if values.shape[1] > k:
+        kth = values[:, k - 1]
+        rows = ((values[:, k] == kth) & (kth > -torch.inf)).nonzero().squeeze(1)
+        values, columns = values[:, :k], columns[:, :k]
+        if len(rows):
+            _lowest_tied_columns(scores, values, columns, rows)
+    return _best_first(values, columns)
+
+
+def _lowest_tied_columns(scores: Tensor, values: Tensor, columns: Tensor, rows: Tensor) -> None:
+    """In ``rows``, whose ``k``-th score ties with columns left out, give the places of that
+    score in ``columns`` to its lowest columns."""
+    kth = values[rows, -1:]
+    tied_in_top = values[rows] == kth  # the last places of each row
+    width, k = scores.shape[1], values.shape[1]
+    column = torch.arange(width, device=scores.device,
+                          dtype=torch.int32 if width < 2**31 else torch.int64)
+    # The k lowest tied columns of each row (a topk, cheaper than a cumsum over the row).
+    lowest = torch.where(scores[rows] == kth, column, width).topk(k, dim=1, largest=False).values
+    wanted = torch.arange(k, device=scores.device) < tied_in_top.sum(1, keepdim=True)
+    fixed = columns[rows]
+    fixed[tied_in_top] = lowest[wanted].long()  # both row-major, as many per row
+    columns[rows] = fixed
+
+
 def _merge_top(best: Optional[tuple], values: Tensor, items: Tensor, k: int) -> tuple:
-    """The ``k`` best of the running ``best`` ``(values, items)`` and a tile's candidates."""
+    """The ``k`` best of the running ``best`` ``(values, items)`` and a tile's candidates, equal
+    scores by item id."""
     if best is None:
         return values, items
-    values, items = torch.cat([best[0], values], 1), torch.cat([best[1], items], 1)
-    values, at = torch.topk(values, min(k, values.shape[1]), dim=1)  # also sorts
-    return values, items.gather(1, at)
+    values, items = _best_first(torch.cat([best[0], values], 1), torch.cat([best[1], items], 1))
+    return values[:, :k], items[:, :k]
 
 
 def topk_items_tiled(scorer, users: Tensor, k: int, num_items: int, tile: int,
                      exclude: Optional[CSR] = None) -> tuple[Tensor, Tensor]:
     """:func:`topk_items` of ``scorer``'s scores without the ``[n, num_items]`` block: items are
-    scored ``tile`` at a time (``scorer.item_range``) and a running top-``k`` is kept. Ties are
-    ordered in an unspecified but deterministic way, as :func:`topk_items` without a
-    generator."""
+    scored ``tile`` at a time (``scorer.item_range``) and a running top-``k`` is kept. Equal
+    scores are ordered by item id, lower first, as in :func:`topk_items` without a generator."""
     _check_exclude_columns(exclude, num_items)
     k_eff = min(k, num_items)
     if exclude is not None:
@@ -161,7 +200,7 @@ def topk_items_tiled(scorer, users: Tensor, k: int, num_items: int, tile: int,
         if exclude is not None and edges[t] < edges[t + 1]:
             part = slice(edges[t], edges[t + 1])
             scores[rows[part], cols[part] - start] = -torch.inf
-        values, items = torch.topk(scores, min(k_eff, scores.shape[1]), dim=1)
+        values, items = _top_columns(scores, k_eff)
         best = _merge_top(best, values, items + start, k_eff)
     values, top = best
     top = torch.where(torch.isneginf(values), -1, top)
@@ -197,8 +236,8 @@ def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Opt
     ``exclude`` (a CSR over all users, indexed by ``users``) names items to leave out; items
     scored ``-inf`` or NaN are left out too. Rows with fewer than ``k`` items left are padded
     with item ``-1`` and score ``-inf``. Equal scores are
-    ordered by a draw from ``generator`` when given (uniformly at random, reproducibly), else in
-    an unspecified but deterministic order. ``copy=False`` lets it write ``-inf`` into a float32
+    ordered by a draw from ``generator`` when given (uniformly at random, reproducibly), else by
+    item id, lower first (so the top ``k`` is a prefix of the top ``k + 1``). ``copy=False`` lets it write ``-inf`` into a float32
     contiguous ``scores`` the caller has no further use for (saves a copy of the block).
     """
     scores = scores.float()
@@ -212,10 +251,11 @@ def topk_items(scores: Tensor, k: int, exclude: Optional[CSR] = None, users: Opt
                                     users.to(exclude.indptr.device))
         scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
     k_eff = min(k, scores.shape[1])
-    # Without a generator the float scores order themselves (half the bytes of the keys).
-    keys = scores if generator is None else _order_keys(scores, generator)
-    top = torch.topk(keys, k_eff, dim=1).indices
-    values = _nan_lowest(scores.gather(1, top))
+    if generator is None:
+        values, top = _top_columns(scores, k_eff)
+    else:
+        top = torch.topk(_order_keys(scores, generator), k_eff, dim=1).indices
+        values = _nan_lowest(scores.gather(1, top))
     top = torch.where(torch.isneginf(values), -1, top)
     if k_eff < k:
         pad = k - k_eff
@@ -359,6 +399,8 @@ class Recommender(nn.Module):
                 shape (a transposed matrix, another model's) is a ValueError.
             generator: break ties between equal scores at random from this generator (the
                 evaluator does, so a model scoring many items alike gets chance-level metrics).
+                Without one, equal scores go to the lower item id (the top ``k`` is a prefix
+                of the top ``k + 1``, whatever the tiling).
             scorer: a :meth:`scorer` already computed, to save recomputing it.
             batch_size: users scored at once, a positive integer (memory: about 16 bytes per
                 ``batch_size x num_items`` score); default: as many as keep that near 256 MB.
