@@ -665,6 +665,73 @@ def test_from_pandas_columns_duplicates_and_dtypes():
                                torch.from_numpy(y) @ layer.weight)
 
 
+# Hand-computed: 10**9 s after the epoch is 2001-09-09 01:46:40 UTC, a day is 86,400 s, and a
+# quarter second before the epoch rounds down to -1.  The same instants as wall-clock times in
+# UTC and in Asia/Kolkata (UTC+05:30, no daylight saving).
+_EPOCH_SECONDS = [10**9 + 1, 86_400, -1, 10**9]
+_WALL_CLOCK = {
+    "UTC": ["2001-09-09 01:46:41", "1970-01-02 00:00:00", "1969-12-31 23:59:59.25",
+            "2001-09-09 01:46:40"],
+    "Asia/Kolkata": ["2001-09-09 07:16:41", "1970-01-02 05:30:00", "1970-01-01 05:29:59.25",
+                     "2001-09-09 07:16:40"],
+}
+
+
+@pytest.mark.parametrize("unit", ["ns", "ms"])
+@pytest.mark.parametrize("tz", [None, "UTC", "Asia/Kolkata"], ids=["naive", "utc", "kolkata"])
+def test_from_pandas_reads_datetime_timestamps_as_seconds_since_the_epoch(unit, tz):
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    when = pd.to_datetime(_WALL_CLOCK[tz or "UTC"], format="ISO8601").as_unit(unit)
+    if tz is not None:
+        when = when.tz_localize(tz)
+    assert str(when.dtype) == (f"datetime64[{unit}]" if tz is None else
+                               f"datetime64[{unit}, {tz}]")
+    # rows 0 and 3 are one pair: the later by timestamp (row 0) is kept, not the last row
+    df = pd.DataFrame({"user": [1, 2, 3, 1], "item": [5, 6, 7, 5], "rating": [4.0, 3.0, 2.0, 1.0],
+                       "when": when, "seconds": _EPOCH_SECONDS})
+    data = Interactions.from_pandas(df, timestamp="when")
+    assert data.timestamps.dtype == np.int64
+    assert data.timestamps.tolist() == [10**9 + 1, 86_400, -1]
+    assert data.ratings.tolist() == [4.0, 3.0, 2.0]
+    as_ints = Interactions.from_pandas(df, timestamp="seconds")
+    for name in ("user_ids", "item_ids", "users", "items", "ratings", "timestamps"):
+        np.testing.assert_array_equal(getattr(data, name), getattr(as_ints, name), err_msg=name)
+    # a round trip gives the integer seconds back, not datetimes
+    assert data.to_pandas()["timestamp"].tolist() == [10**9 + 1, 86_400, -1]
+
+
+@pytest.mark.parametrize("tz", [None, "UTC"], ids=["naive", "utc"])
+def test_from_pandas_refuses_nat_timestamps_naming_the_column(tz):
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    when = pd.to_datetime(["2001-09-09 01:46:40", None], utc=tz is not None)
+    df = pd.DataFrame({"user": [1, 2], "item": [3, 4], "rating": [1.0, 2.0], "when": when})
+    with pytest.raises(ValueError, match="timestamp='when': column 'when' has 1 missing value"):
+        Interactions.from_pandas(df, timestamp="when")
+    # durations are not instants: refused, listing the kinds a timestamp column may hold
+    df["when"] = pd.to_timedelta([1, 2], unit="s")
+    with pytest.raises(TypeError, match=r"timestamp='when': column 'when' must hold integers or "
+                                        r"datetimes \(datetime64, naive or tz-aware\), got "
+                                        "dtype timedelta64"):
+        Interactions.from_pandas(df, timestamp="when")
+
+
+@pytest.mark.parametrize("dtype", ["bool", "boolean"])
+def test_from_pandas_reads_bool_ratings_as_one_and_zero(dtype):
+    pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
+    df = pd.DataFrame({"user": [1, 1, 2, 3], "item": [5, 6, 5, 7],
+                       "liked": pd.array([True, False, True, False], dtype=dtype),
+                       "stars": [1.0, 0.0, 1.0, 0.0]})
+    data = Interactions.from_pandas(df, rating="liked")
+    numbers = Interactions.from_pandas(df, rating="stars")
+    for name in ("user_ids", "item_ids", "users", "items", "ratings"):
+        np.testing.assert_array_equal(getattr(data, name), getattr(numbers, name), err_msg=name)
+    # False is an interaction rated 0, as a numeric 0 is: kept, not dropped
+    assert data.ratings.dtype == np.float32 and data.ratings.tolist() == [1.0, 0.0, 1.0, 0.0]
+    df["liked"] = pd.array([True, None, True, False], dtype="boolean")
+    with pytest.raises(ValueError, match="rating='liked': column 'liked' has 1 missing value"):
+        Interactions.from_pandas(df, rating="liked")
+
+
 def test_from_pandas_bad_input_names_the_argument():
     pd = pytest.importorskip("pandas", reason="pandas is optional (pip install 'dmfx[pandas]')")
     good = {"user": [1, 2], "item": [3, 4], "rating": [1.0, 2.0]}
@@ -681,7 +748,7 @@ def test_from_pandas_bad_input_names_the_argument():
         (pd.DataFrame(dict(good, item=[3.0, 4.0])), {}, TypeError,
          "item='item': column 'item' must hold integers or strings, got dtype float64"),
         (pd.DataFrame(dict(good, rating=["1", "2"])), {}, TypeError,
-         "rating='rating': column 'rating' must hold numbers"),
+         "rating='rating': column 'rating' must hold numbers or booleans, got dtype"),
     ]
     for df, kwargs, error, message in cases:
         with pytest.raises(error, match=message):

@@ -37,12 +37,13 @@ __all__ = ["CSR", "Interactions", "read_npz"]
 Values = Literal["rating", "binary"]
 
 _NPZ_REQUIRED = ("user_ids", "item_ids", "users", "items", "ratings")
-# numpy dtype kinds each column of Interactions.from_pandas may hold (strings come as objects).
+# numpy dtype kinds each column of Interactions.from_pandas may hold (strings come as objects;
+# tz-aware datetimes as datetime64, converted to UTC first).
 _DATAFRAME_KINDS = {
     "user": ("iuOUS", "integers or strings"),
     "item": ("iuOUS", "integers or strings"),
-    "rating": ("iuf", "numbers"),
-    "timestamp": ("iu", "integers"),
+    "rating": ("iufb", "numbers or booleans"),
+    "timestamp": ("iuM", "integers or datetimes (datetime64, naive or tz-aware)"),
 }
 
 
@@ -353,27 +354,33 @@ class Interactions:
         """Build from a pandas DataFrame with one row per interaction.
 
         ``user`` and ``item`` name the columns of raw ids (integers or strings, mapped to
-        indices as :meth:`from_arrays` does); ``rating`` the column of ratings (None: there is
-        none, every interaction is rated 1.0, implicit feedback); ``timestamp`` an optional
-        column of integer timestamps.  Duplicated (user, item) pairs keep the latest
-        interaction, as in :meth:`from_arrays`.  The columns are read as numpy arrays and the
-        interactions built from copies.  Needs pandas (``pip install 'dmfx[pandas]'``).
+        indices as :meth:`from_arrays` does); ``rating`` the column of ratings, numbers or
+        booleans (True is rated 1.0 and False 0.0, an interaction rated 0 like any other: drop
+        the False rows first if they mean "no interaction"; None: there is no such column,
+        every interaction is rated 1.0, implicit feedback); ``timestamp`` an optional column
+        of integer timestamps or of datetimes (``datetime64`` of any unit, naive or tz-aware),
+        which become integer seconds since the Unix epoch (tz-aware ones in UTC, naive ones
+        taken as UTC; fractions of a second are dropped, rounding down).  Duplicated (user,
+        item) pairs keep the latest interaction, as in :meth:`from_arrays`.  The columns are
+        read as numpy arrays and the interactions built from copies.  Needs pandas
+        (``pip install 'dmfx[pandas]'``).
 
         Round trip: ``Interactions.from_pandas(data.to_pandas(), timestamp="timestamp")``
         (``timestamp`` only if ``data`` has timestamps) equals ``data`` -- same id maps,
         interactions in the same order -- when every user and item has an interaction (a
-        table has no row for one without).
+        table has no row for one without).  Timestamps read from datetimes come back from
+        :meth:`to_pandas` as those integer seconds, not as datetimes.
 
         Raises (every message names this method's argument and its column, e.g.
         ``user='uid': column 'uid' ...``):
             ImportError: pandas is not installed.
             TypeError: ``df`` is not a DataFrame, or a column holds the wrong kind of values
-                (ids must be integers or strings, one kind per column; ratings numbers;
-                timestamps integers).
+                (ids must be integers or strings, one kind per column; ratings numbers or
+                booleans; timestamps integers or datetimes).
             KeyError: a named column is missing (the message lists the columns).
-            ValueError: a column has missing values, a rating is not finite or beyond
-                float32's range (ratings are stored as float32), or integer ids or timestamps
-                lie outside int64's range (ids that large must be strings).
+            ValueError: a column has missing values (NaT among datetimes too), a rating is not
+                finite or beyond float32's range (ratings are stored as float32), or integer
+                ids or timestamps lie outside int64's range (ids that large must be strings).
         """
         pd = _import_pandas("Interactions.from_pandas")
         if not isinstance(df, pd.DataFrame):
@@ -394,6 +401,11 @@ class Interactions:
             if missing:
                 raise ValueError(f"{argument}={column!r}: column {column!r} has {missing} "
                                  "missing value(s); drop or fill them first")
+            if argument == "timestamp" and pd.api.types.is_datetime64_any_dtype(series.dtype) \
+                    and series.dt.tz is not None:
+                # to_numpy would give Timestamp objects; the same instants in UTC, naive,
+                # come as datetime64.
+                series = series.dt.tz_convert(None)
             values = series.to_numpy()
             kinds, wanted = _DATAFRAME_KINDS[argument]
             if values.dtype.kind not in kinds:
@@ -412,6 +424,9 @@ class Interactions:
             ratings = _as_ratings(arrays["rating"], named["rating"])
         else:
             ratings = np.ones(len(df), dtype=np.float32)
+        if "timestamp" in arrays and arrays["timestamp"].dtype.kind == "M":
+            # numpy's cast to whole seconds rounds down, before the epoch too.
+            arrays["timestamp"] = arrays["timestamp"].astype("datetime64[s]").view(np.int64)
         timestamps = (_as_index_array(arrays["timestamp"], named["timestamp"])
                       if "timestamp" in arrays else None)
         return cls.from_arrays(users_raw, items_raw, ratings, timestamps)
