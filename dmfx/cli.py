@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import re
+import select
 import sys
 import time
 import warnings
@@ -1014,6 +1015,19 @@ def _stdout_to_devnull() -> None:
         pass
 
 
+def _stdout_hung_up() -> bool:
+    """Whether stdout is a pipe or socket whose reader went away: poll reports POLLERR (Linux)
+    or POLLHUP (macOS) on its descriptor.  False for a stdout without one (None, captured):
+    a broken pipe there was another pipe's or socket's."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 # A command whose reader went away (`| head`) ends as if SIGPIPE had ended it: 128 + 13.
 BROKEN_PIPE_STATUS = 141
 
@@ -1026,10 +1040,12 @@ def main(argv=None) -> int:
         if sys.stdout is not None:  # None where the process started with stdout closed
             sys.stdout.flush()  # a broken pipe shows here, not in the flush at exit
         return code
-    except BrokenPipeError:  # the reader of stdout went away: stop quietly
-        _stdout_to_devnull()
-        return BROKEN_PIPE_STATUS
     except USER_ERRORS as error:
+        # The reader of stdout went away: stop quietly.  Another pipe's or socket's broken pipe
+        # is an OSError like any other.
+        if isinstance(error, BrokenPipeError) and _stdout_hung_up():
+            _stdout_to_devnull()
+            return BROKEN_PIPE_STATUS
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"dmfx: error: {message}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The dmfx command end to end on a tiny synthetic data set."""
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -402,24 +403,36 @@ def test_progress_lines_name_validation_metrics_and_held_out_interactions(data_f
                     f"{len(set(split.test_users))} users; random split 0.8/0.1/0.1"]
 
 
-class _ClosedPipe:
-    """A stdout whose reader went away (``dmfx ... | head -1`` once head has exited)."""
-
-    def write(self, text):
-        raise BrokenPipeError(32, "Broken pipe")
-
-    def flush(self):
-        raise BrokenPipeError(32, "Broken pipe")
-
-
 def test_a_closed_pipe_ends_recommend_quietly(trained, monkeypatch, capsys):
     from dmfx.cli import BROKEN_PIPE_STATUS
 
-    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
-    code = main(["recommend", str(trained / "model.pt"), "--all-users", "--quiet"])
-    monkeypatch.undo()
+    read, write = os.pipe()
+    os.close(read)  # the reader went away (`dmfx ... | head -1` once head has exited)
+    with open(write, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        code = main(["recommend", str(trained / "model.pt"), "--all-users", "--quiet"])
+        monkeypatch.undo()
     assert code == BROKEN_PIPE_STATUS == 141
     assert "error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stdout", ["pipe", "captured"])
+def test_a_broken_pipe_while_stdout_is_fine_is_an_error_not_a_quiet_exit(stdout, monkeypatch,
+                                                                          capsys):
+    import dmfx.cli
+
+    def handler(args):  # as writing to a socket or pipe other than stdout, its reader gone
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(dmfx.cli, "cmd_datasets", handler)
+    read, write = os.pipe()
+    with open(read, "rb"), open(write, "w") as healthy:  # a pipe whose reader is still there
+        if stdout == "pipe":
+            monkeypatch.setattr(sys, "stdout", healthy)
+        code = main(["datasets"])
+        monkeypatch.undo()
+    assert code == 2
+    assert capsys.readouterr().err == "dmfx: error: [Errno 32] Broken pipe\n"
 
 
 def test_recommend_into_head_exits_without_an_error_message(trained):
