@@ -442,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS",
                    help="how long a rank waits for the others in a collective before every rank "
                         "stops with an error (default %(default)g; rank 0's read and split of the "
-                        "data and its per-epoch evaluation must fit in it)")
+                        "data and its per-epoch evaluation must fit in it, not its final "
+                        "evaluation, which the others await without a limit)")
     o.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a TOML file (YAML: .yaml or .yml, needs PyYAML) whose keys "
                         "are these flags' names: model = \"dmf\", epochs = 20, user-layers = "

@@ -32,13 +32,15 @@ Evaluation runs :func:`dmfx.evaluate.evaluate` on rank 0 (sharded: on the tower 
 every user and item, summed to rank 0) while the others wait for its result, so the metrics are
 those of one process. Checkpoints: ddp writes the one-process file from rank 0; sharded writes
 one file per rank and epoch, then rank 0 commits the epoch in ``checkpoint.pt``, so a kill at
-any moment leaves a complete, consistent set. A collective that fails (a rank died, or hung
-past the timeout) raises :class:`DistributedError` on every rank still running.
+any moment leaves a complete, consistent set. Under gloo a collective that fails (a rank died,
+or hung past the timeout) raises :class:`DistributedError` on every rank still running; NCCL's
+collectives are asynchronous, and there torch's watchdog (or torchrun) ends the group instead.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -66,6 +68,10 @@ __all__ = ["MODES", "DEFAULT_TIMEOUT", "DistributedError", "World", "start", "in
 MODES = ("ddp", "sharded")
 # seconds; rank 0's read and split of the data and its evaluation must fit, as the others wait
 DEFAULT_TIMEOUT = 1800.0
+# How long the ranks that finished wait for rank 0's final evaluation and files, which can take
+# far longer than an epoch's evaluation (every item ranked for every test user); a rank 0 that
+# dies is noticed by torchrun, which stops the others.
+EXIT_TIMEOUT = timedelta(days=7)
 # Dense gradients up to this many elements go through one flat all-reduce; larger ones alone,
 # in place, rather than copied.
 BUCKET = 1 << 24
@@ -87,6 +93,16 @@ _EVALUATED = ("valid_users", "valid_items", "test_users", "test_items")
 class DistributedError(RuntimeError):
     """A collective failed: another rank stopped, hung past the timeout or cannot be reached.
     The message is one line and says how to go on."""
+
+
+def _round_trips(error: Exception) -> bool:
+    """Whether ``error`` survives pickling, as the other ranks receive it (an exception whose
+    ``__init__`` takes other arguments than its message does not)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return True
+    except Exception:
+        return False
 
 
 def init_process_group(device: torch.device, timeout: float) -> None:
@@ -126,15 +142,19 @@ def start(mode: Optional[str], device: torch.device, timeout: float, model: str)
                          f"{'in closed form' if spec.trainer == 'closed-form' else 'by ' + spec.trainer}"
                          ", in one process; only gradient-trained models run on several ranks")
     if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         if size > 1 and device.index is not None:
             raise ValueError(f"--device {device}: under torchrun each rank takes the GPU of its "
                              "LOCAL_RANK; give --device cuda")
-        if local >= torch.cuda.device_count():
-            raise ValueError(f"--device cuda: the rank with LOCAL_RANK {local} has no GPU (this "
-                             f"machine has {torch.cuda.device_count()}); start at most that many "
-                             "ranks per machine (torchrun --nproc_per_node)")
-        device = torch.device("cuda", local)
+        if device.index is None:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if local >= torch.cuda.device_count():
+                raise ValueError(f"--device cuda: the rank with LOCAL_RANK {local} has no GPU "
+                                 f"(this machine has {torch.cuda.device_count()}); start at most "
+                                 "that many ranks per machine (torchrun --nproc_per_node)")
+            device = torch.device("cuda", local)
+        elif device.index >= torch.cuda.device_count():  # one rank keeps the GPU it was given
+            raise ValueError(f"--device {device}: this machine has "
+                             f"{torch.cuda.device_count()} GPU(s)")
         torch.cuda.set_device(device)
     init_process_group(device, timeout)
     return World(mode, device, timeout)
@@ -153,6 +173,8 @@ class World(LocalRun):
         self.mode, self.device, self.timeout = mode, torch.device(device), timeout
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.main = self.rank == 0
+        # The exit's own group (gloo: a CPU barrier whatever the backend), with its own time limit.
+        self._exit_group = dist.new_group(backend="gloo", timeout=EXIT_TIMEOUT)
 
     def __enter__(self) -> "World":
         return self
@@ -162,7 +184,8 @@ class World(LocalRun):
             if exc_type is None:
                 # Leave together: a rank that tears its gloo group down while rank 0 still
                 # writes the run's files was seen to abort rank 0 at exit (SIGABRT).
-                self.barrier("waiting for every rank to finish")
+                with self.guard("waiting for every rank to finish"):
+                    dist.barrier(group=self._exit_group)
             dist.destroy_process_group()
 
     # -- collectives -----------------------------------------------------------------------------
@@ -205,15 +228,17 @@ class World(LocalRun):
 
     def on_main(self, what: str, compute):
         """``compute()`` run on rank 0, its result (or its exception) on every rank."""
-        outcome = None
+        outcome = error = None
         if self.main:
             try:
                 outcome = (True, compute())
-            except Exception as error:  # handed to the waiting ranks, then raised everywhere
-                outcome = (False, error)
+            except Exception as caught:  # handed to the waiting ranks, then raised everywhere
+                error = caught
+                outcome = (False, caught if _round_trips(caught) else DistributedError(
+                    f"rank 0: {type(caught).__name__}: {caught}"))
         ok, value = self.broadcast(outcome, what)
         if not ok:
-            raise value
+            raise error if error is not None else value
         return value
 
     def gather_floats(self, value: float, what: str) -> list[float]:
@@ -299,7 +324,8 @@ class World(LocalRun):
             sizes = (everyone[:, k] - 1).clamp(min=0)
             most = int(sizes.max())
             if most == 0:
-                p.grad = torch.sparse_coo_tensor(rows.new_empty((1, 0)), values, p.shape).coalesce()
+                p.grad = torch.sparse_coo_tensor(rows.new_empty((1, 0)), values, p.shape,
+                                                 check_invariants=False).coalesce()
                 continue
             padded_rows = rows.new_zeros(most)
             padded_rows[: len(rows)] = rows
@@ -313,7 +339,7 @@ class World(LocalRun):
             keep = (torch.arange(most).unsqueeze(0) < sizes.unsqueeze(1)).reshape(-1)
             keep = keep.to(all_rows.device)
             p.grad = torch.sparse_coo_tensor(all_rows[keep].unsqueeze(0), all_values[keep],
-                                             p.shape).coalesce()
+                                             p.shape, check_invariants=False).coalesce()
 
     def broadcast_arrays(self, arrays: Optional[dict], what: str) -> dict:
         """Rank 0's dict of numpy arrays on every rank (``arrays`` is ignored elsewhere):

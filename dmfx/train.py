@@ -552,6 +552,8 @@ def fit(model: Recommender, split: Split, config: TrainConfig, *,
         _check_resumable(checkpoint, saved, config, extra)
         try:
             state = world.restore(checkpoint, saved, model, runner)
+        except CheckpointError:  # says what is wrong with the files already
+            raise
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             first = (str(error).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"{checkpoint} does not fit this model ({first})") from None

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,16 @@ def _rank_main(scenario: str, out: str) -> None:
         _dropout_seed(World("ddp", CPU, 60), split, out)
         # the run the "killed" scenario left behind, continued
         _train(World("sharded", CPU, 60), split, True, out / "killed", resume=True)
+    elif scenario == "unpicklable":
+        from dmfx.train import ResumeRefused
+
+        def refuse():  # an exception whose __init__ takes more than a message
+            raise ResumeRefused("run/checkpoint.pt", [("lr", 0.1, 0.2)])
+
+        try:
+            World("ddp", CPU, 60).on_main("checking the run", refuse)
+        except Exception as error:
+            (out / f"error{dist_rank()}.txt").write_text(f"{type(error).__name__}: {error}")
     elif scenario == "killed":
         world = World("sharded", CPU, 60)
         try:
@@ -76,6 +87,10 @@ def _rank_main(scenario: str, out: str) -> None:
             (out / f"error{world.rank}.txt").write_text(str(error))
             os._exit(3)
     torch.distributed.destroy_process_group()
+
+
+def dist_rank() -> int:
+    return torch.distributed.get_rank()
 
 
 def _share(world, out: Path) -> None:
@@ -399,6 +414,81 @@ def test_torchrun_trains_sharded_and_rank_0_writes_the_run(data_file, tmp_path, 
     assert "checkpoint of a --distributed sharded run" in capsys.readouterr().err
 
 
+def test_rank_0s_error_reaches_the_others_even_when_it_cannot_be_pickled(tmp_path):
+    codes, logs = _ranks("unpicklable", tmp_path)
+    assert codes == [0, 0], logs
+    # rank 0 raises its own exception; rank 1 gets its type and message
+    assert (tmp_path / "error0.txt").read_text().startswith("ResumeRefused: ")
+    message = (tmp_path / "error1.txt").read_text()
+    assert message.startswith("DistributedError: rank 0: ResumeRefused: "), message
+    assert "lr 0.1 -> 0.2" in message
+
+
+# Rank 0's final evaluation made slower than --dist-timeout: the others must wait it out.
+_SLOW_FINAL = """
+import os, sys, time
+import dmfx.cli as cli
+evaluate = cli.evaluate  # the final evaluation's (the epochs' goes through dmfx.train)
+def slow(*args, **kwargs):
+    if os.environ["RANK"] == "0":
+        time.sleep({delay})
+    return evaluate(*args, **kwargs)
+cli.evaluate = slow
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_torchrun_ddp_einmf_resumes_exactly_and_outwaits_a_slow_final_evaluation(
+        data_file, tmp_path):
+    """EINMF (dropout: every rank's generator is in the checkpoint) under ddp, cut inside an
+    epoch and resumed, ends with the weights of an uninterrupted run; the uninterrupted run's
+    rank 0 spends longer on its final evaluation than --dist-timeout, which only the epochs'
+    collectives must fit."""
+    timeout = 8
+    script = tmp_path / "slow_final.py"
+    script.write_text(_SLOW_FINAL.format(delay=timeout + 4))
+
+    def run(out, *flags, entry=("-m", "dmfx")):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node=2", *entry, "train", "--data", str(data_file),
+                   "--model", "einmf", "--factors", "8", "--distributed", "ddp",
+                   "--dist-timeout", str(timeout), "--device", "cpu", "--output", str(out),
+                   *TINY[4:], *flags]
+        codes, logs = _wait([subprocess.Popen(command, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, text=True, env=_env())])
+        assert codes == [0], logs
+
+    run(tmp_path / "whole", entry=(str(script),))
+    run(tmp_path / "cut", "--max-steps", "30", "--checkpoint-every", "7")
+    assert sorted(p.name for p in (tmp_path / "cut").glob("checkpoint*")) == ["checkpoint.pt"]
+    run(tmp_path / "cut", "--max-steps", "0", "--resume")
+    whole, cut = (load_checkpoint(tmp_path / name / "model.pt") for name in ("whole", "cut"))
+    for name, x in whole["model_state"].items():
+        assert torch.equal(cut["model_state"][name], x), name
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text())["test"]
+               for name in ("whole", "cut")]
+    assert metrics[0] == metrics[1]
+
+
+def test_one_rank_keeps_the_gpu_it_was_given(monkeypatch):
+    """--distributed without torchrun and --device cuda:1 trains on cuda:1 (it took LOCAL_RANK's
+    cuda:0 while config.toml said cuda:1); a GPU the machine lacks is refused by name."""
+    from dmfx import distributed
+
+    for name in ("WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    picked = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", picked.append)
+    monkeypatch.setattr(distributed, "init_process_group", lambda device, timeout: None)
+    monkeypatch.setattr(distributed, "World", lambda mode, device, timeout: device)
+    assert distributed.start("ddp", torch.device("cuda", 1), 60.0, "dmf") == torch.device("cuda", 1)
+    assert distributed.start("ddp", torch.device("cuda"), 60.0, "dmf") == torch.device("cuda", 0)
+    assert picked == [torch.device("cuda", 1), torch.device("cuda", 0)]
+    with pytest.raises(ValueError, match=r"--device cuda:2: this machine has 2 GPU\(s\)"):
+        distributed.start("ddp", torch.device("cuda", 2), 60.0, "dmf")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--distributed", "sharded", "--model", "lfm"],
      "--distributed sharded splits DMF's first-layer tables over the ranks; model lfm has none"),
@@ -453,8 +543,10 @@ def test_a_row_sparse_gradient_without_rows_stays_a_gradient():
     with World("ddp", CPU, 60) as world:
         empty, untouched = (torch.nn.Parameter(torch.ones(4, 3)) for _ in range(2))
         empty.grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.long),
-                                             torch.zeros(0, 3), (4, 3))
-        world.sum_gradients([], [empty, untouched], torch.zeros((), dtype=torch.float64))
+                                             torch.zeros(0, 3), (4, 3), check_invariants=False)
+        with warnings.catch_warnings():  # torch's note on sparse invariant checks, every rank
+            warnings.simplefilter("error")
+            world.sum_gradients([], [empty, untouched], torch.zeros((), dtype=torch.float64))
         assert untouched.grad is None
         assert empty.grad is not None and empty.grad.is_sparse and empty.grad._nnz() == 0
         optimizer = RowSparseAdam([empty, untouched], lr=0.1)

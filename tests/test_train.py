@@ -472,3 +472,22 @@ def test_a_training_part_without_interactions_is_refused(name, pairs):
     model = build_model(name, data)
     with pytest.raises(ValueError, match="the training part has no interactions"):
         model.fit(split, train_config(name, epochs=1, progress=False, pairs=pairs))
+
+
+def test_a_checkpoint_error_of_the_restore_reaches_the_caller_unchanged(split, tmp_path,
+                                                                       monkeypatch):
+    """What the restore says of the files (e.g. a sharded run's missing shard) is the message,
+    not rewrapped as "does not fit this model" and cut short."""
+    from dmfx.checkpoint import CheckpointError
+    from dmfx.train import LocalRun
+
+    fit(make_model(split), split, config(epochs=1), checkpoint=tmp_path / "e.pt")
+    reason = f"{tmp_path / 'e.pt'} continues from epoch 1, but this rank's shard " + "x" * 300
+
+    def missing(*args):
+        raise CheckpointError(reason)
+
+    monkeypatch.setattr(LocalRun, "restore", missing)
+    with pytest.raises(CheckpointError) as caught:
+        fit(make_model(split), split, config(epochs=2), checkpoint=tmp_path / "e.pt", resume=True)
+    assert str(caught.value) == reason
