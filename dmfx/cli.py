@@ -687,8 +687,9 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
         extra["data"]["held_out_users"] = args.held_out_users
     history = []
     if args.resume:
-        # Refused here as in fit, before config.toml and the log of the run are touched.
-        saved = load_checkpoint(checkpoint)
+        # Refused here as in fit, before config.toml and the log of the run are touched. Mapped,
+        # not read: only the records are used, and fit reads the weights again.
+        saved = load_checkpoint(checkpoint, mmap=True)
         try:
             _check_resumable(checkpoint, saved, config, extra)
         except ResumeRefused as refused:
