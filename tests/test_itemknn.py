@@ -202,8 +202,15 @@ def test_scoring_in_small_batches_equals_one_batch(split, neighbourhood, monkeyp
     items = torch.randint(split.train.num_items, (len(users), 9), generator=torch.Generator().manual_seed(0))
     whole = model.scorer()
     all_whole, cand_whole = whole.all_items(users), whole.candidates(users, items)
+    # each distinct user's product once, read for each of their rows
+    assert torch.equal(cand_whole, all_whole.gather(1, items))
     monkeypatch.setattr(itemknn, "BATCH_ENTRIES", 1)  # one user per batch
     tiny = model.scorer()
     assert len(list(tiny._batches(users))) == len(users)
     assert torch.equal(tiny.all_items(users), all_whole)
     assert torch.equal(tiny.candidates(users, items), cand_whole)
+    distinct = torch.unique(users)
+    monkeypatch.setattr(itemknn, "BATCH_ENTRIES", int(tiny.user_cost[distinct[:2]].sum()))
+    some = model.scorer()  # a few distinct users per batch
+    assert 1 < len(list(some._batches(distinct))) < len(distinct)
+    assert torch.equal(some.candidates(users, items), cand_whole)
