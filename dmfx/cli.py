@@ -44,8 +44,9 @@ from .reproduce import seed_arg
 from .train import RESUMABLE_CHANGES, ResumeRefused, TrainConfig, _check_resumable
 
 # OSError covers what the file system refuses: a missing file, --output under a file, a full disk.
+# FloatingPointError: a run that diverged before any epoch could be kept (it says what to try).
 USER_ERRORS = (ValueError, KeyError, OSError, DataFormatError, DatasetUnavailableError,
-               RunFolderBusy, distributed.DistributedError)
+               RunFolderBusy, distributed.DistributedError, FloatingPointError)
 
 
 def _device(name: str) -> torch.device:
@@ -466,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-negatives", type=int, default=None, help=argparse.SUPPRESS)
     e.add_argument("--topk", default="10", metavar="K[,K...]", help=_TOPK_HELP)
     _add_per_user_arg(e)
-    e.set_defaults(handler=cmd_evaluate)
+    e.set_defaults(handler=cmd_evaluate, parser=e)
 
     r = sub.add_parser("recommend", help="top-k unseen items for users or a new user (raw ids "
                        "in and out)", description="The k best items a user has not interacted "
@@ -497,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=None,
                    help="users scored at once (default: as many as fit about 256 MB of scores)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.set_defaults(handler=cmd_recommend)
+    r.set_defaults(handler=cmd_recommend, parser=r)
 
     x = sub.add_parser("export", help="write a model's user and item vectors, id maps and (DMF) "
                        "towers for serving", description="Writes OUTPUT/user_vectors.npy, "
@@ -511,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "through user_tower.pt2, as new users.")
     _add_restore_args(x)
     x.add_argument("--output", required=True, metavar="DIR", help="folder to write")
-    x.set_defaults(handler=cmd_export)
+    x.set_defaults(handler=cmd_export, parser=x)
 
     sp = sub.add_parser(
         "split", help="write a split in RecBole's atomic-file layout",
@@ -525,13 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_holdout_args(sp)
     sp.add_argument("--output", required=True, help="folder that receives NAME/")
     sp.add_argument("--name", default=None, help="RecBole dataset name (default: the data set's)")
-    sp.set_defaults(handler=cmd_split)
+    sp.set_defaults(handler=cmd_split, parser=sp)
 
     ms = sub.add_parser("models", help="list the models, their parameters and defaults")
-    ms.set_defaults(handler=cmd_models)
+    ms.set_defaults(handler=cmd_models, parser=ms)
 
     d = sub.add_parser("datasets", help="list the named data sets")
-    d.set_defaults(handler=cmd_datasets)
+    d.set_defaults(handler=cmd_datasets, parser=d)
 
     from .reproduce import add_parser as add_reproduce_parser
 
@@ -944,7 +945,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     --config FILE``, the file's settings as flags, overridden by those of the command line."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command's own usage, not the top level's
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "config", None):
         # The file's flags go right after the command, before the command line's own, which
         # argparse applies later: a flag given on the command line wins.

@@ -1152,7 +1152,7 @@ def add_parser(sub, add_data_args: Callable) -> None:
     p.add_argument("--figures-dir", default=None,
                    help="where --readme copies the figures (default: docs/ beside the file)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=cmd_reproduce)
+    p.set_defaults(handler=cmd_reproduce, parser=p)
 
 
 def cmd_reproduce(args) -> int:

@@ -267,9 +267,9 @@ def export_model(trained: Trained, output) -> dict:
     model = trained.model
     scorer = model._eval_scorer()
     if not isinstance(scorer, VectorScorer):
-        raise ValueError(f"{model.name} scores a pair with more than a dot product of two "
-                         "vectors, so it has no vectors to export; its model file is what "
-                         "serves it (dmfx recommend)")
+        raise ValueError(f"{model.name} has no vectors to export: its score of a pair is not "
+                         "the dot product of a user vector and an item vector; its model file "
+                         "is what serves it (dmfx recommend)")
     out = make_folder(output)
 
     def save_npy(name: str, array: np.ndarray) -> None:

@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -451,3 +452,42 @@ def test_a_command_started_with_stdout_closed_runs():
     result = subprocess.run(["bash", "-c", f"{sys.executable} -m dmfx datasets >&-"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr
+
+
+def test_plot_history_draws_sampled_and_full_protocol_runs(trained, data_file, tmp_path):
+    """tools/plot_history.py reads the validation metrics the run has: hr@10 under the sampled
+    protocol, full_hr@10 under --protocol full (it looked for hr@10 only)."""
+    pytest.importorskip("matplotlib")
+    full = tmp_path / "full"
+    assert main(["train", "--data", str(data_file), "--epochs", "2", "--protocol", "full",
+                 "--output", str(full), *TINY[:4], *TINY[6:]]) == 0
+    assert "full_hr@10" in json.loads((full / "metrics.json").read_text())["history"][0]["valid"]
+    png = tmp_path / "curves.png"
+    script = Path(__file__).parent.parent / "tools" / "plot_history.py"
+    done = subprocess.run([sys.executable, str(script),
+                           str(trained / "metrics.json"), str(full / "metrics.json"), "-o", str(png)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_that_diverges_in_its_first_epoch_is_a_one_line_error(data_file, tmp_path,
+                                                                    capsys):
+    argv = ["train", "--data", str(data_file), "--model", "gmf", "--factors", "4", "--lr", "1e30",
+            "--epochs", "2", "--eval-negatives", "10", "--quiet", "--output", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dmfx: error: epoch 1: the training loss is nan") and err.count("\n") == 1
+    assert "try a lower learning rate than lr=1e+30" in err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate x", "recommend x --user 1",
+                                     "export x --output y", "split --output y", "models",
+                                     "datasets", "bench", "reproduce dmf-paper"])
+def test_an_unknown_flag_shows_the_commands_own_usage(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([*command.split(), "--epoch", "2"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: dmfx {command.split()[0]} ")
+    assert "dmfx " + command.split()[0] + ": error: unrecognized arguments: --epoch 2" in err

@@ -603,14 +603,22 @@ def test_models_scored_by_their_tables_export(model, tmp_path):
                                atol=1e-6)
 
 
-def test_export_refuses_models_without_vectors(tmp_path, capsys):
+@pytest.mark.parametrize("model, flags", [
+    ("neumf", ["--factors", "4", "--layers", "8,4", "--epochs", "1"]),
+    ("itempop", []),
+])
+def test_export_refuses_models_without_vectors(tmp_path, capsys, model, flags):
     data = tmp_path / "d.npz"
     synthetic(30, 40, 400, seed=1).save_npz(data)
-    out = tmp_path / "neumf"
-    assert main(["train", "--data", str(data), "--model", "neumf", "--factors", "4", "--layers",
-                 "8,4", "--epochs", "1", "--eval-negatives", "10", "--quiet", "--output", str(out)]) == 0
+    out = tmp_path / model
+    assert main(["train", "--data", str(data), "--model", model, *flags, "--eval-negatives", "10",
+                 "--quiet", "--output", str(out)]) == 0
+    capsys.readouterr()
     assert main(["export", str(out / "model.pt"), "--output", str(tmp_path / "x")]) == 2
-    assert "no vectors to export" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"dmfx: error: {model} has no vectors to export: its score of a pair is not the dot "
+        "product of a user vector and an item vector; its model file is what serves it "
+        "(dmfx recommend)\n")
 
 
 # -- users held out of training ------------------------------------------------------------------

@@ -97,7 +97,7 @@ def add_parser(sub) -> None:
     r.add_argument("--plot", default=None, metavar="FILE",
                    help="also draw dmfx's speed-up over each peer as a PNG (needs matplotlib)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=cmd_bench)
+    p.set_defaults(handler=cmd_bench, parser=p)
 
 
 def _split(values) -> list[str]:
