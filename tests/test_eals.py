@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmfx.data import Interactions, Split
+from dmfx.data import Interactions, Split, leave_one_out, synthetic
 from dmfx.evaluate import evaluate
 from dmfx.models import EALS, ItemPop
 from dmfx.models.eals import missing_weights
@@ -223,3 +223,14 @@ def test_on_device(split, device):
     users = torch.arange(split.train.num_users)
     torch.testing.assert_close(model.scorer().all_items(users.to(device)).cpu(),
                                reference.scorer().all_items(users), rtol=1e-4, atol=1e-6)
+
+
+def test_an_epoch_shows_its_factor_sweeps_in_a_progress_bar(capsys):
+    """eALS epochs can take minutes (a sweep per factor over every user and item): the Python
+    API's fit shows a bar per epoch, as the gradient models' batches do; progress=False none."""
+    split = leave_one_out(synthetic(30, 40, 300, seed=1), num_negatives=10, seed=0)
+    EALS(split.train, factors=3).fit(split, TrainConfig(epochs=1, progress=True))
+    err = capsys.readouterr().err
+    assert "epoch 1" in err and "/6 " in err and "factor" in err
+    EALS(split.train, factors=3).fit(split, TrainConfig(epochs=1, progress=False))
+    assert "epoch 1" not in capsys.readouterr().err

@@ -22,11 +22,12 @@ the regularisation acts on it and its vector goes to 0, and it scores exactly 0.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..data import Interactions
 from .base import Recommender, VectorScorer
@@ -78,13 +79,21 @@ def _coordinate_updates(x: Tensor, y: Tensor, rows: Tensor, cols: Tensor, pred: 
         x[:, f] = new
 
 
+def _counted(factors: Iterable[int], bar) -> Iterator[int]:
+    """``factors``, ticking ``bar`` after each one's update."""
+    for f in factors:
+        yield f
+        bar.update()
+
+
 class ALSEpochs:
     """The epochs of eALS: one user sweep and one item sweep each (``run``); never converged by
     itself (the trainer's epochs and patience decide). It holds no state of its own: each
     epoch starts from the model's factors, so a restored checkpoint resumes exactly."""
 
-    def __init__(self, model: "EALS", split):
+    def __init__(self, model: "EALS", split, progress: bool = False):
         train = split.train
+        self.progress = progress  # a bar over each epoch's factor sweeps
         if (train.num_users, train.num_items) != (model.num_users, model.num_items):
             raise ValueError(f"train has {train.num_users} users x {train.num_items} items, the "
                              f"model {model.num_users} x {model.num_items}")
@@ -129,10 +138,13 @@ class ALSEpochs:
 
     def run(self, epoch: int) -> dict:
         model = self.model
-        with torch.no_grad():
+        k = model.user_factors.shape[1]
+        bar = tqdm(total=2 * k, desc=f"epoch {epoch}", unit="factor", leave=False,
+                   disable=not self.progress, mininterval=0.5)
+        with torch.no_grad(), bar:
             p, q = model.user_factors.double(), model.item_factors.double()
-            self.update_users(p, q)
-            self.update_items(p, q)
+            self.update_users(p, q, _counted(range(k), bar))
+            self.update_items(p, q, _counted(range(k), bar))
             model.user_factors.copy_(p)
             model.item_factors.copy_(q)
             # The objective of the factors as stored.
@@ -175,7 +187,7 @@ class EALS(Recommender):
             torch.empty(self.num_items, self.factors).normal_(0.0, INIT_STD), requires_grad=False)
 
     def epoch_runner(self, split, config):
-        return ALSEpochs(self, split)
+        return ALSEpochs(self, split, progress=getattr(config, "progress", False))
 
     @torch.no_grad()
     def scorer(self) -> VectorScorer:
