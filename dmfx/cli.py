@@ -712,7 +712,9 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
         speed = f", {entry['pairs_per_s']:,.0f} pairs/s" if "pairs_per_s" in entry else ""
         if entry.get("steps", 0) < entry.get("batches", 0):  # cut by --max-steps
             speed += f", {entry['steps']:,} of its {entry['batches']:,} steps"
-        _log(args, f"epoch {epoch:3d}  loss {entry['loss']:.4f}  "
+        # ItemPop and ItemKNN are counted, not fitted: they have no loss to show.
+        loss = f"loss {entry['loss']:.4f}  " if spec_of(name).trainer != "closed-form" else ""
+        _log(args, f"epoch {epoch:3d}  {loss}"
                    f"{'valid ' if valid else ''}{_fmt(valid)}  "
                    f"{entry['seconds']:.1f}s ({speed.lstrip(', ')}{', ' if speed else ''}"
                    f"peak memory {entry['peak_memory_mb']:,.0f} MB)")

@@ -491,3 +491,14 @@ def test_an_unknown_flag_shows_the_commands_own_usage(command, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"usage: dmfx {command.split()[0]} ")
     assert "dmfx " + command.split()[0] + ": error: unrecognized arguments: --epoch 2" in err
+
+
+@pytest.mark.parametrize("model, shows_loss", [("itempop", False), ("eals", True)])
+def test_epoch_lines_show_a_loss_only_for_models_that_fit_one(data_file, tmp_path, capsys,
+                                                              model, shows_loss):
+    flags = ["--factors", "4", "--epochs", "1"] if model == "eals" else []
+    assert main(["train", "--data", str(data_file), "--model", model, *flags,
+                 "--eval-negatives", "10", "--output", str(tmp_path / "r")]) == 0
+    epoch_line = next(line for line in capsys.readouterr().err.splitlines()
+                      if line.startswith("epoch   1"))
+    assert ("loss " in epoch_line) == shows_loss, epoch_line
