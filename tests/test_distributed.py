@@ -40,9 +40,14 @@ def _split():
     return leave_one_out(synthetic(60, 120, 1480, seed=3), num_negatives=20, seed=0)
 
 
-def _config(epochs=EPOCHS, checkpoint_every=0):
+def _config(epochs=EPOCHS, checkpoint_every=0, **more):
     return TrainConfig(epochs=epochs, batch_size=BATCH, lr=3e-3, num_negatives=3, patience=0,
-                       checkpoint_every=checkpoint_every, progress=False)
+                       checkpoint_every=checkpoint_every, progress=False, **more)
+
+
+# Pairs drawn per batch, and a step limit that cuts the second epoch (37 full batches and one
+# of a single pair an epoch): the other way through an epoch, and a run ended inside one.
+BATCH_PAIRS = dict(pairs="batch", max_steps=41)
 
 
 def _layers(sparse_grad):
@@ -65,6 +70,7 @@ def _rank_main(scenario: str, out: str) -> None:
         for mode, sparse_grad in CASES:
             _train(World(mode, CPU, 60), split, sparse_grad, out / f"{mode}-{sparse_grad}")
         _dropout_seed(World("ddp", CPU, 60), split, out)
+        _train(World("ddp", CPU, 60), split, False, out / "ddp-batch-pairs", config=BATCH_PAIRS)
         # the run the "killed" scenario left behind, continued
         _train(World("sharded", CPU, 60), split, True, out / "killed", resume=True)
     elif scenario == "unpicklable":
@@ -140,7 +146,7 @@ def _dropout_seed(world, split, out: Path) -> None:
 
 
 def _train(world, split, sparse_grad, prefix: Path, kill_in_epoch=None, resume=False,
-           checkpoint_every=0):
+           checkpoint_every=0, config=None):
     torch.manual_seed(0)
     model = world.build_model("dmf", split.train, _layers(sparse_grad), seed=0).double()
     whole = world.gather_model(model, split.train)
@@ -157,7 +163,8 @@ def _train(world, split, sparse_grad, prefix: Path, kill_in_epoch=None, resume=F
             return loss(*args)
 
         model.loss = dying_loss
-    state = fit(model, split, _config(checkpoint_every=checkpoint_every), world=world,
+    state = fit(model, split, _config(checkpoint_every=checkpoint_every, **(config or {})),
+                world=world,
                 checkpoint=prefix.with_suffix(".pt"),
                 resume=resume, on_epoch_end=lambda epoch, entry: epochs_done.append(epoch))
     final = world.gather_model(model, split.train)
@@ -259,6 +266,19 @@ def test_two_ranks_take_the_steps_of_one_process(matched, split, mode, sparse_gr
     assert result["final"].keys() == one.state_dict().keys()
     for name, x in one.state_dict().items():
         # float64: only the order of the ranks' partial sums differs
+        torch.testing.assert_close(result["final"][name], x, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_two_ranks_draw_pairs_per_batch_and_stop_at_max_steps_as_one_process(matched, split):
+    result = torch.load(matched / "ddp-batch-pairs.result", weights_only=True)
+    one = DMF(split.train, **_layers(False)).double()
+    one.load_state_dict(result["init"])
+    state = fit(one, split, _config(**BATCH_PAIRS))
+    assert [(h["steps"], h["batches"]) for h in result["history"]] == [(38, 38), (3, 38)]
+    for a, b in zip(state.history, result["history"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-10)
+        assert b["valid"] == pytest.approx(a["valid"], rel=1e-10)
+    for name, x in one.state_dict().items():
         torch.testing.assert_close(result["final"][name], x, rtol=1e-9, atol=1e-12, msg=name)
 
 
