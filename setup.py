@@ -57,7 +57,9 @@ def extension():
     # statically by default (seen on one GPU machine's image): a second, static libstdc++ inside
     # dmfx._C formats numbers through locale facets that the process's libstdc++ set up, so an
     # error message naming a number crashed Python there (and came out empty with GCC 12).
-    link_flags = ["-lstdc++"] if sys.platform.startswith("linux") else []
+    # "-l:libstdc++.so.6" names the shared file: that image's compiler searches its own
+    # directory first, where a plain -lstdc++ finds only libstdc++.a.
+    link_flags = ["-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []
     # at::parallel_for is a header template: compiled without OpenMP it runs every loop on the
     # calling thread. Linked with -fopenmp, the extension shares the OpenMP runtime torch has
     # already loaded (same soname), so torch.set_num_threads governs its loops too.
