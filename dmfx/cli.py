@@ -706,14 +706,16 @@ def _train_in(out: Path, args, device, name: str, params: dict, spec: DataSpec,
         # A resumed run's log starts from the epochs of the checkpoint it continues (EpochLog).
         log = EpochLog(out / "epochs.jsonl", history)
 
+    # ItemPop and ItemKNN are counted, not fitted: they have no loss to show.
+    shows_loss = spec_of(name).trainer != "closed-form"
+
     def report(epoch, entry):
         log.append(entry)
         valid = entry.get("valid", {})
         speed = f", {entry['pairs_per_s']:,.0f} pairs/s" if "pairs_per_s" in entry else ""
         if entry.get("steps", 0) < entry.get("batches", 0):  # cut by --max-steps
             speed += f", {entry['steps']:,} of its {entry['batches']:,} steps"
-        # ItemPop and ItemKNN are counted, not fitted: they have no loss to show.
-        loss = f"loss {entry['loss']:.4f}  " if spec_of(name).trainer != "closed-form" else ""
+        loss = f"loss {entry['loss']:.4f}  " if shows_loss else ""
         _log(args, f"epoch {epoch:3d}  {loss}"
                    f"{'valid ' if valid else ''}{_fmt(valid)}  "
                    f"{entry['seconds']:.1f}s ({speed.lstrip(', ')}{', ' if speed else ''}"
